@@ -1,0 +1,179 @@
+//! Per-team components: who the team is, where its connection stands, what
+//! it has counted, and how healthy its link is.
+
+use std::collections::VecDeque;
+
+use bevy_ecs::prelude::*;
+use serde::Serialize;
+
+use crate::bridge::ConnId;
+use crate::protocol::TeamId;
+
+/// A team's identity. Teams are never despawned: a team that left stays in
+/// healthcheck stats, and a later `team.join` revives the same entity.
+#[derive(Component, Clone, Copy, Debug)]
+pub struct Team {
+    /// The Global API's id for the team.
+    pub id: TeamId,
+}
+
+/// What happens once a closing socket is gone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AfterClose {
+    /// The team left: stay down.
+    Left,
+    /// The team left and joined again while its old socket drained: ask for a
+    /// new URL only once the old socket is gone (one socket per team at most).
+    Rejoin,
+    /// The run is ending.
+    Stop,
+}
+
+/// The team connection's state machine. Times are milliseconds of core time.
+///
+/// ```text
+///  join ─▶ NeedsUrl ─▶ Requesting ─▶ Connecting ─▶ Open ─┐
+///              ▲            │             │          │    │ team.left
+///              └─ Backoff ◀─┴─────────────┴──────────┘    ▼
+///                  (drop, error, timeout)              Closing ─▶ Left
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum LinkState {
+    /// Joined; a `team.connect` request waits for the Global link (and for a
+    /// free request slot).
+    NeedsUrl,
+    /// `team.connect` sent on Global; waiting for the answer until `deadline`.
+    Requesting {
+        /// When the request is given up and retried.
+        deadline: u64,
+    },
+    /// Socket opening.
+    Connecting {
+        /// The attempt.
+        conn: ConnId,
+        /// When the attempt is aborted and retried.
+        deadline: u64,
+    },
+    /// Socket open: the team is `connected`.
+    Open {
+        /// The socket.
+        conn: ConnId,
+        /// When it opened.
+        since: u64,
+    },
+    /// Waiting to ask for a new URL after a failure.
+    Backoff {
+        /// When to ask again.
+        until: u64,
+    },
+    /// Close frame sent; frames still arriving are still counted.
+    Closing {
+        /// The socket.
+        conn: ConnId,
+        /// When it is dropped without waiting any longer.
+        deadline: u64,
+        /// What the team does once the socket is gone.
+        after: AfterClose,
+    },
+    /// Not joined: left, or not yet joined (the state a team is spawned in).
+    Left,
+    /// The run ended (goodbye or local shutdown).
+    Stopped,
+}
+
+impl LinkState {
+    /// The socket this state owns, if any.
+    pub fn conn(&self) -> Option<ConnId> {
+        match *self {
+            LinkState::Connecting { conn, .. }
+            | LinkState::Open { conn, .. }
+            | LinkState::Closing { conn, .. } => Some(conn),
+            _ => None,
+        }
+    }
+
+    /// The deadline attached to this state, if any.
+    pub fn deadline(&self) -> Option<u64> {
+        match *self {
+            LinkState::Requesting { deadline }
+            | LinkState::Connecting { deadline, .. }
+            | LinkState::Closing { deadline, .. } => Some(deadline),
+            LinkState::Backoff { until } => Some(until),
+            _ => None,
+        }
+    }
+
+    /// Whether `team.join` should leave the team alone: it is already
+    /// connected, on its way to a connection, or will retry by itself.
+    pub fn is_joined(&self) -> bool {
+        matches!(
+            self,
+            LinkState::NeedsUrl
+                | LinkState::Requesting { .. }
+                | LinkState::Connecting { .. }
+                | LinkState::Open { .. }
+                | LinkState::Backoff { .. }
+        )
+    }
+}
+
+/// The team's link: its state plus an epoch that changes on every
+/// transition, so a timer set in an earlier state is recognised as stale
+/// without ever being searched for and removed.
+#[derive(Component, Clone, Copy, Debug)]
+pub struct Link {
+    /// Where the connection stands.
+    pub state: LinkState,
+    /// Bumped on every state change.
+    pub epoch: u32,
+}
+
+impl Default for Link {
+    fn default() -> Self {
+        Link {
+            state: LinkState::Left,
+            epoch: 0,
+        }
+    }
+}
+
+/// The two counts the healthcheck reports. Kept across reconnects and
+/// rejoins for the team's whole life.
+#[derive(Component, Clone, Copy, Debug, Default, Serialize)]
+pub struct Counters {
+    /// Every `message` event received.
+    pub message_count: u64,
+    /// Those whose text contains `props`.
+    pub props_count: u64,
+}
+
+/// Most pings a link keeps waiting for. A server that answers no ping but
+/// keeps sending other frames is alive by the protocol's rule, so its
+/// unanswered pings must not pile up.
+pub const MAX_PINGS_IN_FLIGHT: usize = 16;
+
+/// How the team's link has behaved.
+#[derive(Component, Clone, Debug, Default, Serialize)]
+pub struct Health {
+    /// Consecutive failed attempts; drives the backoff. Reset by a team `hello`.
+    pub attempts: u32,
+    /// Links lost without `team.left` (dropped, timed out, dead), each re-requested.
+    pub reconnects: u64,
+    /// Sockets opened over the team's life.
+    pub connects: u64,
+    /// Pings sent and not yet answered: `(unique_id, sent_at)`, oldest first.
+    #[serde(skip)]
+    pub pings_in_flight: VecDeque<(u64, u64)>,
+    /// When anything last arrived on the current socket.
+    pub last_activity: u64,
+    /// When the last matching `pong` arrived.
+    pub last_pong: Option<u64>,
+    /// Round-trip time of the last answered ping, in milliseconds.
+    pub rtt_ms: Option<u64>,
+    /// Frames from this team's sockets that were bad input.
+    pub bad_frames: u64,
+    /// Why the last attempt or link failed.
+    pub last_error: Option<String>,
+}

@@ -1,0 +1,310 @@
+//! Team link transitions, in one place. Every change of a team's
+//! [`LinkState`] goes through [`Links`], which keeps the connection table,
+//! the request queue and the deadline timers in step with it, so no system
+//! can move a team without its bookkeeping following.
+
+use bevy_ecs::prelude::*;
+use bevy_ecs::system::SystemParam;
+use tracing::debug;
+
+use super::components::{AfterClose, Health, Link, LinkState};
+use super::config::Settings;
+use super::resources::{Clock, Connections, Jitter, Outbox, Owner, UrlRequests};
+use super::timers::Timers;
+use crate::bridge::{CLOSE_NORMAL, ConnKind, NetCommand, Outbound};
+use crate::protocol::{GlobalClientEvent, TeamId, normalize_ws_url};
+
+/// Heartbeat timers of an open link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Beat {
+    /// Time to send the next ping.
+    Ping,
+    /// The pong timeout of the ping sent at `sent_at` has run out.
+    PongCheck {
+        /// When that ping was sent.
+        sent_at: u64,
+    },
+}
+
+/// The deadline of whatever state the link was in when the timer was set
+/// (see [`LinkState::deadline`]); the epoch tells whether it still is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct StateDeadline;
+
+/// Longest error text kept per team.
+const MAX_ERROR_LEN: usize = 200;
+
+/// Clips `text` to at most `max` bytes on a char boundary, so no peer can
+/// make the core hold or log an arbitrarily long string.
+pub fn clipped(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}
+
+/// Everything a team transition touches.
+#[derive(SystemParam)]
+pub struct Links<'w> {
+    /// Core time.
+    pub clock: Res<'w, Clock>,
+    /// Tunables.
+    pub settings: Res<'w, Settings>,
+    jitter: ResMut<'w, Jitter>,
+    /// Live connection ids.
+    pub conns: ResMut<'w, Connections>,
+    /// Commands for the transport.
+    pub outbox: ResMut<'w, Outbox>,
+    /// The `team.connect` queue.
+    pub requests: ResMut<'w, UrlRequests>,
+    /// Ping and pong-timeout timers.
+    pub beats: ResMut<'w, Timers<Beat>>,
+    deadlines: ResMut<'w, Timers<StateDeadline>>,
+}
+
+impl Links<'_> {
+    /// Moves `link` to `state`, keeping the queues and timers in step.
+    fn set(&mut self, entity: Entity, link: &mut Link, state: LinkState) {
+        match link.state {
+            LinkState::NeedsUrl => self.requests.dequeue(entity),
+            LinkState::Requesting { .. } => {
+                self.requests.in_flight.remove(&entity);
+            }
+            _ => {}
+        }
+        link.epoch = link.epoch.wrapping_add(1);
+        link.state = state;
+        match state {
+            LinkState::NeedsUrl => self.requests.enqueue(entity),
+            LinkState::Requesting { .. } => {
+                self.requests.in_flight.insert(entity);
+            }
+            _ => {}
+        }
+        if let Some(at) = state.deadline() {
+            self.deadlines.set(at, entity, link.epoch, StateDeadline);
+        }
+    }
+
+    /// The next state deadline due now, if any.
+    pub fn pop_due_deadline(&mut self) -> Option<crate::core::timers::Due<StateDeadline>> {
+        self.deadlines.pop_due(self.clock.now)
+    }
+
+    /// A jittered backoff delay for the `attempts`-th consecutive failure.
+    pub fn backoff_delay(&mut self, attempts: u32) -> u64 {
+        self.jitter.backoff(
+            attempts,
+            self.settings.backoff_min,
+            self.settings.backoff_max,
+        )
+    }
+
+    /// `team.join`: a team not joined starts asking for a URL. Returns false
+    /// when the join changes nothing (already joined: duplicate join).
+    pub fn join(&mut self, entity: Entity, link: &mut Link) -> bool {
+        match link.state {
+            LinkState::Left => {
+                self.set(entity, link, LinkState::NeedsUrl);
+                true
+            }
+            LinkState::Closing {
+                conn,
+                deadline,
+                after: AfterClose::Left,
+            } => {
+                // Keep the epoch: the close deadline still applies.
+                link.state = LinkState::Closing {
+                    conn,
+                    deadline,
+                    after: AfterClose::Rejoin,
+                };
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Sends `team.connect` for a team in `NeedsUrl` on the Global link.
+    pub fn request(
+        &mut self,
+        entity: Entity,
+        team: TeamId,
+        link: &mut Link,
+        global: crate::bridge::ConnId,
+    ) {
+        self.outbox.0.push(NetCommand::Send {
+            conn: global,
+            frame: Outbound::Global(GlobalClientEvent::TeamConnect { team_id: team }),
+        });
+        let deadline = self.clock.now + self.settings.request_timeout;
+        self.set(entity, link, LinkState::Requesting { deadline });
+    }
+
+    /// A `team.connect` answer for a team in `Requesting`: open its socket.
+    /// A URL that cannot be opened fails the attempt like a refused connect.
+    pub fn connect(
+        &mut self,
+        entity: Entity,
+        team: TeamId,
+        link: &mut Link,
+        health: &mut Health,
+        ws_url: &str,
+    ) -> Result<(), crate::protocol::UrlError> {
+        let url = match normalize_ws_url(ws_url) {
+            Ok(url) => url,
+            Err(error) => {
+                self.fail(entity, link, health, &format!("bad ws_url: {error}"), false);
+                return Err(error);
+            }
+        };
+        let conn = self.conns.open(Owner::Team(entity));
+        self.outbox.0.push(NetCommand::Open {
+            conn,
+            kind: ConnKind::Team(team),
+            url,
+        });
+        let deadline = self.clock.now + self.settings.connect_timeout;
+        self.set(entity, link, LinkState::Connecting { conn, deadline });
+        Ok(())
+    }
+
+    /// The socket of a `Connecting` team opened: it is connected; start pinging.
+    pub fn opened(&mut self, entity: Entity, link: &mut Link, health: &mut Health) {
+        let LinkState::Connecting { conn, .. } = link.state else {
+            return;
+        };
+        let now = self.clock.now;
+        health.connects += 1;
+        health.last_activity = now;
+        health.pings_in_flight.clear();
+        self.set(entity, link, LinkState::Open { conn, since: now });
+        self.beats.set(
+            now + self.settings.ping_interval,
+            entity,
+            link.epoch,
+            Beat::Ping,
+        );
+    }
+
+    /// The link or the attempt failed without `team.left`: forget the socket
+    /// (aborting it if `abort`), and ask again after a jittered backoff.
+    pub fn fail(
+        &mut self,
+        entity: Entity,
+        link: &mut Link,
+        health: &mut Health,
+        error: &str,
+        abort: bool,
+    ) {
+        if matches!(link.state, LinkState::Closing { .. }) {
+            self.closed(entity, link, abort);
+            return;
+        }
+        if !link.state.is_joined() {
+            return;
+        }
+        if let Some(conn) = link.state.conn() {
+            self.conns.forget(conn);
+            if abort {
+                self.outbox.0.push(NetCommand::Abort { conn });
+            }
+        }
+        if matches!(link.state, LinkState::Open { .. }) {
+            health.reconnects += 1;
+        }
+        let delay = self.backoff_delay(health.attempts);
+        health.attempts = health.attempts.saturating_add(1);
+        health.last_error = Some(clipped(error, MAX_ERROR_LEN));
+        health.pings_in_flight.clear();
+        debug!(
+            ?entity,
+            error,
+            delay_ms = delay,
+            "team link failed; backing off"
+        );
+        let until = self.clock.now + delay;
+        self.set(entity, link, LinkState::Backoff { until });
+    }
+
+    /// Closes the team's socket with a normal close, then does `after`. A team
+    /// without a socket does `after` at once.
+    pub fn close(&mut self, entity: Entity, link: &mut Link, after: AfterClose) {
+        match link.state {
+            LinkState::Connecting { conn, .. } | LinkState::Open { conn, .. } => {
+                self.outbox.0.push(NetCommand::Close {
+                    conn,
+                    code: CLOSE_NORMAL,
+                });
+                let deadline = self.clock.now + self.settings.close_timeout;
+                self.set(
+                    entity,
+                    link,
+                    LinkState::Closing {
+                        conn,
+                        deadline,
+                        after,
+                    },
+                );
+            }
+            LinkState::Closing {
+                conn,
+                deadline,
+                after: current,
+            } => {
+                // Stop outranks everything; otherwise the latest word counts.
+                let after = if current == AfterClose::Stop {
+                    current
+                } else {
+                    after
+                };
+                link.state = LinkState::Closing {
+                    conn,
+                    deadline,
+                    after,
+                };
+            }
+            _ => self.settle(entity, link, after),
+        }
+    }
+
+    /// A `Closing` socket is gone (or is given up on, with `abort`).
+    pub fn closed(&mut self, entity: Entity, link: &mut Link, abort: bool) {
+        let LinkState::Closing { conn, after, .. } = link.state else {
+            return;
+        };
+        self.conns.forget(conn);
+        if abort {
+            self.outbox.0.push(NetCommand::Abort { conn });
+        }
+        self.settle(entity, link, after);
+    }
+
+    fn settle(&mut self, entity: Entity, link: &mut Link, after: AfterClose) {
+        let state = match after {
+            AfterClose::Left => LinkState::Left,
+            AfterClose::Rejoin => LinkState::NeedsUrl,
+            AfterClose::Stop => LinkState::Stopped,
+        };
+        if link.state != state {
+            self.set(entity, link, state);
+        }
+    }
+
+    /// Backoff is over: queue a new `team.connect`.
+    pub fn retry(&mut self, entity: Entity, link: &mut Link) {
+        if matches!(link.state, LinkState::Backoff { .. }) {
+            self.set(entity, link, LinkState::NeedsUrl);
+        }
+    }
+
+    /// The Global link dropped: a request sent on it will never be answered,
+    /// so the team asks again on the next Global link, without backoff (the
+    /// team itself did nothing wrong).
+    pub fn requeue(&mut self, entity: Entity, link: &mut Link) {
+        if matches!(link.state, LinkState::Requesting { .. }) {
+            self.set(entity, link, LinkState::NeedsUrl);
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! The deterministic core: a bevy_ecs `World` plus one `Schedule`, stepped on
+//! a fixed tick. It does no I/O, never reads a clock and uses only the seeded
+//! RNG it is built with: events go in ([`Core::push`]), time goes in
+//! ([`Core::step`]), commands come out ([`Core::drain_commands`]). Same
+//! events, same seed → the same commands and the same [`Snapshot`].
+
+pub mod components;
+pub mod config;
+pub mod links;
+pub mod resources;
+pub mod snapshot;
+pub mod systems;
+pub mod timers;
+
+use std::time::Duration;
+
+use bevy_ecs::prelude::*;
+use bevy_ecs::schedule::ScheduleLabel;
+
+use crate::bridge::{EventSender, NetCommand, NetEvent, event_channel};
+use crate::protocol::TeamStats;
+use components::{Counters, Health, Link, LinkState, Team};
+use config::{Config, ConfigError, Settings};
+use links::{Beat, StateDeadline};
+use resources::{
+    Clock, Connections, GlobalInbox, Jitter, LogLimiter, NetInbox, Outbox, PendingHealthchecks,
+    Shutdown, ShutdownCause, Stats, TeamInbox, TeamIndex, UrlRequests,
+};
+use snapshot::{Snapshot, TeamSnapshot};
+use systems::global::GlobalLink;
+use systems::heartbeat::PingIds;
+use timers::Timers;
+
+/// The phases of one tick, in order.
+#[derive(SystemSet, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CoreSystems {
+    /// Take events off the bridge and route them.
+    Ingest,
+    /// Keep the Global link up; act on Global events; start a shutdown.
+    Global,
+    /// Act on team socket events and frames.
+    Traffic,
+    /// Pings and pong timeouts.
+    Heartbeat,
+    /// State deadlines and `team.connect` requests.
+    Reconnect,
+    /// Healthcheck replies; closing Global at shutdown.
+    Emit,
+}
+
+/// The label of the core's one schedule.
+#[derive(ScheduleLabel, Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Tick;
+
+/// Capacity of the inbound bridge: about one tick of a very busy fleet.
+pub const EVENT_CHANNEL_CAPACITY: usize = 262_144;
+
+/// `push` could not hand the event to the core.
+#[derive(Debug, thiserror::Error)]
+#[error("the core's inbound channel is full ({EVENT_CHANNEL_CAPACITY} events); step it first")]
+pub struct InboxFull;
+
+/// `step_until` ran out of ticks before its condition held.
+#[derive(Debug, thiserror::Error)]
+#[error("condition still false after {0} ticks")]
+pub struct StepLimit(pub u64);
+
+/// The stepping type: owns the world and its schedule.
+pub struct Core {
+    world: World,
+    schedule: Schedule,
+    events: EventSender,
+}
+
+impl Core {
+    /// Builds a core with no I/O. Nothing happens until the first step,
+    /// which asks for the Global link to be opened.
+    pub fn new(config: &Config, seed: u64) -> Result<Core, ConfigError> {
+        let settings: Settings = config.validate()?;
+        let (events, receiver) = event_channel(EVENT_CHANNEL_CAPACITY);
+        let mut world = World::new();
+        world.insert_resource(settings);
+        world.insert_resource(Clock::default());
+        world.insert_resource(Jitter(fastrand::Rng::with_seed(seed)));
+        world.insert_resource(NetInbox(receiver));
+        world.init_resource::<Outbox>();
+        world.init_resource::<Connections>();
+        world.init_resource::<TeamIndex>();
+        world.init_resource::<UrlRequests>();
+        world.init_resource::<GlobalInbox>();
+        world.init_resource::<TeamInbox>();
+        world.init_resource::<PendingHealthchecks>();
+        world.init_resource::<Shutdown>();
+        world.init_resource::<Stats>();
+        world.init_resource::<LogLimiter>();
+        world.init_resource::<GlobalLink>();
+        world.init_resource::<PingIds>();
+        world.init_resource::<Timers<Beat>>();
+        world.init_resource::<Timers<StateDeadline>>();
+        Ok(Core {
+            world,
+            schedule: build_schedule(),
+            events,
+        })
+    }
+
+    /// A sender for the transport: events it sends reach the next tick.
+    pub fn event_sender(&self) -> EventSender {
+        self.events.clone()
+    }
+
+    /// Queues one inbound event for the next tick.
+    pub fn push(&mut self, event: NetEvent) -> Result<(), InboxFull> {
+        self.events.try_send(event).map_err(|_| InboxFull)
+    }
+
+    /// Advances the clock by one tick and runs the schedule.
+    pub fn step(&mut self) {
+        let tick = self.world.resource::<Settings>().tick;
+        self.advance(tick);
+    }
+
+    /// Advances the clock by `dt` (rounded down to whole ms) and runs the
+    /// schedule once: for a driver whose real tick overran.
+    pub fn step_by(&mut self, dt: Duration) {
+        self.advance(u64::try_from(dt.as_millis()).unwrap_or(u64::MAX / 4));
+    }
+
+    fn advance(&mut self, ms: u64) {
+        let mut clock = self.world.resource_mut::<Clock>();
+        clock.tick += 1;
+        clock.now += ms;
+        self.schedule.run(&mut self.world);
+    }
+
+    /// Runs `n` ticks.
+    pub fn step_n(&mut self, n: u64) {
+        for _ in 0..n {
+            self.step();
+        }
+    }
+
+    /// Runs ticks until `done` holds, at most `max_ticks`; returns how many ran.
+    pub fn step_until(
+        &mut self,
+        max_ticks: u64,
+        mut done: impl FnMut(&Core) -> bool,
+    ) -> Result<u64, StepLimit> {
+        for ran in 0..=max_ticks {
+            if done(self) {
+                return Ok(ran);
+            }
+            if ran < max_ticks {
+                self.step();
+            }
+        }
+        Err(StepLimit(max_ticks))
+    }
+
+    /// Takes the commands produced since the last call, in order.
+    pub fn drain_commands(&mut self) -> Vec<NetCommand> {
+        std::mem::take(&mut self.world.resource_mut::<Outbox>().0)
+    }
+
+    /// Asks for a graceful shutdown, as `goodbye` does: every socket gets a
+    /// normal close on the next tick.
+    pub fn shutdown(&mut self) {
+        let mut shutdown = self.world.resource_mut::<Shutdown>();
+        shutdown.cause.get_or_insert(ShutdownCause::Local);
+    }
+
+    /// Why the run is ending, if it is.
+    pub fn shutdown_cause(&self) -> Option<ShutdownCause> {
+        self.world.resource::<Shutdown>().cause
+    }
+
+    /// Whether the run is over: shutdown begun and every connection gone.
+    pub fn is_finished(&self) -> bool {
+        self.world.resource::<Shutdown>().begun && self.world.resource::<Connections>().is_empty()
+    }
+
+    /// Core time since construction.
+    pub fn now(&self) -> Duration {
+        Duration::from_millis(self.world.resource::<Clock>().now)
+    }
+
+    /// Timers held (stale ones included): shows per-tick cost is not per team.
+    pub fn pending_timers(&self) -> usize {
+        self.world.resource::<Timers<Beat>>().len()
+            + self.world.resource::<Timers<StateDeadline>>().len()
+    }
+
+    /// Run-wide counters.
+    pub fn stats(&self) -> &Stats {
+        self.world.resource::<Stats>()
+    }
+
+    /// The Global link.
+    pub fn global(&self) -> &GlobalLink {
+        self.world.resource::<GlobalLink>()
+    }
+
+    /// What a `healthcheck` reply would say now.
+    pub fn healthcheck(&self) -> Vec<TeamStats> {
+        systems::healthcheck::team_stats(self.world.resource::<TeamIndex>(), |e| {
+            let link = self.world.get::<Link>(e)?;
+            let counters = self.world.get::<Counters>(e)?;
+            Some((link.state, *counters))
+        })
+    }
+
+    /// A full view of the core, in stable order.
+    pub fn snapshot(&self) -> Snapshot {
+        let teams = self
+            .world
+            .resource::<TeamIndex>()
+            .0
+            .values()
+            .filter_map(|&e| {
+                let team = self.world.get::<Team>(e)?;
+                let link = self.world.get::<Link>(e)?;
+                Some(TeamSnapshot {
+                    id: team.id,
+                    connected: matches!(link.state, LinkState::Open { .. }),
+                    link: link.state,
+                    counters: *self.world.get::<Counters>(e)?,
+                    health: self.world.get::<Health>(e)?.clone(),
+                })
+            })
+            .collect();
+        Snapshot {
+            clock: *self.world.resource::<Clock>(),
+            global: self.global().clone(),
+            teams,
+            stats: self.stats().clone(),
+            shutdown: *self.world.resource::<Shutdown>(),
+            live_connections: self.world.resource::<Connections>().len(),
+            finished: self.is_finished(),
+        }
+    }
+}
+
+fn build_schedule() -> Schedule {
+    use systems::{global, healthcheck, heartbeat, ingest, reconnect, traffic};
+    let mut schedule = Schedule::new(Tick);
+    schedule.configure_sets(
+        (
+            CoreSystems::Ingest,
+            CoreSystems::Global,
+            CoreSystems::Traffic,
+            CoreSystems::Heartbeat,
+            CoreSystems::Reconnect,
+            CoreSystems::Emit,
+        )
+            .chain(),
+    );
+    schedule.add_systems((
+        ingest::route_net_events.in_set(CoreSystems::Ingest),
+        (
+            global::maintain_global_link,
+            global::admit_joined_teams,
+            global::handle_global_events,
+            global::begin_shutdown,
+        )
+            .chain()
+            .in_set(CoreSystems::Global),
+        traffic::handle_team_events.in_set(CoreSystems::Traffic),
+        heartbeat::send_pings_and_check_pongs.in_set(CoreSystems::Heartbeat),
+        (reconnect::expire_deadlines, reconnect::request_team_urls)
+            .chain()
+            .in_set(CoreSystems::Reconnect),
+        (healthcheck::answer_healthchecks, global::close_global_link)
+            .chain()
+            .in_set(CoreSystems::Emit),
+    ));
+    schedule
+}

@@ -1,0 +1,237 @@
+//! Singletons of the core: clock, randomness, routing tables, queues, stats.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+
+use bevy_ecs::prelude::*;
+use serde::Serialize;
+
+use crate::bridge::{ConnId, EventReceiver, NetCommand};
+use crate::protocol::TeamId;
+
+/// Core time. Advanced only by the driver (or a test), never read from the OS.
+#[derive(Resource, Clone, Copy, Debug, Default, Serialize)]
+pub struct Clock {
+    /// Ticks run so far.
+    pub tick: u64,
+    /// Milliseconds since the core was built.
+    pub now: u64,
+}
+
+/// The only randomness in the core: seeded, used for backoff jitter.
+#[derive(Resource)]
+pub struct Jitter(pub fastrand::Rng);
+
+impl Jitter {
+    /// A full-jitter exponential backoff delay for the `attempts`-th retry:
+    /// uniform in `[0, min(max, min·2^attempts)]`, so a fleet that failed
+    /// together does not retry together.
+    pub fn backoff(&mut self, attempts: u32, min: u64, max: u64) -> u64 {
+        let ceiling = min.saturating_mul(1u64 << attempts.min(32)).min(max);
+        self.0.u64(0..=ceiling)
+    }
+}
+
+/// Inbound side of the bridge, drained with `try_recv` by the ingest system.
+#[derive(Resource)]
+pub struct NetInbox(pub EventReceiver);
+
+/// Commands produced this tick, drained by the driver.
+#[derive(Resource, Default)]
+pub struct Outbox(pub Vec<NetCommand>);
+
+/// Who owns a live connection id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Owner {
+    /// The Global link.
+    Global,
+    /// A team's link.
+    Team(Entity),
+}
+
+/// Live connection ids and their owners. An id leaves this table the moment
+/// the core stops caring about it; events for ids not here are stale.
+#[derive(Resource, Default)]
+pub struct Connections {
+    next: u64,
+    owners: HashMap<ConnId, Owner>,
+}
+
+impl Connections {
+    /// A fresh id, registered to `owner`.
+    pub fn open(&mut self, owner: Owner) -> ConnId {
+        self.next += 1;
+        let conn = ConnId(self.next);
+        self.owners.insert(conn, owner);
+        conn
+    }
+
+    /// Who owns `conn`, if it is live.
+    pub fn owner(&self, conn: ConnId) -> Option<Owner> {
+        self.owners.get(&conn).copied()
+    }
+
+    /// Forgets `conn`.
+    pub fn forget(&mut self, conn: ConnId) {
+        self.owners.remove(&conn);
+    }
+
+    /// Live connections.
+    pub fn len(&self) -> usize {
+        self.owners.len()
+    }
+
+    /// Whether no connection is live.
+    pub fn is_empty(&self) -> bool {
+        self.owners.is_empty()
+    }
+}
+
+/// Team id → entity, ordered so healthcheck replies come out sorted by id.
+#[derive(Resource, Default)]
+pub struct TeamIndex(pub BTreeMap<TeamId, Entity>);
+
+/// Teams waiting to send `team.connect` (first come, first served), and the
+/// requests in flight.
+#[derive(Resource, Default)]
+pub struct UrlRequests {
+    /// Teams that entered `NeedsUrl`, oldest first. May hold stale entries
+    /// (teams that left `NeedsUrl` since); `queued` is the truth.
+    queue: VecDeque<Entity>,
+    queued: HashSet<Entity>,
+    /// Teams in `Requesting`.
+    pub in_flight: BTreeSet<Entity>,
+}
+
+impl UrlRequests {
+    /// Queues `entity` unless it already is.
+    pub fn enqueue(&mut self, entity: Entity) {
+        if self.queued.insert(entity) {
+            self.queue.push_back(entity);
+        }
+    }
+
+    /// Takes `entity` out of the queue.
+    pub fn dequeue(&mut self, entity: Entity) {
+        self.queued.remove(&entity);
+    }
+
+    /// The longest-waiting queued team.
+    pub fn pop(&mut self) -> Option<Entity> {
+        while let Some(entity) = self.queue.pop_front() {
+            if self.queued.remove(&entity) {
+                return Some(entity);
+            }
+        }
+        None
+    }
+}
+
+/// Events routed to the Global lifecycle this tick, in arrival order.
+#[derive(Resource, Default)]
+pub struct GlobalInbox(pub Vec<crate::bridge::NetEvent>);
+
+/// Events routed to team traffic this tick, in arrival order.
+#[derive(Resource, Default)]
+pub struct TeamInbox(pub Vec<(Entity, crate::bridge::NetEvent)>);
+
+/// `healthcheck` requests waiting for their reply at the end of the tick,
+/// each with the Global connection it came on.
+#[derive(Resource, Default)]
+pub struct PendingHealthchecks(pub Vec<ConnId>);
+
+/// Why the run is ending.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShutdownCause {
+    /// The server sent `goodbye`.
+    Goodbye,
+    /// The operator asked (signal, or `Core::shutdown`).
+    Local,
+}
+
+/// Shutdown progress.
+#[derive(Resource, Default, Clone, Copy, Debug, Serialize)]
+pub struct Shutdown {
+    /// Set when a shutdown is asked for.
+    pub cause: Option<ShutdownCause>,
+    /// Set once every link was told to close.
+    pub begun: bool,
+}
+
+/// Run-wide counters: what arrived, what was bad, what was ignored.
+#[derive(Resource, Default, Clone, Debug, Serialize)]
+pub struct Stats {
+    /// Network events taken from the bridge.
+    pub events: u64,
+    /// Events about connection ids the core had already given up on.
+    pub stale_events: u64,
+    /// Bad frames on the Global connection, by class.
+    pub bad_global: BTreeMap<&'static str, u64>,
+    /// Bad frames on team connections, by class.
+    pub bad_team: BTreeMap<&'static str, u64>,
+    /// Well-formed events the protocol says to ignore (an answer nobody
+    /// asked for, a `team.left` for an unknown team, …), by reason.
+    pub ignored: BTreeMap<&'static str, u64>,
+    /// `error` events received on Global.
+    pub server_errors: u64,
+    /// `healthcheck` replies sent.
+    pub healthchecks_answered: u64,
+    /// `ping`s sent.
+    pub pings_sent: u64,
+    /// Team links declared dead for want of any frame after a ping.
+    pub dead_links: u64,
+}
+
+/// Rate limit for warnings a peer can trigger: at most `BURST` per `WINDOW`
+/// of core time per key; the rest are counted and summarised.
+#[derive(Resource, Default)]
+pub struct LogLimiter {
+    windows: HashMap<&'static str, (u64, u32, u64)>,
+}
+
+impl LogLimiter {
+    const WINDOW_MS: u64 = 10_000;
+    const BURST: u32 = 10;
+
+    /// Whether a warning under `key` may be logged at `now`. Returns the
+    /// number suppressed since the last one logged, so the log can say so.
+    pub fn allow(&mut self, key: &'static str, now: u64) -> Option<u64> {
+        let (start, used, suppressed) = self.windows.entry(key).or_insert((now, 0, 0));
+        if now >= *start + Self::WINDOW_MS {
+            *start = now;
+            *used = 0;
+        }
+        if *used < Self::BURST {
+            *used += 1;
+            Some(std::mem::take(suppressed))
+        } else {
+            *suppressed += 1;
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_stays_within_its_exponential_ceiling() {
+        let mut jitter = Jitter(fastrand::Rng::with_seed(1));
+        for attempts in 0..40 {
+            let ceiling = (250u64 << attempts.min(32)).min(30_000);
+            for _ in 0..50 {
+                assert!(jitter.backoff(attempts, 250, 30_000) <= ceiling);
+            }
+        }
+    }
+
+    #[test]
+    fn log_limiter_allows_a_burst_per_window_and_counts_the_rest() {
+        let mut limiter = LogLimiter::default();
+        let allowed = (0..100).filter(|_| limiter.allow("k", 5).is_some()).count();
+        assert_eq!(allowed, LogLimiter::BURST as usize);
+        assert_eq!(limiter.allow("k", 5 + LogLimiter::WINDOW_MS), Some(90));
+        assert_eq!(limiter.allow("other", 5), Some(0));
+    }
+}

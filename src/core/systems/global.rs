@@ -1,0 +1,434 @@
+//! The Global link: keeping it open, and acting on what it says.
+
+use bevy_ecs::prelude::*;
+use serde::Serialize;
+use tracing::{debug, info, warn};
+
+use crate::bridge::{CLOSE_NORMAL, ConnId, ConnKind, Inbound, NetCommand, NetEvent};
+use crate::core::components::{AfterClose, Counters, Health, Link, Team};
+use crate::core::links::{Links, clipped};
+use crate::core::resources::{
+    GlobalInbox, LogLimiter, Owner, PendingHealthchecks, Shutdown, ShutdownCause, Stats, TeamIndex,
+};
+use crate::protocol::GlobalServerEvent;
+
+/// The Global link's state machine. Times are core milliseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum GlobalState {
+    /// Not opened yet.
+    Idle,
+    /// Socket opening.
+    Connecting {
+        /// The attempt.
+        conn: ConnId,
+        /// When it is abandoned.
+        deadline: u64,
+    },
+    /// Socket open. `ready` once the server said `hello` (or anything that
+    /// shows it is talking): only then are `team.connect` requests sent.
+    Open {
+        /// The socket.
+        conn: ConnId,
+        /// Whether requests may be sent.
+        ready: bool,
+    },
+    /// Waiting to reopen.
+    Backoff {
+        /// When to reopen.
+        until: u64,
+    },
+    /// Close frame sent at shutdown.
+    Closing {
+        /// The socket.
+        conn: ConnId,
+        /// When it is dropped without waiting longer.
+        deadline: u64,
+    },
+    /// Closed for good.
+    Closed,
+}
+
+/// The Global link as a resource: there is exactly one.
+#[derive(Resource, Clone, Debug, Serialize)]
+pub struct GlobalLink {
+    /// Where it stands.
+    pub state: GlobalState,
+    /// Consecutive failed attempts; reset by `hello`.
+    pub attempts: u32,
+    /// Sockets opened over the run.
+    pub connects: u64,
+    /// Why the last attempt or socket failed.
+    pub last_error: Option<String>,
+}
+
+impl Default for GlobalLink {
+    fn default() -> Self {
+        GlobalLink {
+            state: GlobalState::Idle,
+            attempts: 0,
+            connects: 0,
+            last_error: None,
+        }
+    }
+}
+
+impl GlobalLink {
+    /// The open socket, if requests and replies may be sent on it.
+    pub fn ready_conn(&self) -> Option<ConnId> {
+        match self.state {
+            GlobalState::Open { conn, ready: true } => Some(conn),
+            _ => None,
+        }
+    }
+
+    /// The socket the link owns, if any.
+    pub fn conn(&self) -> Option<ConnId> {
+        match self.state {
+            GlobalState::Connecting { conn, .. }
+            | GlobalState::Open { conn, .. }
+            | GlobalState::Closing { conn, .. } => Some(conn),
+            _ => None,
+        }
+    }
+}
+
+/// Team data the Global systems read and change.
+type TeamParts<'a> = (&'a Team, &'a mut Link, &'a mut Health);
+
+/// Opens the Global link when it is down and its backoff is over, and
+/// enforces its connect and close deadlines. O(1) per tick.
+pub fn maintain_global_link(
+    mut global: ResMut<GlobalLink>,
+    shutdown: Res<Shutdown>,
+    mut links: Links,
+) {
+    let now = links.clock.now;
+    match global.state {
+        GlobalState::Idle if shutdown.cause.is_none() => {
+            open_global(&mut global, &mut links);
+        }
+        GlobalState::Backoff { until } if until <= now && shutdown.cause.is_none() => {
+            open_global(&mut global, &mut links);
+        }
+        GlobalState::Connecting { conn, deadline } if deadline <= now => {
+            links.outbox.0.push(NetCommand::Abort { conn });
+            lose_global(&mut global, &mut links, &shutdown, "connect timeout");
+        }
+        GlobalState::Closing { conn, deadline } if deadline <= now => {
+            links.outbox.0.push(NetCommand::Abort { conn });
+            links.conns.forget(conn);
+            global.state = GlobalState::Closed;
+        }
+        _ => {}
+    }
+}
+
+fn open_global(global: &mut GlobalLink, links: &mut Links) {
+    let conn = links.conns.open(Owner::Global);
+    links.outbox.0.push(NetCommand::Open {
+        conn,
+        kind: ConnKind::Global,
+        url: links.settings.global_url.clone(),
+    });
+    let deadline = links.clock.now + links.settings.connect_timeout;
+    global.state = GlobalState::Connecting { conn, deadline };
+    info!(%conn, url = %links.settings.global_url, "opening Global link");
+}
+
+/// The Global socket or attempt is gone. Reopen after a backoff (unless the
+/// run is ending); every request sent on it is re-queued, because its answer
+/// can no longer arrive.
+fn lose_global(global: &mut GlobalLink, links: &mut Links, shutdown: &Shutdown, error: &str) {
+    if let Some(conn) = global.conn() {
+        links.conns.forget(conn);
+    }
+    if shutdown.cause.is_some() {
+        global.state = GlobalState::Closed;
+        return;
+    }
+    let delay = links.backoff_delay(global.attempts);
+    global.attempts = global.attempts.saturating_add(1);
+    global.last_error = Some(clipped(error, 200));
+    global.state = GlobalState::Backoff {
+        until: links.clock.now + delay,
+    };
+    warn!(error, retry_in_ms = delay, "Global link lost; reopening");
+}
+
+/// Spawns an entity for every team id seen for the first time in this tick's
+/// `team.join`s, so the lifecycle system can treat every join alike.
+pub fn admit_joined_teams(
+    inbox: Res<GlobalInbox>,
+    shutdown: Res<Shutdown>,
+    mut index: ResMut<TeamIndex>,
+    mut commands: Commands,
+) {
+    if shutdown.cause.is_some() {
+        return;
+    }
+    for event in &inbox.0 {
+        let NetEvent::Received {
+            frame: Inbound::Global(Ok(event)),
+            ..
+        } = event
+        else {
+            continue;
+        };
+        // Nothing after `goodbye` is acted on, joins included.
+        if *event == GlobalServerEvent::Goodbye {
+            break;
+        }
+        if let GlobalServerEvent::TeamJoin { team_id } = event {
+            index.0.entry(*team_id).or_insert_with(|| {
+                commands
+                    .spawn((
+                        Team { id: *team_id },
+                        Link::default(),
+                        Counters::default(),
+                        Health::default(),
+                    ))
+                    .id()
+            });
+        }
+    }
+}
+
+/// Acts on this tick's Global events, in arrival order.
+#[allow(clippy::too_many_arguments)]
+pub fn handle_global_events(
+    mut inbox: ResMut<GlobalInbox>,
+    mut global: ResMut<GlobalLink>,
+    mut shutdown: ResMut<Shutdown>,
+    mut pending: ResMut<PendingHealthchecks>,
+    mut stats: ResMut<Stats>,
+    mut limiter: ResMut<LogLimiter>,
+    index: Res<TeamIndex>,
+    mut teams: Query<TeamParts>,
+    mut links: Links,
+) {
+    for event in inbox.0.drain(..) {
+        match event {
+            NetEvent::Opened { conn } => {
+                if let GlobalState::Connecting { conn: c, .. } = global.state
+                    && c == conn
+                {
+                    global.state = GlobalState::Open { conn, ready: false };
+                    global.connects += 1;
+                    info!(%conn, "Global link open");
+                }
+            }
+            NetEvent::OpenFailed { error, .. } => {
+                lose_global(&mut global, &mut links, &shutdown, &error);
+                requeue_requests(&mut teams, &mut links);
+            }
+            NetEvent::Closed { reason, .. } => {
+                if matches!(global.state, GlobalState::Closing { .. }) {
+                    if let Some(conn) = global.conn() {
+                        links.conns.forget(conn);
+                    }
+                    global.state = GlobalState::Closed;
+                } else {
+                    lose_global(&mut global, &mut links, &shutdown, &reason.to_string());
+                    requeue_requests(&mut teams, &mut links);
+                }
+            }
+            NetEvent::Received { conn, frame } => {
+                let Inbound::Global(decoded) = frame else {
+                    *stats.ignored.entry("team frame on global").or_default() += 1;
+                    continue;
+                };
+                match decoded {
+                    Ok(event) => {
+                        if shutdown.cause.is_none() {
+                            on_global_event(
+                                event,
+                                conn,
+                                &mut global,
+                                &mut shutdown,
+                                &mut pending,
+                                &mut stats,
+                                &mut limiter,
+                                &index,
+                                &mut teams,
+                                &mut links,
+                            );
+                        }
+                    }
+                    Err(error) => {
+                        *stats.bad_global.entry(error.class()).or_default() += 1;
+                        if let Some(suppressed) = limiter.allow("bad_global", links.clock.now) {
+                            warn!(%conn, %error, suppressed, "bad input on Global");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn requeue_requests(teams: &mut Query<TeamParts>, links: &mut Links) {
+    let in_flight: Vec<Entity> = links.requests.in_flight.iter().copied().collect();
+    for entity in in_flight {
+        if let Ok((_, mut link, _)) = teams.get_mut(entity) {
+            links.requeue(entity, &mut link);
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn on_global_event(
+    event: GlobalServerEvent,
+    conn: ConnId,
+    global: &mut GlobalLink,
+    shutdown: &mut Shutdown,
+    pending: &mut PendingHealthchecks,
+    stats: &mut Stats,
+    limiter: &mut LogLimiter,
+    index: &TeamIndex,
+    teams: &mut Query<TeamParts>,
+    links: &mut Links,
+) {
+    let now = links.clock.now;
+    let mut ignore = |stats: &mut Stats, why: &'static str, team: crate::protocol::TeamId| {
+        *stats.ignored.entry(why).or_default() += 1;
+        if limiter.allow(why, now).is_some() {
+            debug!(team_id = %team, why, "ignored Global event");
+        }
+    };
+    match event {
+        GlobalServerEvent::Hello => {
+            mark_ready(global);
+            global.attempts = 0;
+        }
+        GlobalServerEvent::TeamJoin { team_id } => {
+            // A server that skips `hello` but announces teams is talking.
+            mark_ready(global);
+            if let Some(&entity) = index.0.get(&team_id)
+                && let Ok((_, mut link, _)) = teams.get_mut(entity)
+                && !links.join(entity, &mut link)
+            {
+                ignore(stats, "duplicate team.join", team_id);
+            }
+        }
+        GlobalServerEvent::TeamLeft { team_id } => {
+            match index
+                .0
+                .get(&team_id)
+                .and_then(|&e| teams.get_mut(e).ok().map(|t| (e, t)))
+            {
+                Some((entity, (_, mut link, _))) => {
+                    links.close(entity, &mut link, AfterClose::Left);
+                    info!(team_id = %team_id, "team left (Global)");
+                }
+                None => ignore(stats, "team.left for unknown team", team_id),
+            }
+        }
+        GlobalServerEvent::TeamConnect { team_id, ws_url } => {
+            let found = index
+                .0
+                .get(&team_id)
+                .and_then(|&e| teams.get_mut(e).ok().map(|t| (e, t)));
+            match found {
+                Some((entity, (team, mut link, mut health)))
+                    if matches!(
+                        link.state,
+                        crate::core::components::LinkState::Requesting { .. }
+                    ) =>
+                {
+                    if let Err(error) =
+                        links.connect(entity, team.id, &mut link, &mut health, &ws_url)
+                        && limiter.allow("bad_ws_url", now).is_some()
+                    {
+                        warn!(team_id = %team_id, %error, "unusable ws_url; retrying");
+                    }
+                }
+                _ => ignore(stats, "unrequested team.connect", team_id),
+            }
+        }
+        ref error @ GlobalServerEvent::Error {
+            ref message,
+            team_id,
+            ..
+        } => {
+            stats.server_errors += 1;
+            let failed = error.failed_team_connect();
+            if limiter.allow("server_error", now).is_some() {
+                warn!(message = %clipped(message, 200), ?team_id, ?failed, "error from Global");
+            }
+            if let Some(team_id) = failed
+                && let Some(&entity) = index.0.get(&team_id)
+                && let Ok((_, mut link, mut health)) = teams.get_mut(entity)
+                && matches!(
+                    link.state,
+                    crate::core::components::LinkState::Requesting { .. }
+                )
+            {
+                let why = format!("team.connect refused: {}", clipped(message, 120));
+                links.fail(entity, &mut link, &mut health, &why, false);
+            }
+        }
+        GlobalServerEvent::Healthcheck => pending.0.push(conn),
+        GlobalServerEvent::Goodbye => {
+            info!("goodbye from Global: ending the run");
+            shutdown.cause = Some(ShutdownCause::Goodbye);
+        }
+    }
+}
+
+fn mark_ready(global: &mut GlobalLink) {
+    if let GlobalState::Open { conn, .. } = global.state {
+        global.state = GlobalState::Open { conn, ready: true };
+    }
+}
+
+/// Once a shutdown is asked for, closes every team socket with a normal
+/// close and stops every team that has none. Runs its full scan once.
+pub fn begin_shutdown(
+    mut shutdown: ResMut<Shutdown>,
+    mut global: ResMut<GlobalLink>,
+    mut teams: Query<(Entity, &mut Link)>,
+    mut links: Links,
+) {
+    if shutdown.cause.is_none() || shutdown.begun {
+        return;
+    }
+    shutdown.begun = true;
+    for (entity, mut link) in &mut teams {
+        // A team that left stays `left`: the report must tell the two apart.
+        if link.state != crate::core::components::LinkState::Left {
+            links.close(entity, &mut link, AfterClose::Stop);
+        }
+    }
+    match global.state {
+        GlobalState::Connecting { conn, .. } => {
+            links.outbox.0.push(NetCommand::Abort { conn });
+            links.conns.forget(conn);
+            global.state = GlobalState::Closed;
+        }
+        GlobalState::Idle | GlobalState::Backoff { .. } => global.state = GlobalState::Closed,
+        _ => {}
+    }
+}
+
+/// Closes the Global link at the end of a shutdown tick, after the
+/// healthcheck replies of that tick went out on it.
+pub fn close_global_link(
+    shutdown: Res<Shutdown>,
+    mut global: ResMut<GlobalLink>,
+    mut links: Links,
+) {
+    if !shutdown.begun {
+        return;
+    }
+    if let GlobalState::Open { conn, .. } = global.state {
+        links.outbox.0.push(NetCommand::Close {
+            conn,
+            code: CLOSE_NORMAL,
+        });
+        global.state = GlobalState::Closing {
+            conn,
+            deadline: links.clock.now + links.settings.close_timeout,
+        };
+    }
+}

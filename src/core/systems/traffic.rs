@@ -1,0 +1,110 @@
+//! Team traffic: socket lifecycle events and frames on team connections.
+
+use bevy_ecs::prelude::*;
+use tracing::{debug, info, warn};
+
+use crate::bridge::{Inbound, NetEvent};
+use crate::core::components::{AfterClose, Counters, Health, Link, LinkState, Team};
+use crate::core::links::Links;
+use crate::core::resources::{LogLimiter, Stats, TeamInbox};
+use crate::protocol::TeamServerEvent;
+
+/// Acts on this tick's team events in arrival order. Cost: O(events).
+pub fn handle_team_events(
+    mut inbox: ResMut<TeamInbox>,
+    mut stats: ResMut<Stats>,
+    mut limiter: ResMut<LogLimiter>,
+    mut teams: Query<(&Team, &mut Link, &mut Counters, &mut Health)>,
+    mut links: Links,
+) {
+    let now = links.clock.now;
+    for (entity, event) in inbox.0.drain(..) {
+        let Ok((team, mut link, mut counters, mut health)) = teams.get_mut(entity) else {
+            continue;
+        };
+        // The connection table only routes live ids, but the state is the
+        // authority on which socket is the team's.
+        if link.state.conn() != Some(event.conn()) {
+            stats.stale_events += 1;
+            continue;
+        }
+        match event {
+            NetEvent::Opened { .. } => {
+                if matches!(link.state, LinkState::Connecting { .. }) {
+                    links.opened(entity, &mut link, &mut health);
+                    debug!(team_id = %team.id, "team socket open");
+                }
+            }
+            NetEvent::OpenFailed { error, .. } => {
+                links.fail(entity, &mut link, &mut health, &error, false);
+            }
+            NetEvent::Closed { reason, .. } => {
+                if !matches!(link.state, LinkState::Closing { .. })
+                    && limiter.allow("team_drop", now).is_some()
+                {
+                    info!(team_id = %team.id, %reason, "team socket dropped; re-requesting");
+                }
+                links.fail(entity, &mut link, &mut health, &reason.to_string(), false);
+            }
+            NetEvent::Received { frame, .. } => {
+                // Any frame, even a bad one, shows the link is alive.
+                health.last_activity = now;
+                let decoded = match frame {
+                    Inbound::Team(decoded) => decoded,
+                    Inbound::Global(_) => {
+                        *stats.ignored.entry("global frame on team").or_default() += 1;
+                        continue;
+                    }
+                };
+                match decoded {
+                    Ok(TeamServerEvent::Message { text }) => {
+                        counters.message_count += 1;
+                        if TeamServerEvent::is_props(&text) {
+                            counters.props_count += 1;
+                        }
+                    }
+                    Ok(TeamServerEvent::Hello) => {
+                        // The server accepted this link: failures so far are forgiven.
+                        health.attempts = 0;
+                    }
+                    Ok(TeamServerEvent::Pong { unique_id }) => {
+                        on_pong(&mut health, unique_id, now);
+                    }
+                    Ok(TeamServerEvent::TeamLeft { team_id }) => {
+                        if team_id != team.id && limiter.allow("team_left_mismatch", now).is_some()
+                        {
+                            warn!(team_id = %team.id, said = %team_id, "team.left names another team; the socket's team leaves");
+                        }
+                        if matches!(link.state, LinkState::Open { .. }) {
+                            links.close(entity, &mut link, AfterClose::Left);
+                            info!(team_id = %team.id, "team left (team socket)");
+                        }
+                    }
+                    Err(error) => {
+                        health.bad_frames += 1;
+                        *stats.bad_team.entry(error.class()).or_default() += 1;
+                        if let Some(suppressed) = limiter.allow("bad_team", now) {
+                            warn!(team_id = %team.id, %error, suppressed, "bad input on team socket");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Matches a pong to its ping. Pongs for older pings than the one answered
+/// are implied lost; an unknown id is still a sign of life, nothing more.
+fn on_pong(health: &mut Health, unique_id: u64, now: u64) {
+    let Some(pos) = health
+        .pings_in_flight
+        .iter()
+        .position(|&(id, _)| id == unique_id)
+    else {
+        return;
+    };
+    let (_, sent_at) = health.pings_in_flight[pos];
+    health.pings_in_flight.drain(..=pos);
+    health.rtt_ms = Some(now - sent_at);
+    health.last_pong = Some(now);
+}

@@ -1,0 +1,103 @@
+//! Deadlines in an ordered heap, so a tick costs O(due timers), not O(teams).
+//!
+//! A timer is never cancelled: it carries the link epoch it was set in, and
+//! the consumer drops it when it pops if the link has moved on since. The heap
+//! therefore holds at most a few entries per team (one per state deadline,
+//! plus the ping and pong checks of an open link).
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::marker::PhantomData;
+
+use bevy_ecs::prelude::*;
+
+/// A due timer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Due<K> {
+    /// When it was due, ms.
+    pub at: u64,
+    /// Insertion order, so equal deadlines pop in the order they were set.
+    seq: u64,
+    /// The team it belongs to.
+    pub entity: Entity,
+    /// The link epoch it was set in.
+    pub epoch: u32,
+    /// What to do.
+    pub kind: K,
+}
+
+/// An ordered set of deadlines of one kind `K`; each system owns its own.
+#[derive(Resource)]
+pub struct Timers<K: Send + Sync + 'static> {
+    heap: BinaryHeap<Reverse<Due<K>>>,
+    seq: u64,
+    _kind: PhantomData<K>,
+}
+
+impl<K: Ord + Copy + Send + Sync + 'static> Default for Timers<K> {
+    fn default() -> Self {
+        Timers {
+            heap: BinaryHeap::new(),
+            seq: 0,
+            _kind: PhantomData,
+        }
+    }
+}
+
+impl<K: Ord + Copy + Send + Sync + 'static> Timers<K> {
+    /// Sets a timer for `entity` at `at`, valid while its link is at `epoch`.
+    pub fn set(&mut self, at: u64, entity: Entity, epoch: u32, kind: K) {
+        self.seq += 1;
+        self.heap.push(Reverse(Due {
+            at,
+            seq: self.seq,
+            entity,
+            epoch,
+            kind,
+        }));
+    }
+
+    /// Removes and returns the earliest timer due at or before `now`.
+    pub fn pop_due(&mut self, now: u64) -> Option<Due<K>> {
+        if self.heap.peek()?.0.at > now {
+            return None;
+        }
+        self.heap.pop().map(|Reverse(due)| due)
+    }
+
+    /// Timers held, stale ones included.
+    pub fn len(&self) -> usize {
+        self.heap.len()
+    }
+
+    /// Whether no timer is held.
+    pub fn is_empty(&self) -> bool {
+        self.heap.is_empty()
+    }
+
+    /// The earliest deadline, if any.
+    pub fn next_at(&self) -> Option<u64> {
+        self.heap.peek().map(|Reverse(d)| d.at)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pops_in_deadline_then_insertion_order() {
+        let mut world = World::new();
+        let (a, b) = (world.spawn_empty().id(), world.spawn_empty().id());
+        let mut timers = Timers::<u8>::default();
+        timers.set(30, a, 0, 1);
+        timers.set(10, b, 0, 2);
+        timers.set(10, a, 0, 3);
+        assert_eq!(timers.pop_due(9), None);
+        let order: Vec<u8> = std::iter::from_fn(|| timers.pop_due(30))
+            .map(|d| d.kind)
+            .collect();
+        assert_eq!(order, vec![2, 3, 1]);
+        assert!(timers.is_empty());
+    }
+}

@@ -1,0 +1,259 @@
+//! A scripted peer for stepping the core deterministically in tests, with no
+//! sockets: it plays the transport's part (answering `Open` with `Opened`,
+//! feeding frames) and remembers which connection id belongs to what.
+//!
+//! ```
+//! use switchboard::testkit::Peer;
+//! use switchboard::TeamId;
+//!
+//! let mut peer = Peer::new(7);
+//! peer.open_global();
+//! peer.join(TeamId(1));
+//! peer.connect_team(TeamId(1));
+//! peer.message(TeamId(1), "props to you");
+//! peer.step();
+//! assert_eq!(peer.core.healthcheck()[0].props_count, 1);
+//! ```
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::bridge::{CloseReason, ConnId, ConnKind, Inbound, NetCommand, NetEvent, Outbound};
+use crate::core::Core;
+use crate::core::config::Config;
+use crate::protocol::{
+    DecodeError, GlobalClientEvent, GlobalServerEvent, TeamClientEvent, TeamId, TeamServerEvent,
+};
+
+/// The config the test kit uses unless told otherwise: short, round numbers
+/// so scenarios read easily (tick 10ms, ping every 1s, pong timeout 500ms,
+/// backoff 100ms..1s, timeouts 2s).
+pub fn test_config() -> Config {
+    Config {
+        global_url: "ws://sim/global".into(),
+        tick: Duration::from_millis(10),
+        ping_interval: Duration::from_secs(1),
+        pong_timeout: Duration::from_millis(500),
+        backoff_min: Duration::from_millis(100),
+        backoff_max: Duration::from_secs(1),
+        connect_timeout: Duration::from_secs(2),
+        request_timeout: Duration::from_secs(2),
+        close_timeout: Duration::from_secs(2),
+        ..Config::default()
+    }
+}
+
+/// A core plus the transport's view of it.
+pub struct Peer {
+    /// The core under test.
+    pub core: Core,
+    /// Every command the core emitted, in order.
+    pub commands: Vec<NetCommand>,
+    /// The newest Global connection id the core opened.
+    pub global: Option<ConnId>,
+    /// The newest connection id opened for each team.
+    pub teams: BTreeMap<TeamId, ConnId>,
+    /// How many commands `take_new` has already returned.
+    seen: usize,
+}
+
+impl Peer {
+    /// A peer around a core built from [`test_config`] and `seed`.
+    pub fn new(seed: u64) -> Peer {
+        Peer::with_config(&test_config(), seed)
+    }
+
+    /// A peer around a core built from `config` and `seed`.
+    ///
+    /// # Panics
+    /// If `config` is invalid: this is test code.
+    pub fn with_config(config: &Config, seed: u64) -> Peer {
+        Peer {
+            core: Core::new(config, seed).expect("test config is valid"),
+            commands: Vec::new(),
+            global: None,
+            teams: BTreeMap::new(),
+            seen: 0,
+        }
+    }
+
+    /// Runs one tick and records its commands.
+    pub fn step(&mut self) {
+        self.core.step();
+        self.record();
+    }
+
+    /// Runs `n` ticks.
+    pub fn step_n(&mut self, n: u64) {
+        for _ in 0..n {
+            self.step();
+        }
+    }
+
+    /// Runs ticks covering `d` of core time.
+    pub fn advance(&mut self, d: Duration) {
+        let target = self.core.now() + d;
+        while self.core.now() < target {
+            self.step();
+        }
+    }
+
+    fn record(&mut self) {
+        for command in self.core.drain_commands() {
+            if let NetCommand::Open { conn, kind, .. } = &command {
+                match kind {
+                    ConnKind::Global => self.global = Some(*conn),
+                    ConnKind::Team(team) => {
+                        self.teams.insert(*team, *conn);
+                    }
+                }
+            }
+            self.commands.push(command);
+        }
+    }
+
+    /// Commands emitted since the last call.
+    pub fn take_new(&mut self) -> Vec<NetCommand> {
+        let new = self.commands[self.seen..].to_vec();
+        self.seen = self.commands.len();
+        new
+    }
+
+    /// Queues an event for the next tick.
+    ///
+    /// # Panics
+    /// If the core's inbound channel is full.
+    pub fn push(&mut self, event: NetEvent) {
+        self.core.push(event).expect("inbound channel has room");
+    }
+
+    /// The current Global connection id.
+    ///
+    /// # Panics
+    /// If the core never opened one.
+    pub fn global_conn(&self) -> ConnId {
+        self.global.expect("the core opened Global")
+    }
+
+    /// The newest connection id of `team`.
+    ///
+    /// # Panics
+    /// If the core never opened one for it.
+    pub fn team_conn(&self, team: TeamId) -> ConnId {
+        self.teams[&team]
+    }
+
+    /// Steps until the core asks to open Global, then opens it and says `hello`.
+    pub fn open_global(&mut self) {
+        let before = self.global;
+        for _ in 0..100_000 {
+            if self.global != before {
+                break;
+            }
+            self.step();
+        }
+        let conn = self.global_conn();
+        self.push(NetEvent::Opened { conn });
+        self.global_says(GlobalServerEvent::Hello);
+        self.step();
+    }
+
+    /// Delivers a Global event on the current Global connection.
+    pub fn global_says(&mut self, event: GlobalServerEvent) {
+        let conn = self.global_conn();
+        self.push(NetEvent::Received {
+            conn,
+            frame: Inbound::Global(Ok(event)),
+        });
+    }
+
+    /// Delivers bad input on the current Global connection.
+    pub fn global_garbage(&mut self, error: DecodeError) {
+        let conn = self.global_conn();
+        self.push(NetEvent::Received {
+            conn,
+            frame: Inbound::Global(Err(error)),
+        });
+    }
+
+    /// Delivers a team event on the team's newest connection.
+    pub fn team_says(&mut self, team: TeamId, event: TeamServerEvent) {
+        let conn = self.team_conn(team);
+        self.push(NetEvent::Received {
+            conn,
+            frame: Inbound::Team(Ok(event)),
+        });
+    }
+
+    /// Delivers bad input on the team's newest connection.
+    pub fn team_garbage(&mut self, team: TeamId, error: DecodeError) {
+        let conn = self.team_conn(team);
+        self.push(NetEvent::Received {
+            conn,
+            frame: Inbound::Team(Err(error)),
+        });
+    }
+
+    /// `team.join`, then one tick.
+    pub fn join(&mut self, team: TeamId) {
+        self.global_says(GlobalServerEvent::TeamJoin { team_id: team });
+        self.step();
+    }
+
+    /// Answers the team's `team.connect` with a URL, opens the socket the
+    /// core asks for, and says `hello` on it.
+    pub fn connect_team(&mut self, team: TeamId) {
+        self.global_says(GlobalServerEvent::TeamConnect {
+            team_id: team,
+            ws_url: format!("http://sim/team/{team}"),
+        });
+        self.step();
+        let conn = self.team_conn(team);
+        self.push(NetEvent::Opened { conn });
+        self.team_says(team, TeamServerEvent::Hello);
+        self.step();
+    }
+
+    /// A `message` on the team's socket (not stepped).
+    pub fn message(&mut self, team: TeamId, text: &str) {
+        self.team_says(
+            team,
+            TeamServerEvent::Message {
+                text: text.to_owned(),
+            },
+        );
+    }
+
+    /// The transport reports that `conn` closed.
+    pub fn closed(&mut self, conn: ConnId, reason: CloseReason) {
+        self.push(NetEvent::Closed { conn, reason });
+    }
+
+    /// `team.connect` requests the core sent, in order.
+    pub fn requests(&self) -> Vec<TeamId> {
+        self.commands
+            .iter()
+            .filter_map(|c| match c {
+                NetCommand::Send {
+                    frame: Outbound::Global(GlobalClientEvent::TeamConnect { team_id }),
+                    ..
+                } => Some(*team_id),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Pings the core sent on `conn`, in order.
+    pub fn pings_on(&self, conn: ConnId) -> Vec<u64> {
+        self.commands
+            .iter()
+            .filter_map(|c| match c {
+                NetCommand::Send {
+                    conn: on,
+                    frame: Outbound::Team(TeamClientEvent::Ping { unique_id }),
+                } if *on == conn => Some(*unique_id),
+                _ => None,
+            })
+            .collect()
+    }
+}
