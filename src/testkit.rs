@@ -77,6 +77,36 @@ impl Peer {
         }
     }
 
+    /// A peer whose core holds `teams` open team links (ids `1..=teams`),
+    /// joined, requested and opened in three ticks.
+    pub fn connected_fleet(config: &Config, seed: u64, teams: u64) -> Peer {
+        let config = Config {
+            max_requests_in_flight: config.max_requests_in_flight.max(teams as usize),
+            ..config.clone()
+        };
+        let mut peer = Peer::with_config(&config, seed);
+        peer.open_global();
+        for id in 1..=teams {
+            peer.global_says(GlobalServerEvent::TeamJoin {
+                team_id: TeamId(id),
+            });
+        }
+        peer.step();
+        for id in 1..=teams {
+            peer.global_says(GlobalServerEvent::TeamConnect {
+                team_id: TeamId(id),
+                ws_url: format!("ws://sim/t/{id}"),
+            });
+        }
+        peer.step();
+        for id in 1..=teams {
+            let conn = peer.team_conn(TeamId(id));
+            peer.push(NetEvent::Opened { conn });
+        }
+        peer.step();
+        peer
+    }
+
     /// Runs one tick and records its commands.
     pub fn step(&mut self) {
         self.core.step();

@@ -190,6 +190,12 @@ impl Core {
             + self.world.resource::<Timers<StateDeadline>>().len()
     }
 
+    /// Timers popped over the run (stale ones included).
+    pub fn timers_fired(&self) -> u64 {
+        self.world.resource::<Timers<Beat>>().popped()
+            + self.world.resource::<Timers<StateDeadline>>().popped()
+    }
+
     /// Run-wide counters.
     pub fn stats(&self) -> &Stats {
         self.world.resource::<Stats>()
