@@ -15,7 +15,10 @@
 pub mod bridge;
 pub mod core;
 pub mod protocol;
+pub mod report;
+pub mod runtime;
 pub mod testkit;
+pub mod transport;
 
 pub use bridge::{CloseReason, ConnId, ConnKind, Inbound, NetCommand, NetEvent, Outbound};
 pub use core::config::{Config, ConfigError};

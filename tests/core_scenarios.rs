@@ -786,6 +786,24 @@ fn goodbye_closes_every_socket_and_finishes() {
 }
 
 #[test]
+fn a_team_that_left_stays_left_when_goodbye_comes_mid_close() {
+    let mut peer = Peer::new(23);
+    peer.open_global();
+    peer.join(T1);
+    peer.connect_team(T1);
+    let conn = peer.team_conn(T1);
+    peer.team_says(T1, TeamServerEvent::TeamLeft { team_id: T1 });
+    peer.step();
+    peer.global_says(GlobalServerEvent::Goodbye);
+    peer.step();
+    peer.closed(conn, CloseReason::Local);
+    peer.closed(peer.global_conn(), CloseReason::Local);
+    peer.step();
+    assert!(peer.core.is_finished());
+    assert_eq!(team(&peer, T1).link, LinkState::Left);
+}
+
+#[test]
 fn local_shutdown_is_graceful_and_bounded() {
     let mut peer = Peer::new(20);
     peer.open_global();

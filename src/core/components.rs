@@ -176,4 +176,7 @@ pub struct Health {
     pub bad_frames: u64,
     /// Why the last attempt or link failed.
     pub last_error: Option<String>,
+    /// Whether the link was open when the run began to shut down: the final
+    /// report's `connected`, since every socket is closed by the end.
+    pub connected_at_shutdown: bool,
 }

@@ -253,11 +253,11 @@ impl Links<'_> {
                 deadline,
                 after: current,
             } => {
-                // Stop outranks everything; otherwise the latest word counts.
-                let after = if current == AfterClose::Stop {
-                    current
-                } else {
-                    after
+                // A stop does not undo a leave; otherwise the latest word
+                // counts, and nothing follows a stop.
+                let after = match (current, after) {
+                    (AfterClose::Stop, _) | (AfterClose::Left, AfterClose::Stop) => current,
+                    _ => after,
                 };
                 link.state = LinkState::Closing {
                     conn,

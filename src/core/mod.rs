@@ -48,6 +48,27 @@ pub enum CoreSystems {
     Emit,
 }
 
+/// Fleet totals; see [`Core::summary`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Summary {
+    /// Teams ever joined.
+    pub teams: u64,
+    /// Teams whose socket is open.
+    pub connected: u64,
+    /// Joined teams without an open socket: asking, connecting or backing off.
+    pub reconnecting: u64,
+    /// Teams that left.
+    pub left: u64,
+    /// Messages counted over all teams.
+    pub messages: u64,
+    /// Props counted over all teams.
+    pub props: u64,
+    /// Open links lost and re-requested, over all teams.
+    pub reconnects: u64,
+    /// Whether the Global link is open and ready.
+    pub global_connected: bool,
+}
+
 /// The label of the core's one schedule.
 #[derive(ScheduleLabel, Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Tick;
@@ -213,6 +234,33 @@ impl Core {
             let counters = self.world.get::<Counters>(e)?;
             Some((link.state, *counters))
         })
+    }
+
+    /// Fleet totals, for status lines. O(teams): call it every few seconds,
+    /// not every tick.
+    pub fn summary(&self) -> Summary {
+        let mut summary = Summary::default();
+        for &entity in self.world.resource::<TeamIndex>().0.values() {
+            let (Some(link), Some(counters), Some(health)) = (
+                self.world.get::<Link>(entity),
+                self.world.get::<Counters>(entity),
+                self.world.get::<Health>(entity),
+            ) else {
+                continue;
+            };
+            summary.teams += 1;
+            match link.state {
+                LinkState::Open { .. } => summary.connected += 1,
+                LinkState::Left => summary.left += 1,
+                LinkState::Stopped | LinkState::Closing { .. } => {}
+                _ => summary.reconnecting += 1,
+            }
+            summary.messages += counters.message_count;
+            summary.props += counters.props_count;
+            summary.reconnects += health.reconnects;
+        }
+        summary.global_connected = self.global().ready_conn().is_some();
+        summary
     }
 
     /// A full view of the core, in stable order.

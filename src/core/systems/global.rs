@@ -387,14 +387,16 @@ fn mark_ready(global: &mut GlobalLink) {
 pub fn begin_shutdown(
     mut shutdown: ResMut<Shutdown>,
     mut global: ResMut<GlobalLink>,
-    mut teams: Query<(Entity, &mut Link)>,
+    mut teams: Query<(Entity, &mut Link, &mut Health)>,
     mut links: Links,
 ) {
     if shutdown.cause.is_none() || shutdown.begun {
         return;
     }
     shutdown.begun = true;
-    for (entity, mut link) in &mut teams {
+    for (entity, mut link, mut health) in &mut teams {
+        health.connected_at_shutdown =
+            matches!(link.state, crate::core::components::LinkState::Open { .. });
         // A team that left stays `left`: the report must tell the two apart.
         if link.state != crate::core::components::LinkState::Left {
             links.close(entity, &mut link, AfterClose::Stop);

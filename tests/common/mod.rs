@@ -1,0 +1,166 @@
+//! A scripted websocket server for end-to-end tests: binds 127.0.0.1:0,
+//! hands each accepted connection to the test as a [`Conn`] it drives by
+//! hand. Every wait has a deadline; nothing sleeps to let time pass.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+
+/// How long any single wait may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(15);
+
+pub struct Server {
+    pub addr: SocketAddr,
+    conns: mpsc::UnboundedReceiver<Conn>,
+}
+
+enum Cmd {
+    Send(Message),
+    /// Drop the TCP connection with no close frame (RST via zero linger).
+    Reset,
+}
+
+/// One accepted websocket.
+pub struct Conn {
+    pub path: String,
+    cmds: mpsc::UnboundedSender<Cmd>,
+    inbox: mpsc::UnboundedReceiver<Message>,
+}
+
+impl Server {
+    pub async fn bind() -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, conns) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let mut path = String::new();
+                    // The callback's signature is tungstenite's, not ours.
+                    #[allow(clippy::result_large_err)]
+                    let callback = |req: &Request, resp: Response| {
+                        path = req.uri().path().to_owned();
+                        Ok(resp)
+                    };
+                    let Ok(ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await else {
+                        return;
+                    };
+                    let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel();
+                    let (in_tx, inbox) = mpsc::unbounded_channel();
+                    let _ = tx.send(Conn {
+                        path,
+                        cmds: cmd_tx,
+                        inbox,
+                    });
+                    let mut ws = ws;
+                    loop {
+                        tokio::select! {
+                            msg = ws.next() => match msg {
+                                Some(Ok(m)) => { let _ = in_tx.send(m); }
+                                _ => break,
+                            },
+                            cmd = cmd_rx.recv() => match cmd {
+                                Some(Cmd::Send(m)) => {
+                                    if ws.send(m).await.is_err() { break; }
+                                }
+                                Some(Cmd::Reset) | None => {
+                                    let _ = ws.get_ref().set_zero_linger();
+                                    break;
+                                }
+                            },
+                        }
+                    }
+                });
+            }
+        });
+        Server { addr, conns }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+
+    /// The next accepted connection.
+    pub async fn accept(&mut self) -> Conn {
+        tokio::time::timeout(DEADLINE, self.conns.recv())
+            .await
+            .expect("a connection within the deadline")
+            .expect("server running")
+    }
+
+    /// Whether another connection arrives within `wait` (for asserting
+    /// that none does, the wait is bounded: it is not a sleep to let
+    /// something happen, it is the window in which it must not).
+    pub async fn accept_within(&mut self, wait: Duration) -> Option<Conn> {
+        tokio::time::timeout(wait, self.conns.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+}
+
+impl Conn {
+    pub fn send(&self, value: Value) {
+        let _ = self.cmds.send(Cmd::Send(Message::text(value.to_string())));
+    }
+
+    pub fn send_raw(&self, message: Message) {
+        let _ = self.cmds.send(Cmd::Send(message));
+    }
+
+    pub fn close(&self, code: u16) {
+        let frame = CloseFrame {
+            code: code.into(),
+            reason: "".into(),
+        };
+        let _ = self.cmds.send(Cmd::Send(Message::Close(Some(frame))));
+    }
+
+    pub fn reset(&self) {
+        let _ = self.cmds.send(Cmd::Reset);
+    }
+
+    /// The next message from the client; `None` once the socket ended.
+    pub async fn recv(&mut self) -> Option<Message> {
+        tokio::time::timeout(DEADLINE, self.inbox.recv())
+            .await
+            .expect("a frame within the deadline")
+    }
+
+    /// The next JSON frame whose `type` is `kind`, skipping others.
+    pub async fn expect(&mut self, kind: &str) -> Value {
+        loop {
+            match self.recv().await {
+                Some(Message::Text(text)) => {
+                    let value: Value = serde_json::from_str(text.as_str()).expect("client JSON");
+                    if value["type"] == kind {
+                        return value;
+                    }
+                }
+                Some(Message::Close(_)) | None => panic!("socket ended waiting for {kind}"),
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// Waits until the client closes the socket; returns its close code
+    /// (`None` if it dropped without a close frame).
+    pub async fn closed_by_client(&mut self) -> Option<u16> {
+        loop {
+            match self.recv().await {
+                Some(Message::Close(frame)) => return frame.map(|f| u16::from(f.code)),
+                None => return None,
+                Some(_) => {}
+            }
+        }
+    }
+}

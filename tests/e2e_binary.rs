@@ -1,0 +1,90 @@
+//! The brief's whole flow against the real `switchboard` binary, over
+//! loopback, with a server written here: hello → team.join → team.connect →
+//! team socket (from an http:// ws_url) → hello → messages → ping/pong →
+//! healthcheck checked field by field → team.left → client closes →
+//! goodbye → the process exits 0 and prints its report.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{DEADLINE, Server};
+use serde_json::{Value, json};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_brief_full_flow_against_the_binary() {
+    let mut server = Server::bind().await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["connect", &server.url("/global")])
+        .args(["--ping-interval", "200ms", "--pong-timeout", "5s"])
+        .args(["--status-interval", "0s", "--report", "json"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("binary starts");
+
+    let mut global = server.accept().await;
+    assert_eq!(global.path, "/global");
+    global.send(json!({"type": "hello"}));
+    global.send(json!({"type": "team.join", "team_id": 1}));
+    assert_eq!(
+        global.expect("team.connect").await,
+        json!({"type": "team.connect", "team_id": 1})
+    );
+    let ws_url = format!("http://{}/connect/to/team", server.addr);
+    global.send(json!({"type": "team.connect", "team_id": 1, "ws_url": ws_url}));
+
+    let mut team = server.accept().await;
+    assert_eq!(team.path, "/connect/to/team");
+    team.send(json!({"type": "hello"}));
+    for text in ["hi", "props to you", "no", "more props", "bye"] {
+        team.send(json!({"type": "message", "text": text}));
+    }
+    let ping = team.expect("ping").await;
+    assert!(ping["unique_id"].is_u64(), "{ping}");
+    team.send(json!({"type": "pong", "unique_id": ping["unique_id"]}));
+
+    // The messages travel on another socket than the healthcheck: ask until
+    // they have all been counted (deadline-bounded), then check every field.
+    let started = Instant::now();
+    let reply = loop {
+        global.send(json!({"type": "healthcheck"}));
+        let reply = global.expect("healthcheck").await;
+        if reply["stats"][0]["message_count"] == 5 || started.elapsed() > DEADLINE {
+            break reply;
+        }
+    };
+    assert_eq!(
+        reply,
+        json!({"type": "healthcheck", "stats": [
+            {"id": 1, "connected": true, "message_count": 5, "props_count": 2}
+        ]})
+    );
+
+    team.send(json!({"type": "team.left", "team_id": 1}));
+    assert_eq!(
+        team.closed_by_client().await,
+        Some(1000),
+        "client closes normally"
+    );
+    global.send(json!({"type": "goodbye"}));
+    assert_eq!(global.closed_by_client().await, Some(1000));
+
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(started.elapsed() < DEADLINE * 2, "binary did not exit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "exit status {status}");
+    let output = child.wait_with_output().expect("output");
+    let report: Value = serde_json::from_slice(&output.stdout).expect("JSON report");
+    assert_eq!(report["messages"], 5);
+    assert_eq!(report["props"], 2);
+    assert_eq!(report["teams"][0]["id"], 1);
+    assert_eq!(report["teams"][0]["state"], "left");
+    assert!(report["teams"][0]["last_rtt_ms"].is_u64());
+}

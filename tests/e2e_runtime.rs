@@ -1,0 +1,300 @@
+//! Failure behaviours over real loopback sockets, driving the library's
+//! runtime against a server written in the test. Waits are deadline-bounded
+//! polls; no test sleeps to let time pass.
+
+mod common;
+
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::{Conn, DEADLINE, Server};
+use serde_json::{Value, json};
+use switchboard::Config;
+use switchboard::runtime::{self, RunConfig, RunError, RunOutcome, StopHandle};
+use switchboard::transport::TransportConfig;
+use tokio_tungstenite::tungstenite::Message;
+
+struct Client {
+    stop: StopHandle,
+    thread: JoinHandle<Result<RunOutcome, RunError>>,
+}
+
+fn start(global_url: String, tweak: impl FnOnce(&mut RunConfig)) -> Client {
+    let mut config = RunConfig {
+        core: Config {
+            global_url,
+            tick: Duration::from_millis(5),
+            ping_interval: Duration::from_secs(30),
+            pong_timeout: Duration::from_secs(30),
+            backoff_min: Duration::from_millis(10),
+            backoff_max: Duration::from_millis(200),
+            ..Config::default()
+        },
+        transport: TransportConfig::default(),
+        seed: 1,
+        status_interval: None,
+        give_up_after: None,
+    };
+    tweak(&mut config);
+    let stop = StopHandle::new();
+    let handle = tokio::runtime::Handle::current();
+    let thread = {
+        let stop = stop.clone();
+        std::thread::spawn(move || runtime::run(&config, handle, &stop, &mut |_| {}))
+    };
+    Client { stop, thread }
+}
+
+impl Client {
+    async fn finish(self) -> RunOutcome {
+        tokio::task::spawn_blocking(move || self.thread.join())
+            .await
+            .expect("join")
+            .expect("no panic")
+            .expect("run ok")
+    }
+}
+
+/// Global hello, one team joined and connected; returns (global, team).
+async fn connect_one(server: &mut Server, team_id: u64) -> (Conn, Conn) {
+    let mut global = server.accept().await;
+    global.send(json!({"type": "hello"}));
+    let team = join_team(server, &mut global, team_id).await;
+    (global, team)
+}
+
+async fn join_team(server: &mut Server, global: &mut Conn, team_id: u64) -> Conn {
+    global.send(json!({"type": "team.join", "team_id": team_id}));
+    answer_connect(server, global, team_id).await
+}
+
+async fn answer_connect(server: &mut Server, global: &mut Conn, team_id: u64) -> Conn {
+    let request = global.expect("team.connect").await;
+    assert_eq!(request["team_id"], team_id);
+    let url = server.url(&format!("/team/{team_id}"));
+    global.send(json!({"type": "team.connect", "team_id": team_id, "ws_url": url}));
+    let team = server.accept().await;
+    team.send(json!({"type": "hello"}));
+    team
+}
+
+/// Asks for healthchecks until `done` holds for the reply (deadline-bounded).
+async fn healthcheck_until(global: &mut Conn, done: impl Fn(&Value) -> bool) -> Value {
+    let started = Instant::now();
+    loop {
+        global.send(json!({"type": "healthcheck"}));
+        let reply = global.expect("healthcheck").await;
+        if done(&reply) {
+            return reply;
+        }
+        assert!(started.elapsed() < DEADLINE, "never reached: {reply}");
+    }
+}
+
+fn send_messages(team: &Conn, n: usize, props_every: usize) {
+    for i in 0..n {
+        let text = if i % props_every == 0 {
+            "props"
+        } else {
+            "plain"
+        };
+        team.send(json!({"type": "message", "text": text}));
+    }
+}
+
+async fn goodbye(global: Conn, client: Client) -> RunOutcome {
+    global.send(json!({"type": "goodbye"}));
+    client.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn team_socket_closed_mid_stream_is_re_requested_and_counts_are_exact() {
+    let mut server = Server::bind().await;
+    let client = start(server.url("/global"), |_| {});
+    let (mut global, team) = connect_one(&mut server, 1).await;
+    send_messages(&team, 100, 4);
+    team.close(1011);
+    // Re-requested on Global; the new socket carries on counting.
+    let team = answer_connect(&mut server, &mut global, 1).await;
+    send_messages(&team, 50, 5);
+    let reply = healthcheck_until(&mut global, |r| {
+        r["stats"][0]["message_count"] == 150 && r["stats"][0]["connected"] == true
+    })
+    .await;
+    assert_eq!(reply["stats"][0]["props_count"], 25 + 10);
+    let outcome = goodbye(global, client).await;
+    assert_eq!(outcome.report.messages, 150, "never lost, never doubled");
+    assert_eq!(outcome.report.teams[0].reconnects, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn team_socket_reset_is_re_requested() {
+    let mut server = Server::bind().await;
+    let client = start(server.url("/global"), |_| {});
+    let (mut global, team) = connect_one(&mut server, 1).await;
+    send_messages(&team, 10, 2);
+    healthcheck_until(&mut global, |r| r["stats"][0]["message_count"] == 10).await;
+    team.reset();
+    let team = answer_connect(&mut server, &mut global, 1).await;
+    send_messages(&team, 3, 1);
+    healthcheck_until(&mut global, |r| r["stats"][0]["message_count"] == 13).await;
+    goodbye(global, client).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn global_closed_by_server_is_reopened_and_replayed_joins_open_no_second_socket() {
+    let mut server = Server::bind().await;
+    let client = start(server.url("/global"), |_| {});
+    let (mut global, team) = connect_one(&mut server, 1).await;
+    healthcheck_until(&mut global, |r| r["stats"][0]["connected"] == true).await;
+    global.close(1001);
+    assert_eq!(
+        global.closed_by_client().await,
+        Some(1001),
+        "client answers the close"
+    );
+    // Team sockets stay up meanwhile.
+    send_messages(&team, 7, 7);
+    let mut global = server.accept().await;
+    assert_eq!(global.path, "/global");
+    global.send(json!({"type": "hello"}));
+    global.send(json!({"type": "team.join", "team_id": 1}));
+    global.send(json!({"type": "healthcheck"}));
+    // A team.connect for team 1 would come before this reply (it is emitted
+    // earlier in the same tick or in an earlier one).
+    loop {
+        match global.recv().await {
+            Some(Message::Text(text)) => {
+                let v: Value = serde_json::from_str(text.as_str()).expect("json");
+                assert_ne!(
+                    v["type"], "team.connect",
+                    "replayed join must not re-request"
+                );
+                if v["type"] == "healthcheck" {
+                    break;
+                }
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let reply = healthcheck_until(&mut global, |r| r["stats"][0]["message_count"] == 7).await;
+    assert_eq!(
+        reply["stats"][0]["connected"], true,
+        "same socket, still open"
+    );
+    let outcome = goodbye(global, client).await;
+    assert_eq!(outcome.report.teams[0].reconnects, 0);
+    assert_eq!(outcome.snapshot.global.connects, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pong_that_never_comes_gets_the_link_dropped_and_re_requested() {
+    let mut server = Server::bind().await;
+    let client = start(server.url("/global"), |c| {
+        c.core.ping_interval = Duration::from_millis(150);
+        c.core.pong_timeout = Duration::from_millis(300);
+    });
+    let (mut global, mut zombie) = connect_one(&mut server, 1).await;
+    let opened = Instant::now();
+    // The zombie keeps TCP open but answers nothing.
+    zombie.expect("ping").await;
+    assert_eq!(
+        zombie.closed_by_client().await,
+        None,
+        "dropped, no close handshake"
+    );
+    let mut team = answer_connect(&mut server, &mut global, 1).await;
+    eprintln!("dead link re-requested after {:?}", opened.elapsed());
+    // A live link answers its pings and stays up.
+    for _ in 0..3 {
+        let ping = team.expect("ping").await;
+        team.send(json!({"type": "pong", "unique_id": ping["unique_id"].to_string()}));
+    }
+    let outcome = goodbye(global, client).await;
+    assert_eq!(outcome.snapshot.stats.dead_links, 1);
+    assert!(
+        outcome.report.teams[0].last_rtt_ms.is_some(),
+        "string ids match too"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_frame_closes_only_that_connection() {
+    let mut server = Server::bind().await;
+    let client = start(server.url("/global"), |c| {
+        c.transport.max_message_size = 64 * 1024;
+    });
+    let (mut global, mut team) = connect_one(&mut server, 1).await;
+    let (_, mut other) = ((), join_team(&mut server, &mut global, 2).await);
+    let huge = "x".repeat(100 * 1024);
+    team.send(json!({"type": "message", "text": huge}));
+    team.closed_by_client().await;
+    let team = answer_connect(&mut server, &mut global, 1).await;
+    send_messages(&team, 2, 1);
+    send_messages(&other, 3, 1);
+    let reply = healthcheck_until(&mut global, |r| {
+        r["stats"][0]["message_count"] == 2 && r["stats"][1]["message_count"] == 3
+    })
+    .await;
+    assert_eq!(reply["stats"][1]["connected"], true, "team 2 untouched");
+    let outcome = goodbye(global, client).await;
+    assert_eq!(outcome.report.teams[0].reconnects, 1);
+    assert_eq!(outcome.report.teams[1].reconnects, 0);
+    assert_eq!(other.closed_by_client().await, Some(1000));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_real_sockets_is_counted_and_harmless() {
+    let mut server = Server::bind().await;
+    let client = start(server.url("/global"), |_| {});
+    let (mut global, team) = connect_one(&mut server, 1).await;
+    for conn in [&global, &team] {
+        conn.send_raw(Message::binary(vec![0u8, 1, 2]));
+        conn.send_raw(Message::text("{not json"));
+        conn.send_raw(Message::text(r#"{"type":"surprise"}"#));
+        conn.send_raw(Message::text(r#"{"type":"message","text":5}"#));
+    }
+    send_messages(&team, 4, 2);
+    let reply = healthcheck_until(&mut global, |r| r["stats"][0]["message_count"] == 4).await;
+    assert_eq!(reply["stats"][0]["connected"], true);
+    let outcome = goodbye(global, client).await;
+    let bad_global: u64 = outcome.snapshot.stats.bad_global.values().sum();
+    let bad_team: u64 = outcome.snapshot.stats.bad_team.values().sum();
+    assert_eq!((bad_global, bad_team), (4, 4));
+    assert_eq!(outcome.snapshot.global.connects, 1, "Global never dropped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_global_gives_up_only_when_asked() {
+    // Bind then drop a listener: a port with nobody on it.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port");
+    let client = start(format!("ws://{addr}/global"), |c| {
+        c.give_up_after = Some(Duration::from_millis(300));
+    });
+    let result = tokio::task::spawn_blocking(move || client.thread.join())
+        .await
+        .expect("join")
+        .expect("no panic");
+    match result {
+        Err(RunError::GaveUp { last_error, .. }) => assert!(!last_error.is_empty()),
+        other => panic!("expected GaveUp, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_stop_closes_every_socket_normally() {
+    let mut server = Server::bind().await;
+    let client = start(server.url("/global"), |_| {});
+    let (mut global, mut team) = connect_one(&mut server, 1).await;
+    healthcheck_until(&mut global, |r| r["stats"][0]["connected"] == true).await;
+    client.stop.stop();
+    assert_eq!(team.closed_by_client().await, Some(1000));
+    assert_eq!(global.closed_by_client().await, Some(1000));
+    let outcome = client.finish().await;
+    assert!(
+        outcome.report.teams[0].connected,
+        "connected when the stop came"
+    );
+}
