@@ -49,7 +49,7 @@ impl Default for Config {
             request_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(2),
             max_requests_in_flight: 512,
-            max_events_per_tick: 262_144,
+            max_events_per_tick: 65_536,
         }
     }
 }

@@ -106,8 +106,14 @@ pub(crate) async fn run(
     events: EventSender,
 ) {
     let ws_config = config.websocket_config();
-    let connecting =
-        tokio_tungstenite::connect_async_tls_with_config(url.as_str(), Some(ws_config), true, None);
+    // Boxed: the handshake's state is kilobytes and would otherwise stay
+    // inline in this task for the socket's whole life.
+    let connecting = Box::pin(tokio_tungstenite::connect_async_tls_with_config(
+        url.as_str(),
+        Some(ws_config),
+        true,
+        None,
+    ));
     let socket = match tokio::time::timeout(config.connect_timeout, connecting).await {
         Ok(Ok((socket, _response))) => socket,
         Ok(Err(error)) => {
