@@ -17,6 +17,7 @@ pub mod core;
 pub mod protocol;
 pub mod report;
 pub mod runtime;
+pub mod sim;
 pub mod testkit;
 pub mod transport;
 

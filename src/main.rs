@@ -6,13 +6,16 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use switchboard::runtime::{self, RunConfig, RunError, StopHandle};
+use switchboard::sim::{Chaos, Fault, Scenario, SimConfig, SimServer};
 use switchboard::transport::TransportConfig;
 use switchboard::{Config, protocol};
 use tracing::{info, warn};
 
-/// Keeps a fleet of bot team connections alive behind one Global websocket API.
+/// Keeps a fleet of bot team connections alive behind one Global websocket
+/// API. With no subcommand, runs the demo: the built-in simulator with
+/// chaos on, the client against it, and the simulator's verdict.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None)]
+#[command(version, about, args_conflicts_with_subcommands = true)]
 struct Cli {
     /// Log format on stderr.
     #[arg(
@@ -25,6 +28,9 @@ struct Cli {
 
     #[command(subcommand)]
     command: Option<Command>,
+
+    #[command(flatten)]
+    demo: DemoArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -38,6 +44,109 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Run the simulated Global API server for one scenario, then print its
+    /// verdict (exit 0 only when the client's counts were exact).
+    Sim {
+        /// Address to listen on.
+        #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        #[command(flatten)]
+        sim: SimArgs,
+    },
+    /// The simulator and the client in one process (the default).
+    Demo(DemoArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct DemoArgs {
+    #[command(flatten)]
+    sim: SimArgs,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+/// The simulated run.
+#[derive(Args, Debug, Clone)]
+struct SimArgs {
+    /// Teams that join.
+    #[arg(long, default_value_t = 50)]
+    teams: u64,
+    /// Messages each team receives.
+    #[arg(long, default_value_t = 200)]
+    messages: u64,
+    /// Messages per second per team.
+    #[arg(long, default_value_t = 50.0)]
+    rate: f64,
+    /// Fraction of messages containing "props".
+    #[arg(long, default_value_t = 0.2)]
+    props: f64,
+    /// Joins are spread over this long.
+    #[arg(long, default_value = "1s", value_parser = duration)]
+    join_over: Duration,
+    /// How often the simulator asks for a healthcheck.
+    #[arg(long, default_value = "500ms", value_parser = duration)]
+    healthcheck_every: Duration,
+    /// Fraction of teams that leave during the run (half of them rejoin).
+    #[arg(long, default_value_t = 0.1)]
+    leave: f64,
+    /// Chaos level: 0 turns faults off, 1 is the default mix, 2 doubles it.
+    #[arg(long, default_value_t = 1.0)]
+    chaos: f64,
+    /// Set one fault's rate, e.g. --fault zombie=2 (per second; for
+    /// connect-error and delayed-hello a probability). Repeatable.
+    /// Faults: team-close, team-error-close, team-reset, global-drop,
+    /// zombie, garbage, connect-error, duplicate-join, delayed-hello,
+    /// oversize, slow-reader.
+    #[arg(long = "fault", value_parser = fault_rate)]
+    faults: Vec<(Fault, f64)>,
+    /// Give up the run after this long.
+    #[arg(long, default_value = "120s", value_parser = duration)]
+    max_duration: Duration,
+    /// Seed for the simulator's decisions (and the client's jitter in the demo).
+    #[arg(long, default_value_t = 1)]
+    sim_seed: u64,
+}
+
+impl SimArgs {
+    fn config(&self, listen: std::net::SocketAddr) -> SimConfig {
+        let mut chaos = Chaos::level(self.chaos);
+        for &(fault, rate) in &self.faults {
+            chaos.0.insert(fault, rate);
+        }
+        SimConfig {
+            listen,
+            scenario: Scenario {
+                teams: self.teams,
+                messages: self.messages,
+                rate: self.rate,
+                props_fraction: self.props,
+                join_over: self.join_over,
+                healthcheck_every: self.healthcheck_every,
+                leave_fraction: self.leave,
+                max_duration: self.max_duration,
+                ..Scenario::default()
+            },
+            chaos,
+            seed: self.sim_seed,
+        }
+    }
+}
+
+fn fault_rate(text: &str) -> Result<(Fault, f64), String> {
+    let (name, rate) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?}: expected NAME=RATE, e.g. zombie=0.5"))?;
+    let fault = Fault::ALL
+        .into_iter()
+        .find(|f| f.name() == name)
+        .ok_or_else(|| format!("unknown fault {name:?}"))?;
+    let rate: f64 = rate
+        .parse()
+        .map_err(|_| format!("{rate:?} is not a number"))?;
+    if !rate.is_finite() || rate < 0.0 {
+        return Err("a rate is a non-negative number".into());
+    }
+    Ok((fault, rate))
 }
 
 /// Tunables shared by every command that runs the client.
@@ -46,19 +155,20 @@ struct ClientArgs {
     /// Length of one tick of the core (e.g. 10ms).
     #[arg(long, env = "SWITCHBOARD_TICK", default_value = "10ms", value_parser = duration)]
     tick: Duration,
-    /// How often each open team link is pinged.
-    #[arg(long, env = "SWITCHBOARD_PING_INTERVAL", default_value = "15s", value_parser = duration)]
-    ping_interval: Duration,
-    /// Silence after a ping after which a team link is declared dead. May
-    /// exceed the ping interval.
-    #[arg(long, env = "SWITCHBOARD_PONG_TIMEOUT", default_value = "10s", value_parser = duration)]
-    pong_timeout: Duration,
-    /// Backoff ceiling for the first retry; doubles per failure.
-    #[arg(long, env = "SWITCHBOARD_BACKOFF_MIN", default_value = "250ms", value_parser = duration)]
-    backoff_min: Duration,
-    /// Largest backoff ceiling.
-    #[arg(long, env = "SWITCHBOARD_BACKOFF_MAX", default_value = "30s", value_parser = duration)]
-    backoff_max: Duration,
+    /// How often each open team link is pinged [default: 15s; demo: 1s].
+    #[arg(long, env = "SWITCHBOARD_PING_INTERVAL", value_parser = duration)]
+    ping_interval: Option<Duration>,
+    /// Silence after a ping after which a team link is declared dead; may
+    /// exceed the ping interval [default: 10s; demo: 1s].
+    #[arg(long, env = "SWITCHBOARD_PONG_TIMEOUT", value_parser = duration)]
+    pong_timeout: Option<Duration>,
+    /// Backoff ceiling for the first retry, doubling per failure
+    /// [default: 250ms; demo: 50ms].
+    #[arg(long, env = "SWITCHBOARD_BACKOFF_MIN", value_parser = duration)]
+    backoff_min: Option<Duration>,
+    /// Largest backoff ceiling [default: 30s; demo: 1s].
+    #[arg(long, env = "SWITCHBOARD_BACKOFF_MAX", value_parser = duration)]
+    backoff_max: Option<Duration>,
     /// Longest socket handshake (TCP, TLS, websocket).
     #[arg(long, env = "SWITCHBOARD_CONNECT_TIMEOUT", default_value = "10s", value_parser = duration)]
     connect_timeout: Duration,
@@ -160,7 +270,22 @@ fn usage_error(message: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(2)
 }
 
-fn run_config(global_url: String, args: &ClientArgs) -> RunConfig {
+/// Which defaults apply to the client's timing flags.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// A long-lived service: patient defaults.
+    Service,
+    /// The ten-second demo: faults must be noticed and healed quickly.
+    Demo,
+}
+
+fn run_config(global_url: String, args: &ClientArgs, mode: Mode) -> RunConfig {
+    let pick = |value: Option<Duration>, service: u64, demo: u64| {
+        value.unwrap_or(Duration::from_millis(match mode {
+            Mode::Service => service,
+            Mode::Demo => demo,
+        }))
+    };
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -171,10 +296,10 @@ fn run_config(global_url: String, args: &ClientArgs) -> RunConfig {
         core: Config {
             global_url,
             tick: args.tick,
-            ping_interval: args.ping_interval,
-            pong_timeout: args.pong_timeout,
-            backoff_min: args.backoff_min,
-            backoff_max: args.backoff_max,
+            ping_interval: pick(args.ping_interval, 15_000, 1_000),
+            pong_timeout: pick(args.pong_timeout, 10_000, 1_000),
+            backoff_min: pick(args.backoff_min, 250, 50),
+            backoff_max: pick(args.backoff_max, 30_000, 1_000),
             connect_timeout: args.connect_timeout,
             request_timeout: args.request_timeout,
             close_timeout: args.close_timeout,
@@ -223,79 +348,190 @@ async fn watch_signals(stop: StopHandle) {
     }
 }
 
-fn connect(global_url: String, args: &ClientArgs) -> ExitCode {
-    let config = run_config(global_url, args);
-    if let Err(error) = config.core.validate() {
-        return usage_error(error);
-    }
-    raise_fd_limit();
-    info!(seed = config.seed, url = %config.core.global_url, "starting");
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+fn tokio_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("switchboard-io")
         .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
+        .map_err(|error| {
             eprintln!("error: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
+            ExitCode::FAILURE
+        })
+}
+
+/// Runs the client to its end and prints its report; `None` if it failed.
+fn run_client(
+    config: &RunConfig,
+    args: &ClientArgs,
+    runtime: &tokio::runtime::Runtime,
+    on_tick: runtime::OnTick<'_>,
+) -> Result<runtime::RunOutcome, ExitCode> {
+    if let Err(error) = config.core.validate() {
+        return Err(usage_error(error));
+    }
+    raise_fd_limit();
+    info!(seed = config.seed, url = %config.core.global_url, "starting");
     let stop = StopHandle::new();
     runtime.spawn(watch_signals(stop.clone()));
-    let outcome = runtime::run(&config, runtime.handle().clone(), &stop, &mut |_| {});
-    match outcome {
+    match runtime::run(config, runtime.handle().clone(), &stop, on_tick) {
         Ok(outcome) => {
             match args.report {
-                ReportFormat::Table => print!("{}", outcome.report.table()),
+                ReportFormat::Table if outcome.report.teams.len() <= 100 => {
+                    print!("{}", outcome.report.table());
+                }
+                ReportFormat::Table => println!(
+                    "{} teams, {} messages, {} props (--report json for every team)",
+                    outcome.report.teams.len(),
+                    outcome.report.messages,
+                    outcome.report.props
+                ),
                 ReportFormat::Json => println!("{}", outcome.report.json()),
             }
             info!(
                 cause = ?outcome.cause,
                 ticks = outcome.ticks,
                 overruns = outcome.overruns,
-                elapsed = %humantime::format_duration(Duration::from_millis(outcome.elapsed.as_millis() as u64)),
+                elapsed_ms = outcome.elapsed.as_millis() as u64,
                 "run over"
             );
-            ExitCode::SUCCESS
+            Ok(outcome)
         }
-        Err(RunError::Config(error)) => usage_error(error),
+        Err(RunError::Config(error)) => Err(usage_error(error)),
         Err(error @ RunError::GaveUp { .. }) => {
             eprintln!("error: {error}");
-            ExitCode::FAILURE
+            Err(ExitCode::FAILURE)
         }
     }
 }
 
-/// With no subcommand: steps a scripted run through the core (no sockets)
-/// and prints the final healthcheck. Replaced by the simulator demo.
-fn scripted_run() -> ExitCode {
-    use switchboard::TeamId;
-    use switchboard::bridge::CloseReason;
-    use switchboard::protocol::GlobalServerEvent;
-    use switchboard::testkit::Peer;
-    let mut peer = Peer::new(1);
-    peer.open_global();
-    for id in 1..=3 {
-        peer.join(TeamId(id));
-        peer.connect_team(TeamId(id));
+fn connect(global_url: String, args: &ClientArgs) -> ExitCode {
+    let config = run_config(global_url, args, Mode::Service);
+    let runtime = match tokio_runtime() {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
+    match run_client(&config, args, &runtime, &mut |_| {}) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(code) => code,
     }
-    for i in 0..30 {
-        let team = TeamId(1 + i % 3);
-        peer.message(team, if i % 4 == 0 { "props!" } else { "hi" });
+}
+
+fn sim(listen: std::net::SocketAddr, args: &SimArgs) -> ExitCode {
+    let runtime = match tokio_runtime() {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
+    let config = args.config(listen);
+    runtime.block_on(async {
+        let server = match SimServer::start(config).await {
+            Ok(server) => server,
+            Err(error) => {
+                eprintln!("error: cannot listen on {listen}: {error}");
+                return ExitCode::FAILURE;
+            }
+        };
+        println!("simulator listening: {}", server.global_url());
+        let progress = server.progress_handle();
+        let ticker = tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(2));
+            loop {
+                every.tick().await;
+                let p = progress.progress();
+                if p.started {
+                    info!(
+                        teams = p.teams,
+                        connected = p.connected,
+                        messages = p.messages,
+                        faults = p.faults,
+                        healthchecks = p.healthchecks,
+                        "simulator"
+                    );
+                }
+            }
+        });
+        let verdict = server.verdict().await;
+        ticker.abort();
+        println!("{verdict}");
+        if verdict.verified {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }
+    })
+}
+
+/// The live progress line of the demo, on stderr.
+struct DemoProgress {
+    sim: switchboard::sim::ProgressHandle,
+    started: std::time::Instant,
+    last: std::time::Instant,
+}
+
+impl DemoProgress {
+    fn tick(&mut self, core: &switchboard::Core) {
+        let now = std::time::Instant::now();
+        if now.duration_since(self.last) < Duration::from_millis(500) {
+            return;
+        }
+        self.last = now;
+        let c = core.summary();
+        let s = self.sim.progress();
+        eprintln!(
+            "[{:>5.1}s] client: {}/{} teams connected, {} messages counted, {} reconnects | simulator: {} written, {} faults injected",
+            now.duration_since(self.started).as_secs_f64(),
+            c.connected,
+            c.teams,
+            c.messages,
+            c.reconnects,
+            s.messages,
+            s.faults,
+        );
     }
-    peer.step();
-    // Team 2's socket drops; it is re-requested and reconnected.
-    peer.closed(peer.team_conn(TeamId(2)), CloseReason::Reset);
-    while peer.requests().len() < 4 {
-        peer.step();
+}
+
+fn demo(args: &DemoArgs) -> ExitCode {
+    let runtime = match tokio_runtime() {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
+    let listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let server = match runtime.block_on(SimServer::start(args.sim.config(listen))) {
+        Ok(server) => server,
+        Err(error) => {
+            eprintln!("error: cannot start the simulator: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    eprintln!(
+        "demo: simulator on {} with {} teams, chaos level {}; the client connects to it",
+        server.global_url(),
+        args.sim.teams,
+        args.sim.chaos
+    );
+    let mut config = run_config(server.global_url(), &args.client, Mode::Demo);
+    config.seed = args.client.seed.unwrap_or(args.sim.sim_seed);
+    let mut progress = DemoProgress {
+        sim: server.progress_handle(),
+        started: std::time::Instant::now(),
+        last: std::time::Instant::now(),
+    };
+    let verdict = runtime.spawn(server.verdict());
+    let outcome = run_client(&config, &args.client, &runtime, &mut |core| {
+        progress.tick(core)
+    });
+    let verdict = match runtime.block_on(verdict) {
+        Ok(verdict) => verdict,
+        Err(error) => {
+            eprintln!("error: simulator failed: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("{verdict}");
+    match outcome {
+        Ok(_) if verdict.verified => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::FAILURE,
+        Err(code) => code,
     }
-    peer.connect_team(TeamId(2));
-    peer.global_says(GlobalServerEvent::Goodbye);
-    peer.step();
-    let report = switchboard::report::Report::from_snapshot(&peer.core.snapshot());
-    print!("{}", report.table());
-    ExitCode::SUCCESS
 }
 
 fn main() -> ExitCode {
@@ -326,13 +562,30 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     match cli.command {
         Some(Command::Connect { global_url, client }) => connect(global_url, &client),
-        None => scripted_run(),
+        Some(Command::Sim { listen, sim: args }) => sim(listen, &args),
+        Some(Command::Demo(args)) => demo(&args),
+        None => demo(&cli.demo),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn fault_rates_parse_by_name() {
+        assert_eq!(fault_rate("zombie=0.5"), Ok((Fault::Zombie, 0.5)));
+        assert!(fault_rate("zombie").is_err());
+        assert!(fault_rate("gremlins=1").is_err());
+        assert!(fault_rate("zombie=-1").is_err());
+        assert!(fault_rate("zombie=NaN").is_err());
+    }
 
     #[test]
     fn sizes_and_durations_parse_in_human_form() {
