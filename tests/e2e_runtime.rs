@@ -4,56 +4,12 @@
 
 mod common;
 
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{Conn, DEADLINE, Server};
+use common::{Client, Conn, DEADLINE, Server, start};
 use serde_json::{Value, json};
-use switchboard::Config;
-use switchboard::runtime::{self, RunConfig, RunError, RunOutcome, StopHandle};
-use switchboard::transport::TransportConfig;
+use switchboard::runtime::{RunError, RunOutcome};
 use tokio_tungstenite::tungstenite::Message;
-
-struct Client {
-    stop: StopHandle,
-    thread: JoinHandle<Result<RunOutcome, RunError>>,
-}
-
-fn start(global_url: String, tweak: impl FnOnce(&mut RunConfig)) -> Client {
-    let mut config = RunConfig {
-        core: Config {
-            global_url,
-            tick: Duration::from_millis(5),
-            ping_interval: Duration::from_secs(30),
-            pong_timeout: Duration::from_secs(30),
-            backoff_min: Duration::from_millis(10),
-            backoff_max: Duration::from_millis(200),
-            ..Config::default()
-        },
-        transport: TransportConfig::default(),
-        seed: 1,
-        status_interval: None,
-        give_up_after: None,
-    };
-    tweak(&mut config);
-    let stop = StopHandle::new();
-    let handle = tokio::runtime::Handle::current();
-    let thread = {
-        let stop = stop.clone();
-        std::thread::spawn(move || runtime::run(&config, handle, &stop, &mut |_| {}))
-    };
-    Client { stop, thread }
-}
-
-impl Client {
-    async fn finish(self) -> RunOutcome {
-        tokio::task::spawn_blocking(move || self.thread.join())
-            .await
-            .expect("join")
-            .expect("no panic")
-            .expect("run ok")
-    }
-}
 
 /// Global hello, one team joined and connected; returns (global, team).
 async fn connect_one(server: &mut Server, team_id: u64) -> (Conn, Conn) {

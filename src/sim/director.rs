@@ -74,14 +74,16 @@ fn apply(shared: &Shared, step: Step, now: Instant, plan: &mut Plan, seq: &mut u
     let mut ledger = shared.lock();
     match step {
         Step::Join(team) => {
+            // Stamped and queued under one lock: a healthcheck queued later
+            // is behind this join on the wire.
+            let join = frame(&GlobalServerEvent::TeamJoin { team_id: team });
+            if let Some(global) = ledger.global.as_ref() {
+                let _ = global.ctl.send(SocketCtl::Send(join));
+            }
             let truth = ledger.teams.entry(team).or_default();
             truth.quota = shared.scenario.messages;
             truth.joined = true;
-            drop(ledger);
-            global_send(
-                shared,
-                frame(&GlobalServerEvent::TeamJoin { team_id: team }),
-            );
+            truth.announced_at.get_or_insert_with(Instant::now);
         }
         Step::Leave {
             team,
@@ -92,7 +94,7 @@ fn apply(shared: &Shared, step: Step, now: Instant, plan: &mut Plan, seq: &mut u
             let Some(truth) = ledger.teams.get_mut(&team) else {
                 return;
             };
-            if !truth.joined || truth.paused {
+            if !truth.joined || truth.paused || !truth.reading(now) {
                 // Mid-fault: try again shortly.
                 *seq += 1;
                 plan.push(Reverse((now + TICK * 10, *seq, step)));
@@ -164,11 +166,29 @@ async fn ask_healthcheck(shared: &Shared) -> Option<Vec<TeamStats>> {
 
 /// A random team with a usable socket that no fault is working on.
 fn pick_connected(shared: &Shared) -> Option<(TeamId, mpsc::UnboundedSender<SocketCtl>)> {
+    pick_streaming(shared, 1)
+}
+
+/// A random connected team with at least `remaining` messages still to
+/// receive.
+fn pick_streaming(
+    shared: &Shared,
+    remaining: u64,
+) -> Option<(TeamId, mpsc::UnboundedSender<SocketCtl>)> {
+    let now = Instant::now();
     let mut ledger = shared.lock();
+    // A team whose socket the server is not reading is left alone: it could
+    // not see a close or a drop complete.
     let candidates: Vec<(TeamId, mpsc::UnboundedSender<SocketCtl>)> = ledger
         .teams
         .iter()
-        .filter(|(_, t)| t.joined && t.connected() && !t.paused && t.written < t.quota)
+        .filter(|(_, t)| {
+            t.joined
+                && t.connected()
+                && !t.paused
+                && t.reading(now)
+                && t.written + remaining <= t.quota
+        })
         .filter_map(|(&id, t)| t.socket.as_ref().map(|(_, ctl)| (id, ctl.clone())))
         .collect();
     if candidates.is_empty() {
@@ -275,12 +295,20 @@ fn inject(shared: &Arc<Shared>, fault: Fault) {
             }
         }
         Fault::SlowReader => {
-            if let Some((team, ctl)) = pick_connected(shared)
-                && ctl
-                    .send(SocketCtl::SlowRead(shared.scenario.slow_read_for))
-                    .is_ok()
+            // A server that reads nothing must keep writing through the
+            // pause, or the client rightly declares the link dead (and the
+            // server, not reading, could not see it go).
+            let secs = shared.scenario.slow_read_for.as_secs_f64();
+            let needed = (shared.scenario.rate * secs * 2.0).ceil() as u64 + 1;
+            let pause = shared.scenario.slow_read_for;
+            if let Some((team, ctl)) = pick_streaming(shared, needed)
+                && ctl.send(SocketCtl::SlowRead(pause)).is_ok()
             {
-                shared.lock().injected(Fault::SlowReader, Some(team));
+                let mut ledger = shared.lock();
+                if let Some(t) = ledger.teams.get_mut(&team) {
+                    t.slow_until = Some(Instant::now() + pause);
+                }
+                ledger.injected(Fault::SlowReader, Some(team));
             }
         }
         // Probabilities, rolled where they apply (per request, per socket).

@@ -120,6 +120,14 @@ pub struct TeamTruth {
     pub written: u64,
     /// Of those, with `props`.
     pub props: u64,
+    /// Messages being written right now (not yet flushed): the client may
+    /// already have counted them, so they bound a reply from above.
+    pub in_flight: u64,
+    /// Of those, with `props`.
+    pub props_in_flight: u64,
+    /// When `team.join` was first sent: only requests made after that owe
+    /// the team a line in their reply.
+    pub announced_at: Option<Instant>,
     /// Joined (announced and not left).
     pub joined: bool,
     /// When it last left, if it is out.
@@ -142,9 +150,29 @@ pub struct TeamTruth {
     pub last_reported: u64,
     /// Disconnecting faults waiting for the team to connect again.
     pub pending_recovery: Vec<Fault>,
+    /// The server is not reading this team's socket until then.
+    pub slow_until: Option<Instant>,
+    /// The team's last few events, for explaining a violation.
+    pub history: VecDeque<String>,
 }
 
+/// Events kept per team for explaining violations.
+const HISTORY: usize = 12;
+
 impl TeamTruth {
+    /// Notes an event in the team's short history.
+    pub fn note(&mut self, event: String) {
+        if self.history.len() == HISTORY {
+            self.history.pop_front();
+        }
+        self.history.push_back(event);
+    }
+
+    /// Whether the server is reading this team's socket right now.
+    pub fn reading(&self, now: Instant) -> bool {
+        self.slow_until.is_none_or(|until| until <= now)
+    }
+
     /// Whether the team still has messages to receive.
     pub fn wants_messages(&self) -> bool {
         self.joined && !self.paused && !self.zombie && self.written < self.quota
@@ -246,11 +274,13 @@ impl Ledger {
     /// Global, for `None`) to connect again.
     pub fn injected(&mut self, fault: Fault, team: Option<TeamId>) {
         self.faults.entry(fault).or_default().injected += 1;
-        if fault.disconnects()
-            && let Some(team) = team
+        if let Some(team) = team
             && let Some(truth) = self.teams.get_mut(&team)
         {
-            truth.pending_recovery.push(fault);
+            truth.note(format!("fault {}", fault.name()));
+            if fault.disconnects() {
+                truth.pending_recovery.push(fault);
+            }
         }
     }
 
@@ -290,13 +320,19 @@ impl Ledger {
         }
         for (id, truth) in &mut self.teams {
             let Some(stat) = reported.get(id) else {
-                problems.push(format!("team {id} missing from healthcheck"));
+                if truth.announced_at.is_some_and(|at| at < sent_at) {
+                    problems.push(format!("team {id} missing from healthcheck"));
+                }
                 continue;
             };
-            if stat.message_count > truth.written || stat.props_count > truth.props {
+            let (most, most_props) = (
+                truth.written + truth.in_flight,
+                truth.props + truth.props_in_flight,
+            );
+            if stat.message_count > most || stat.props_count > most_props {
                 problems.push(format!(
-                    "team {id}: reported {}/{} but only {}/{} written",
-                    stat.message_count, stat.props_count, truth.written, truth.props
+                    "team {id}: reported {}/{} but only {most}/{most_props} written",
+                    stat.message_count, stat.props_count
                 ));
             }
             if stat.message_count < truth.last_reported {

@@ -285,10 +285,16 @@ async fn serve_team(ws: WebSocketStream<TcpStream>, team: TeamId, shared: Arc<Sh
         truth.socket = Some((id, ctl));
         truth.zombie = false;
         truth.paused = false;
+        truth.slow_until = None;
+        truth.note(format!("socket {id} open"));
         let overlap = truth.open_sockets;
+        let history: Vec<String> = truth.history.iter().cloned().collect();
         ledger.max_open = ledger.max_open.max(overlap);
         if overlap > 1 {
-            ledger.violation(format!("team {team}: {overlap} sockets open at once"));
+            ledger.violation(format!(
+                "team {team}: {overlap} sockets open at once (last events: {})",
+                history.join(", ")
+            ));
         }
         ledger.team_recovered(team);
         (id, delay)
@@ -378,6 +384,7 @@ async fn serve_team(ws: WebSocketStream<TcpStream>, team: TeamId, shared: Arc<Sh
     }
     let mut ledger = shared.lock();
     if let Some(truth) = ledger.teams.get_mut(&team) {
+        truth.note(format!("socket {id} closed"));
         truth.open_sockets = truth.open_sockets.saturating_sub(1);
         truth.last_closed_at = Some(Instant::now());
         if truth.socket.as_ref().is_some_and(|(s, _)| *s == id) {
@@ -403,37 +410,50 @@ async fn write_due_messages(
         return true;
     }
     out.credit -= due as f64;
-    let (start, n) = {
-        let ledger = shared.lock();
-        match ledger.teams.get(&team) {
-            Some(t) if t.wants_messages() => (t.written, due.min(t.quota - t.written)),
-            _ => return true,
+    // Decide what to write, and book it as in flight before writing: the
+    // client may count it before this task books it as written.
+    let (start, n, props) = {
+        let mut ledger = shared.lock();
+        let Some(truth) = ledger.teams.get_mut(&team) else {
+            return true;
+        };
+        if !truth.wants_messages() {
+            return true;
         }
+        let n = due.min(truth.quota - truth.written);
+        let props: Vec<bool> = (0..n)
+            .map(|_| out.rng.f64() < shared.scenario.props_fraction)
+            .collect();
+        let props_n = props.iter().filter(|p| **p).count() as u64;
+        truth.in_flight = n;
+        truth.props_in_flight = props_n;
+        (truth.written, n, props)
     };
-    let mut props = 0;
-    for i in 0..n {
-        let is_props = out.rng.f64() < shared.scenario.props_fraction;
-        props += u64::from(is_props);
-        let body = if is_props {
-            format!("message {} for team {team}: props to you", start + i)
+    let mut ok = true;
+    for (i, is_props) in props.iter().enumerate() {
+        let body = if *is_props {
+            format!("message {} for team {team}: props to you", start + i as u64)
         } else {
-            format!("message {} for team {team}", start + i)
+            format!("message {} for team {team}", start + i as u64)
         };
         if sink
             .feed(text(&TeamServerEvent::Message { text: body }))
             .await
             .is_err()
         {
-            return false;
+            ok = false;
+            break;
         }
     }
-    if sink.flush().await.is_err() {
-        return false;
-    }
+    ok = ok && sink.flush().await.is_ok();
     let mut ledger = shared.lock();
     if let Some(truth) = ledger.teams.get_mut(&team) {
-        truth.written += n;
-        truth.props += props;
+        if ok {
+            truth.written += n;
+            truth.props += truth.props_in_flight;
+        }
+        truth.in_flight = 0;
+        truth.props_in_flight = 0;
     }
-    true
+    ok
 }

@@ -4,10 +4,14 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
+use switchboard::Config;
+use switchboard::runtime::{self, RunConfig, RunError, RunOutcome, StopHandle};
+use switchboard::transport::TransportConfig;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
@@ -162,5 +166,49 @@ impl Conn {
                 Some(_) => {}
             }
         }
+    }
+}
+
+/// The library's runtime on its own thread, as the binary runs it.
+pub struct Client {
+    pub stop: StopHandle,
+    pub thread: JoinHandle<Result<RunOutcome, RunError>>,
+}
+
+/// Starts a client with test-friendly timings; `tweak` adjusts them.
+pub fn start(global_url: String, tweak: impl FnOnce(&mut RunConfig)) -> Client {
+    let mut config = RunConfig {
+        core: Config {
+            global_url,
+            tick: Duration::from_millis(5),
+            ping_interval: Duration::from_secs(30),
+            pong_timeout: Duration::from_secs(30),
+            backoff_min: Duration::from_millis(10),
+            backoff_max: Duration::from_millis(200),
+            ..Config::default()
+        },
+        transport: TransportConfig::default(),
+        seed: 1,
+        status_interval: None,
+        give_up_after: None,
+    };
+    tweak(&mut config);
+    let stop = StopHandle::new();
+    let handle = tokio::runtime::Handle::current();
+    let thread = {
+        let stop = stop.clone();
+        std::thread::spawn(move || runtime::run(&config, handle, &stop, &mut |_| {}))
+    };
+    Client { stop, thread }
+}
+
+impl Client {
+    /// Waits for the run to end.
+    pub async fn finish(self) -> RunOutcome {
+        tokio::task::spawn_blocking(move || self.thread.join())
+            .await
+            .expect("join")
+            .expect("no panic")
+            .expect("run ok")
     }
 }
