@@ -267,15 +267,39 @@ struct RawFrame<'a> {
     stats: Option<&'a RawValue>,
 }
 
+/// Says what valid JSON that is not an event object holds, in the peer's
+/// terms rather than serde's (which would name our private struct).
+fn json_shape(text: &str, error: &serde_json::Error) -> String {
+    let shape = match text.trim_start().chars().next() {
+        Some('[') => "an array",
+        Some('"') => "a string",
+        Some('t' | 'f') => "a boolean",
+        Some('n') => "null",
+        Some('{') => {
+            // An object that still failed: a key given twice.
+            let detail = error.to_string();
+            return match detail.find("duplicate field") {
+                Some(at) => clip(&detail[at..], 80),
+                None => "an object serde rejected".to_owned(),
+            };
+        }
+        _ => "a number",
+    };
+    format!("got {shape}")
+}
+
 impl<'a> RawFrame<'a> {
     /// Parses the envelope and returns it with its `type`.
     fn parse(text: &'a str) -> Result<(Self, Cow<'a, str>), DecodeError> {
         let frame: RawFrame<'a> = serde_json::from_str(text).map_err(|e| {
-            let reason = e.to_string();
             if e.is_data() {
-                DecodeError::NotObject { reason }
+                DecodeError::NotObject {
+                    reason: json_shape(text, &e),
+                }
             } else {
-                DecodeError::NotJson { reason }
+                DecodeError::NotJson {
+                    reason: e.to_string(),
+                }
             }
         })?;
         let kind = frame
@@ -547,6 +571,20 @@ mod tests {
         assert_eq!(text, "props \"q\"");
         assert!(TeamServerEvent::is_props(&text));
         assert!(!TeamServerEvent::is_props("PROPS and prop s"));
+    }
+
+    #[test]
+    fn not_an_object_is_described_in_json_terms() {
+        let reason = |text: &str| match decode_global(text) {
+            Err(DecodeError::NotObject { reason }) => reason,
+            other => panic!("{text}: {other:?}"),
+        };
+        assert_eq!(reason("[1,2,3]"), "got an array");
+        assert_eq!(reason("\"hi\""), "got a string");
+        assert_eq!(reason("42"), "got a number");
+        assert_eq!(reason("null"), "got null");
+        assert_eq!(reason("true"), "got a boolean");
+        assert!(reason(r#"{"type":"a","type":"b"}"#).starts_with("duplicate field `type`"));
     }
 
     #[test]
