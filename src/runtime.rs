@@ -190,8 +190,8 @@ pub fn run(
     Ok(RunOutcome {
         cause: core.shutdown_cause().unwrap_or(ShutdownCause::Local),
         report: Report::from_snapshot(&snapshot),
+        ticks: snapshot.clock.tick,
         snapshot,
-        ticks: core.snapshot().clock.tick,
         overruns,
         elapsed: start.elapsed(),
     })

@@ -107,6 +107,38 @@ impl Peer {
         peer
     }
 
+    /// A peer with Global open and `teams` joined and connected, in order.
+    pub fn with_teams(seed: u64, teams: &[TeamId]) -> Peer {
+        let mut peer = Peer::new(seed);
+        peer.open_global();
+        for &team in teams {
+            peer.join(team);
+            peer.connect_team(team);
+        }
+        peer
+    }
+
+    /// Steps until `done` holds (checked after each tick).
+    ///
+    /// # Panics
+    /// After 100,000 ticks, naming `what` it was waiting for.
+    pub fn step_until(&mut self, what: &str, done: impl Fn(&Peer) -> bool) {
+        for _ in 0..100_000 {
+            self.step();
+            if done(self) {
+                return;
+            }
+        }
+        panic!("never happened: {what}");
+    }
+
+    /// Steps until the core sends one more `team.connect` for `team`.
+    pub fn step_until_requested(&mut self, team: TeamId) {
+        let count = |peer: &Peer| peer.requests().iter().filter(|t| **t == team).count();
+        let before = count(self);
+        self.step_until("team re-requested", |peer| count(peer) > before);
+    }
+
     /// Runs one tick and records its commands.
     pub fn step(&mut self) {
         self.core.step();
@@ -176,12 +208,7 @@ impl Peer {
     /// Steps until the core asks to open Global, then opens it and says `hello`.
     pub fn open_global(&mut self) {
         let before = self.global;
-        for _ in 0..100_000 {
-            if self.global != before {
-                break;
-            }
-            self.step();
-        }
+        self.step_until("Global (re)opened", |peer| peer.global != before);
         let conn = self.global_conn();
         self.push(NetEvent::Opened { conn });
         self.global_says(GlobalServerEvent::Hello);

@@ -181,10 +181,7 @@ fn duplicate_team_join_changes_nothing() {
 
 #[test]
 fn team_left_on_global_closes_the_socket_and_keeps_stats() {
-    let mut peer = Peer::new(3);
-    peer.open_global();
-    peer.join(T1);
-    peer.connect_team(T1);
+    let mut peer = Peer::with_teams(3, &[T1]);
     peer.message(T1, "props");
     peer.step();
     let conn = peer.team_conn(T1);
@@ -225,10 +222,7 @@ fn team_left_on_global_closes_the_socket_and_keeps_stats() {
 
 #[test]
 fn team_left_on_the_team_socket_closes_it_and_never_reconnects() {
-    let mut peer = Peer::new(4);
-    peer.open_global();
-    peer.join(T1);
-    peer.connect_team(T1);
+    let mut peer = Peer::with_teams(4, &[T1]);
     let conn = peer.team_conn(T1);
     peer.team_says(T1, TeamServerEvent::TeamLeft { team_id: T1 });
     peer.step();
@@ -248,10 +242,7 @@ fn team_left_on_the_team_socket_closes_it_and_never_reconnects() {
 
 #[test]
 fn close_handshake_that_never_finishes_is_aborted() {
-    let mut peer = Peer::new(5);
-    peer.open_global();
-    peer.join(T1);
-    peer.connect_team(T1);
+    let mut peer = Peer::with_teams(5, &[T1]);
     let conn = peer.team_conn(T1);
     peer.global_says(GlobalServerEvent::TeamLeft { team_id: T1 });
     peer.step();
@@ -263,10 +254,7 @@ fn close_handshake_that_never_finishes_is_aborted() {
 
 #[test]
 fn rejoin_after_leave_continues_the_counters() {
-    let mut peer = Peer::new(6);
-    peer.open_global();
-    peer.join(T1);
-    peer.connect_team(T1);
+    let mut peer = Peer::with_teams(6, &[T1]);
     peer.message(T1, "one props");
     peer.message(T1, "two");
     peer.team_says(T1, TeamServerEvent::TeamLeft { team_id: T1 });
@@ -375,29 +363,9 @@ fn backoff_grows_exponentially_with_full_jitter_up_to_the_max() {
     });
 }
 
-trait StepUntilRequested {
-    fn step_until_requested(&mut self, team: TeamId);
-}
-
-impl StepUntilRequested for Peer {
-    fn step_until_requested(&mut self, team: TeamId) {
-        let before = self.requests().iter().filter(|t| **t == team).count();
-        for _ in 0..10_000 {
-            self.step();
-            if self.requests().iter().filter(|t| **t == team).count() > before {
-                return;
-            }
-        }
-        panic!("team {team} never re-requested");
-    }
-}
-
 #[test]
 fn team_drop_is_re_requested_and_counts_are_kept() {
-    let mut peer = Peer::new(9);
-    peer.open_global();
-    peer.join(T1);
-    peer.connect_team(T1);
+    let mut peer = Peer::with_teams(9, &[T1]);
     peer.message(T1, "props");
     peer.step();
     let first = peer.team_conn(T1);
@@ -492,10 +460,7 @@ fn unrequested_or_unusable_team_connect_is_not_opened() {
 
 #[test]
 fn pong_timeout_declares_a_silent_link_dead() {
-    let mut peer = Peer::new(12);
-    peer.open_global();
-    peer.join(T1);
-    peer.connect_team(T1);
+    let mut peer = Peer::with_teams(12, &[T1]);
     let conn = peer.team_conn(T1);
     peer.advance(Duration::from_secs(1));
     assert_eq!(peer.pings_on(conn).len(), 1);
@@ -515,10 +480,7 @@ fn pong_timeout_declares_a_silent_link_dead() {
 
 #[test]
 fn a_busy_link_whose_pong_is_late_is_not_torn_down() {
-    let mut peer = Peer::new(13);
-    peer.open_global();
-    peer.join(T1);
-    peer.connect_team(T1);
+    let mut peer = Peer::with_teams(13, &[T1]);
     let conn = peer.team_conn(T1);
     // The server never answers pings but keeps sending messages.
     for _ in 0..500 {
@@ -535,10 +497,7 @@ fn a_busy_link_whose_pong_is_late_is_not_torn_down() {
 
 #[test]
 fn unanswered_pings_are_bounded() {
-    let mut peer = Peer::new(14);
-    peer.open_global();
-    peer.join(T1);
-    peer.connect_team(T1);
+    let mut peer = Peer::with_teams(14, &[T1]);
     for _ in 0..4_000 {
         peer.message(T1, "busy");
         peer.step();
@@ -558,10 +517,7 @@ fn unanswered_pings_are_bounded() {
 
 #[test]
 fn global_drop_reopens_and_replayed_joins_are_idempotent() {
-    let mut peer = Peer::new(15);
-    peer.open_global();
-    peer.join(T1);
-    peer.connect_team(T1);
+    let mut peer = Peer::with_teams(15, &[T1]);
     peer.join(T2); // request in flight, unanswered when Global drops
     let old_global = peer.global_conn();
     let t1_conn = peer.team_conn(T1);
@@ -600,7 +556,8 @@ fn global_that_cannot_be_reached_keeps_retrying() {
     let mut peer = Peer::new(16);
     let mut opened = 0;
     for _ in 0..5 {
-        peer.step_until_global_open_requested();
+        let before = peer.global;
+        peer.step_until("Global reopened", |p| p.global != before);
         opened += 1;
         peer.push(NetEvent::OpenFailed {
             conn: peer.global_conn(),
@@ -610,7 +567,8 @@ fn global_that_cannot_be_reached_keeps_retrying() {
     }
     assert_eq!(opened, 5);
     assert_eq!(peer.core.global().attempts, 5);
-    peer.step_until_global_open_requested();
+    let before = peer.global;
+    peer.step_until("Global reopened", |p| p.global != before);
     peer.push(NetEvent::Opened {
         conn: peer.global_conn(),
     });
@@ -620,29 +578,9 @@ fn global_that_cannot_be_reached_keeps_retrying() {
     assert!(peer.core.global().ready_conn().is_some());
 }
 
-trait StepUntilGlobal {
-    fn step_until_global_open_requested(&mut self);
-}
-
-impl StepUntilGlobal for Peer {
-    fn step_until_global_open_requested(&mut self) {
-        let before = self.global;
-        for _ in 0..10_000 {
-            self.step();
-            if self.global != before {
-                return;
-            }
-        }
-        panic!("Global never reopened");
-    }
-}
-
 #[test]
 fn bad_input_is_counted_and_changes_nothing() {
-    let mut peer = Peer::new(17);
-    peer.open_global();
-    peer.join(T1);
-    peer.connect_team(T1);
+    let mut peer = Peer::with_teams(17, &[T1]);
     peer.message(T1, "props");
     peer.step();
     let before = peer.core.snapshot();
@@ -742,10 +680,7 @@ fn healthcheck_lists_every_team_ever_joined_sorted_by_id() {
 
 #[test]
 fn goodbye_closes_every_socket_and_finishes() {
-    let mut peer = Peer::new(19);
-    peer.open_global();
-    peer.join(T1);
-    peer.connect_team(T1);
+    let mut peer = Peer::with_teams(19, &[T1]);
     peer.join(T2);
     peer.connect_team(T2);
     peer.join(T3); // still requesting
@@ -787,10 +722,7 @@ fn goodbye_closes_every_socket_and_finishes() {
 
 #[test]
 fn a_team_that_left_stays_left_when_goodbye_comes_mid_close() {
-    let mut peer = Peer::new(23);
-    peer.open_global();
-    peer.join(T1);
-    peer.connect_team(T1);
+    let mut peer = Peer::with_teams(23, &[T1]);
     let conn = peer.team_conn(T1);
     peer.team_says(T1, TeamServerEvent::TeamLeft { team_id: T1 });
     peer.step();
@@ -805,10 +737,7 @@ fn a_team_that_left_stays_left_when_goodbye_comes_mid_close() {
 
 #[test]
 fn local_shutdown_is_graceful_and_bounded() {
-    let mut peer = Peer::new(20);
-    peer.open_global();
-    peer.join(T1);
-    peer.connect_team(T1);
+    let mut peer = Peer::with_teams(20, &[T1]);
     peer.core.shutdown();
     peer.step();
     assert_eq!(closes(&peer.commands).len(), 2);

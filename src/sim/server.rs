@@ -178,13 +178,7 @@ async fn serve_global(ws: WebSocketStream<TcpStream>, shared: Arc<Shared>) {
                         break;
                     }
                 }
-                Some(Ok(Message::Close(frame))) => {
-                    let code = frame.map(|f| u16::from(f.code));
-                    let mut ledger = shared.lock();
-                    if ledger.goodbye_sent && code == Some(1000) {
-                        ledger.closed_after_goodbye += 1;
-                    }
-                }
+                Some(Ok(Message::Close(frame))) => client_closed(&shared, frame),
                 Some(Ok(_)) => {}
                 Some(Err(_)) | None => break,
             },
@@ -192,6 +186,14 @@ async fn serve_global(ws: WebSocketStream<TcpStream>, shared: Arc<Shared>) {
         }
     }
     end_global(&shared, id);
+}
+
+/// The client closed a socket; after `goodbye` it must use 1000.
+fn client_closed(shared: &Shared, frame: Option<CloseFrame>) {
+    let mut ledger = shared.lock();
+    if ledger.goodbye_sent && frame.is_some_and(|f| u16::from(f.code) == 1000) {
+        ledger.closed_after_goodbye += 1;
+    }
 }
 
 async fn sleep_until(at: Option<Instant>) {
@@ -364,11 +366,7 @@ async fn serve_team(ws: WebSocketStream<TcpStream>, team: TeamId, shared: Arc<Sh
                 }
                 Some(Ok(Message::Close(frame))) => {
                     sending = false;
-                    let code = frame.map(|f| u16::from(f.code));
-                    let mut ledger = shared.lock();
-                    if ledger.goodbye_sent && code == Some(1000) {
-                        ledger.closed_after_goodbye += 1;
-                    }
+                    client_closed(&shared, frame);
                 }
                 Some(Ok(_)) => {}
                 Some(Err(_)) | None => break,
