@@ -115,8 +115,9 @@ pub enum GlobalClientEvent {
     /// The reply to a server `healthcheck`.
     #[serde(rename = "healthcheck")]
     Healthcheck {
-        /// One entry per team ever joined, sorted by id.
-        stats: Vec<TeamStats>,
+        /// One entry per team ever joined, sorted by id. Shared: a burst of
+        /// requests in one tick shares one list instead of copying it.
+        stats: std::sync::Arc<[TeamStats]>,
     },
 }
 
@@ -398,6 +399,14 @@ fn ping_id(raw: Option<&RawValue>) -> Result<u64, DecodeError> {
     if let Ok(id) = serde_json::from_str::<u64>(raw.get()) {
         return Ok(id);
     }
+    // 7.0 is 7: some encoders write every number as a float.
+    if let Ok(f) = serde_json::from_str::<f64>(raw.get())
+        && f >= 0.0
+        && f.fract() == 0.0
+        && f < u64::MAX as f64
+    {
+        return Ok(f as u64);
+    }
     serde_json::from_str::<Cow<'_, str>>(raw.get())
         .ok()
         .and_then(|s| s.trim().parse::<u64>().ok())
@@ -553,6 +562,10 @@ mod tests {
         );
         assert_eq!(
             decode_team(r#"{"type":"pong","unique_id":"7"}"#),
+            Ok(TeamServerEvent::Pong { unique_id: 7 })
+        );
+        assert_eq!(
+            decode_team(r#"{"type":"pong","unique_id":7.0}"#),
             Ok(TeamServerEvent::Pong { unique_id: 7 })
         );
         assert_eq!(
@@ -846,7 +859,8 @@ mod tests {
                 connected: true,
                 message_count: 100,
                 props_count: 10,
-            }],
+            }]
+            .into(),
         });
         assert_eq!(
             serde_json::from_str::<serde_json::Value>(&health).unwrap(),
@@ -886,7 +900,7 @@ mod tests {
         for event in team {
             assert_eq!(decode_team(&encode(&event)), Ok(event));
         }
-        let health = GlobalClientEvent::Healthcheck { stats: vec![] };
+        let health = GlobalClientEvent::Healthcheck { stats: [].into() };
         assert_eq!(decode_global_client(&encode(&health)), Ok(health));
         let ping = TeamClientEvent::Ping { unique_id: 3 };
         assert_eq!(decode_team_client(&encode(&ping)), Ok(ping));

@@ -55,7 +55,7 @@ fn healthcheck_replies(commands: &[NetCommand]) -> Vec<Vec<TeamStats>> {
             NetCommand::Send {
                 frame: Outbound::Global(GlobalClientEvent::Healthcheck { stats }),
                 ..
-            } => Some(stats.clone()),
+            } => Some(stats.to_vec()),
             _ => None,
         })
         .collect()
@@ -778,6 +778,29 @@ fn requests_wait_for_hello() {
     peer.step();
     // A team.join shows the server is talking even without hello.
     assert_eq!(peer.requests(), vec![T1]);
+}
+
+#[test]
+fn healthcheck_before_hello_is_still_answered() {
+    let mut peer = Peer::new(24);
+    peer.step();
+    let g = peer.global_conn();
+    peer.push(NetEvent::Opened { conn: g });
+    peer.global_says(GlobalServerEvent::Healthcheck);
+    peer.step();
+    assert!(peer.core.global().ready_conn().is_none(), "no hello yet");
+    assert_eq!(healthcheck_replies(&peer.commands), vec![vec![]]);
+}
+
+#[test]
+fn team_left_naming_another_team_is_bad_input() {
+    let mut peer = Peer::with_teams(25, &[T1, T2]);
+    peer.team_says(T1, TeamServerEvent::TeamLeft { team_id: T2 });
+    peer.step();
+    assert!(closes(&peer.commands).is_empty(), "neither team is closed");
+    assert!(team(&peer, T1).connected && team(&peer, T2).connected);
+    assert_eq!(team(&peer, T1).health.bad_frames, 1);
+    assert_eq!(peer.core.stats().bad_team["team_left_mismatch"], 1);
 }
 
 /// Plays one fixed script, with faults, through a core.

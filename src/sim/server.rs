@@ -252,7 +252,7 @@ fn on_global_frame(shared: &Shared, id: u64, raw: &str) -> Option<Message> {
             match waiter {
                 Some(waiter) => {
                     ledger.check_reply(&stats, waiter.sent_at);
-                    let _ = waiter.reply.send(stats);
+                    let _ = waiter.reply.send(stats.to_vec());
                 }
                 None => ledger.violation("healthcheck reply nobody asked for".into()),
             }

@@ -6,7 +6,9 @@ use bevy_ecs::prelude::*;
 use crate::bridge::{NetCommand, Outbound};
 use crate::core::components::{Counters, Link, LinkState};
 use crate::core::resources::{Outbox, PendingHealthchecks, Stats, TeamIndex};
-use crate::core::systems::global::GlobalLink;
+use std::sync::Arc;
+
+use crate::core::systems::global::{GlobalLink, GlobalState};
 use crate::protocol::{GlobalClientEvent, TeamStats};
 
 /// Every team ever joined, sorted by id. O(teams): runs per request only.
@@ -42,15 +44,20 @@ pub fn answer_healthchecks(
     if pending.0.is_empty() {
         return;
     }
-    let current = global.ready_conn();
-    let mut reply = None;
+    // Answered on the Global socket the request came on, as long as it is
+    // open, `hello` or not: every request gets its reply.
+    let current = match global.state {
+        GlobalState::Open { conn, .. } => Some(conn),
+        _ => None,
+    };
+    let mut reply: Option<Arc<[TeamStats]>> = None;
     for conn in pending.0.drain(..) {
         if current != Some(conn) {
             continue;
         }
         let stats_list = reply
             .get_or_insert_with(|| {
-                team_stats(&index, |e| teams.get(e).ok().map(|(l, c)| (l.state, *c)))
+                team_stats(&index, |e| teams.get(e).ok().map(|(l, c)| (l.state, *c))).into()
             })
             .clone();
         outbox.0.push(NetCommand::Send {

@@ -70,11 +70,15 @@ pub fn handle_team_events(
                     Ok(TeamServerEvent::Pong { unique_id }) => {
                         on_pong(&mut health, unique_id, now);
                     }
-                    Ok(TeamServerEvent::TeamLeft { team_id }) => {
-                        if team_id != team.id && limiter.allow("team_left_mismatch", now).is_some()
-                        {
-                            warn!(team_id = %team.id, said = %team_id, "team.left names another team; the socket's team leaves");
+                    Ok(TeamServerEvent::TeamLeft { team_id }) if team_id != team.id => {
+                        // Inconsistent: neither team is closed on its word.
+                        health.bad_frames += 1;
+                        *stats.bad_team.entry("team_left_mismatch").or_default() += 1;
+                        if limiter.allow("team_left_mismatch", now).is_some() {
+                            warn!(team_id = %team.id, said = %team_id, "team.left for another team on this socket; ignored");
                         }
+                    }
+                    Ok(TeamServerEvent::TeamLeft { .. }) => {
                         if matches!(link.state, LinkState::Open { .. }) {
                             links.close(entity, &mut link, AfterClose::Left);
                             info!(team_id = %team.id, "team left (team socket)");
