@@ -124,6 +124,12 @@ pub enum NetEvent {
         /// The decoded frame, or why it is bad input.
         frame: Inbound,
     },
+    /// A websocket control frame (ping or pong) arrived: a sign of life
+    /// with no protocol content.
+    Alive {
+        /// On which connection.
+        conn: ConnId,
+    },
     /// The connection ended.
     Closed {
         /// Which connection.
@@ -140,6 +146,7 @@ impl NetEvent {
             NetEvent::Opened { conn }
             | NetEvent::OpenFailed { conn, .. }
             | NetEvent::Received { conn, .. }
+            | NetEvent::Alive { conn }
             | NetEvent::Closed { conn, .. } => *conn,
         }
     }
@@ -163,6 +170,13 @@ pub enum NetCommand {
         conn: ConnId,
         /// The frame.
         frame: Outbound,
+    },
+    /// Send a websocket-level ping (a control frame every RFC 6455 peer
+    /// answers with a pong): how a silent Global link is probed, since the
+    /// protocol's own `ping` exists only on team connections.
+    Probe {
+        /// Which connection.
+        conn: ConnId,
     },
     /// Send a close frame with this code and wait (bounded) for the peer's.
     Close {

@@ -53,6 +53,9 @@ pub struct Peer {
     pub global: Option<ConnId>,
     /// The newest connection id opened for each team.
     pub teams: BTreeMap<TeamId, ConnId>,
+    /// Whether websocket pings (`Probe`) are answered, as every healthy
+    /// websocket server's library does. Off to play a black-holed peer.
+    pub answer_probes: bool,
     /// How many commands `take_new` has already returned.
     seen: usize,
 }
@@ -73,6 +76,7 @@ impl Peer {
             commands: Vec::new(),
             global: None,
             teams: BTreeMap::new(),
+            answer_probes: true,
             seen: 0,
         }
     }
@@ -162,6 +166,11 @@ impl Peer {
 
     fn record(&mut self) {
         for command in self.core.drain_commands() {
+            if let NetCommand::Probe { conn } = command
+                && self.answer_probes
+            {
+                self.push(NetEvent::Alive { conn });
+            }
             if let NetCommand::Open { conn, kind, .. } = &command {
                 match kind {
                     ConnKind::Global => self.global = Some(*conn),

@@ -803,6 +803,66 @@ fn team_left_naming_another_team_is_bad_input() {
     assert_eq!(peer.core.stats().bad_team["team_left_mismatch"], 1);
 }
 
+fn probes(commands: &[NetCommand]) -> usize {
+    commands
+        .iter()
+        .filter(|c| matches!(c, NetCommand::Probe { .. }))
+        .count()
+}
+
+#[test]
+fn a_silent_global_is_probed_then_dropped_and_reopened() {
+    let mut peer = Peer::with_teams(26, &[T1]);
+    peer.answer_probes = false;
+    let old = peer.global_conn();
+    // The team keeps answering pings; only Global goes silent.
+    let deadline = peer.core.now() + Duration::from_millis(1600);
+    while peer.core.now() < deadline {
+        for id in peer.pings_on(peer.team_conn(T1)) {
+            peer.team_says(T1, TeamServerEvent::Pong { unique_id: id });
+        }
+        peer.step();
+    }
+    assert_eq!(probes(&peer.commands), 1, "probed once after 1s of quiet");
+    assert_eq!(aborts(&peer.commands), vec![old], "dropped 500ms later");
+    assert!(team(&peer, T1).connected, "team sockets stay up");
+    // The reopen may already have been asked for during the loop.
+    peer.step_until("Global reopened", |p| p.global != Some(old));
+    let new = peer.global_conn();
+    peer.push(NetEvent::Opened { conn: new });
+    peer.global_says(GlobalServerEvent::Hello);
+    peer.step();
+    assert_eq!(peer.core.global().ready_conn(), Some(new));
+    assert!(team(&peer, T1).connected);
+    assert_eq!(aborts(&peer.commands), vec![old], "nothing else dropped");
+    snapshot("a_silent_global_is_probed_then_dropped_and_reopened", &peer);
+}
+
+#[test]
+fn a_quiet_global_that_answers_probes_stays_up() {
+    let mut peer = Peer::new(27);
+    peer.open_global();
+    peer.advance(Duration::from_secs(10));
+    let n = probes(&peer.commands);
+    assert!(
+        (8..=10).contains(&n),
+        "about one probe per quiet second: {n}"
+    );
+    assert!(aborts(&peer.commands).is_empty());
+    assert_eq!(peer.core.global().connects, 1);
+}
+
+#[test]
+fn a_talking_global_is_never_probed() {
+    let mut peer = Peer::new(28);
+    peer.open_global();
+    for _ in 0..50 {
+        peer.global_says(GlobalServerEvent::Healthcheck);
+        peer.advance(Duration::from_millis(200));
+    }
+    assert_eq!(probes(&peer.commands), 0);
+}
+
 /// Plays one fixed script, with faults, through a core.
 fn scripted_run(seed: u64) -> (Vec<NetCommand>, String) {
     let mut peer = Peer::new(seed);

@@ -254,3 +254,33 @@ async fn local_stop_closes_every_socket_normally() {
         "connected when the stop came"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_black_holed_global_is_detected_by_websocket_ping_and_reopened() {
+    let mut server = Server::bind().await;
+    let client = start(server.url("/global"), |c| {
+        c.core.ping_interval = Duration::from_millis(200);
+        c.core.pong_timeout = Duration::from_millis(300);
+    });
+    let global = server.accept().await;
+    global.send(json!({"type": "hello"}));
+    // The server's websocket layer answers the client's pings while it
+    // reads; once frozen it answers nothing and the client must move on.
+    global.freeze();
+    let second = server.accept().await;
+    assert_eq!(second.path, "/global");
+    second.send(json!({"type": "hello"}));
+    let outcome = goodbye(second, client).await;
+    assert_eq!(outcome.snapshot.global.connects, 2);
+    assert!(
+        outcome
+            .snapshot
+            .global
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("silent")),
+        "{:?}",
+        outcome.snapshot.global.last_error
+    );
+    drop(global);
+}

@@ -316,6 +316,7 @@ fn build_schedule() -> Schedule {
             global::maintain_global_link,
             global::admit_joined_teams,
             global::handle_global_events,
+            global::watch_global_liveness,
             global::begin_shutdown,
         )
             .chain()

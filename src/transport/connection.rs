@@ -22,6 +22,8 @@ use crate::protocol::{DecodeError, decode_global, decode_team};
 pub(crate) enum Outgoing {
     /// Send a frame.
     Frame(Outbound),
+    /// Send a websocket ping.
+    Probe,
     /// Send a close frame, then wait (bounded) for the peer's.
     Close(u16),
 }
@@ -143,7 +145,13 @@ pub(crate) async fn run(
                     remote_code = Some(frame.map_or(1005, |f| u16::from(f.code)));
                     continue;
                 }
-                Ok(_) => continue,
+                Ok(Message::Ping(_) | Message::Pong(_)) => {
+                    if !emit(&events, NetEvent::Alive { conn }).await {
+                        return CloseReason::Local;
+                    }
+                    continue;
+                }
+                Ok(Message::Frame(_)) => continue,
                 Err(error) => return close_reason(&error),
             };
             if !emit(&events, NetEvent::Received { conn, frame }).await {
@@ -164,6 +172,7 @@ pub(crate) async fn run(
             while let Some(item) = next.take() {
                 let result = match item {
                     Outgoing::Frame(frame) => sink.feed(Message::text(frame.encode())).await,
+                    Outgoing::Probe => sink.feed(Message::Ping(Default::default())).await,
                     Outgoing::Close(code) => {
                         closing.store(true, Ordering::Relaxed);
                         let frame = CloseFrame {

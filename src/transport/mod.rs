@@ -114,6 +114,7 @@ impl Transport {
                 );
             }
             NetCommand::Send { conn, frame } => self.enqueue(conn, Outgoing::Frame(frame)),
+            NetCommand::Probe { conn } => self.enqueue(conn, Outgoing::Probe),
             NetCommand::Close { conn, code } => self.enqueue(conn, Outgoing::Close(code)),
             NetCommand::Abort { conn } => {
                 if let Some(socket) = self.sockets.remove(&conn) {

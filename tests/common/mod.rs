@@ -30,6 +30,8 @@ enum Cmd {
     Send(Message),
     /// Drop the TCP connection with no close frame (RST via zero linger).
     Reset,
+    /// Stop reading and writing, keeping TCP open: a black hole.
+    Freeze,
 }
 
 /// One accepted websocket.
@@ -78,6 +80,12 @@ impl Server {
                                 }
                                 Some(Cmd::Reset) | None => {
                                     let _ = ws.get_ref().set_zero_linger();
+                                    break;
+                                }
+                                Some(Cmd::Freeze) => {
+                                    // Hold the socket, answer nothing, until
+                                    // the test ends.
+                                    let _ = cmd_rx.recv().await;
                                     break;
                                 }
                             },
@@ -131,6 +139,10 @@ impl Conn {
 
     pub fn reset(&self) {
         let _ = self.cmds.send(Cmd::Reset);
+    }
+
+    pub fn freeze(&self) {
+        let _ = self.cmds.send(Cmd::Freeze);
     }
 
     /// The next message from the client; `None` once the socket ended.

@@ -60,6 +60,10 @@ pub struct GlobalLink {
     pub connects: u64,
     /// Why the last attempt or socket failed.
     pub last_error: Option<String>,
+    /// When anything last arrived on the open socket.
+    pub last_activity: u64,
+    /// When a websocket ping was sent to a quiet link, if one is unanswered.
+    pub probe_sent_at: Option<u64>,
 }
 
 impl Default for GlobalLink {
@@ -69,6 +73,8 @@ impl Default for GlobalLink {
             attempts: 0,
             connects: 0,
             last_error: None,
+            last_activity: 0,
+            probe_sent_at: None,
         }
     }
 }
@@ -215,12 +221,14 @@ pub fn handle_global_events(
                 {
                     global.state = GlobalState::Open { conn, ready: false };
                     global.connects += 1;
+                    global.last_activity = links.clock.now;
+                    global.probe_sent_at = None;
                     info!(%conn, "Global link open");
                 }
             }
+            NetEvent::Alive { .. } => global.last_activity = links.clock.now,
             NetEvent::OpenFailed { error, .. } => {
-                lose_global(&mut global, &mut links, &shutdown, &error);
-                requeue_requests(&mut teams, &mut links);
+                drop_global(&mut global, &mut links, &shutdown, &mut teams, &error);
             }
             NetEvent::Closed { reason, .. } => {
                 if matches!(global.state, GlobalState::Closing { .. }) {
@@ -229,11 +237,12 @@ pub fn handle_global_events(
                     }
                     global.state = GlobalState::Closed;
                 } else {
-                    lose_global(&mut global, &mut links, &shutdown, &reason.to_string());
-                    requeue_requests(&mut teams, &mut links);
+                    let error = reason.to_string();
+                    drop_global(&mut global, &mut links, &shutdown, &mut teams, &error);
                 }
             }
             NetEvent::Received { conn, frame } => {
+                global.last_activity = links.clock.now;
                 let Inbound::Global(decoded) = frame else {
                     *stats.ignored.entry("team frame on global").or_default() += 1;
                     continue;
@@ -267,12 +276,59 @@ pub fn handle_global_events(
     }
 }
 
-fn requeue_requests(teams: &mut Query<TeamParts>, links: &mut Links) {
+/// An open Global socket is gone: reopen it later, and ask again on the
+/// next one for every URL requested on this one.
+fn drop_global(
+    global: &mut GlobalLink,
+    links: &mut Links,
+    shutdown: &Shutdown,
+    teams: &mut Query<TeamParts>,
+    error: &str,
+) {
+    lose_global(global, links, shutdown, error);
     let in_flight: Vec<Entity> = links.requests.in_flight.iter().copied().collect();
     for entity in in_flight {
         if let Ok((_, mut link, _)) = teams.get_mut(entity) {
             links.requeue(entity, &mut link);
         }
+    }
+}
+
+/// The protocol pings team links only, so a Global link that went silent
+/// (a black-holed TCP connection) is probed with a websocket ping once it
+/// has been quiet for a ping interval, and dropped if nothing at all
+/// arrives within the pong timeout after that. O(1) per tick.
+pub fn watch_global_liveness(
+    mut global: ResMut<GlobalLink>,
+    shutdown: Res<Shutdown>,
+    mut teams: Query<TeamParts>,
+    mut links: Links,
+) {
+    let GlobalState::Open { conn, .. } = global.state else {
+        return;
+    };
+    if shutdown.cause.is_some() {
+        return;
+    }
+    let now = links.clock.now;
+    let (interval, timeout) = (links.settings.ping_interval, links.settings.pong_timeout);
+    // A probe is outstanding until anything arrives after it.
+    let unanswered = global
+        .probe_sent_at
+        .filter(|&sent| global.last_activity <= sent);
+    match unanswered {
+        Some(sent) if now >= sent + timeout => {
+            links.outbox.0.push(NetCommand::Abort { conn });
+            let error = "Global silent: no frame within pong timeout";
+            drop_global(&mut global, &mut links, &shutdown, &mut teams, error);
+        }
+        // Waiting for the answer: never re-probe (that would re-arm it).
+        Some(_) => {}
+        None if now >= global.last_activity + interval => {
+            links.outbox.0.push(NetCommand::Probe { conn });
+            global.probe_sent_at = Some(now);
+        }
+        None => {}
     }
 }
 

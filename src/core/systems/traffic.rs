@@ -38,6 +38,7 @@ pub fn handle_team_events(
             NetEvent::OpenFailed { error, .. } => {
                 links.fail(entity, &mut link, &mut health, &error, false);
             }
+            NetEvent::Alive { .. } => health.last_activity = now,
             NetEvent::Closed { reason, .. } => {
                 if !matches!(link.state, LinkState::Closing { .. })
                     && limiter.allow("team_drop", now).is_some()
