@@ -297,7 +297,7 @@ impl Core {
 }
 
 fn build_schedule() -> Schedule {
-    use systems::{global, healthcheck, heartbeat, ingest, reconnect, traffic};
+    use systems::{global, healthcheck, heartbeat, ingest, reconnect, shutdown, traffic};
     let mut schedule = Schedule::new(Tick);
     schedule.configure_sets(
         (
@@ -317,7 +317,7 @@ fn build_schedule() -> Schedule {
             global::admit_joined_teams,
             global::handle_global_events,
             global::watch_global_liveness,
-            global::begin_shutdown,
+            shutdown::begin_shutdown,
         )
             .chain()
             .in_set(CoreSystems::Global),
@@ -326,7 +326,10 @@ fn build_schedule() -> Schedule {
         (reconnect::expire_deadlines, reconnect::request_team_urls)
             .chain()
             .in_set(CoreSystems::Reconnect),
-        (healthcheck::answer_healthchecks, global::close_global_link)
+        (
+            healthcheck::answer_healthchecks,
+            shutdown::close_global_link,
+        )
             .chain()
             .in_set(CoreSystems::Emit),
     ));

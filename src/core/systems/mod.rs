@@ -6,4 +6,5 @@ pub mod healthcheck;
 pub mod heartbeat;
 pub mod ingest;
 pub mod reconnect;
+pub mod shutdown;
 pub mod traffic;

@@ -1,0 +1,62 @@
+//! Shutdown, after `goodbye` or a local stop: every team socket gets a
+//! normal close, then Global does, after the tick's healthcheck replies.
+
+use bevy_ecs::prelude::*;
+
+use crate::bridge::{CLOSE_NORMAL, NetCommand};
+use crate::core::components::{AfterClose, Health, Link, LinkState};
+use crate::core::links::Links;
+use crate::core::resources::Shutdown;
+use crate::core::systems::global::{GlobalLink, GlobalState};
+
+/// Once a shutdown is asked for, closes every team socket with a normal
+/// close and stops every team that has none. Runs its full scan once.
+pub fn begin_shutdown(
+    mut shutdown: ResMut<Shutdown>,
+    mut global: ResMut<GlobalLink>,
+    mut teams: Query<(Entity, &mut Link, &mut Health)>,
+    mut links: Links,
+) {
+    if shutdown.cause.is_none() || shutdown.begun {
+        return;
+    }
+    shutdown.begun = true;
+    for (entity, mut link, mut health) in &mut teams {
+        health.connected_at_shutdown = matches!(link.state, LinkState::Open { .. });
+        // A team that left stays `left`: the report must tell the two apart.
+        if link.state != LinkState::Left {
+            links.close(entity, &mut link, AfterClose::Stop);
+        }
+    }
+    match global.state {
+        GlobalState::Connecting { conn, .. } => {
+            links.outbox.0.push(NetCommand::Abort { conn });
+            links.conns.forget(conn);
+            global.state = GlobalState::Closed;
+        }
+        GlobalState::Idle | GlobalState::Backoff { .. } => global.state = GlobalState::Closed,
+        _ => {}
+    }
+}
+
+/// Closes the Global link at the end of a shutdown tick, after the
+/// healthcheck replies of that tick went out on it.
+pub fn close_global_link(
+    shutdown: Res<Shutdown>,
+    mut global: ResMut<GlobalLink>,
+    mut links: Links,
+) {
+    if !shutdown.begun {
+        return;
+    }
+    if let GlobalState::Open { conn, .. } = global.state {
+        links.outbox.0.push(NetCommand::Close {
+            conn,
+            code: CLOSE_NORMAL,
+        });
+        global.state = GlobalState::Closing {
+            conn,
+            deadline: links.clock.now + links.settings.close_timeout,
+        };
+    }
+}
