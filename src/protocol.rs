@@ -356,12 +356,14 @@ pub enum UrlError {
 /// Longest URL echoed back in an error.
 const MAX_ECHOED_URL: usize = 128;
 
-fn clip(s: &str, max: usize) -> String {
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
+/// Clips `text` to at most `max` bytes on a char boundary, so no peer can
+/// make us hold or log an arbitrarily long string it sent.
+pub fn clip(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
         end -= 1;
     }
-    s[..end].to_owned()
+    text[..end].to_owned()
 }
 
 /// Maps a URL from the server to one a websocket client can open:

@@ -12,7 +12,7 @@ use super::config::Settings;
 use super::resources::{Clock, Connections, Jitter, Outbox, Owner, UrlRequests};
 use super::timers::Timers;
 use crate::bridge::{CLOSE_NORMAL, ConnKind, NetCommand, Outbound};
-use crate::protocol::{GlobalClientEvent, TeamId, normalize_ws_url};
+use crate::protocol::{GlobalClientEvent, TeamId, clip, normalize_ws_url};
 
 /// Heartbeat timers of an open link.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -33,16 +33,6 @@ pub struct StateDeadline;
 
 /// Longest error text kept per team.
 const MAX_ERROR_LEN: usize = 200;
-
-/// Clips `text` to at most `max` bytes on a char boundary, so no peer can
-/// make the core hold or log an arbitrarily long string.
-pub fn clipped(text: &str, max: usize) -> String {
-    let mut end = text.len().min(max);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text[..end].to_owned()
-}
 
 /// Everything a team transition touches.
 #[derive(SystemParam)]
@@ -216,7 +206,7 @@ impl Links<'_> {
         }
         let delay = self.backoff_delay(health.attempts);
         health.attempts = health.attempts.saturating_add(1);
-        health.last_error = Some(clipped(error, MAX_ERROR_LEN));
+        health.last_error = Some(clip(error, MAX_ERROR_LEN));
         health.pings_in_flight.clear();
         debug!(
             ?entity,

@@ -370,23 +370,24 @@ impl Ledger {
         if stats == expected.as_slice() {
             return Ok(());
         }
-        let diffs: Vec<String> = expected
+        let mut differing: Vec<String> = expected
             .iter()
-            .filter(|e| stats.iter().find(|s| s.id == e.id) != Some(e))
-            .take(5)
-            .map(|e| {
+            .filter_map(|e| {
                 let got = stats.iter().find(|s| s.id == e.id);
-                format!("team {}: want {:?}, got {:?}", e.id, e, got)
+                (got != Some(e)).then(|| format!("team {}: want {:?}, got {:?}", e.id, e, got))
             })
             .collect();
+        differing.extend(
+            stats
+                .iter()
+                .filter(|s| !self.teams.contains_key(&s.id))
+                .map(|s| format!("team {} reported but never joined", s.id)),
+        );
         Err(format!(
             "{} of {} teams differ: {}",
-            expected
-                .iter()
-                .filter(|e| stats.iter().find(|s| s.id == e.id) != Some(e))
-                .count(),
+            differing.len(),
             expected.len(),
-            diffs.join("; ")
+            differing[..differing.len().min(5)].join("; ")
         ))
     }
 }
@@ -474,5 +475,60 @@ impl fmt::Display for Verdict {
             )?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ledger_with(written: u64) -> Ledger {
+        let mut ledger = Ledger::new(1);
+        let truth = ledger.teams.entry(TeamId(1)).or_default();
+        truth.written = written;
+        truth.announced_at = Some(Instant::now());
+        ledger
+    }
+
+    fn stat(id: u64, count: u64) -> TeamStats {
+        TeamStats {
+            id: TeamId(id),
+            connected: false,
+            message_count: count,
+            props_count: 0,
+        }
+    }
+
+    #[test]
+    fn exact_names_every_kind_of_difference() {
+        let ledger = ledger_with(5);
+        assert!(ledger.exact(&[stat(1, 5)]).is_ok());
+        let short = ledger.exact(&[stat(1, 4)]).unwrap_err();
+        assert!(short.starts_with("1 of 1 teams differ"), "{short}");
+        let extra = ledger.exact(&[stat(1, 5), stat(9, 0)]).unwrap_err();
+        assert!(
+            extra.contains("team 9 reported but never joined"),
+            "{extra}"
+        );
+        let missing = ledger.exact(&[]).unwrap_err();
+        assert!(missing.contains("got None"), "{missing}");
+    }
+
+    #[test]
+    fn replies_are_checked_against_the_truth() {
+        let mut ledger = ledger_with(5);
+        let later = Instant::now() + Duration::from_secs(1);
+        ledger.check_reply(&[stat(1, 5)], later);
+        assert!(ledger.violations.is_empty(), "{:?}", ledger.violations);
+        ledger.check_reply(&[stat(1, 6)], later);
+        assert!(ledger.violations[0].contains("only 5/0 written"));
+        ledger.check_reply(&[stat(1, 4)], later);
+        assert!(ledger.violations[1].contains("went down"));
+        ledger.check_reply(&[], later);
+        assert!(ledger.violations[2].contains("missing"));
+        // Asked before the team was announced: its absence is fine.
+        let before = Instant::now() - Duration::from_secs(1);
+        ledger.check_reply(&[], before);
+        assert_eq!(ledger.violations.len(), 3);
     }
 }

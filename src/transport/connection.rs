@@ -55,7 +55,7 @@ fn describe_connect_error(error: &tungstenite::Error) -> String {
     if let tungstenite::Error::Http(response) = error {
         return format!("handshake refused: HTTP {}", response.status());
     }
-    crate::core::links::clipped(&error.to_string(), 200)
+    crate::protocol::clip(&error.to_string(), 200)
 }
 
 fn close_reason(error: &tungstenite::Error) -> CloseReason {
@@ -79,7 +79,7 @@ fn close_reason(error: &tungstenite::Error) -> CloseReason {
         {
             CloseReason::Reset
         }
-        other => CloseReason::Error(crate::core::links::clipped(&other.to_string(), 200)),
+        other => CloseReason::Error(crate::protocol::clip(&other.to_string(), 200)),
     }
 }
 

@@ -1,16 +1,17 @@
 //! The Global link: keeping it open, and acting on what it says.
 
 use bevy_ecs::prelude::*;
+use bevy_ecs::system::SystemParam;
 use serde::Serialize;
 use tracing::{debug, info, warn};
 
 use crate::bridge::{ConnId, ConnKind, Inbound, NetCommand, NetEvent};
 use crate::core::components::{AfterClose, Counters, Health, Link, Team};
-use crate::core::links::{Links, clipped};
+use crate::core::links::Links;
 use crate::core::resources::{
     GlobalInbox, LogLimiter, Owner, PendingHealthchecks, Shutdown, ShutdownCause, Stats, TeamIndex,
 };
-use crate::protocol::GlobalServerEvent;
+use crate::protocol::{GlobalServerEvent, clip};
 
 /// The Global link's state machine. Times are core milliseconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -100,7 +101,21 @@ impl GlobalLink {
 }
 
 /// Team data the Global systems read and change.
-type TeamParts<'a> = (&'a Team, &'a mut Link, &'a mut Health);
+type TeamParts = (&'static Team, &'static mut Link, &'static mut Health);
+
+/// Everything the Global lifecycle reads and changes while acting on
+/// Global events.
+#[derive(SystemParam)]
+pub struct GlobalLifecycle<'w, 's> {
+    global: ResMut<'w, GlobalLink>,
+    shutdown: ResMut<'w, Shutdown>,
+    pending: ResMut<'w, PendingHealthchecks>,
+    stats: ResMut<'w, Stats>,
+    limiter: ResMut<'w, LogLimiter>,
+    index: Res<'w, TeamIndex>,
+    teams: Query<'w, 's, TeamParts>,
+    links: Links<'w>,
+}
 
 /// Opens the Global link when it is down and its backoff is over, and
 /// enforces its connect and close deadlines. O(1) per tick.
@@ -155,7 +170,7 @@ fn lose_global(global: &mut GlobalLink, links: &mut Links, shutdown: &Shutdown, 
     }
     let delay = links.backoff_delay(global.attempts);
     global.attempts = global.attempts.saturating_add(1);
-    global.last_error = Some(clipped(error, 200));
+    global.last_error = Some(clip(error, 200));
     global.state = GlobalState::Backoff {
         until: links.clock.now + delay,
     };
@@ -201,74 +216,49 @@ pub fn admit_joined_teams(
 }
 
 /// Acts on this tick's Global events, in arrival order.
-#[allow(clippy::too_many_arguments)]
-pub fn handle_global_events(
-    mut inbox: ResMut<GlobalInbox>,
-    mut global: ResMut<GlobalLink>,
-    mut shutdown: ResMut<Shutdown>,
-    mut pending: ResMut<PendingHealthchecks>,
-    mut stats: ResMut<Stats>,
-    mut limiter: ResMut<LogLimiter>,
-    index: Res<TeamIndex>,
-    mut teams: Query<TeamParts>,
-    mut links: Links,
-) {
+pub fn handle_global_events(mut inbox: ResMut<GlobalInbox>, mut lc: GlobalLifecycle) {
     for event in inbox.0.drain(..) {
+        let now = lc.links.clock.now;
         match event {
             NetEvent::Opened { conn } => {
-                if let GlobalState::Connecting { conn: c, .. } = global.state
+                if let GlobalState::Connecting { conn: c, .. } = lc.global.state
                     && c == conn
                 {
-                    global.state = GlobalState::Open { conn, ready: false };
-                    global.connects += 1;
-                    global.last_activity = links.clock.now;
-                    global.probe_sent_at = None;
+                    lc.global.state = GlobalState::Open { conn, ready: false };
+                    lc.global.connects += 1;
+                    lc.global.last_activity = now;
+                    lc.global.probe_sent_at = None;
                     info!(%conn, "Global link open");
                 }
             }
-            NetEvent::Alive { .. } => global.last_activity = links.clock.now,
-            NetEvent::OpenFailed { error, .. } => {
-                drop_global(&mut global, &mut links, &shutdown, &mut teams, &error);
-            }
+            NetEvent::Alive { .. } => lc.global.last_activity = now,
+            NetEvent::OpenFailed { error, .. } => lc.drop_global(&error),
             NetEvent::Closed { reason, .. } => {
-                if matches!(global.state, GlobalState::Closing { .. }) {
-                    if let Some(conn) = global.conn() {
-                        links.conns.forget(conn);
+                if matches!(lc.global.state, GlobalState::Closing { .. }) {
+                    if let Some(conn) = lc.global.conn() {
+                        lc.links.conns.forget(conn);
                     }
-                    global.state = GlobalState::Closed;
+                    lc.global.state = GlobalState::Closed;
                 } else {
-                    let error = reason.to_string();
-                    drop_global(&mut global, &mut links, &shutdown, &mut teams, &error);
+                    lc.drop_global(&reason.to_string());
                 }
             }
             NetEvent::Received { conn, frame } => {
-                global.last_activity = links.clock.now;
-                let Inbound::Global(decoded) = frame else {
-                    *stats.ignored.entry("team frame on global").or_default() += 1;
-                    continue;
-                };
-                match decoded {
-                    Ok(event) => {
-                        if shutdown.cause.is_none() {
-                            on_global_event(
-                                event,
-                                conn,
-                                &mut global,
-                                &mut shutdown,
-                                &mut pending,
-                                &mut stats,
-                                &mut limiter,
-                                &index,
-                                &mut teams,
-                                &mut links,
-                            );
-                        }
+                lc.global.last_activity = now;
+                match frame {
+                    Inbound::Global(Ok(event)) if lc.shutdown.cause.is_none() => {
+                        lc.on_event(event, conn);
                     }
-                    Err(error) => {
-                        *stats.bad_global.entry(error.class()).or_default() += 1;
-                        if let Some(suppressed) = limiter.allow("bad_global", links.clock.now) {
+                    // Nothing after goodbye is acted on.
+                    Inbound::Global(Ok(_)) => {}
+                    Inbound::Global(Err(error)) => {
+                        *lc.stats.bad_global.entry(error.class()).or_default() += 1;
+                        if let Some(suppressed) = lc.limiter.allow("bad_global", now) {
                             warn!(%conn, %error, suppressed, "bad input on Global");
                         }
+                    }
+                    Inbound::Team(_) => {
+                        *lc.stats.ignored.entry("team frame on global").or_default() += 1;
                     }
                 }
             }
@@ -276,16 +266,8 @@ pub fn handle_global_events(
     }
 }
 
-/// An open Global socket is gone: reopen it later, and ask again on the
-/// next one for every URL requested on this one.
-fn drop_global(
-    global: &mut GlobalLink,
-    links: &mut Links,
-    shutdown: &Shutdown,
-    teams: &mut Query<TeamParts>,
-    error: &str,
-) {
-    lose_global(global, links, shutdown, error);
+/// Ask again, on the next Global, for every URL requested on a lost one.
+fn requeue_requests(teams: &mut Query<TeamParts>, links: &mut Links) {
     let in_flight: Vec<Entity> = links.requests.in_flight.iter().copied().collect();
     for entity in in_flight {
         if let Ok((_, mut link, _)) = teams.get_mut(entity) {
@@ -320,7 +302,8 @@ pub fn watch_global_liveness(
         Some(sent) if now >= sent + timeout => {
             links.outbox.0.push(NetCommand::Abort { conn });
             let error = "Global silent: no frame within pong timeout";
-            drop_global(&mut global, &mut links, &shutdown, &mut teams, error);
+            lose_global(&mut global, &mut links, &shutdown, error);
+            requeue_requests(&mut teams, &mut links);
         }
         // Waiting for the answer: never re-probe (that would re-arm it).
         Some(_) => {}
@@ -332,102 +315,110 @@ pub fn watch_global_liveness(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn on_global_event(
-    event: GlobalServerEvent,
-    conn: ConnId,
-    global: &mut GlobalLink,
-    shutdown: &mut Shutdown,
-    pending: &mut PendingHealthchecks,
-    stats: &mut Stats,
-    limiter: &mut LogLimiter,
-    index: &TeamIndex,
-    teams: &mut Query<TeamParts>,
-    links: &mut Links,
-) {
-    let now = links.clock.now;
-    let mut ignore = |stats: &mut Stats, why: &'static str, team: crate::protocol::TeamId| {
-        *stats.ignored.entry(why).or_default() += 1;
-        if limiter.allow(why, now).is_some() {
-            debug!(team_id = %team, why, "ignored Global event");
-        }
-    };
-    match event {
-        GlobalServerEvent::Hello => {
-            mark_ready(global);
-            global.attempts = 0;
-        }
-        GlobalServerEvent::TeamJoin { team_id } => {
-            // A server that skips `hello` but announces teams is talking.
-            mark_ready(global);
-            if let Some(&entity) = index.0.get(&team_id)
-                && let Ok((_, mut link, _)) = teams.get_mut(entity)
-                && !links.join(entity, &mut link)
-            {
-                ignore(stats, "duplicate team.join", team_id);
+impl GlobalLifecycle<'_, '_> {
+    /// The open Global socket is gone: reopen it later, and ask again on
+    /// the next one for every URL requested on this one.
+    fn drop_global(&mut self, error: &str) {
+        lose_global(&mut self.global, &mut self.links, &self.shutdown, error);
+        requeue_requests(&mut self.teams, &mut self.links);
+    }
+
+    /// Acts on one well-formed Global event.
+    fn on_event(&mut self, event: GlobalServerEvent, conn: ConnId) {
+        let Self {
+            global,
+            shutdown,
+            pending,
+            stats,
+            limiter,
+            index,
+            teams,
+            links,
+        } = self;
+        let now = links.clock.now;
+        let mut ignore = |stats: &mut Stats, why: &'static str, team: crate::protocol::TeamId| {
+            *stats.ignored.entry(why).or_default() += 1;
+            if limiter.allow(why, now).is_some() {
+                debug!(team_id = %team, why, "ignored Global event");
             }
-        }
-        GlobalServerEvent::TeamLeft { team_id } => {
-            match index
-                .0
-                .get(&team_id)
-                .and_then(|&e| teams.get_mut(e).ok().map(|t| (e, t)))
-            {
-                Some((entity, (_, mut link, _))) => {
-                    links.close(entity, &mut link, AfterClose::Left);
-                    info!(team_id = %team_id, "team left (Global)");
+        };
+        match event {
+            GlobalServerEvent::Hello => {
+                mark_ready(global);
+                global.attempts = 0;
+            }
+            GlobalServerEvent::TeamJoin { team_id } => {
+                // A server that skips `hello` but announces teams is talking.
+                mark_ready(global);
+                if let Some(&entity) = index.0.get(&team_id)
+                    && let Ok((_, mut link, _)) = teams.get_mut(entity)
+                    && !links.join(entity, &mut link)
+                {
+                    ignore(stats, "duplicate team.join", team_id);
                 }
-                None => ignore(stats, "team.left for unknown team", team_id),
             }
-        }
-        GlobalServerEvent::TeamConnect { team_id, ws_url } => {
-            let found = index
-                .0
-                .get(&team_id)
-                .and_then(|&e| teams.get_mut(e).ok().map(|t| (e, t)));
-            match found {
-                Some((entity, (team, mut link, mut health)))
-                    if matches!(
+            GlobalServerEvent::TeamLeft { team_id } => {
+                match index
+                    .0
+                    .get(&team_id)
+                    .and_then(|&e| teams.get_mut(e).ok().map(|t| (e, t)))
+                {
+                    Some((entity, (_, mut link, _))) => {
+                        links.close(entity, &mut link, AfterClose::Left);
+                        info!(team_id = %team_id, "team left (Global)");
+                    }
+                    None => ignore(stats, "team.left for unknown team", team_id),
+                }
+            }
+            GlobalServerEvent::TeamConnect { team_id, ws_url } => {
+                let found = index
+                    .0
+                    .get(&team_id)
+                    .and_then(|&e| teams.get_mut(e).ok().map(|t| (e, t)));
+                match found {
+                    Some((entity, (team, mut link, mut health)))
+                        if matches!(
+                            link.state,
+                            crate::core::components::LinkState::Requesting { .. }
+                        ) =>
+                    {
+                        if let Err(error) =
+                            links.connect(entity, team.id, &mut link, &mut health, &ws_url)
+                            && limiter.allow("bad_ws_url", now).is_some()
+                        {
+                            warn!(team_id = %team_id, %error, "unusable ws_url; retrying");
+                        }
+                    }
+                    _ => ignore(stats, "unrequested team.connect", team_id),
+                }
+            }
+            ref error @ GlobalServerEvent::Error {
+                ref message,
+                team_id,
+                ..
+            } => {
+                stats.server_errors += 1;
+                let failed = error.failed_team_connect();
+                if limiter.allow("server_error", now).is_some() {
+                    warn!(message = %clip(message, 200), ?team_id, ?failed, "error from Global");
+                }
+                if let Some(team_id) = failed
+                    && let Some(&entity) = index.0.get(&team_id)
+                    && let Ok((_, mut link, mut health)) = teams.get_mut(entity)
+                    && matches!(
                         link.state,
                         crate::core::components::LinkState::Requesting { .. }
-                    ) =>
+                    )
                 {
-                    if let Err(error) =
-                        links.connect(entity, team.id, &mut link, &mut health, &ws_url)
-                        && limiter.allow("bad_ws_url", now).is_some()
-                    {
-                        warn!(team_id = %team_id, %error, "unusable ws_url; retrying");
-                    }
+                    let why = format!("team.connect refused: {}", clip(message, 120));
+                    links.fail(entity, &mut link, &mut health, &why, false);
                 }
-                _ => ignore(stats, "unrequested team.connect", team_id),
             }
-        }
-        ref error @ GlobalServerEvent::Error {
-            ref message,
-            team_id,
-            ..
-        } => {
-            stats.server_errors += 1;
-            let failed = error.failed_team_connect();
-            if limiter.allow("server_error", now).is_some() {
-                warn!(message = %clipped(message, 200), ?team_id, ?failed, "error from Global");
+            GlobalServerEvent::Healthcheck => pending.0.push(conn),
+            GlobalServerEvent::Goodbye => {
+                info!("goodbye from Global: ending the run");
+                shutdown.cause = Some(ShutdownCause::Goodbye);
             }
-            if let Some(team_id) = failed
-                && let Some(&entity) = index.0.get(&team_id)
-                && let Ok((_, mut link, mut health)) = teams.get_mut(entity)
-                && matches!(
-                    link.state,
-                    crate::core::components::LinkState::Requesting { .. }
-                )
-            {
-                let why = format!("team.connect refused: {}", clipped(message, 120));
-                links.fail(entity, &mut link, &mut health, &why, false);
-            }
-        }
-        GlobalServerEvent::Healthcheck => pending.0.push(conn),
-        GlobalServerEvent::Goodbye => {
-            info!("goodbye from Global: ending the run");
-            shutdown.cause = Some(ShutdownCause::Goodbye);
         }
     }
 }
