@@ -284,3 +284,24 @@ async fn a_black_holed_global_is_detected_by_websocket_ping_and_reopened() {
     );
     drop(global);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthcheck_reply_larger_than_the_inbound_limit_is_sent() {
+    // 40,000 joined teams make a reply of ~2.7 MB, above twice the 1 MiB
+    // inbound limit; it must still go out in one frame.
+    let mut server = Server::bind().await;
+    let client = start(server.url("/global"), |c| {
+        c.core.max_requests_in_flight = 1;
+    });
+    let mut global = server.accept().await;
+    global.send(json!({"type": "hello"}));
+    for team_id in 1..=40_000u64 {
+        global.send(json!({"type": "team.join", "team_id": team_id}));
+    }
+    let reply = healthcheck_until(&mut global, |r| {
+        r["stats"].as_array().is_some_and(|s| s.len() == 40_000)
+    })
+    .await;
+    assert_eq!(reply["stats"][39_999]["id"], 40_000);
+    goodbye(global, client).await;
+}

@@ -21,6 +21,10 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use crate::bridge::{CloseReason, ConnId, EventSender, NetCommand, NetEvent};
 use connection::Outgoing;
 
+/// Largest frame we will write: a healthcheck reply for ~900,000 teams.
+/// Frames are written one at a time, so this is not memory held per socket.
+const MAX_OUTBOUND_FRAME: usize = 64 << 20;
+
 /// Socket-level limits and sizes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TransportConfig {
@@ -59,8 +63,9 @@ impl TransportConfig {
             // Write eagerly: outbound frames are few and small, and an empty
             // buffer costs nothing per idle socket.
             .write_buffer_size(0)
-            // Bounded even if writes keep failing.
-            .max_write_buffer_size(self.max_message_size.saturating_mul(2).max(64 * 1024))
+            // Our own frames: a healthcheck reply grows with the fleet
+            // (~70 bytes a team), so this is not tied to the inbound limit.
+            .max_write_buffer_size(MAX_OUTBOUND_FRAME)
             .max_message_size(Some(self.max_message_size));
         config.max_frame_size = Some(self.max_message_size);
         config
