@@ -124,6 +124,18 @@ pub enum NetEvent {
         /// The decoded frame, or why it is bad input.
         frame: Inbound,
     },
+    /// A run of consecutive `message` frames on a team connection, decoded
+    /// and classified on the I/O side and handed over as one event: the
+    /// core still does the counting, but pays for one event per run, not
+    /// per message. A run never spans another frame, so order is kept.
+    Messages {
+        /// On which connection.
+        conn: ConnId,
+        /// Messages in the run.
+        count: u32,
+        /// Of those, whose text contains `props`.
+        props: u32,
+    },
     /// A websocket control frame (ping or pong) arrived: a sign of life
     /// with no protocol content.
     Alive {
@@ -146,6 +158,7 @@ impl NetEvent {
             NetEvent::Opened { conn }
             | NetEvent::OpenFailed { conn, .. }
             | NetEvent::Received { conn, .. }
+            | NetEvent::Messages { conn, .. }
             | NetEvent::Alive { conn }
             | NetEvent::Closed { conn, .. } => *conn,
         }

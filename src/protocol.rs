@@ -305,7 +305,7 @@ impl<'a> RawFrame<'a> {
         })?;
         let kind = frame
             .kind
-            .and_then(|raw| serde_json::from_str::<Cow<'a, str>>(raw.get()).ok())
+            .and_then(borrowed_str)
             .ok_or(DecodeError::MissingType)?;
         Ok((frame, kind))
     }
@@ -386,6 +386,17 @@ pub fn normalize_ws_url(url: &str) -> Result<String, UrlError> {
     Ok(format!("{scheme}://{rest}"))
 }
 
+/// A JSON string borrowed from the frame when it holds no escapes (serde's
+/// own `Cow<str>` always copies), owned otherwise; `None` if not a string.
+fn borrowed_str(raw: &RawValue) -> Option<Cow<'_, str>> {
+    match serde_json::from_str::<&str>(raw.get()) {
+        Ok(text) => Some(Cow::Borrowed(text)),
+        Err(_) => serde_json::from_str::<String>(raw.get())
+            .ok()
+            .map(Cow::Owned),
+    }
+}
+
 fn unknown(kind: &str) -> DecodeError {
     DecodeError::UnknownType(clip(kind, MAX_ECHOED_TYPE))
 }
@@ -448,22 +459,81 @@ pub fn decode_global(text: &str) -> Result<GlobalServerEvent, DecodeError> {
     })
 }
 
-/// Decodes a text frame received on a team connection.
-pub fn decode_team(text: &str) -> Result<TeamServerEvent, DecodeError> {
+/// A team server event whose message text is borrowed from the frame when
+/// it can be: what the transport decodes, so that counting a message
+/// allocates nothing.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TeamServerEventRef<'a> {
+    /// See [`TeamServerEvent::Hello`].
+    Hello,
+    /// See [`TeamServerEvent::Message`].
+    Message {
+        /// Body of the message.
+        text: Cow<'a, str>,
+    },
+    /// See [`TeamServerEvent::Pong`].
+    Pong {
+        /// The ping's id.
+        unique_id: u64,
+    },
+    /// See [`TeamServerEvent::TeamLeft`].
+    TeamLeft {
+        /// The team that left.
+        team_id: TeamId,
+    },
+}
+
+impl TeamServerEventRef<'_> {
+    /// The owned event.
+    pub fn into_owned(self) -> TeamServerEvent {
+        match self {
+            TeamServerEventRef::Hello => TeamServerEvent::Hello,
+            TeamServerEventRef::Message { text } => TeamServerEvent::Message {
+                text: text.into_owned(),
+            },
+            TeamServerEventRef::Pong { unique_id } => TeamServerEvent::Pong { unique_id },
+            TeamServerEventRef::TeamLeft { team_id } => TeamServerEvent::TeamLeft { team_id },
+        }
+    }
+}
+
+/// Decodes a text frame received on a team connection, borrowing from it.
+pub fn decode_team_ref(text: &str) -> Result<TeamServerEventRef<'_>, DecodeError> {
     let (raw, kind) = RawFrame::parse(text)?;
     Ok(match kind.as_ref() {
-        "hello" => TeamServerEvent::Hello,
-        "message" => TeamServerEvent::Message {
-            text: RawFrame::required(raw.text, "message", "text")?,
-        },
-        "pong" => TeamServerEvent::Pong {
+        "hello" => TeamServerEventRef::Hello,
+        "message" => {
+            let field = raw.text.ok_or(DecodeError::MissingField {
+                event: "message",
+                field: "text",
+            })?;
+            let bad = || DecodeError::BadField {
+                event: "message",
+                field: "text",
+            };
+            if field.get() == "null" {
+                return Err(DecodeError::MissingField {
+                    event: "message",
+                    field: "text",
+                });
+            }
+            TeamServerEventRef::Message {
+                text: borrowed_str(field).ok_or_else(bad)?,
+            }
+        }
+        "pong" => TeamServerEventRef::Pong {
             unique_id: ping_id(raw.unique_id)?,
         },
-        "team.left" => TeamServerEvent::TeamLeft {
+        "team.left" => TeamServerEventRef::TeamLeft {
             team_id: raw.team_id("team.left")?,
         },
         other => return Err(unknown(other)),
     })
+}
+
+/// Decodes a text frame received on a team connection.
+pub fn decode_team(text: &str) -> Result<TeamServerEvent, DecodeError> {
+    decode_team_ref(text).map(TeamServerEventRef::into_owned)
 }
 
 /// Decodes a frame a client sent on the Global connection (used by servers,
@@ -574,6 +644,22 @@ mod tests {
             decode_team(r#"{"type":"team.left","team_id":1}"#),
             Ok(TeamServerEvent::TeamLeft { team_id: TeamId(1) })
         );
+    }
+
+    #[test]
+    fn plain_message_text_is_borrowed_and_escaped_text_owned() {
+        let plain = decode_team_ref(r#"{"type":"message","text":"props here"}"#);
+        assert!(matches!(
+            plain,
+            Ok(TeamServerEventRef::Message {
+                text: Cow::Borrowed("props here")
+            })
+        ));
+        let escaped = decode_team_ref(r#"{"type":"message","text":"a\nb"}"#);
+        assert!(matches!(
+            escaped,
+            Ok(TeamServerEventRef::Message { text: Cow::Owned(ref t) }) if t == "a\nb"
+        ));
     }
 
     #[test]

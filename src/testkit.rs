@@ -290,6 +290,13 @@ impl Peer {
         );
     }
 
+    /// A run of `count` messages, `props` of them with props, as the
+    /// transport hands them over (not stepped).
+    pub fn messages(&mut self, team: TeamId, count: u32, props: u32) {
+        let conn = self.team_conn(team);
+        self.push(NetEvent::Messages { conn, count, props });
+    }
+
     /// The transport reports that `conn` closed.
     pub fn closed(&mut self, conn: ConnId, reason: CloseReason) {
         self.push(NetEvent::Closed { conn, reason });

@@ -305,3 +305,19 @@ async fn a_healthcheck_reply_larger_than_the_inbound_limit_is_sent() {
     assert_eq!(reply["stats"][39_999]["id"], 40_000);
     goodbye(global, client).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_longer_than_one_read_budget_is_counted_exactly() {
+    // 5,000 frames arrive faster than they are read: the transport hands
+    // them over in runs of at most 1,024, and none may be lost at a seam.
+    let mut server = Server::bind().await;
+    let client = start(server.url("/global"), |_| {});
+    let (mut global, team) = connect_one(&mut server, 1).await;
+    send_messages(&team, 5_000, 3);
+    team.send(json!({"type": "hello"}));
+    send_messages(&team, 5_000, 3);
+    let reply = healthcheck_until(&mut global, |r| r["stats"][0]["message_count"] == 10_000).await;
+    assert_eq!(reply["stats"][0]["props_count"], 2 * 1_667);
+    let outcome = goodbye(global, client).await;
+    assert_eq!(outcome.report.messages, 10_000);
+}

@@ -3,11 +3,11 @@
 //! socket) side by side, so a peer that stops reading never stops us from
 //! reading it, and reports exactly one terminal event when it ends.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -15,7 +15,9 @@ use tracing::debug;
 
 use super::TransportConfig;
 use crate::bridge::{CloseReason, ConnId, ConnKind, EventSender, Inbound, NetEvent, Outbound};
-use crate::protocol::{DecodeError, decode_global, decode_team};
+use crate::protocol::{
+    DecodeError, TeamServerEvent, TeamServerEventRef, decode_global, decode_team_ref,
+};
 
 /// What the transport asks a connection task to do.
 #[derive(Debug)]
@@ -40,7 +42,7 @@ async fn emit(events: &EventSender, mut event: NetEvent) -> bool {
             Err(crossbeam_channel::TrySendError::Full(back)) => {
                 event = back;
                 tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(20));
+                pause = (pause * 2).min(Duration::from_millis(1));
             }
         }
     }
@@ -83,10 +85,90 @@ fn close_reason(error: &tungstenite::Error) -> CloseReason {
     }
 }
 
-fn decode(kind: ConnKind, text: &str) -> Inbound {
-    match kind {
-        ConnKind::Global => Inbound::Global(decode_global(text)),
-        ConnKind::Team(_) => Inbound::Team(decode_team(text)),
+/// Most frames read in one go before the outbound queue gets a turn, and
+/// the most messages in one batch.
+const READ_BURST: u32 = 1024;
+
+/// What the reading side carries between frames.
+struct Reader<'a> {
+    conn: ConnId,
+    kind: ConnKind,
+    events: &'a EventSender,
+    /// The run of `message` frames not yet handed over: (count, props).
+    run: (u32, u32),
+    /// The close code the peer sent, if it sent one.
+    remote_code: Option<u16>,
+}
+
+impl Reader<'_> {
+    /// Hands over the pending run of messages. False if the core is gone.
+    async fn flush(&mut self) -> bool {
+        let (count, props) = std::mem::take(&mut self.run);
+        count == 0
+            || emit(
+                self.events,
+                NetEvent::Messages {
+                    conn: self.conn,
+                    count,
+                    props,
+                },
+            )
+            .await
+    }
+
+    /// Hands over one event, after the run before it. False if the core is gone.
+    async fn emit(&mut self, event: NetEvent) -> bool {
+        self.flush().await && emit(self.events, event).await
+    }
+
+    /// Acts on one frame read from the socket. `Some(reason)` when the
+    /// connection is over.
+    async fn on_frame(
+        &mut self,
+        frame: Option<Result<Message, tungstenite::Error>>,
+        closing: bool,
+    ) -> Option<CloseReason> {
+        let inbound = match frame {
+            None => {
+                return Some(match self.remote_code {
+                    _ if closing => CloseReason::Local,
+                    Some(code) => CloseReason::Remote { code },
+                    None => CloseReason::Reset,
+                });
+            }
+            Some(Err(error)) => return Some(close_reason(&error)),
+            Some(Ok(Message::Text(text))) => match self.kind {
+                ConnKind::Team(_) => match decode_team_ref(text.as_str()) {
+                    Ok(TeamServerEventRef::Message { text }) => {
+                        self.run.0 += 1;
+                        self.run.1 += u32::from(TeamServerEvent::is_props(&text));
+                        if self.run.0 >= READ_BURST && !self.flush().await {
+                            return Some(CloseReason::Local);
+                        }
+                        return None;
+                    }
+                    decoded => Inbound::Team(decoded.map(TeamServerEventRef::into_owned)),
+                },
+                ConnKind::Global => Inbound::Global(decode_global(text.as_str())),
+            },
+            Some(Ok(Message::Binary(bytes))) => {
+                bad(self.kind, DecodeError::Binary { len: bytes.len() })
+            }
+            Some(Ok(Message::Close(frame))) => {
+                self.remote_code = Some(frame.map_or(1005, |f| u16::from(f.code)));
+                return None;
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
+                let alive = NetEvent::Alive { conn: self.conn };
+                return (!self.emit(alive).await).then_some(CloseReason::Local);
+            }
+            Some(Ok(Message::Frame(_))) => return None,
+        };
+        let received = NetEvent::Received {
+            conn: self.conn,
+            frame: inbound,
+        };
+        (!self.emit(received).await).then_some(CloseReason::Local)
     }
 }
 
@@ -94,6 +176,47 @@ fn bad(kind: ConnKind, error: DecodeError) -> Inbound {
     match kind {
         ConnKind::Global => Inbound::Global(Err(error)),
         ConnKind::Team(_) => Inbound::Team(Err(error)),
+    }
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Writes `first` and everything else already queued, then flushes once.
+/// A close frame ends writing: returns the time to stop waiting for the
+/// peer's answer.
+async fn write(
+    socket: &mut Socket,
+    first: Outgoing,
+    outgoing: &mut mpsc::Receiver<Outgoing>,
+    close_timeout: Duration,
+) -> Result<Option<Instant>, CloseReason> {
+    let mut next = Some(first);
+    while let Some(item) = next.take() {
+        let result = match item {
+            Outgoing::Frame(frame) => socket.feed(Message::text(frame.encode())).await,
+            Outgoing::Probe => socket.feed(Message::Ping(Default::default())).await,
+            Outgoing::Close(code) => {
+                let frame = CloseFrame {
+                    code: CloseCode::from(code),
+                    reason: "".into(),
+                };
+                // If this fails the read side sees the end soon enough.
+                let _ = socket.send(Message::Close(Some(frame))).await;
+                return Ok(Some(Instant::now() + close_timeout));
+            }
+        };
+        result.map_err(|e| close_reason(&e))?;
+        next = outgoing.try_recv().ok();
+    }
+    socket.flush().await.map_err(|e| close_reason(&e))?;
+    Ok(None)
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -116,7 +239,7 @@ pub(crate) async fn run(
         true,
         None,
     ));
-    let socket = match tokio::time::timeout(config.connect_timeout, connecting).await {
+    let mut socket = match tokio::time::timeout(config.connect_timeout, connecting).await {
         Ok(Ok((socket, _response))) => socket,
         Ok(Err(error)) => {
             let error = describe_connect_error(&error);
@@ -132,76 +255,59 @@ pub(crate) async fn run(
     if !emit(&events, NetEvent::Opened { conn }).await {
         return;
     }
-    let (mut sink, mut stream) = socket.split();
-    let closing = AtomicBool::new(false);
-
-    let reader = async {
-        let mut remote_code = None;
-        while let Some(message) = stream.next().await {
-            let frame = match message {
-                Ok(Message::Text(text)) => decode(kind, text.as_str()),
-                Ok(Message::Binary(bytes)) => bad(kind, DecodeError::Binary { len: bytes.len() }),
-                Ok(Message::Close(frame)) => {
-                    remote_code = Some(frame.map_or(1005, |f| u16::from(f.code)));
-                    continue;
-                }
-                Ok(Message::Ping(_) | Message::Pong(_)) => {
-                    if !emit(&events, NetEvent::Alive { conn }).await {
-                        return CloseReason::Local;
-                    }
-                    continue;
-                }
-                Ok(Message::Frame(_)) => continue,
-                Err(error) => return close_reason(&error),
-            };
-            if !emit(&events, NetEvent::Received { conn, frame }).await {
-                return CloseReason::Local;
-            }
-        }
-        match remote_code {
-            _ if closing.load(Ordering::Relaxed) => CloseReason::Local,
-            Some(code) => CloseReason::Remote { code },
-            None => CloseReason::Reset,
-        }
+    let mut reader = Reader {
+        conn,
+        kind,
+        events: &events,
+        run: (0, 0),
+        remote_code: None,
     };
-
-    let writer = async {
-        while let Some(first) = outgoing.recv().await {
-            // Write everything already queued, then flush once.
-            let mut next = Some(first);
-            while let Some(item) = next.take() {
-                let result = match item {
-                    Outgoing::Frame(frame) => sink.feed(Message::text(frame.encode())).await,
-                    Outgoing::Probe => sink.feed(Message::Ping(Default::default())).await,
-                    Outgoing::Close(code) => {
-                        closing.store(true, Ordering::Relaxed);
-                        let frame = CloseFrame {
-                            code: CloseCode::from(code),
-                            reason: "".into(),
-                        };
-                        let _ = sink.send(Message::Close(Some(frame))).await;
-                        // The reader finishes when the peer answers; this
-                        // bounds how long we wait for that.
-                        tokio::time::sleep(config.close_timeout).await;
-                        return CloseReason::Local;
+    // Set once our close frame is out: how long we wait for the peer's.
+    let mut closing: Option<Instant> = None;
+    // One task, one unsplit stream: reading and writing take turns, which
+    // costs nothing here (our frames are few and small) and saves the lock
+    // a split stream takes on every poll.
+    let reason = loop {
+        tokio::select! {
+            item = outgoing.recv(), if closing.is_none() => {
+                let Some(item) = item else {
+                    // The transport dropped our queue: it is shutting down.
+                    break CloseReason::Local;
+                };
+                match write(&mut socket, item, &mut outgoing, config.close_timeout).await {
+                    Ok(deadline) => closing = closing.or(deadline),
+                    Err(reason) => break reason,
+                }
+            }
+            frame = socket.next() => {
+                // Take everything already buffered, up to a burst, so a run
+                // of messages crosses the bridge as one event.
+                let mut frame = frame;
+                let mut budget = READ_BURST;
+                let ended = loop {
+                    if let Some(reason) = reader.on_frame(frame, closing.is_some()).await {
+                        break Some(reason);
+                    }
+                    budget -= 1;
+                    if budget == 0 {
+                        break None;
+                    }
+                    // Only when the budget allows: a frame taken here must
+                    // be handled, never dropped.
+                    match socket.next().now_or_never() {
+                        Some(next) => frame = next,
+                        None => break None,
                     }
                 };
-                if let Err(error) = result {
-                    return close_reason(&error);
+                if !reader.flush().await {
+                    break CloseReason::Local;
                 }
-                next = outgoing.try_recv().ok();
+                if let Some(reason) = ended {
+                    break reason;
+                }
             }
-            if let Err(error) = sink.flush().await {
-                return close_reason(&error);
-            }
+            _ = sleep_until(closing) => break CloseReason::Local,
         }
-        // The transport dropped our queue: it is shutting down.
-        CloseReason::Local
-    };
-
-    let reason = tokio::select! {
-        reason = reader => reason,
-        reason = writer => reason,
     };
     debug!(%conn, %reason, "connection ended");
     emit(&events, NetEvent::Closed { conn, reason }).await;

@@ -232,6 +232,9 @@ pub fn handle_global_events(mut inbox: ResMut<GlobalInbox>, mut lc: GlobalLifecy
                 }
             }
             NetEvent::Alive { .. } => lc.global.last_activity = now,
+            NetEvent::Messages { .. } => {
+                *lc.stats.ignored.entry("team frame on global").or_default() += 1;
+            }
             NetEvent::OpenFailed { error, .. } => lc.drop_global(&error),
             NetEvent::Closed { reason, .. } => {
                 if matches!(lc.global.state, GlobalState::Closing { .. }) {

@@ -39,6 +39,11 @@ pub fn handle_team_events(
                 links.fail(entity, &mut link, &mut health, &error, false);
             }
             NetEvent::Alive { .. } => health.last_activity = now,
+            NetEvent::Messages { count, props, .. } => {
+                health.last_activity = now;
+                counters.message_count += u64::from(count);
+                counters.props_count += u64::from(props);
+            }
             NetEvent::Closed { reason, .. } => {
                 if !matches!(link.state, LinkState::Closing { .. })
                     && limiter.allow("team_drop", now).is_some()
