@@ -190,6 +190,10 @@ struct ClientArgs {
     /// Final report format on stdout.
     #[arg(long, env = "SWITCHBOARD_REPORT", default_value = "table")]
     report: ReportFormat,
+    /// PEM file of extra CA certificates to trust for wss:// (on top of the
+    /// bundled web roots), e.g. for a Global API behind a private CA.
+    #[arg(long, env = "SWITCHBOARD_CA_FILE")]
+    ca_file: Option<std::path::PathBuf>,
     /// Seed for backoff jitter (default: derived from the clock, and logged).
     #[arg(long, env = "SWITCHBOARD_SEED")]
     seed: Option<u64>,
@@ -361,7 +365,7 @@ fn tokio_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
 
 /// Runs the client to its end and prints its report; `None` if it failed.
 fn run_client(
-    config: &RunConfig,
+    mut config: RunConfig,
     args: &ClientArgs,
     runtime: &tokio::runtime::Runtime,
     on_tick: runtime::OnTick<'_>,
@@ -369,11 +373,17 @@ fn run_client(
     if let Err(error) = config.core.validate() {
         return Err(usage_error(error));
     }
+    if let Some(path) = &args.ca_file {
+        match switchboard::transport::tls_with_ca_file(path) {
+            Ok(tls) => config.transport.tls = Some(tls),
+            Err(error) => return Err(usage_error(error)),
+        }
+    }
     raise_fd_limit();
     info!(seed = config.seed, url = %config.core.global_url, "starting");
     let stop = StopHandle::new();
     runtime.spawn(watch_signals(stop.clone()));
-    match runtime::run(config, runtime.handle().clone(), &stop, on_tick) {
+    match runtime::run(&config, runtime.handle().clone(), &stop, on_tick) {
         Ok(outcome) => {
             match args.report {
                 ReportFormat::Table if outcome.report.teams.len() <= 100 => {
@@ -410,7 +420,7 @@ fn connect(global_url: String, args: &ClientArgs) -> ExitCode {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
-    match run_client(&config, args, &runtime, &mut |_| {}) {
+    match run_client(config, args, &runtime, &mut |_| {}) {
         Ok(_) => ExitCode::SUCCESS,
         Err(code) => code,
     }
@@ -516,7 +526,7 @@ fn demo(args: &DemoArgs) -> ExitCode {
         last: std::time::Instant::now(),
     };
     let verdict = runtime.spawn(server.verdict());
-    let outcome = run_client(&config, &args.client, &runtime, &mut |core| {
+    let outcome = run_client(config, &args.client, &runtime, &mut |core| {
         progress.tick(core)
     });
     let verdict = match runtime.block_on(verdict) {

@@ -107,7 +107,7 @@ pub fn run(
     let transport_config = TransportConfig {
         connect_timeout: config.core.connect_timeout,
         close_timeout: config.core.close_timeout,
-        ..config.transport
+        ..config.transport.clone()
     };
     let mut transport = Transport::new(runtime, core.event_sender(), transport_config);
     let tick = config.core.tick;

@@ -233,11 +233,12 @@ pub(crate) async fn run(
     let ws_config = config.websocket_config();
     // Boxed: the handshake's state is kilobytes and would otherwise stay
     // inline in this task for the socket's whole life.
+    let connector = config.tls.clone().map(tokio_tungstenite::Connector::Rustls);
     let connecting = Box::pin(tokio_tungstenite::connect_async_tls_with_config(
         url.as_str(),
         Some(ws_config),
         true,
-        None,
+        connector,
     ));
     let mut socket = match tokio::time::timeout(config.connect_timeout, connecting).await {
         Ok(Ok((socket, _response))) => socket,

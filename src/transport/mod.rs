@@ -11,6 +11,7 @@
 mod connection;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::runtime::Handle;
@@ -26,7 +27,7 @@ use connection::Outgoing;
 const MAX_OUTBOUND_FRAME: usize = 64 << 20;
 
 /// Socket-level limits and sizes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct TransportConfig {
     /// Largest message (and frame) accepted from a peer, in bytes. A larger
     /// one closes that connection only.
@@ -41,6 +42,9 @@ pub struct TransportConfig {
     pub connect_timeout: Duration,
     /// Longest wait for the peer's close frame after ours.
     pub close_timeout: Duration,
+    /// TLS settings for `wss://`; `None` trusts the bundled web roots
+    /// (webpki-roots). See [`tls_with_ca_file`] for a private CA.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Default for TransportConfig {
@@ -51,6 +55,7 @@ impl Default for TransportConfig {
             outbound_queue: 1024,
             connect_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(2),
+            tls: None,
         }
     }
 }
@@ -70,6 +75,47 @@ impl TransportConfig {
         config.max_frame_size = Some(self.max_message_size);
         config
     }
+}
+
+/// A CA file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The file could not be read or holds no PEM certificate.
+    #[error("CA file {path}: {reason}")]
+    CaFile {
+        /// The file.
+        path: String,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+/// A TLS client config trusting the bundled web roots plus every
+/// certificate in the PEM file at `path`: for a Global API behind a
+/// private CA (or, in tests, a self-signed certificate).
+pub fn tls_with_ca_file(path: &std::path::Path) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let fail = |reason: String| TlsError::CaFile {
+        path: path.display().to_string(),
+        reason,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let mut added = 0;
+    for cert in CertificateDer::pem_file_iter(path).map_err(|e| fail(e.to_string()))? {
+        let cert = cert.map_err(|e| fail(e.to_string()))?;
+        roots.add(cert).map_err(|e| fail(e.to_string()))?;
+        added += 1;
+    }
+    if added == 0 {
+        return Err(fail("no PEM certificate in it".into()));
+    }
+    Ok(Arc::new(
+        rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    ))
 }
 
 struct Socket {
@@ -106,7 +152,7 @@ impl Transport {
                     conn,
                     kind,
                     url,
-                    self.config,
+                    self.config.clone(),
                     outgoing,
                     self.events.clone(),
                 ));
