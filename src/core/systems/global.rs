@@ -368,7 +368,9 @@ impl GlobalLifecycle<'_, '_> {
                 {
                     Some((entity, (_, mut link, _))) => {
                         links.close(entity, &mut link, AfterClose::Left);
-                        info!(team_id = %team_id, "team left (Global)");
+                        if let Some(suppressed) = limiter.allow("team_left", now) {
+                            info!(team_id = %team_id, suppressed, "team left (Global)");
+                        }
                     }
                     None => ignore(stats, "team.left for unknown team", team_id),
                 }

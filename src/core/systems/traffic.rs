@@ -87,7 +87,9 @@ pub fn handle_team_events(
                     Ok(TeamServerEvent::TeamLeft { .. }) => {
                         if matches!(link.state, LinkState::Open { .. }) {
                             links.close(entity, &mut link, AfterClose::Left);
-                            info!(team_id = %team.id, "team left (team socket)");
+                            if let Some(suppressed) = limiter.allow("team_left", now) {
+                                info!(team_id = %team.id, suppressed, "team left (team socket)");
+                            }
                         }
                     }
                     Err(error) => {
