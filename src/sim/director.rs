@@ -105,17 +105,21 @@ fn apply(shared: &Shared, step: Step, now: Instant, plan: &mut Plan, seq: &mut u
                     .send(SocketCtl::Send(frame(&GlobalServerEvent::TeamLeft {
                         team_id: team,
                     })))
-                    .is_ok(),
-                (_, _, Some((_, ctl))) if !truth.zombie => ctl.send(SocketCtl::Leave).is_ok(),
-                _ => false,
+                    .is_ok()
+                    .then_some("global"),
+                (_, _, Some((_, ctl))) if !truth.zombie => {
+                    ctl.send(SocketCtl::Leave).is_ok().then_some("socket")
+                }
+                _ => None,
             };
-            if !told {
+            let Some(via) = told else {
                 *seq += 1;
                 plan.push(Reverse((now + TICK * 10, *seq, step)));
                 return;
-            }
+            };
             truth.joined = false;
             truth.left_at = Some(now);
+            truth.note(format!("left (on {via})"));
             if rejoin {
                 *seq += 1;
                 plan.push(Reverse((
@@ -437,10 +441,19 @@ pub(crate) async fn direct(shared: Arc<Shared>) -> Verdict {
             break;
         }
         if Instant::now() > settle_until {
-            mismatches.push(format!(
-                "not settled after chaos: global up {global_up}, teams {:?}",
-                &waiting[..waiting.len().min(10)]
-            ));
+            let ledger = shared.lock();
+            for team in waiting.iter().take(5) {
+                let t = &ledger.teams[team];
+                mismatches.push(format!(
+                    "not settled after chaos: team {team} joined={} sockets={} (last events: {})",
+                    t.joined,
+                    t.open_sockets,
+                    t.history.iter().cloned().collect::<Vec<_>>().join(", ")
+                ));
+            }
+            if !global_up {
+                mismatches.push("not settled after chaos: Global down".into());
+            }
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -127,11 +127,21 @@ async fn serve_global(ws: WebSocketStream<TcpStream>, shared: Arc<Shared>) {
         let pending = std::mem::take(&mut ledger.pending_global_drops);
         ledger.survived(Fault::GlobalDrop, pending);
         let delay = shared.roll_delayed_hello(&mut ledger, None);
-        let replay: Vec<TeamId> = ledger
+        // Re-derive what the client must know: every joined team, and every
+        // team that left while its socket is still open (a team.left written
+        // on a Global that was then reset may never have arrived).
+        let replay: Vec<GlobalServerEvent> = ledger
             .teams
             .iter()
-            .filter(|(_, t)| t.joined)
-            .map(|(&id, _)| id)
+            .filter_map(|(&team_id, t)| {
+                if t.joined {
+                    Some(GlobalServerEvent::TeamJoin { team_id })
+                } else if t.open_sockets > 0 && t.left_at.is_some() {
+                    Some(GlobalServerEvent::TeamLeft { team_id })
+                } else {
+                    None
+                }
+            })
             .collect();
         (id, delay, replay)
     };
@@ -142,11 +152,7 @@ async fn serve_global(ws: WebSocketStream<TcpStream>, shared: Arc<Shared>) {
         tokio::time::sleep(delay).await;
     }
     let mut greeting = vec![text(&GlobalServerEvent::Hello)];
-    greeting.extend(
-        replay
-            .into_iter()
-            .map(|team_id| text(&GlobalServerEvent::TeamJoin { team_id })),
-    );
+    greeting.extend(replay.iter().map(text));
     for frame in greeting {
         if sink.feed(frame).await.is_err() {
             return end_global(&shared, id);
