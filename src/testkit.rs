@@ -156,6 +156,25 @@ impl Peer {
         }
     }
 
+    /// Runs the core at this instant until no work is pending, recording
+    /// its commands.
+    ///
+    /// # Panics
+    /// If it is still busy after 1,000 steps.
+    pub fn settle(&mut self) {
+        self.core.settle(1_000).expect("the core settles");
+        self.record();
+    }
+
+    /// Jumps core time straight to the next deadline and runs one step
+    /// there; returns that deadline, or `None` if the core has none.
+    pub fn jump_to_next_deadline(&mut self) -> Option<Duration> {
+        let at = self.core.next_deadline()?;
+        self.core.step_by(at.saturating_sub(self.core.now()));
+        self.record();
+        Some(at)
+    }
+
     /// Runs ticks covering `d` of core time.
     pub fn advance(&mut self, d: Duration) {
         let target = self.core.now() + d;

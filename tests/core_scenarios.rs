@@ -863,6 +863,48 @@ fn a_talking_global_is_never_probed() {
     assert_eq!(probes(&peer.commands), 0);
 }
 
+#[test]
+fn settle_does_everything_queued_without_time_passing() {
+    let mut peer = Peer::new(29);
+    peer.settle();
+    assert!(peer.global.is_some(), "opening Global is work at t=0");
+    let g = peer.global_conn();
+    peer.push(NetEvent::Opened { conn: g });
+    peer.global_says(GlobalServerEvent::Hello);
+    for id in 1..=3 {
+        peer.global_says(GlobalServerEvent::TeamJoin {
+            team_id: TeamId(id),
+        });
+    }
+    peer.global_says(GlobalServerEvent::Healthcheck);
+    let before = peer.core.now();
+    peer.settle();
+    assert_eq!(peer.core.now(), before, "no time passed");
+    assert_eq!(peer.requests(), vec![TeamId(1), TeamId(2), TeamId(3)]);
+    assert_eq!(healthcheck_replies(&peer.commands).len(), 1);
+    assert!(!peer.core.has_pending_work());
+}
+
+#[test]
+fn next_deadline_lets_a_test_jump_straight_to_the_next_ping() {
+    let mut peer = Peer::with_teams(30, &[T1]);
+    let conn = peer.team_conn(T1);
+    let opened = team(&peer, T1).health.last_activity;
+    // Stale connect-phase deadlines may come first; jump until the ping.
+    let mut jumps = 0;
+    while peer.pings_on(conn).is_empty() {
+        let at = peer.jump_to_next_deadline().expect("a deadline");
+        assert!(
+            at <= Duration::from_millis(opened + 1_000),
+            "never late: {at:?}"
+        );
+        jumps += 1;
+        assert!(jumps < 10, "reached the ping in a few jumps");
+    }
+    assert_eq!(peer.core.now(), Duration::from_millis(opened + 1_000));
+    assert!(jumps < 10);
+}
+
 /// Plays one fixed script, with faults, through a core.
 fn scripted_run(seed: u64) -> (Vec<NetCommand>, String) {
     let mut peer = Peer::new(seed);

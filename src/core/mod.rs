@@ -207,6 +207,71 @@ impl Core {
         Duration::from_millis(self.world.resource::<Clock>().now)
     }
 
+    /// When the core next has work of its own (a ping, a timeout, a backoff
+    /// ending, Global to open or probe), in core time; `None` if never. As
+    /// quinn's `poll_timeout`: a driver or a test can sleep, or jump, until
+    /// then. Stale timers count, so it may be early, never late.
+    pub fn next_deadline(&self) -> Option<Duration> {
+        let settings = self.world.resource::<Settings>();
+        let global = self.world.resource::<GlobalLink>();
+        let shutdown = self.world.resource::<Shutdown>();
+        // Global's own deadlines matter only while the run goes on, or
+        // while it is closing.
+        let global_at = match global.state {
+            systems::global::GlobalState::Closing { .. } => {
+                global.next_deadline(settings.ping_interval, settings.pong_timeout)
+            }
+            _ if shutdown.cause.is_some() => None,
+            _ => global.next_deadline(settings.ping_interval, settings.pong_timeout),
+        };
+        [
+            self.world.resource::<Timers<Beat>>().next_at(),
+            self.world.resource::<Timers<StateDeadline>>().next_at(),
+            global_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(Duration::from_millis)
+    }
+
+    /// Whether a step at the current instant would do anything: events
+    /// wait on the bridge, a request waits for a slot, a shutdown waits to
+    /// begin, or a deadline has come.
+    pub fn has_pending_work(&self) -> bool {
+        let now = self.world.resource::<Clock>().now;
+        let requests = self.world.resource::<UrlRequests>();
+        let settings = self.world.resource::<Settings>();
+        let shutdown = self.world.resource::<Shutdown>();
+        !self.world.resource::<NetInbox>().0.is_empty()
+            || (shutdown.cause.is_some() && !shutdown.begun)
+            || (requests.has_queued()
+                && requests.in_flight.len() < settings.max_requests_in_flight
+                && self.global().ready_conn().is_some()
+                && shutdown.cause.is_none())
+            || self
+                .next_deadline()
+                .is_some_and(|at| at <= Duration::from_millis(now))
+    }
+
+    /// Runs the schedule without advancing time until no work is pending
+    /// (see [`Core::has_pending_work`]), at most `max_steps` times: "drive
+    /// until idle" for tests that push events and want every consequence
+    /// at this instant. Returns the steps run.
+    pub fn settle(&mut self, max_steps: u64) -> Result<u64, StepLimit> {
+        for ran in 0..max_steps {
+            if !self.has_pending_work() {
+                return Ok(ran);
+            }
+            self.advance(0);
+        }
+        if self.has_pending_work() {
+            Err(StepLimit(max_steps))
+        } else {
+            Ok(max_steps)
+        }
+    }
+
     /// Timers held (stale ones included): shows per-tick cost is not per team.
     pub fn pending_timers(&self) -> usize {
         self.world.resource::<Timers<Beat>>().len()

@@ -115,6 +115,11 @@ impl UrlRequests {
         self.queued.remove(&entity);
     }
 
+    /// Whether any team waits to send its request.
+    pub fn has_queued(&self) -> bool {
+        !self.queued.is_empty()
+    }
+
     /// The longest-waiting queued team.
     pub fn pop(&mut self) -> Option<Entity> {
         while let Some(entity) = self.queue.pop_front() {

@@ -89,6 +89,25 @@ impl GlobalLink {
         }
     }
 
+    /// When `maintain_global_link` or `watch_global_liveness` next has
+    /// something to do, given the tunables: open, reopen, time out, probe.
+    pub fn next_deadline(&self, ping_interval: u64, pong_timeout: u64) -> Option<u64> {
+        match self.state {
+            GlobalState::Idle => Some(0),
+            GlobalState::Backoff { until } => Some(until),
+            GlobalState::Connecting { deadline, .. } | GlobalState::Closing { deadline, .. } => {
+                Some(deadline)
+            }
+            GlobalState::Open { .. } => Some(
+                match self.probe_sent_at.filter(|&s| self.last_activity <= s) {
+                    Some(sent) => sent + pong_timeout,
+                    None => self.last_activity + ping_interval,
+                },
+            ),
+            GlobalState::Closed => None,
+        }
+    }
+
     /// The socket the link owns, if any.
     pub fn conn(&self) -> Option<ConnId> {
         match self.state {
