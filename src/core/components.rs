@@ -149,6 +149,15 @@ pub struct Counters {
     pub props_count: u64,
 }
 
+impl Counters {
+    /// Counts `count` messages, `props` of them with props: the one place
+    /// messages are counted, whether they came one by one or as a run.
+    pub fn add(&mut self, count: u64, props: u64) {
+        self.message_count += count;
+        self.props_count += props;
+    }
+}
+
 /// Most pings a link keeps waiting for. A server that answers no ping but
 /// keeps sending other frames is alive by the protocol's rule, so its
 /// unanswered pings must not pile up.

@@ -31,8 +31,8 @@ pub enum Beat {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct StateDeadline;
 
-/// Longest error text kept per team.
-const MAX_ERROR_LEN: usize = 200;
+/// Longest error text kept for a link (team or Global).
+pub(crate) const MAX_ERROR_LEN: usize = 200;
 
 /// Everything a team transition touches.
 #[derive(SystemParam)]

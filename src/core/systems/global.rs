@@ -7,7 +7,7 @@ use tracing::{debug, info, warn};
 
 use crate::bridge::{ConnId, ConnKind, Inbound, NetCommand, NetEvent};
 use crate::core::components::{AfterClose, Counters, Health, Link, Team};
-use crate::core::links::Links;
+use crate::core::links::{Links, MAX_ERROR_LEN};
 use crate::core::resources::{
     GlobalInbox, LogLimiter, Owner, PendingHealthchecks, Shutdown, ShutdownCause, Stats, TeamIndex,
 };
@@ -98,14 +98,19 @@ impl GlobalLink {
             GlobalState::Connecting { deadline, .. } | GlobalState::Closing { deadline, .. } => {
                 Some(deadline)
             }
-            GlobalState::Open { .. } => Some(
-                match self.probe_sent_at.filter(|&s| self.last_activity <= s) {
-                    Some(sent) => sent + pong_timeout,
-                    None => self.last_activity + ping_interval,
-                },
-            ),
+            GlobalState::Open { .. } => Some(match self.unanswered_probe() {
+                Some(sent) => sent + pong_timeout,
+                None => self.last_activity + ping_interval,
+            }),
             GlobalState::Closed => None,
         }
+    }
+
+    /// When the outstanding websocket probe was sent, if nothing has
+    /// arrived since: a probe is answered by any frame at all.
+    pub fn unanswered_probe(&self) -> Option<u64> {
+        self.probe_sent_at
+            .filter(|&sent| self.last_activity <= sent)
     }
 
     /// The socket the link owns, if any.
@@ -177,8 +182,8 @@ fn open_global(global: &mut GlobalLink, links: &mut Links) {
 }
 
 /// The Global socket or attempt is gone. Reopen after a backoff (unless the
-/// run is ending); every request sent on it is re-queued, because its answer
-/// can no longer arrive.
+/// run is ending). Requests are the caller's business: an attempt that never
+/// opened carried none (see [`drop_global`]).
 fn lose_global(global: &mut GlobalLink, links: &mut Links, shutdown: &Shutdown, error: &str) {
     if let Some(conn) = global.conn() {
         links.conns.forget(conn);
@@ -189,7 +194,7 @@ fn lose_global(global: &mut GlobalLink, links: &mut Links, shutdown: &Shutdown, 
     }
     let delay = links.backoff_delay(global.attempts);
     global.attempts = global.attempts.saturating_add(1);
-    global.last_error = Some(clip(error, 200));
+    global.last_error = Some(clip(error, MAX_ERROR_LEN));
     global.state = GlobalState::Backoff {
         until: links.clock.now + delay,
     };
@@ -288,8 +293,17 @@ pub fn handle_global_events(mut inbox: ResMut<GlobalInbox>, mut lc: GlobalLifecy
     }
 }
 
-/// Ask again, on the next Global, for every URL requested on a lost one.
-fn requeue_requests(teams: &mut Query<TeamParts>, links: &mut Links) {
+/// An open Global socket is gone: reopen it later, and ask again on the
+/// next one for every URL requested on this one (their answers can no
+/// longer arrive).
+fn drop_global(
+    global: &mut GlobalLink,
+    links: &mut Links,
+    shutdown: &Shutdown,
+    teams: &mut Query<TeamParts>,
+    error: &str,
+) {
+    lose_global(global, links, shutdown, error);
     let in_flight: Vec<Entity> = links.requests.in_flight.iter().copied().collect();
     for entity in in_flight {
         if let Ok((_, mut link, _)) = teams.get_mut(entity) {
@@ -316,16 +330,11 @@ pub fn watch_global_liveness(
     }
     let now = links.clock.now;
     let (interval, timeout) = (links.settings.ping_interval, links.settings.pong_timeout);
-    // A probe is outstanding until anything arrives after it.
-    let unanswered = global
-        .probe_sent_at
-        .filter(|&sent| global.last_activity <= sent);
-    match unanswered {
+    match global.unanswered_probe() {
         Some(sent) if now >= sent + timeout => {
             links.outbox.0.push(NetCommand::Abort { conn });
             let error = "Global silent: no frame within pong timeout";
-            lose_global(&mut global, &mut links, &shutdown, error);
-            requeue_requests(&mut teams, &mut links);
+            drop_global(&mut global, &mut links, &shutdown, &mut teams, error);
         }
         // Waiting for the answer: never re-probe (that would re-arm it).
         Some(_) => {}
@@ -338,11 +347,15 @@ pub fn watch_global_liveness(
 }
 
 impl GlobalLifecycle<'_, '_> {
-    /// The open Global socket is gone: reopen it later, and ask again on
-    /// the next one for every URL requested on this one.
+    /// See [`drop_global`].
     fn drop_global(&mut self, error: &str) {
-        lose_global(&mut self.global, &mut self.links, &self.shutdown, error);
-        requeue_requests(&mut self.teams, &mut self.links);
+        drop_global(
+            &mut self.global,
+            &mut self.links,
+            &self.shutdown,
+            &mut self.teams,
+            error,
+        );
     }
 
     /// Acts on one well-formed Global event.

@@ -41,8 +41,7 @@ pub fn handle_team_events(
             NetEvent::Alive { .. } => health.last_activity = now,
             NetEvent::Messages { count, props, .. } => {
                 health.last_activity = now;
-                counters.message_count += u64::from(count);
-                counters.props_count += u64::from(props);
+                counters.add(u64::from(count), u64::from(props));
             }
             NetEvent::Closed { reason, .. } => {
                 if !matches!(link.state, LinkState::Closing { .. })
@@ -64,10 +63,7 @@ pub fn handle_team_events(
                 };
                 match decoded {
                     Ok(TeamServerEvent::Message { text }) => {
-                        counters.message_count += 1;
-                        if TeamServerEvent::is_props(&text) {
-                            counters.props_count += 1;
-                        }
+                        counters.add(1, u64::from(TeamServerEvent::is_props(&text)));
                     }
                     Ok(TeamServerEvent::Hello) => {
                         // The server accepted this link: failures so far are forgiven.
