@@ -310,15 +310,22 @@ impl<'a> RawFrame<'a> {
         Ok((frame, kind))
     }
 
+    /// A required field's raw value: absent and `null` are both missing.
+    fn present<'r>(
+        raw: Option<&'r RawValue>,
+        event: &'static str,
+        field: &'static str,
+    ) -> Result<&'r RawValue, DecodeError> {
+        raw.filter(|raw| raw.get() != "null")
+            .ok_or(DecodeError::MissingField { event, field })
+    }
+
     fn required<T: DeserializeOwned>(
         raw: Option<&RawValue>,
         event: &'static str,
         field: &'static str,
     ) -> Result<T, DecodeError> {
-        let raw = raw.ok_or(DecodeError::MissingField { event, field })?;
-        if raw.get() == "null" {
-            return Err(DecodeError::MissingField { event, field });
-        }
+        let raw = Self::present(raw, event, field)?;
         serde_json::from_str(raw.get()).map_err(|_| DecodeError::BadField { event, field })
     }
 
@@ -503,22 +510,10 @@ pub fn decode_team_ref(text: &str) -> Result<TeamServerEventRef<'_>, DecodeError
     Ok(match kind.as_ref() {
         "hello" => TeamServerEventRef::Hello,
         "message" => {
-            let field = raw.text.ok_or(DecodeError::MissingField {
-                event: "message",
-                field: "text",
-            })?;
-            let bad = || DecodeError::BadField {
-                event: "message",
-                field: "text",
-            };
-            if field.get() == "null" {
-                return Err(DecodeError::MissingField {
-                    event: "message",
-                    field: "text",
-                });
-            }
+            let (event, field) = ("message", "text");
+            let text = RawFrame::present(raw.text, event, field)?;
             TeamServerEventRef::Message {
-                text: borrowed_str(field).ok_or_else(bad)?,
+                text: borrowed_str(text).ok_or(DecodeError::BadField { event, field })?,
             }
         }
         "pong" => TeamServerEventRef::Pong {

@@ -12,7 +12,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::Shared;
 use super::ledger::{Fault, SocketCtl, Verdict, Waiter};
-use crate::protocol::{GlobalServerEvent, TeamId, TeamStats, encode};
+use super::server::text;
+use crate::protocol::{GlobalServerEvent, TeamId, TeamStats};
 
 /// Something the plan makes happen at a set time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -64,10 +65,6 @@ fn global_send(shared: &Shared, frame: Message) -> bool {
         .is_some_and(|g| g.ctl.send(SocketCtl::Send(frame)).is_ok())
 }
 
-fn frame(event: &GlobalServerEvent) -> Message {
-    Message::text(encode(event))
-}
-
 /// Applies one plan step; returns a step to retry later, if it could not
 /// happen now.
 fn apply(shared: &Shared, step: Step, now: Instant, plan: &mut Plan, seq: &mut u64) {
@@ -76,7 +73,7 @@ fn apply(shared: &Shared, step: Step, now: Instant, plan: &mut Plan, seq: &mut u
         Step::Join(team) => {
             // Stamped and queued under one lock: a healthcheck queued later
             // is behind this join on the wire.
-            let join = frame(&GlobalServerEvent::TeamJoin { team_id: team });
+            let join = text(&GlobalServerEvent::TeamJoin { team_id: team });
             if let Some(global) = ledger.global.as_ref() {
                 let _ = global.ctl.send(SocketCtl::Send(join));
             }
@@ -102,7 +99,7 @@ fn apply(shared: &Shared, step: Step, now: Instant, plan: &mut Plan, seq: &mut u
             }
             let told = match (on_global, global, truth.socket.as_ref()) {
                 (true, Some(ctl), _) => ctl
-                    .send(SocketCtl::Send(frame(&GlobalServerEvent::TeamLeft {
+                    .send(SocketCtl::Send(text(&GlobalServerEvent::TeamLeft {
                         team_id: team,
                     })))
                     .is_ok()
@@ -137,10 +134,7 @@ fn apply(shared: &Shared, step: Step, now: Instant, plan: &mut Plan, seq: &mut u
                 truth.left_at = None;
             }
             drop(ledger);
-            global_send(
-                shared,
-                frame(&GlobalServerEvent::TeamJoin { team_id: team }),
-            );
+            global_send(shared, text(&GlobalServerEvent::TeamJoin { team_id: team }));
         }
     }
 }
@@ -154,7 +148,7 @@ async fn ask_healthcheck(shared: &Shared) -> Option<Vec<TeamStats>> {
         // Queued under the lock, so waiters stay in request order.
         global
             .ctl
-            .send(SocketCtl::Send(frame(&GlobalServerEvent::Healthcheck)))
+            .send(SocketCtl::Send(text(&GlobalServerEvent::Healthcheck)))
             .ok()?;
         global.waiters.push_back(Waiter {
             sent_at: Instant::now(),
@@ -281,10 +275,7 @@ fn inject(shared: &Arc<Shared>, fault: Fault) {
         }
         Fault::DuplicateJoin => {
             if let Some((team, _)) = pick_connected(shared)
-                && global_send(
-                    shared,
-                    frame(&GlobalServerEvent::TeamJoin { team_id: team }),
-                )
+                && global_send(shared, text(&GlobalServerEvent::TeamJoin { team_id: team }))
             {
                 shared.lock().injected(Fault::DuplicateJoin, Some(team));
             }
@@ -486,7 +477,7 @@ pub(crate) async fn direct(shared: Arc<Shared>) -> Verdict {
             .map(|t| u64::from(t.open_sockets))
             .sum::<u64>()
     };
-    global_send(&shared, frame(&GlobalServerEvent::Goodbye));
+    global_send(&shared, text(&GlobalServerEvent::Goodbye));
     let closed_until = Instant::now() + Duration::from_secs(10);
     loop {
         let (open, global) = {

@@ -142,8 +142,6 @@ pub struct TeamTruth {
     pub zombie: bool,
     /// Sockets open right now (more than one is a violation).
     pub open_sockets: u32,
-    /// Sockets opened over the run.
-    pub sockets_opened: u32,
     /// When the last socket closed.
     pub last_closed_at: Option<Instant>,
     /// Highest `message_count` the client has reported.
@@ -234,8 +232,6 @@ pub struct Ledger {
     pub violations: Vec<String>,
     /// Healthcheck replies checked.
     pub replies_checked: u64,
-    /// `team.connect` requests received.
-    pub requests: u64,
     /// Sockets the client closed with 1000 after `goodbye`.
     pub closed_after_goodbye: u64,
     /// `goodbye` was sent.

@@ -88,7 +88,8 @@ async fn handshake(stream: TcpStream, shared: Arc<Shared>) {
     }
 }
 
-fn text(event: &impl serde::Serialize) -> Message {
+/// One frame's worth of an event.
+pub(super) fn text(event: &impl serde::Serialize) -> Message {
     Message::text(encode(event))
 }
 
@@ -221,7 +222,6 @@ fn on_global_frame(shared: &Shared, id: u64, raw: &str) -> Option<Message> {
     let mut ledger = shared.lock();
     match decode_global_client(raw) {
         Ok(GlobalClientEvent::TeamConnect { team_id }) => {
-            ledger.requests += 1;
             let refusal = |message: &str| {
                 text(&GlobalServerEvent::Error {
                     message: message.to_owned(),
@@ -289,7 +289,6 @@ async fn serve_team(ws: WebSocketStream<TcpStream>, team: TeamId, shared: Arc<Sh
             return;
         };
         truth.open_sockets += 1;
-        truth.sockets_opened += 1;
         truth.socket = Some((id, ctl));
         truth.zombie = false;
         truth.paused = false;

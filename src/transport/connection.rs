@@ -1,7 +1,7 @@
-//! One websocket: the only code that does byte I/O. A task per socket runs
-//! a reader (frames → decoded `NetEvent`s) and a writer (queued frames →
-//! socket) side by side, so a peer that stops reading never stops us from
-//! reading it, and reports exactly one terminal event when it ends.
+//! One websocket: the only code that does byte I/O. A task per socket
+//! takes turns, on one unsplit stream, between reading (frames → decoded
+//! `NetEvent`s, runs of messages batched) and writing its bounded queue,
+//! and reports exactly one terminal event when it ends.
 
 use std::time::Duration;
 
