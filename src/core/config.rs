@@ -4,6 +4,10 @@ use std::time::Duration;
 
 use bevy_ecs::prelude::*;
 
+/// The longest tick: every event waits up to a tick, and a shutdown waits
+/// for the tick in progress, so a longer one would make both sluggish.
+pub const MAX_TICK: Duration = Duration::from_secs(1);
+
 /// Tunables of the connection manager. Durations are rounded down to whole
 /// milliseconds, the core's unit of time.
 #[derive(Clone, Debug, PartialEq)]
@@ -54,12 +58,31 @@ impl Default for Config {
     }
 }
 
+impl Config {
+    /// The demo's settings: a run of seconds against a simulator that
+    /// injects faults several times a second, so a dead link must be noticed
+    /// within a second and a retry must not wait long. Everything not named
+    /// here is the service default.
+    pub fn demo() -> Config {
+        Config {
+            ping_interval: Duration::from_secs(1),
+            pong_timeout: Duration::from_secs(1),
+            backoff_min: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(1),
+            ..Config::default()
+        }
+    }
+}
+
 /// A configuration the core refuses.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
     /// A duration that must be at least one millisecond is not.
     #[error("`{0}` must be at least 1ms")]
     ZeroDuration(&'static str),
+    /// A tick longer than [`MAX_TICK`].
+    #[error("tick must be at most {}ms", MAX_TICK.as_millis())]
+    TickTooLong,
     /// `backoff_min` above `backoff_max`.
     #[error("backoff-min ({min_ms}ms) is above backoff-max ({max_ms}ms)")]
     BackoffOrder {
@@ -126,6 +149,9 @@ impl Config {
             max_requests_in_flight: self.max_requests_in_flight,
             max_events_per_tick: self.max_events_per_tick,
         };
+        if self.tick > MAX_TICK {
+            return Err(ConfigError::TickTooLong);
+        }
         if settings.backoff_min > settings.backoff_max {
             return Err(ConfigError::BackoffOrder {
                 min_ms: settings.backoff_min,
@@ -156,6 +182,11 @@ mod tests {
             zero.validate().unwrap_err(),
             ConfigError::ZeroDuration("tick")
         );
+        let long = Config {
+            tick: Duration::from_secs(1_000_000),
+            ..Config::default()
+        };
+        assert_eq!(long.validate().unwrap_err(), ConfigError::TickTooLong);
         let order = Config {
             backoff_min: Duration::from_secs(5),
             backoff_max: Duration::from_secs(1),

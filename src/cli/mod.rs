@@ -1,0 +1,226 @@
+//! The command line: one file per command, plus the parsers and the logging
+//! they share. Defaults are never written here: clap shows the library's own
+//! (`Config::default()`, `Config::demo()`, `Scenario::default()`).
+
+mod client;
+mod demo;
+mod logging;
+mod sim;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use switchboard::protocol;
+
+pub use logging::LogFormat;
+
+/// Keeps a fleet of bot team connections alive behind one Global websocket
+/// API. With no subcommand, runs the demo: the built-in simulator with
+/// chaos on, the client against it, and the simulator's verdict.
+#[derive(Parser, Debug)]
+#[command(version, about, args_conflicts_with_subcommands = true)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(
+        long,
+        global = true,
+        env = "SWITCHBOARD_LOG_FORMAT",
+        default_value = "pretty"
+    )]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    #[command(flatten)]
+    demo: demo::DemoArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Connect to a Global API and keep every team connected until `goodbye`
+    /// or SIGINT/SIGTERM.
+    Connect {
+        /// The Global API's websocket URL, e.g. ws://127.0.0.1:8080/global.
+        #[arg(value_parser = global_url, env = "SWITCHBOARD_GLOBAL_URL")]
+        global_url: String,
+        #[command(flatten)]
+        client: client::ClientArgs,
+    },
+    /// Run the simulated Global API server for one scenario, then print its
+    /// verdict (exit 0 only when the client's counts were exact).
+    Sim(sim::SimCommand),
+    /// The simulator and the client in one process (the default).
+    Demo(demo::DemoArgs),
+}
+
+/// Parses the command line and runs the command.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => return parse_error(error),
+    };
+    match cli.command {
+        Some(Command::Connect { global_url, client }) => {
+            logging::init(cli.log_format, logging::Audience::Service);
+            client::connect(global_url, &client)
+        }
+        Some(Command::Sim(command)) => {
+            logging::init(cli.log_format, logging::Audience::Service);
+            sim::run(&command)
+        }
+        Some(Command::Demo(args)) => demo::run(&args, cli.log_format),
+        None => demo::run(&cli.demo, cli.log_format),
+    }
+}
+
+/// clap's own output for help and version; one line and exit 2 otherwise.
+fn parse_error(error: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        error.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        error.exit();
+    }
+    // clap's message can span lines; say it on one.
+    let text = error.to_string();
+    let line: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.is_empty())
+        .collect();
+    eprintln!("{} (see --help)", line.join(" "));
+    ExitCode::from(2)
+}
+
+/// One clear line and exit status 2 for unusable input.
+fn usage_error(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::from(2)
+}
+
+fn tokio_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("switchboard-io")
+        .build()
+        .map_err(|error| {
+            eprintln!("error: cannot start the async runtime: {error}");
+            ExitCode::FAILURE
+        })
+}
+
+/// A human duration (`300ms`, `15s`) that is at least 1ms.
+fn duration(text: &str) -> Result<humantime::Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| format!("{e} (try 300ms or 15s)"))?;
+    if d < Duration::from_millis(1) {
+        return Err("must be at least 1ms".into());
+    }
+    Ok(d.into())
+}
+
+/// A human duration that may be zero (for "off").
+fn duration_or_zero(text: &str) -> Result<humantime::Duration, String> {
+    humantime::parse_duration(text)
+        .map(Into::into)
+        .map_err(|e| format!("{e} (try 0s, 300ms or 15s)"))
+}
+
+/// How a default duration reads in `--help`.
+fn human(d: Duration) -> humantime::Duration {
+    d.into()
+}
+
+/// Bytes, with an optional KiB/MiB suffix.
+fn byte_size(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, ""),
+    };
+    let n: usize = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (try 65536, 64KiB or 1MiB)"))?;
+    let scale = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" | "KB" => 1 << 10,
+        "MiB" | "M" | "MB" => 1 << 20,
+        other => return Err(format!("unknown unit {other:?} (use KiB or MiB)")),
+    };
+    match n.checked_mul(scale) {
+        Some(0) | None => Err("must be between 1 byte and the address space".into()),
+        Some(v) => Ok(v),
+    }
+}
+
+fn global_url(text: &str) -> Result<String, String> {
+    protocol::normalize_ws_url(text)
+        .map(|_| text.to_owned())
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn sizes_and_durations_parse_in_human_form() {
+        assert_eq!(byte_size("1MiB"), Ok(1 << 20));
+        assert_eq!(byte_size("64KiB"), Ok(64 << 10));
+        assert_eq!(byte_size("4096"), Ok(4096));
+        assert!(byte_size("0").is_err());
+        assert!(byte_size("lots").is_err());
+        assert!(byte_size("3GiB").is_err());
+        assert_eq!(
+            duration("300ms").map(Duration::from),
+            Ok(Duration::from_millis(300))
+        );
+        assert!(duration("0s").is_err());
+        assert!(duration("soon").is_err());
+        assert_eq!(
+            duration_or_zero("0s").map(Duration::from),
+            Ok(Duration::ZERO)
+        );
+    }
+
+    #[test]
+    fn help_shows_the_library_defaults() {
+        use clap::CommandFactory;
+        let mut command = Cli::command();
+        let connect = command
+            .find_subcommand_mut("connect")
+            .expect("connect exists")
+            .render_long_help()
+            .to_string();
+        let service = switchboard::Config::default();
+        let demo = switchboard::Config::demo();
+        for needle in [
+            format!("[default: {}]", human(service.tick)),
+            format!(
+                "default: {}; demo: {}",
+                human(service.ping_interval),
+                human(demo.ping_interval)
+            ),
+            format!(
+                "default: {}; demo: {}",
+                human(service.backoff_max),
+                human(demo.backoff_max)
+            ),
+        ] {
+            assert!(
+                connect.contains(&needle),
+                "{needle} missing from:\n{connect}"
+            );
+        }
+    }
+}
