@@ -15,13 +15,14 @@
 pub mod bridge;
 pub mod core;
 pub mod protocol;
+pub mod reader;
 pub mod report;
 pub mod runtime;
 pub mod sim;
 pub mod testkit;
 pub mod transport;
 
-pub use bridge::{CloseReason, ConnId, ConnKind, Inbound, NetCommand, NetEvent, Outbound};
+pub use bridge::{CloseReason, ConnId, ConnKind, Inbound, NetCommand, NetEvent, TeamControl, Text};
 pub use core::config::{Config, ConfigError};
 pub use core::snapshot::{Snapshot, TeamSnapshot};
 pub use core::{Core, CoreSystems};

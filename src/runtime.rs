@@ -1,20 +1,24 @@
-//! The driver: runs the core on a fixed tick against real sockets. It is the
-//! only place that touches both worlds, and it runs on its own OS thread
-//! (it sleeps between ticks), never on a tokio worker.
+//! The driver: runs the core against real sockets. It is the only place that
+//! touches both worlds, and it runs on its own OS thread, never on a tokio
+//! worker.
 //!
-//! Each tick: step the core (which drains the bridge), hand its commands to
-//! the transport. The core's clock is fed the real time elapsed, which on a
-//! punctual tick is exactly one tick; a tick that overran is counted and
-//! logged, and the next step covers the time it lost, so timeouts stay true
-//! to the wall clock instead of drifting behind it.
+//! The core advances in whole ticks on a fixed grid (tick `k` at
+//! `start + k·tick`), so its behaviour is the fixed-tick model whatever the
+//! driver does. But the driver does not wake for ticks in which nothing is
+//! due: when the core has no work pending it sleeps until the core's next
+//! deadline, or until an event arrives (the bridge's doorbell), whichever is
+//! first; then it runs the ticks owed in one step. While events keep coming
+//! it steps once per grid tick. An idle fleet therefore costs no CPU at all,
+//! and an event waits at most one tick.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::runtime::Handle;
 use tracing::{info, warn};
 
+use crate::bridge::Wake;
 use crate::core::config::{Config, ConfigError};
 use crate::core::resources::ShutdownCause;
 use crate::core::{Core, Summary};
@@ -37,10 +41,21 @@ pub struct RunConfig {
     pub give_up_after: Option<Duration>,
 }
 
-/// Asks a running driver to shut down gracefully. Cheap to clone; safe to
-/// trigger from a signal handler task.
+/// How far a stop has been asked to go (0: not at all).
+const STOP: u8 = 1;
+const FORCE: u8 = 2;
+
+/// Asks a running driver to stop: gracefully (every socket closed with a
+/// normal close, bounded), or at once. Cheap to clone; safe to use from a
+/// signal handler task. Wakes a sleeping driver.
 #[derive(Clone, Debug, Default)]
-pub struct StopHandle(Arc<AtomicBool>);
+pub struct StopHandle(Arc<StopState>);
+
+#[derive(Debug, Default)]
+struct StopState {
+    level: AtomicU8,
+    wake: Mutex<Option<Wake>>,
+}
 
 impl StopHandle {
     /// A handle not yet triggered.
@@ -50,40 +65,51 @@ impl StopHandle {
 
     /// Asks for a graceful shutdown.
     pub fn stop(&self) {
-        self.0.store(true, Ordering::Relaxed);
+        self.raise(STOP);
+    }
+
+    /// Asks the driver to end now: no waiting for close handshakes; the
+    /// report is still taken and the state still saved.
+    pub fn force(&self) {
+        self.raise(FORCE);
+    }
+
+    fn raise(&self, level: u8) {
+        self.0.level.fetch_max(level, Ordering::SeqCst);
+        if let Ok(wake) = self.0.wake.lock()
+            && let Some(wake) = wake.as_ref()
+        {
+            wake.wake();
+        }
     }
 
     /// Whether a shutdown was asked for.
     pub fn is_stopped(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.0.level.load(Ordering::SeqCst) >= STOP
+    }
+
+    /// Whether an immediate end was asked for.
+    pub fn is_forced(&self) -> bool {
+        self.0.level.load(Ordering::SeqCst) >= FORCE
+    }
+
+    fn attach(&self, wake: Wake) {
+        if let Ok(mut slot) = self.0.wake.lock() {
+            *slot = Some(wake);
+        }
     }
 }
 
-/// How a run ended.
-#[derive(Clone, Debug)]
-pub struct RunOutcome {
-    /// The server's `goodbye`, or a local stop.
-    pub cause: ShutdownCause,
-    /// The final report.
-    pub report: Report,
-    /// The core's final snapshot.
-    pub snapshot: crate::core::snapshot::Snapshot,
-    /// Ticks run.
-    pub ticks: u64,
-    /// Ticks that overran their slot by more than a whole tick.
-    pub overruns: u64,
-    /// Wall time of the run.
-    pub elapsed: Duration,
-}
-
-/// A run that could not go on.
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    /// The configuration is unusable.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
+/// Why a run ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RunEnd {
+    /// The server's `goodbye`, or a local stop, and every socket closed.
+    Finished(ShutdownCause),
+    /// A shutdown whose close handshakes did not all finish in time.
+    ShutdownTimedOut(ShutdownCause),
+    /// A forced stop: sockets were dropped without waiting.
+    Forced,
     /// Global stayed unreachable for longer than `give_up_after`.
-    #[error("Global API unreachable for {}ms: {last_error}", .down_for.as_millis())]
     GaveUp {
         /// How long it was down.
         down_for: Duration,
@@ -92,7 +118,32 @@ pub enum RunError {
     },
 }
 
-/// Called once per tick with the core, for progress displays.
+/// How a run ended. Every end, giving up included, has its report.
+#[derive(Clone, Debug)]
+pub struct RunOutcome {
+    /// Why it ended.
+    pub end: RunEnd,
+    /// The final report.
+    pub report: Report,
+    /// The core's final snapshot.
+    pub snapshot: crate::core::snapshot::Snapshot,
+    /// Schedule runs.
+    pub steps: u64,
+    /// Steps that took longer than a tick.
+    pub overruns: u64,
+    /// Wall time of the run.
+    pub elapsed: Duration,
+}
+
+/// A run that could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The configuration is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+/// Called after each step with the core, for progress displays.
 pub type OnTick<'a> = &'a mut dyn FnMut(&Core);
 
 /// Runs until `goodbye`, a stop, or giving up. Blocks the calling thread,
@@ -104,15 +155,21 @@ pub fn run(
     on_tick: OnTick<'_>,
 ) -> Result<RunOutcome, RunError> {
     let mut core = Core::new(&config.core, config.seed)?;
-    let transport_config = TransportConfig {
-        connect_timeout: config.core.connect_timeout,
-        close_timeout: config.core.close_timeout,
-        ..config.transport.clone()
-    };
-    let mut transport = Transport::new(runtime, core.event_sender(), transport_config);
-    let tick = config.core.tick;
+    let doorbell = core.doorbell();
+    stop.attach(doorbell.waker());
+    let mut transport = Transport::new(
+        runtime,
+        core.event_sender(),
+        &config.transport,
+        &config.core,
+    );
+    let tick = core.tick();
     let start = Instant::now();
-    let mut next_tick = start + tick;
+    let mut grid = Grid {
+        start,
+        tick,
+        done: 0,
+    };
     let mut overruns = 0u64;
     let mut last_overrun_log: Option<Instant> = None;
     let mut status = StatusLine::new(config.status_interval, start);
@@ -122,44 +179,60 @@ pub fn run(
     // Past this, a shutdown stops waiting for close handshakes.
     let shutdown_limit = config.core.close_timeout * 2 + Duration::from_secs(1);
 
-    loop {
+    let end = loop {
+        if stop.is_forced() {
+            break RunEnd::Forced;
+        }
         if stop.is_stopped() && core.shutdown_cause().is_none() {
             info!("stop requested: closing every connection");
             core.shutdown();
         }
-        let elapsed = start.elapsed();
-        core.step_by(elapsed.saturating_sub(core.now()));
-        for command in core.drain_commands() {
-            transport.execute(command);
-        }
-        on_tick(&core);
-        let now = Instant::now();
-
-        if core.is_finished() {
-            break;
-        }
-        if core.shutdown_cause().is_some() {
-            let since = *shutdown_at.get_or_insert(now);
-            if now.duration_since(since) > shutdown_limit {
-                warn!("shutdown took too long; dropping the remaining sockets");
-                break;
+        let owed = grid.owed(Instant::now());
+        if owed > 0 {
+            let began = Instant::now();
+            core.step_ticks(owed);
+            grid.done += owed;
+            for command in core.drain_commands() {
+                transport.execute(command);
             }
+            on_tick(&core);
+            let took = began.elapsed();
+            if took > tick {
+                overruns += 1;
+                if last_overrun_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                    warn!(
+                        took_ms = took.as_millis() as u64,
+                        overruns, "step overran its tick"
+                    );
+                    last_overrun_log = Some(Instant::now());
+                }
+            }
+        }
+        let now = Instant::now();
+        if core.is_finished() {
+            break RunEnd::Finished(core.shutdown_cause().unwrap_or(ShutdownCause::Local));
+        }
+        // The wall-clock limits, each also a reason to wake.
+        let mut wake_by: Option<Instant> = status.next();
+        if let Some(cause) = core.shutdown_cause() {
+            let limit = *shutdown_at.get_or_insert(now) + shutdown_limit;
+            if now >= limit {
+                warn!("shutdown took too long; dropping the remaining sockets");
+                break RunEnd::ShutdownTimedOut(cause);
+            }
+            wake_by = earliest(wake_by, Some(limit));
         } else if let Some(limit) = config.give_up_after {
             if core.global().ready_conn().is_some() {
                 global_down_since = None;
             } else {
                 let since = *global_down_since.get_or_insert(now);
-                if now.duration_since(since) >= limit {
-                    transport.abort_all();
-                    return Err(RunError::GaveUp {
+                if now >= since + limit {
+                    break RunEnd::GaveUp {
                         down_for: now.duration_since(since),
-                        last_error: core
-                            .global()
-                            .last_error
-                            .clone()
-                            .unwrap_or_else(|| "no answer".into()),
-                    });
+                        last_error: core.global().last_error().unwrap_or("no answer").to_owned(),
+                    };
                 }
+                wake_by = earliest(wake_by, Some(since + limit));
             }
         }
         status.maybe_log(&core, now);
@@ -167,34 +240,69 @@ pub fn run(
             transport.sweep();
             last_sweep = now;
         }
-
-        if now > next_tick + tick {
-            overruns += 1;
-            if last_overrun_log.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10)) {
-                warn!(
-                    behind_ms = now.duration_since(next_tick).as_millis() as u64,
-                    overruns, "tick overran"
-                );
-                last_overrun_log = Some(now);
+        if core.has_pending_work() {
+            // Work for the next grid tick: sleep until it, woken early only
+            // by a stop (events arriving meanwhile wait for the tick).
+            let next = grid.at(grid.done + 1);
+            if let Some(left) = next.checked_duration_since(Instant::now()) {
+                std::thread::park_timeout(left);
             }
-            next_tick = now + tick;
         } else {
-            if next_tick > now {
-                std::thread::sleep(next_tick - now);
-            }
-            next_tick += tick;
+            // Idle: sleep until the core's next deadline, an event, or a
+            // wall-clock limit, whichever is first.
+            let deadline = core.next_deadline().map(|d| grid.at_or_after(d));
+            doorbell.wait(earliest(deadline, wake_by));
         }
-    }
+    };
     transport.abort_all();
     let snapshot = core.snapshot();
     Ok(RunOutcome {
-        cause: core.shutdown_cause().unwrap_or(ShutdownCause::Local),
+        end,
         report: Report::from_snapshot(&snapshot),
-        ticks: snapshot.clock.tick,
+        steps: snapshot.clock.tick,
         snapshot,
         overruns,
         elapsed: start.elapsed(),
     })
+}
+
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The fixed grid of ticks on the wall clock.
+struct Grid {
+    start: Instant,
+    tick: Duration,
+    /// Ticks the core has advanced through.
+    done: u64,
+}
+
+impl Grid {
+    /// When tick `k` is due.
+    fn at(&self, k: u64) -> Instant {
+        self.start
+            + self
+                .tick
+                .saturating_mul(u32::try_from(k).unwrap_or(u32::MAX))
+    }
+
+    /// Ticks due by `now` that the core has not run yet.
+    fn owed(&self, now: Instant) -> u64 {
+        let elapsed = now.duration_since(self.start).as_nanos();
+        let due = u64::try_from(elapsed / self.tick.as_nanos().max(1)).unwrap_or(u64::MAX);
+        due.saturating_sub(self.done)
+    }
+
+    /// The first grid tick at which core time has reached `core_time`.
+    fn at_or_after(&self, core_time: Duration) -> Instant {
+        let tick = self.tick.as_nanos().max(1);
+        let k = core_time.as_nanos().div_ceil(tick);
+        self.at(u64::try_from(k).unwrap_or(u64::MAX).max(self.done + 1))
+    }
 }
 
 /// The periodic one-line status on stderr (through tracing).
@@ -211,6 +319,10 @@ impl StatusLine {
             last: start,
             last_messages: 0,
         }
+    }
+
+    fn next(&self) -> Option<Instant> {
+        self.every.map(|every| self.last + every)
     }
 
     fn maybe_log(&mut self, core: &Core, now: Instant) {
@@ -242,5 +354,33 @@ impl StatusLine {
         );
         self.last = now;
         self.last_messages = messages;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_grid_owes_whole_ticks_and_rounds_deadlines_up() {
+        let start = Instant::now();
+        let mut grid = Grid {
+            start,
+            tick: Duration::from_millis(10),
+            done: 0,
+        };
+        assert_eq!(grid.owed(start + Duration::from_millis(9)), 0);
+        assert_eq!(grid.owed(start + Duration::from_millis(35)), 3);
+        grid.done = 3;
+        assert_eq!(grid.owed(start + Duration::from_millis(39)), 0);
+        assert_eq!(
+            grid.at_or_after(Duration::from_millis(41)),
+            start + Duration::from_millis(50)
+        );
+        // Never a tick already run.
+        assert_eq!(
+            grid.at_or_after(Duration::from_millis(5)),
+            start + Duration::from_millis(40)
+        );
     }
 }

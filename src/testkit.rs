@@ -1,6 +1,9 @@
 //! A scripted peer for stepping the core deterministically in tests, with no
 //! sockets: it plays the transport's part (answering `Open` with `Opened`,
-//! feeding frames) and remembers which connection id belongs to what.
+//! feeding frames) and remembers which connection id belongs to what. Frames
+//! go through the same [`Reader`] a socket task uses, encoded as the JSON a
+//! server would send, so messages reach the core in runs exactly as they do
+//! from a socket.
 //!
 //! ```
 //! use switchboard::testkit::Peer;
@@ -15,15 +18,17 @@
 //! assert_eq!(peer.core.healthcheck()[0].props_count, 1);
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use crate::bridge::{CloseReason, ConnId, ConnKind, Inbound, NetCommand, NetEvent, Outbound};
+use crate::bridge::{CloseReason, ConnId, ConnKind, NetCommand, NetEvent};
 use crate::core::Core;
 use crate::core::config::Config;
 use crate::protocol::{
-    DecodeError, GlobalClientEvent, GlobalServerEvent, TeamClientEvent, TeamId, TeamServerEvent,
+    GlobalClientEvent, GlobalServerEvent, TeamClientEvent, TeamId, TeamServerEvent,
+    decode_global_client, decode_team_client, encode,
 };
+use crate::reader::{Frame, Reader};
 
 /// The config the test kit uses unless told otherwise: short, round numbers
 /// so scenarios read easily (tick 10ms, ping every 1s, pong timeout 500ms,
@@ -58,6 +63,8 @@ pub struct Peer {
     pub answer_probes: bool,
     /// How many commands `take_new` has already returned.
     seen: usize,
+    /// The read side of every connection the core opened.
+    readers: HashMap<ConnId, Reader>,
 }
 
 impl Peer {
@@ -78,6 +85,7 @@ impl Peer {
             teams: BTreeMap::new(),
             answer_probes: true,
             seen: 0,
+            readers: HashMap::new(),
         }
     }
 
@@ -122,16 +130,17 @@ impl Peer {
         peer
     }
 
-    /// Steps until `done` holds (checked after each tick).
+    /// Steps until `done` holds, checked before each tick as
+    /// [`Core::step_until`] does.
     ///
     /// # Panics
     /// After 100,000 ticks, naming `what` it was waiting for.
     pub fn step_until(&mut self, what: &str, done: impl Fn(&Peer) -> bool) {
         for _ in 0..100_000 {
-            self.step();
             if done(self) {
                 return;
             }
+            self.step();
         }
         panic!("never happened: {what}");
     }
@@ -143,10 +152,23 @@ impl Peer {
         self.step_until("team re-requested", |peer| count(peer) > before);
     }
 
-    /// Runs one tick and records its commands.
+    /// Hands over every run still pending (as a socket does once nothing
+    /// more is buffered), runs one tick and records its commands.
     pub fn step(&mut self) {
+        self.flush_runs();
         self.core.step();
         self.record();
+    }
+
+    fn flush_runs(&mut self) {
+        let pending: Vec<NetEvent> = self
+            .readers
+            .values_mut()
+            .filter_map(Reader::flush)
+            .collect();
+        for event in pending {
+            self.push(event);
+        }
     }
 
     /// Runs `n` ticks.
@@ -162,6 +184,7 @@ impl Peer {
     /// # Panics
     /// If it is still busy after 1,000 steps.
     pub fn settle(&mut self) {
+        self.flush_runs();
         self.core.settle(1_000).expect("the core settles");
         self.record();
     }
@@ -170,6 +193,7 @@ impl Peer {
     /// there; returns that deadline, or `None` if the core has none.
     pub fn jump_to_next_deadline(&mut self) -> Option<Duration> {
         let at = self.core.next_deadline()?;
+        self.flush_runs();
         self.core.step_by(at.saturating_sub(self.core.now()));
         self.record();
         Some(at)
@@ -190,7 +214,13 @@ impl Peer {
             {
                 self.push(NetEvent::Alive { conn });
             }
+            // As the transport does: an aborted socket hands over what it
+            // read, then reports its end.
+            if let NetCommand::Abort { conn } = command {
+                self.closed(conn, CloseReason::Aborted);
+            }
             if let NetCommand::Open { conn, kind, .. } = &command {
+                self.readers.insert(*conn, Reader::new(*conn, *kind));
                 match kind {
                     ConnKind::Global => self.global = Some(*conn),
                     ConnKind::Team(team) => {
@@ -243,40 +273,42 @@ impl Peer {
         self.step();
     }
 
-    /// Delivers a Global event on the current Global connection.
+    /// Feeds one frame to `conn`'s reader, as its socket would, and queues
+    /// what it completes for the next tick.
+    ///
+    /// # Panics
+    /// If the core never opened `conn`.
+    pub fn frame(&mut self, conn: ConnId, frame: Frame<'_>) {
+        let reader = self
+            .readers
+            .get_mut(&conn)
+            .expect("a connection the core opened");
+        let events: Vec<NetEvent> = reader.frame(frame).into_iter().flatten().collect();
+        for event in events {
+            self.push(event);
+        }
+    }
+
+    /// Delivers a Global event on the current Global connection, as JSON.
     pub fn global_says(&mut self, event: GlobalServerEvent) {
-        let conn = self.global_conn();
-        self.push(NetEvent::Received {
-            conn,
-            frame: Inbound::Global(Ok(event)),
-        });
+        self.global_text(&encode(&event));
     }
 
-    /// Delivers bad input on the current Global connection.
-    pub fn global_garbage(&mut self, error: DecodeError) {
+    /// Delivers a raw text frame on the current Global connection.
+    pub fn global_text(&mut self, text: &str) {
         let conn = self.global_conn();
-        self.push(NetEvent::Received {
-            conn,
-            frame: Inbound::Global(Err(error)),
-        });
+        self.frame(conn, Frame::Text(text));
     }
 
-    /// Delivers a team event on the team's newest connection.
+    /// Delivers a team event on the team's newest connection, as JSON.
     pub fn team_says(&mut self, team: TeamId, event: TeamServerEvent) {
-        let conn = self.team_conn(team);
-        self.push(NetEvent::Received {
-            conn,
-            frame: Inbound::Team(Ok(event)),
-        });
+        self.team_text(team, &encode(&event));
     }
 
-    /// Delivers bad input on the team's newest connection.
-    pub fn team_garbage(&mut self, team: TeamId, error: DecodeError) {
+    /// Delivers a raw text frame on the team's newest connection.
+    pub fn team_text(&mut self, team: TeamId, text: &str) {
         let conn = self.team_conn(team);
-        self.push(NetEvent::Received {
-            conn,
-            frame: Inbound::Team(Err(error)),
-        });
+        self.frame(conn, Frame::Text(text));
     }
 
     /// `team.join`, then one tick.
@@ -309,15 +341,28 @@ impl Peer {
         );
     }
 
-    /// A run of `count` messages, `props` of them with props, as the
-    /// transport hands them over (not stepped).
+    /// `count` messages on the team's socket, the first `props` of them
+    /// with props (not stepped): they reach the core as runs.
     pub fn messages(&mut self, team: TeamId, count: u32, props: u32) {
         let conn = self.team_conn(team);
-        self.push(NetEvent::Messages { conn, count, props });
+        let plain = encode(&TeamServerEvent::Message {
+            text: "hello".into(),
+        });
+        let with_props = encode(&TeamServerEvent::Message {
+            text: "props to you".into(),
+        });
+        for i in 0..count {
+            let text = if i < props { &with_props } else { &plain };
+            self.frame(conn, Frame::Text(text));
+        }
     }
 
-    /// The transport reports that `conn` closed.
+    /// The transport reports that `conn` closed: whatever its reader still
+    /// holds is handed over first, as a socket task does.
     pub fn closed(&mut self, conn: ConnId, reason: CloseReason) {
+        if let Some(run) = self.readers.get_mut(&conn).and_then(Reader::flush) {
+            self.push(run);
+        }
         self.push(NetEvent::Closed { conn, reason });
     }
 
@@ -326,10 +371,10 @@ impl Peer {
         self.commands
             .iter()
             .filter_map(|c| match c {
-                NetCommand::Send {
-                    frame: Outbound::Global(GlobalClientEvent::TeamConnect { team_id }),
-                    ..
-                } => Some(*team_id),
+                NetCommand::Send { text, .. } => match decode_global_client(text.as_str()) {
+                    Ok(GlobalClientEvent::TeamConnect { team_id }) => Some(team_id),
+                    _ => None,
+                },
                 _ => None,
             })
             .collect()
@@ -340,10 +385,12 @@ impl Peer {
         self.commands
             .iter()
             .filter_map(|c| match c {
-                NetCommand::Send {
-                    conn: on,
-                    frame: Outbound::Team(TeamClientEvent::Ping { unique_id }),
-                } if *on == conn => Some(*unique_id),
+                NetCommand::Send { conn: on, text } if *on == conn => {
+                    match decode_team_client(text.as_str()) {
+                        Ok(TeamClientEvent::Ping { unique_id }) => Some(unique_id),
+                        _ => None,
+                    }
+                }
                 _ => None,
             })
             .collect()

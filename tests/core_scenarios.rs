@@ -5,11 +5,12 @@
 use std::time::Duration;
 
 use serde::Serialize;
-use switchboard::bridge::{CLOSE_NORMAL, CloseReason, Inbound, NetCommand, NetEvent, Outbound};
+use switchboard::bridge::{CLOSE_NORMAL, CloseReason, NetCommand, NetEvent};
 use switchboard::core::components::{AfterClose, LinkState};
 use switchboard::protocol::{
-    DecodeError, GlobalClientEvent, GlobalServerEvent, TeamId, TeamServerEvent, TeamStats,
+    GlobalClientEvent, GlobalServerEvent, TeamId, TeamServerEvent, TeamStats, decode_global_client,
 };
+use switchboard::reader::Frame;
 use switchboard::testkit::Peer;
 use switchboard::{ConnId, Snapshot};
 
@@ -52,10 +53,10 @@ fn healthcheck_replies(commands: &[NetCommand]) -> Vec<Vec<TeamStats>> {
     commands
         .iter()
         .filter_map(|c| match c {
-            NetCommand::Send {
-                frame: Outbound::Global(GlobalClientEvent::Healthcheck { stats }),
-                ..
-            } => Some(stats.to_vec()),
+            NetCommand::Send { text, .. } => match decode_global_client(text.as_str()) {
+                Ok(GlobalClientEvent::Healthcheck { stats }) => Some(stats.to_vec()),
+                _ => None,
+            },
             _ => None,
         })
         .collect()
@@ -249,6 +250,9 @@ fn close_handshake_that_never_finishes_is_aborted() {
     peer.advance(Duration::from_secs(2));
     assert_eq!(aborts(&peer.commands), vec![conn]);
     assert_eq!(team(&peer, T1).link, LinkState::Left);
+    // Held until the aborted socket reports its end.
+    assert_eq!(peer.core.snapshot().live_connections, 2);
+    peer.settle();
     assert_eq!(peer.core.snapshot().live_connections, 1, "only Global");
 }
 
@@ -374,12 +378,13 @@ fn team_drop_is_re_requested_and_counts_are_kept() {
     assert!(!team(&peer, T1).connected);
     assert!(matches!(team(&peer, T1).link, LinkState::Backoff { .. }));
     peer.step_until_requested(T1);
-    // A stale frame from the dropped socket is not counted.
-    peer.push(NetEvent::Received {
+    // A frame on the dropped socket after its end (which no transport
+    // sends) is not counted.
+    peer.push(NetEvent::Messages {
         conn: first,
-        frame: Inbound::Team(Ok(TeamServerEvent::Message {
-            text: "ghost".into(),
-        })),
+        first: 1,
+        count: 1,
+        props: 0,
     });
     peer.connect_team(T1);
     peer.message(T1, "again props");
@@ -524,8 +529,8 @@ fn global_drop_reopens_and_replayed_joins_are_idempotent() {
     peer.closed(old_global, CloseReason::Reset);
     peer.step();
     assert!(matches!(
-        peer.core.global().state,
-        switchboard::core::systems::global::GlobalState::Backoff { .. }
+        peer.core.global().state(),
+        switchboard::core::global_link::GlobalState::Backoff { .. }
     ));
     assert!(team(&peer, T1).connected, "team sockets stay up meanwhile");
     assert_eq!(team(&peer, T2).link, LinkState::NeedsUrl);
@@ -566,7 +571,7 @@ fn global_that_cannot_be_reached_keeps_retrying() {
         peer.step();
     }
     assert_eq!(opened, 5);
-    assert_eq!(peer.core.global().attempts, 5);
+    assert_eq!(peer.core.global().attempts(), 5);
     let before = peer.global;
     peer.step_until("Global reopened", |p| p.global != before);
     peer.push(NetEvent::Opened {
@@ -574,8 +579,12 @@ fn global_that_cannot_be_reached_keeps_retrying() {
     });
     peer.global_says(GlobalServerEvent::Hello);
     peer.step();
-    assert_eq!(peer.core.global().attempts, 0);
+    // A hello proves the socket opened, not that the server is healthy.
+    assert_eq!(peer.core.global().attempts(), 5);
     assert!(peer.core.global().ready_conn().is_some());
+    // Up and answering for a ping interval: the failures are forgiven.
+    peer.advance(Duration::from_millis(1_100));
+    assert_eq!(peer.core.global().attempts(), 0);
 }
 
 #[test]
@@ -584,29 +593,18 @@ fn bad_input_is_counted_and_changes_nothing() {
     peer.message(T1, "props");
     peer.step();
     let before = peer.core.snapshot();
-    let bad = [
-        DecodeError::Binary { len: 3 },
-        DecodeError::NotJson {
-            reason: "EOF".into(),
-        },
-        DecodeError::NotObject {
-            reason: "array".into(),
-        },
-        DecodeError::MissingType,
-        DecodeError::UnknownType("surprise".into()),
-        DecodeError::MissingField {
-            event: "team.join",
-            field: "team_id",
-        },
-        DecodeError::BadField {
-            event: "message",
-            field: "text",
-        },
-    ];
-    for error in &bad {
-        peer.global_garbage(error.clone());
-        peer.team_garbage(T1, error.clone());
+    // One frame of every class of bad input, on each connection.
+    let (global, t1) = (peer.global_conn(), peer.team_conn(T1));
+    for conn in [global, t1] {
+        peer.frame(conn, Frame::Binary(3));
+        for text in ["{not json", "[1,2]", "{}", r#"{"type":"surprise"}"#] {
+            peer.frame(conn, Frame::Text(text));
+        }
     }
+    peer.global_text(r#"{"type":"team.join"}"#);
+    peer.global_text(r#"{"type":"team.join","team_id":"one"}"#);
+    peer.team_text(T1, r#"{"type":"message"}"#);
+    peer.team_text(T1, r#"{"type":"message","text":3}"#);
     peer.step();
     let after = peer.core.snapshot();
     assert_eq!(after.stats.bad_global.values().sum::<u64>(), 7);
@@ -617,7 +615,7 @@ fn bad_input_is_counted_and_changes_nothing() {
         before.teams[0].counters.message_count
     );
     assert!(after.teams[0].connected);
-    assert_eq!(after.global.state, before.global.state);
+    assert_eq!(after.global.state(), before.global.state());
     assert!(
         peer.take_new()
             .iter()
@@ -741,8 +739,11 @@ fn local_shutdown_is_graceful_and_bounded() {
     peer.core.shutdown();
     peer.step();
     assert_eq!(closes(&peer.commands).len(), 2);
-    // Nobody answers the close frames: everything is dropped at close_timeout.
+    // Nobody answers the close frames: everything is dropped at close_timeout,
+    // and the run is over once the dropped sockets report their end.
     peer.advance(Duration::from_secs(2));
+    assert!(!peer.core.is_finished());
+    peer.settle();
     assert!(peer.core.is_finished());
     assert_eq!(aborts(&peer.commands).len(), 2);
 }
@@ -849,7 +850,7 @@ fn a_quiet_global_that_answers_probes_stays_up() {
         "about one probe per quiet second: {n}"
     );
     assert!(aborts(&peer.commands).is_empty());
-    assert_eq!(peer.core.global().connects, 1);
+    assert_eq!(peer.core.global().connects(), 1);
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::{Client, Conn, DEADLINE, Server, start};
 use serde_json::{Value, json};
-use switchboard::runtime::{RunError, RunOutcome};
+use switchboard::runtime::{RunEnd, RunOutcome};
 use tokio_tungstenite::tungstenite::Message;
 
 /// Global hello, one team joined and connected; returns (global, team).
@@ -140,7 +140,7 @@ async fn global_closed_by_server_is_reopened_and_replayed_joins_open_no_second_s
     );
     let outcome = goodbye(global, client).await;
     assert_eq!(outcome.report.teams[0].reconnects, 0);
-    assert_eq!(outcome.snapshot.global.connects, 2);
+    assert_eq!(outcome.snapshot.global.connects(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -217,7 +217,11 @@ async fn garbage_on_real_sockets_is_counted_and_harmless() {
     let bad_global: u64 = outcome.snapshot.stats.bad_global.values().sum();
     let bad_team: u64 = outcome.snapshot.stats.bad_team.values().sum();
     assert_eq!((bad_global, bad_team), (4, 4));
-    assert_eq!(outcome.snapshot.global.connects, 1, "Global never dropped");
+    assert_eq!(
+        outcome.snapshot.global.connects(),
+        1,
+        "Global never dropped"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -233,8 +237,8 @@ async fn unreachable_global_gives_up_only_when_asked() {
         .await
         .expect("join")
         .expect("no panic");
-    match result {
-        Err(RunError::GaveUp { last_error, .. }) => assert!(!last_error.is_empty()),
+    match result.map(|outcome| outcome.end) {
+        Ok(RunEnd::GaveUp { last_error, .. }) => assert!(!last_error.is_empty()),
         other => panic!("expected GaveUp, got {other:?}"),
     }
 }
@@ -271,16 +275,15 @@ async fn a_black_holed_global_is_detected_by_websocket_ping_and_reopened() {
     assert_eq!(second.path, "/global");
     second.send(json!({"type": "hello"}));
     let outcome = goodbye(second, client).await;
-    assert_eq!(outcome.snapshot.global.connects, 2);
+    assert_eq!(outcome.snapshot.global.connects(), 2);
     assert!(
         outcome
             .snapshot
             .global
-            .last_error
-            .as_deref()
+            .last_error()
             .is_some_and(|e| e.contains("silent")),
         "{:?}",
-        outcome.snapshot.global.last_error
+        outcome.snapshot.global.last_error()
     );
     drop(global);
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use switchboard::Config;
-use switchboard::runtime::{self, RunConfig, RunError, StopHandle};
+use switchboard::runtime::{self, RunConfig, RunEnd, StopHandle};
 use switchboard::transport::{TransportConfig, tls_with_ca_file};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -156,8 +156,8 @@ async fn wss_refuses_an_untrusted_certificate() {
         .await
         .expect("gives up within the deadline")
         .expect("no panic");
-    match result {
-        Err(RunError::GaveUp { last_error, .. }) => {
+    match result.map(|outcome| outcome.end) {
+        Ok(RunEnd::GaveUp { last_error, .. }) => {
             assert!(
                 last_error.to_lowercase().contains("certificate"),
                 "{last_error}"

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use switchboard::Config;
-use switchboard::runtime::{self, RunConfig, RunError, StopHandle};
+use switchboard::runtime::{self, RunConfig, RunEnd, RunError, StopHandle};
 use switchboard::transport::TransportConfig;
 use tracing::{info, warn};
 
@@ -141,7 +141,8 @@ fn raise_fd_limit() {
     }
 }
 
-/// SIGINT/SIGTERM: the first asks for a graceful shutdown, the second exits.
+/// SIGINT/SIGTERM: the first asks for a graceful shutdown, the second for
+/// an immediate one (report and state still written), a third exits at once.
 async fn watch_signals(stop: StopHandle) {
     #[cfg(unix)]
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -165,17 +166,23 @@ async fn watch_signals(stop: StopHandle) {
             _ = tokio::signal::ctrl_c() => {}
             _ = terminated => {}
         }
-        if stop.is_stopped() {
-            eprintln!("second signal: exiting now");
+        if stop.is_forced() {
+            eprintln!("third signal: exiting without a report");
             std::process::exit(130);
         }
-        info!("signal received: shutting down gracefully (again to force)");
-        stop.stop();
+        if stop.is_stopped() {
+            eprintln!("second signal: ending now (again to exit without a report)");
+            stop.force();
+        } else {
+            info!("signal received: shutting down gracefully (again to force)");
+            stop.stop();
+        }
     }
 }
 
-/// Runs the client to its end and prints its report. `Err` carries the
-/// exit code of a run that could not start or gave up.
+/// Runs the client to its end and prints its report, whatever the end.
+/// `Err` carries the exit code of a run that could not start or that did
+/// not end as asked (it gave up, or was forced).
 pub fn run_client(
     config: RunConfig,
     report: ReportFormat,
@@ -186,32 +193,40 @@ pub fn run_client(
     info!(seed = config.seed, url = %config.core.global_url, "starting");
     let stop = StopHandle::new();
     runtime.spawn(watch_signals(stop.clone()));
-    match runtime::run(&config, runtime.handle().clone(), &stop, on_tick) {
-        Ok(outcome) => {
-            match report {
-                ReportFormat::Table if outcome.report.teams.len() <= 100 => {
-                    print!("{}", outcome.report.table());
-                }
-                ReportFormat::Table => println!(
-                    "{} teams, {} messages, {} props (--report json for every team)",
-                    outcome.report.teams.len(),
-                    outcome.report.messages,
-                    outcome.report.props
-                ),
-                ReportFormat::Json => println!("{}", outcome.report.json()),
-            }
-            info!(
-                cause = ?outcome.cause,
-                ticks = outcome.ticks,
-                overruns = outcome.overruns,
-                elapsed_ms = outcome.elapsed.as_millis() as u64,
-                "run over"
-            );
-            Ok(outcome)
+    let outcome = match runtime::run(&config, runtime.handle().clone(), &stop, on_tick) {
+        Ok(outcome) => outcome,
+        Err(RunError::Config(error)) => return Err(usage_error(error)),
+    };
+    match report {
+        ReportFormat::Table if outcome.report.teams.len() <= 100 => {
+            print!("{}", outcome.report.table());
         }
-        Err(RunError::Config(error)) => Err(usage_error(error)),
-        Err(error @ RunError::GaveUp { .. }) => {
-            eprintln!("error: {error}");
+        ReportFormat::Table => println!(
+            "{} teams, {} messages, {} props (--report json for every team)",
+            outcome.report.teams.len(),
+            outcome.report.messages,
+            outcome.report.props
+        ),
+        ReportFormat::Json => println!("{}", outcome.report.json()),
+    }
+    info!(
+        end = ?outcome.end,
+        steps = outcome.steps,
+        overruns = outcome.overruns,
+        elapsed_ms = outcome.elapsed.as_millis() as u64,
+        "run over"
+    );
+    match &outcome.end {
+        RunEnd::Finished(_) | RunEnd::ShutdownTimedOut(_) => Ok(outcome),
+        RunEnd::Forced => Err(ExitCode::from(130)),
+        RunEnd::GaveUp {
+            down_for,
+            last_error,
+        } => {
+            eprintln!(
+                "error: Global API unreachable for {}ms: {last_error}",
+                down_for.as_millis()
+            );
             Err(ExitCode::FAILURE)
         }
     }
@@ -227,8 +242,11 @@ pub fn connect(global_url: String, args: &ClientArgs) -> ExitCode {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
-    match run_client(config, args.report, &runtime, &mut |_| {}) {
+    let code = match run_client(config, args.report, &runtime, &mut |_| {}) {
         Ok(_) => ExitCode::SUCCESS,
         Err(code) => code,
-    }
+    };
+    // A DNS lookup still running on a blocking thread must not hold the exit.
+    runtime.shutdown_background();
+    code
 }

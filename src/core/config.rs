@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use bevy_ecs::prelude::*;
 
+use super::url_policy::{HostPattern, TeamUrlPolicy};
+
 /// The longest tick: every event waits up to a tick, and a shutdown waits
 /// for the tick in progress, so a longer one would make both sluggish.
 pub const MAX_TICK: Duration = Duration::from_secs(1);
@@ -38,6 +40,14 @@ pub struct Config {
     /// Most inbound events taken from the bridge in one tick; the rest wait
     /// for the next tick, so one tick's work stays bounded.
     pub max_events_per_tick: usize,
+    /// Most teams the client keeps: a `team.join` for a new team beyond it
+    /// is refused (logged and counted), so a hostile Global cannot grow the
+    /// table, or the healthcheck reply, without bound.
+    pub max_teams: usize,
+    /// Open plaintext (`ws://`) team URLs handed out by a `wss://` Global.
+    pub allow_insecure_team_urls: bool,
+    /// Hosts team URLs may point to; empty allows any.
+    pub team_hosts: Vec<HostPattern>,
 }
 
 impl Default for Config {
@@ -54,6 +64,9 @@ impl Default for Config {
             close_timeout: Duration::from_secs(2),
             max_requests_in_flight: 512,
             max_events_per_tick: 65_536,
+            max_teams: 100_000,
+            allow_insecure_team_urls: false,
+            team_hosts: Vec::new(),
         }
     }
 }
@@ -124,6 +137,10 @@ pub struct Settings {
     pub max_requests_in_flight: usize,
     /// Events per tick.
     pub max_events_per_tick: usize,
+    /// Teams kept at most.
+    pub max_teams: usize,
+    /// Which team URLs are opened.
+    pub team_urls: TeamUrlPolicy,
 }
 
 impl Config {
@@ -136,8 +153,9 @@ impl Config {
                 Err(_) => Ok(u64::MAX / 4),
             }
         };
-        let settings = Settings {
-            global_url: crate::protocol::normalize_ws_url(&self.global_url)?,
+        let global_url = crate::protocol::normalize_ws_url(&self.global_url)?;
+        let mut settings = Settings {
+            global_url,
             tick: ms(self.tick, "tick")?,
             ping_interval: ms(self.ping_interval, "ping_interval")?,
             pong_timeout: ms(self.pong_timeout, "pong_timeout")?,
@@ -148,7 +166,14 @@ impl Config {
             close_timeout: ms(self.close_timeout, "close_timeout")?,
             max_requests_in_flight: self.max_requests_in_flight,
             max_events_per_tick: self.max_events_per_tick,
+            max_teams: self.max_teams,
+            team_urls: TeamUrlPolicy {
+                global_secure: false,
+                allow_insecure: self.allow_insecure_team_urls,
+                hosts: self.team_hosts.clone(),
+            },
         };
+        settings.team_urls.global_secure = settings.global_url.starts_with("wss://");
         if self.tick > MAX_TICK {
             return Err(ConfigError::TickTooLong);
         }
@@ -163,6 +188,9 @@ impl Config {
         }
         if settings.max_events_per_tick == 0 {
             return Err(ConfigError::ZeroCount("max_events_per_tick"));
+        }
+        if settings.max_teams == 0 {
+            return Err(ConfigError::ZeroCount("max_teams"));
         }
         Ok(settings)
     }

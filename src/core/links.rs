@@ -1,7 +1,8 @@
-//! Team link transitions, in one place. Every change of a team's
-//! [`LinkState`] goes through [`Links`], which keeps the connection table,
-//! the request queue and the deadline timers in step with it, so no system
-//! can move a team without its bookkeeping following.
+//! Connection transitions, in one place. Every change of a team's
+//! [`LinkState`], and every connection the core opens or gives up, goes
+//! through [`Links`], whose fields are private: no system can move a team or
+//! touch a socket without the connection table, the request queue and the
+//! deadline timers following.
 
 use bevy_ecs::prelude::*;
 use bevy_ecs::system::SystemParam;
@@ -10,9 +11,10 @@ use tracing::debug;
 use super::components::{AfterClose, Health, Link, LinkState};
 use super::config::Settings;
 use super::resources::{Clock, Connections, Jitter, Outbox, Owner, UrlRequests};
-use super::timers::Timers;
-use crate::bridge::{CLOSE_NORMAL, ConnKind, NetCommand, Outbound};
-use crate::protocol::{GlobalClientEvent, TeamId, clip, normalize_ws_url};
+use super::timers::{Due, Timers};
+use super::url_policy::TeamUrlError;
+use crate::bridge::{CLOSE_NORMAL, ConnId, ConnKind, NetCommand, Text};
+use crate::protocol::{GlobalClientEvent, TeamClientEvent, TeamId, clip, encode};
 
 /// Heartbeat timers of an open link.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -34,42 +36,47 @@ pub struct StateDeadline;
 /// Longest error text kept for a link (team or Global).
 pub(crate) const MAX_ERROR_LEN: usize = 200;
 
-/// Everything a team transition touches.
+/// Everything a connection transition touches.
 #[derive(SystemParam)]
 pub struct Links<'w> {
-    /// Core time.
-    pub clock: Res<'w, Clock>,
-    /// Tunables.
-    pub settings: Res<'w, Settings>,
+    clock: Res<'w, Clock>,
+    settings: Res<'w, Settings>,
     jitter: ResMut<'w, Jitter>,
-    /// Live connection ids.
-    pub conns: ResMut<'w, Connections>,
-    /// Commands for the transport.
-    pub outbox: ResMut<'w, Outbox>,
-    /// The `team.connect` queue.
-    pub requests: ResMut<'w, UrlRequests>,
-    /// Ping and pong-timeout timers.
-    pub beats: ResMut<'w, Timers<Beat>>,
+    conns: ResMut<'w, Connections>,
+    outbox: ResMut<'w, Outbox>,
+    requests: ResMut<'w, UrlRequests>,
+    beats: ResMut<'w, Timers<Beat>>,
     deadlines: ResMut<'w, Timers<StateDeadline>>,
 }
 
 impl Links<'_> {
+    /// Core time, ms.
+    pub fn now(&self) -> u64 {
+        self.clock.now
+    }
+
+    /// The validated configuration.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The `team.connect` queue, to read.
+    pub fn requests(&self) -> &UrlRequests {
+        &self.requests
+    }
+
     /// Moves `link` to `state`, keeping the queues and timers in step.
     fn set(&mut self, entity: Entity, link: &mut Link, state: LinkState) {
         match link.state {
             LinkState::NeedsUrl => self.requests.dequeue(entity),
-            LinkState::Requesting { .. } => {
-                self.requests.in_flight.remove(&entity);
-            }
+            LinkState::Requesting { .. } => self.requests.answered(entity),
             _ => {}
         }
         link.epoch = link.epoch.wrapping_add(1);
         link.state = state;
         match state {
             LinkState::NeedsUrl => self.requests.enqueue(entity),
-            LinkState::Requesting { .. } => {
-                self.requests.in_flight.insert(entity);
-            }
+            LinkState::Requesting { .. } => self.requests.sent(entity),
             _ => {}
         }
         if let Some(at) = state.deadline() {
@@ -78,8 +85,13 @@ impl Links<'_> {
     }
 
     /// The next state deadline due now, if any.
-    pub fn pop_due_deadline(&mut self) -> Option<crate::core::timers::Due<StateDeadline>> {
+    pub fn pop_due_deadline(&mut self) -> Option<Due<StateDeadline>> {
         self.deadlines.pop_due(self.clock.now)
+    }
+
+    /// The next heartbeat timer due now, if any.
+    pub fn pop_due_beat(&mut self) -> Option<Due<Beat>> {
+        self.beats.pop_due(self.clock.now)
     }
 
     /// A jittered backoff delay for the `attempts`-th consecutive failure.
@@ -89,6 +101,51 @@ impl Links<'_> {
             self.settings.backoff_min,
             self.settings.backoff_max,
         )
+    }
+
+    /// The longest-waiting team whose `team.connect` may go out now, if a
+    /// request slot is free.
+    pub fn next_to_request(&mut self) -> Option<Entity> {
+        if self.requests.in_flight() >= self.settings.max_requests_in_flight {
+            return None;
+        }
+        self.requests.pop()
+    }
+
+    /// Registers and opens the Global socket.
+    pub(crate) fn open_global(&mut self) -> ConnId {
+        let conn = self.conns.open(Owner::Global);
+        self.outbox.0.push(NetCommand::Open {
+            conn,
+            kind: ConnKind::Global,
+            url: self.settings.global_url.clone(),
+        });
+        conn
+    }
+
+    /// Sends a websocket-level ping on `conn`.
+    pub(crate) fn probe(&mut self, conn: ConnId) {
+        self.outbox.0.push(NetCommand::Probe { conn });
+    }
+
+    /// Sends a normal close on `conn`.
+    pub(crate) fn close_conn(&mut self, conn: ConnId) {
+        self.outbox.0.push(NetCommand::Close {
+            conn,
+            code: CLOSE_NORMAL,
+        });
+    }
+
+    /// The core is done with `conn`: with `abort`, it gives up on it (drop
+    /// it; what it already read still counts until its terminal event);
+    /// else its terminal event arrived.
+    pub(crate) fn release(&mut self, conn: ConnId, abort: bool) {
+        if abort {
+            self.conns.retire(conn);
+            self.outbox.0.push(NetCommand::Abort { conn });
+        } else {
+            self.conns.ended(conn);
+        }
     }
 
     /// `team.join`: a team not joined starts asking for a URL. Returns false
@@ -117,23 +174,18 @@ impl Links<'_> {
     }
 
     /// Sends `team.connect` for a team in `NeedsUrl` on the Global link.
-    pub fn request(
-        &mut self,
-        entity: Entity,
-        team: TeamId,
-        link: &mut Link,
-        global: crate::bridge::ConnId,
-    ) {
+    pub fn request(&mut self, entity: Entity, team: TeamId, link: &mut Link, global: ConnId) {
         self.outbox.0.push(NetCommand::Send {
             conn: global,
-            frame: Outbound::Global(GlobalClientEvent::TeamConnect { team_id: team }),
+            text: Text::from(encode(&GlobalClientEvent::TeamConnect { team_id: team })),
         });
         let deadline = self.clock.now + self.settings.request_timeout;
         self.set(entity, link, LinkState::Requesting { deadline });
     }
 
     /// A `team.connect` answer for a team in `Requesting`: open its socket.
-    /// A URL that cannot be opened fails the attempt like a refused connect.
+    /// A URL that cannot be opened, or that the policy refuses, fails the
+    /// attempt like a refused connect.
     pub fn connect(
         &mut self,
         entity: Entity,
@@ -141,11 +193,17 @@ impl Links<'_> {
         link: &mut Link,
         health: &mut Health,
         ws_url: &str,
-    ) -> Result<(), crate::protocol::UrlError> {
-        let url = match normalize_ws_url(ws_url) {
+    ) -> Result<(), TeamUrlError> {
+        let url = match self.settings.team_urls.admit(ws_url) {
             Ok(url) => url,
             Err(error) => {
-                self.fail(entity, link, health, &format!("bad ws_url: {error}"), false);
+                self.fail(
+                    entity,
+                    link,
+                    health,
+                    &format!("ws_url refused: {error}"),
+                    false,
+                );
                 return Err(error);
             }
         };
@@ -178,8 +236,31 @@ impl Links<'_> {
         );
     }
 
-    /// The link or the attempt failed without `team.left`: forget the socket
-    /// (aborting it if `abort`), and ask again after a jittered backoff.
+    /// Sends a `ping` on an open link and sets its pong check and the next
+    /// ping.
+    pub fn ping(&mut self, entity: Entity, link: &Link, unique_id: u64) {
+        let LinkState::Open { conn, .. } = link.state else {
+            return;
+        };
+        let now = self.clock.now;
+        self.outbox.0.push(NetCommand::Send {
+            conn,
+            text: Text::from(encode(&TeamClientEvent::Ping { unique_id })),
+        });
+        let (interval, timeout) = (self.settings.ping_interval, self.settings.pong_timeout);
+        self.beats.set(
+            now + timeout,
+            entity,
+            link.epoch,
+            Beat::PongCheck { sent_at: now },
+        );
+        self.beats
+            .set(now + interval, entity, link.epoch, Beat::Ping);
+    }
+
+    /// The link or the attempt failed without `team.left`: let go of the
+    /// socket (`abort`: we give up on it; else its terminal event arrived),
+    /// and ask again after a jittered backoff.
     pub fn fail(
         &mut self,
         entity: Entity,
@@ -196,10 +277,7 @@ impl Links<'_> {
             return;
         }
         if let Some(conn) = link.state.conn() {
-            self.conns.forget(conn);
-            if abort {
-                self.outbox.0.push(NetCommand::Abort { conn });
-            }
+            self.release(conn, abort);
         }
         if matches!(link.state, LinkState::Open { .. }) {
             health.reconnects += 1;
@@ -223,10 +301,7 @@ impl Links<'_> {
     pub fn close(&mut self, entity: Entity, link: &mut Link, after: AfterClose) {
         match link.state {
             LinkState::Connecting { conn, .. } | LinkState::Open { conn, .. } => {
-                self.outbox.0.push(NetCommand::Close {
-                    conn,
-                    code: CLOSE_NORMAL,
-                });
+                self.close_conn(conn);
                 let deadline = self.clock.now + self.settings.close_timeout;
                 self.set(
                     entity,
@@ -255,23 +330,20 @@ impl Links<'_> {
                     after,
                 };
             }
-            _ => self.settle(entity, link, after),
+            _ => self.settle_after_close(entity, link, after),
         }
     }
 
-    /// A `Closing` socket is gone (or is given up on, with `abort`).
+    /// A `Closing` socket is gone (or, with `abort`, is given up on).
     pub fn closed(&mut self, entity: Entity, link: &mut Link, abort: bool) {
         let LinkState::Closing { conn, after, .. } = link.state else {
             return;
         };
-        self.conns.forget(conn);
-        if abort {
-            self.outbox.0.push(NetCommand::Abort { conn });
-        }
-        self.settle(entity, link, after);
+        self.release(conn, abort);
+        self.settle_after_close(entity, link, after);
     }
 
-    fn settle(&mut self, entity: Entity, link: &mut Link, after: AfterClose) {
+    fn settle_after_close(&mut self, entity: Entity, link: &mut Link, after: AfterClose) {
         let state = match after {
             AfterClose::Left => LinkState::Left,
             AfterClose::Rejoin => LinkState::NeedsUrl,
@@ -287,6 +359,11 @@ impl Links<'_> {
         if matches!(link.state, LinkState::Backoff { .. }) {
             self.set(entity, link, LinkState::NeedsUrl);
         }
+    }
+
+    /// Teams whose `team.connect` is unanswered.
+    pub fn requests_in_flight(&self) -> Vec<Entity> {
+        self.requests.in_flight_teams()
     }
 
     /// The Global link dropped: a request sent on it will never be answered,

@@ -6,28 +6,30 @@
 
 pub mod components;
 pub mod config;
+pub mod global_link;
 pub mod links;
 pub mod resources;
 pub mod snapshot;
 pub mod systems;
 pub mod timers;
+pub mod url_policy;
 
 use std::time::Duration;
 
 use bevy_ecs::prelude::*;
 use bevy_ecs::schedule::ScheduleLabel;
 
-use crate::bridge::{EventSender, NetCommand, NetEvent, event_channel};
+use crate::bridge::{Doorbell, EventSender, NetCommand, NetEvent, TrySendError, event_channel};
 use crate::protocol::TeamStats;
 use components::{Counters, Health, Link, LinkState, Team};
 use config::{Config, ConfigError, Settings};
+use global_link::GlobalLink;
 use links::{Beat, StateDeadline};
 use resources::{
     Clock, Connections, GlobalInbox, Jitter, LogLimiter, NetInbox, Outbox, PendingHealthchecks,
     Shutdown, ShutdownCause, Stats, TeamInbox, TeamIndex, UrlRequests,
 };
 use snapshot::{Snapshot, TeamSnapshot};
-use systems::global::GlobalLink;
 use systems::heartbeat::PingIds;
 use timers::Timers;
 
@@ -73,16 +75,6 @@ pub struct Summary {
 #[derive(ScheduleLabel, Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Tick;
 
-/// Capacity of the inbound bridge. crossbeam preallocates every slot (80
-/// bytes each), so this is 5 MiB; at a 10ms tick it still carries 6.5
-/// million events a second before the transport has to wait.
-pub const EVENT_CHANNEL_CAPACITY: usize = 65_536;
-
-/// `push` could not hand the event to the core.
-#[derive(Debug, thiserror::Error)]
-#[error("the core's inbound channel is full ({EVENT_CHANNEL_CAPACITY} events); step it first")]
-pub struct InboxFull;
-
 /// `step_until` ran out of ticks before its condition held.
 #[derive(Debug, thiserror::Error)]
 #[error("condition still false after {0} ticks")]
@@ -100,7 +92,7 @@ impl Core {
     /// which asks for the Global link to be opened.
     pub fn new(config: &Config, seed: u64) -> Result<Core, ConfigError> {
         let settings: Settings = config.validate()?;
-        let (events, receiver) = event_channel(EVENT_CHANNEL_CAPACITY);
+        let (events, receiver) = event_channel();
         let mut world = World::new();
         world.insert_resource(settings);
         world.insert_resource(Clock::default());
@@ -132,15 +124,31 @@ impl Core {
         self.events.clone()
     }
 
+    /// What a driver sleeps on: rung when an event arrives.
+    pub fn doorbell(&self) -> Doorbell {
+        self.world.resource::<NetInbox>().0.doorbell()
+    }
+
     /// Queues one inbound event for the next tick.
-    pub fn push(&mut self, event: NetEvent) -> Result<(), InboxFull> {
-        self.events.try_send(event).map_err(|_| InboxFull)
+    pub fn push(&mut self, event: NetEvent) -> Result<(), TrySendError> {
+        self.events.try_send(event)
     }
 
     /// Advances the clock by one tick and runs the schedule.
     pub fn step(&mut self) {
+        self.step_ticks(1);
+    }
+
+    /// Advances the clock by `n` whole ticks and runs the schedule once:
+    /// for a driver that slept through ticks in which nothing was due.
+    pub fn step_ticks(&mut self, n: u64) {
         let tick = self.world.resource::<Settings>().tick;
-        self.advance(tick);
+        self.advance(tick.saturating_mul(n));
+    }
+
+    /// The tick length, in core time.
+    pub fn tick(&self) -> Duration {
+        Duration::from_millis(self.world.resource::<Settings>().tick)
     }
 
     /// Advances the clock by `dt` (rounded down to whole ms) and runs the
@@ -212,22 +220,17 @@ impl Core {
     /// quinn's `poll_timeout`: a driver or a test can sleep, or jump, until
     /// then. Stale timers count, so it may be early, never late.
     pub fn next_deadline(&self) -> Option<Duration> {
-        let settings = self.world.resource::<Settings>();
-        let global = self.world.resource::<GlobalLink>();
-        let shutdown = self.world.resource::<Shutdown>();
-        // Global's own deadlines matter only while the run goes on, or
-        // while it is closing.
-        let global_at = match global.state {
-            systems::global::GlobalState::Closing { .. } => {
-                global.next_deadline(settings.ping_interval, settings.pong_timeout)
-            }
-            _ if shutdown.cause.is_some() => None,
-            _ => global.next_deadline(settings.ping_interval, settings.pong_timeout),
-        };
+        let global = self
+            .global()
+            .next_due(
+                self.world.resource::<Settings>(),
+                self.world.resource::<Shutdown>(),
+            )
+            .map(|(at, _)| at);
         [
             self.world.resource::<Timers<Beat>>().next_at(),
             self.world.resource::<Timers<StateDeadline>>().next_at(),
-            global_at,
+            global,
         ]
         .into_iter()
         .flatten()
@@ -236,19 +239,20 @@ impl Core {
     }
 
     /// Whether a step at the current instant would do anything: events
-    /// wait on the bridge, a request waits for a slot, a shutdown waits to
-    /// begin, or a deadline has come.
+    /// wait on the bridge, a request may go out, a shutdown waits to begin,
+    /// or a deadline has come.
     pub fn has_pending_work(&self) -> bool {
         let now = self.world.resource::<Clock>().now;
-        let requests = self.world.resource::<UrlRequests>();
-        let settings = self.world.resource::<Settings>();
         let shutdown = self.world.resource::<Shutdown>();
+        let requests = systems::reconnect::request_channel(
+            self.global(),
+            shutdown,
+            self.world.resource::<UrlRequests>(),
+            self.world.resource::<Settings>(),
+        );
         !self.world.resource::<NetInbox>().0.is_empty()
             || (shutdown.cause.is_some() && !shutdown.begun)
-            || (requests.has_queued()
-                && requests.in_flight.len() < settings.max_requests_in_flight
-                && self.global().ready_conn().is_some()
-                && shutdown.cause.is_none())
+            || requests.is_some()
             || self
                 .next_deadline()
                 .is_some_and(|at| at <= Duration::from_millis(now))
@@ -378,10 +382,9 @@ fn build_schedule() -> Schedule {
     schedule.add_systems((
         ingest::route_net_events.in_set(CoreSystems::Ingest),
         (
-            global::maintain_global_link,
             global::admit_joined_teams,
             global::handle_global_events,
-            global::watch_global_liveness,
+            global::run_global_deadlines,
             shutdown::begin_shutdown,
         )
             .chain()

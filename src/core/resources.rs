@@ -31,7 +31,7 @@ impl Jitter {
     }
 }
 
-/// Inbound side of the bridge, drained with `try_recv` by the ingest system.
+/// Inbound side of the bridge, drained by the ingest system.
 #[derive(Resource)]
 pub struct NetInbox(pub EventReceiver);
 
@@ -48,12 +48,14 @@ pub enum Owner {
     Team(Entity),
 }
 
-/// Live connection ids and their owners. An id leaves this table the moment
-/// the core stops caring about it; events for ids not here are stale.
+/// Connection ids the core opened, with their owners, until the transport
+/// reports their end. A connection the core gave up on (and asked to be
+/// aborted) is *retired*: it no longer drives any state, but messages it
+/// had already read still arrive and still count, until its terminal event.
 #[derive(Resource, Default)]
 pub struct Connections {
     next: u64,
-    owners: HashMap<ConnId, Owner>,
+    owners: HashMap<ConnId, (Owner, bool)>,
 }
 
 impl Connections {
@@ -61,26 +63,33 @@ impl Connections {
     pub fn open(&mut self, owner: Owner) -> ConnId {
         self.next += 1;
         let conn = ConnId(self.next);
-        self.owners.insert(conn, owner);
+        self.owners.insert(conn, (owner, true));
         conn
     }
 
-    /// Who owns `conn`, if it is live.
-    pub fn owner(&self, conn: ConnId) -> Option<Owner> {
+    /// Who owns `conn`, and whether it is still live (not retired).
+    pub fn owner(&self, conn: ConnId) -> Option<(Owner, bool)> {
         self.owners.get(&conn).copied()
     }
 
-    /// Forgets `conn`.
-    pub fn forget(&mut self, conn: ConnId) {
+    /// The core gave up on `conn`: its terminal event is still to come.
+    pub fn retire(&mut self, conn: ConnId) {
+        if let Some((_, live)) = self.owners.get_mut(&conn) {
+            *live = false;
+        }
+    }
+
+    /// `conn` ended (its terminal event arrived): forget it.
+    pub fn ended(&mut self, conn: ConnId) {
         self.owners.remove(&conn);
     }
 
-    /// Live connections.
+    /// Connections not yet ended, retired ones included.
     pub fn len(&self) -> usize {
         self.owners.len()
     }
 
-    /// Whether no connection is live.
+    /// Whether every connection ended.
     pub fn is_empty(&self) -> bool {
         self.owners.is_empty()
     }
@@ -91,7 +100,8 @@ impl Connections {
 pub struct TeamIndex(pub BTreeMap<TeamId, Entity>);
 
 /// Teams waiting to send `team.connect` (first come, first served), and the
-/// requests in flight.
+/// requests in flight. Kept by hand, not queried: a tick then costs what
+/// it sends, not a scan of every team.
 #[derive(Resource, Default)]
 pub struct UrlRequests {
     /// Teams that entered `NeedsUrl`, oldest first. May hold stale entries
@@ -99,7 +109,7 @@ pub struct UrlRequests {
     queue: VecDeque<Entity>,
     queued: HashSet<Entity>,
     /// Teams in `Requesting`.
-    pub in_flight: BTreeSet<Entity>,
+    in_flight: BTreeSet<Entity>,
 }
 
 impl UrlRequests {
@@ -113,6 +123,26 @@ impl UrlRequests {
     /// Takes `entity` out of the queue.
     pub fn dequeue(&mut self, entity: Entity) {
         self.queued.remove(&entity);
+    }
+
+    /// `entity`'s request went out.
+    pub fn sent(&mut self, entity: Entity) {
+        self.in_flight.insert(entity);
+    }
+
+    /// `entity`'s request is no longer awaited.
+    pub fn answered(&mut self, entity: Entity) {
+        self.in_flight.remove(&entity);
+    }
+
+    /// Requests awaiting an answer.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// The teams whose request awaits an answer.
+    pub fn in_flight_teams(&self) -> Vec<Entity> {
+        self.in_flight.iter().copied().collect()
     }
 
     /// Whether any team waits to send its request.
@@ -168,8 +198,14 @@ pub struct Shutdown {
 pub struct Stats {
     /// Network events taken from the bridge.
     pub events: u64,
-    /// Events about connection ids the core had already given up on.
+    /// Events about connections that had already ended, or that the core
+    /// had given up on (other than messages).
     pub stale_events: u64,
+    /// Messages that arrived from a socket after the core gave up on it:
+    /// read before it was dropped, so counted.
+    pub late_messages: u64,
+    /// `team.join`s for new teams refused because the table was full.
+    pub refused_joins: u64,
     /// Bad frames on the Global connection, by class.
     pub bad_global: BTreeMap<&'static str, u64>,
     /// Bad frames on team connections, by class.

@@ -4,8 +4,8 @@
 use serde::Serialize;
 
 use super::components::{Counters, Health, LinkState};
+use super::global_link::GlobalLink;
 use super::resources::{Clock, Shutdown, Stats};
-use super::systems::global::GlobalLink;
 use crate::protocol::TeamId;
 
 /// The core at one instant.

@@ -1,64 +1,43 @@
-//! One websocket: the only code that does byte I/O. A task per socket
-//! takes turns, on one unsplit stream, between reading (frames → decoded
-//! `NetEvent`s, runs of messages batched) and writing its bounded queue,
-//! and reports exactly one terminal event when it ends.
+//! One websocket: the only code that does byte I/O on an open socket. A task
+//! per socket drives one unsplit stream by hand: each time it is polled it
+//! writes what the core queued, reads what the peer sent (frames → the
+//! [`Reader`] → bridge events), and checks its two deadlines. Reading never
+//! waits on a write, and a write never waits on reading; nothing is locked.
+//!
+//! It reports exactly one terminal event, and before it hands over whatever
+//! it had read: when the core aborts it too.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::{FutureExt, SinkExt, StreamExt};
-use tokio::sync::mpsc;
-use tokio::time::Instant;
+use futures_util::{Sink, Stream};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, Sleep};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tracing::debug;
 
-use super::TransportConfig;
-use crate::bridge::{CloseReason, ConnId, ConnKind, EventSender, Inbound, NetEvent, Outbound};
-use crate::protocol::{
-    DecodeError, TeamServerEvent, TeamServerEventRef, decode_global, decode_team_ref,
-};
+use super::dial::{DialConfig, Socket, dial};
+use crate::bridge::{CloseReason, ConnId, ConnKind, EventSender, NetEvent, Text};
+use crate::reader::{Frame, Reader};
 
 /// What the transport asks a connection task to do.
 #[derive(Debug)]
 pub(crate) enum Outgoing {
-    /// Send a frame.
-    Frame(Outbound),
+    /// Send a text frame.
+    Text(Text),
     /// Send a websocket ping.
     Probe,
-    /// Send a close frame, then wait (bounded) for the peer's.
+    /// Send a close frame, then wait for the peer's.
     Close(u16),
 }
 
-/// Hands an event to the core, waiting (without blocking the worker) while
-/// the bridge is full: reading stops, and TCP flow control slows the peer.
-/// Returns false when the core is gone.
-async fn emit(events: &EventSender, mut event: NetEvent) -> bool {
-    let mut pause = Duration::from_micros(200);
-    loop {
-        match events.try_send(event) {
-            Ok(()) => return true,
-            Err(crossbeam_channel::TrySendError::Disconnected(_)) => return false,
-            Err(crossbeam_channel::TrySendError::Full(back)) => {
-                event = back;
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(1));
-            }
-        }
-    }
-}
-
-fn describe_connect_error(error: &tungstenite::Error) -> String {
-    if let tungstenite::Error::Io(io) = error
-        && io.raw_os_error() == Some(24)
-    {
-        return "out of file descriptors (EMFILE): raise the open-files limit (ulimit -n)".into();
-    }
-    if let tungstenite::Error::Http(response) = error {
-        return format!("handshake refused: HTTP {}", response.status());
-    }
-    crate::protocol::clip(&error.to_string(), 200)
-}
+/// Most frames read in one poll before the task yields to its neighbours.
+const READ_BURST: u32 = 1024;
 
 fn close_reason(error: &tungstenite::Error) -> CloseReason {
     use std::io::ErrorKind;
@@ -85,231 +64,278 @@ fn close_reason(error: &tungstenite::Error) -> CloseReason {
     }
 }
 
-/// Most frames read in one go before the outbound queue gets a turn, and
-/// the most messages in one batch.
-const READ_BURST: u32 = 1024;
-
-/// What the reading side carries between frames.
-struct Reader<'a> {
-    conn: ConnId,
-    kind: ConnKind,
-    events: &'a EventSender,
-    /// The run of `message` frames not yet handed over: (count, props).
-    run: (u32, u32),
+/// An open connection and everything its task carries between polls.
+struct Connection {
+    socket: Socket,
+    reader: Reader,
+    events: EventSender,
+    outgoing: mpsc::Receiver<Outgoing>,
+    cancel: oneshot::Receiver<CloseReason>,
+    /// Events read and not yet handed over (waiting for a credit).
+    handover: [Option<NetEvent>; 2],
+    /// An outbound item taken from the queue, waiting for the socket.
+    next_out: Option<Outgoing>,
+    /// Frames given to the socket and not yet flushed.
+    unflushed: bool,
+    /// Our close frame is out: nothing more is written.
+    closing: bool,
     /// The close code the peer sent, if it sent one.
     remote_code: Option<u16>,
+    /// Since when a write could not drain.
+    write_blocked_since: Option<Instant>,
+    /// A write that cannot drain, or a message that does not complete,
+    /// within this long ends the connection.
+    stall: Duration,
+    /// Armed at (or before) the earliest deadline; re-armed when it fires.
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
-impl Reader<'_> {
-    /// Hands over the pending run of messages. False if the core is gone.
-    async fn flush(&mut self) -> bool {
-        let (count, props) = std::mem::take(&mut self.run);
-        count == 0
-            || emit(
-                self.events,
-                NetEvent::Messages {
-                    conn: self.conn,
-                    count,
-                    props,
-                },
-            )
-            .await
-    }
-
-    /// Hands over one event, after the run before it. False if the core is gone.
-    async fn emit(&mut self, event: NetEvent) -> bool {
-        self.flush().await && emit(self.events, event).await
-    }
-
-    /// Acts on one frame read from the socket. `Some(reason)` when the
-    /// connection is over.
-    async fn on_frame(
-        &mut self,
-        frame: Option<Result<Message, tungstenite::Error>>,
-        closing: bool,
-    ) -> Option<CloseReason> {
-        let inbound = match frame {
-            None => {
-                return Some(match self.remote_code {
-                    _ if closing => CloseReason::Local,
-                    Some(code) => CloseReason::Remote { code },
-                    None => CloseReason::Reset,
-                });
+impl Connection {
+    /// Hands over queued events while credits last; false if some wait.
+    fn hand_over(&mut self, cx: &mut Context<'_>) -> Result<bool, CloseReason> {
+        for slot in &mut self.handover {
+            if slot.is_none() {
+                continue;
             }
-            Some(Err(error)) => return Some(close_reason(&error)),
-            Some(Ok(Message::Text(text))) => match self.kind {
-                ConnKind::Team(_) => match decode_team_ref(text.as_str()) {
-                    Ok(TeamServerEventRef::Message { text }) => {
-                        self.run.0 += 1;
-                        self.run.1 += u32::from(TeamServerEvent::is_props(&text));
-                        if self.run.0 >= READ_BURST && !self.flush().await {
-                            return Some(CloseReason::Local);
-                        }
-                        return None;
-                    }
-                    decoded => Inbound::Team(decoded.map(TeamServerEventRef::into_owned)),
-                },
-                ConnKind::Global => Inbound::Global(decode_global(text.as_str())),
-            },
-            Some(Ok(Message::Binary(bytes))) => {
-                bad(self.kind, DecodeError::Binary { len: bytes.len() })
+            match self.events.poll_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => return Err(CloseReason::Local),
+                Poll::Pending => return Ok(false),
             }
-            Some(Ok(Message::Close(frame))) => {
-                self.remote_code = Some(frame.map_or(1005, |f| u16::from(f.code)));
-                return None;
+            if let Some(event) = slot.take() {
+                self.events.send(event).map_err(|_| CloseReason::Local)?;
             }
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
-                let alive = NetEvent::Alive { conn: self.conn };
-                return (!self.emit(alive).await).then_some(CloseReason::Local);
-            }
-            Some(Ok(Message::Frame(_))) => return None,
-        };
-        let received = NetEvent::Received {
-            conn: self.conn,
-            frame: inbound,
-        };
-        (!self.emit(received).await).then_some(CloseReason::Local)
-    }
-}
-
-fn bad(kind: ConnKind, error: DecodeError) -> Inbound {
-    match kind {
-        ConnKind::Global => Inbound::Global(Err(error)),
-        ConnKind::Team(_) => Inbound::Team(Err(error)),
-    }
-}
-
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// Writes `first` and everything else already queued, then flushes once.
-/// A close frame ends writing: returns the time to stop waiting for the
-/// peer's answer.
-async fn write(
-    socket: &mut Socket,
-    first: Outgoing,
-    outgoing: &mut mpsc::Receiver<Outgoing>,
-    close_timeout: Duration,
-) -> Result<Option<Instant>, CloseReason> {
-    let mut next = Some(first);
-    while let Some(item) = next.take() {
-        let result = match item {
-            Outgoing::Frame(frame) => socket.feed(Message::text(frame.encode())).await,
-            Outgoing::Probe => socket.feed(Message::Ping(Default::default())).await,
-            Outgoing::Close(code) => {
-                let frame = CloseFrame {
-                    code: CloseCode::from(code),
-                    reason: "".into(),
-                };
-                // If this fails the read side sees the end soon enough.
-                let _ = socket.send(Message::Close(Some(frame))).await;
-                return Ok(Some(Instant::now() + close_timeout));
-            }
-        };
-        result.map_err(|e| close_reason(&e))?;
-        next = outgoing.try_recv().ok();
-    }
-    socket.flush().await.map_err(|e| close_reason(&e))?;
-    Ok(None)
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Runs one connection from connect to close. Sends exactly one of
-/// `OpenFailed` or `Opened … Closed`, unless the task is aborted.
-pub(crate) async fn run(
-    conn: ConnId,
-    kind: ConnKind,
-    url: String,
-    config: TransportConfig,
-    mut outgoing: mpsc::Receiver<Outgoing>,
-    events: EventSender,
-) {
-    let ws_config = config.websocket_config();
-    // Boxed: the handshake's state is kilobytes and would otherwise stay
-    // inline in this task for the socket's whole life.
-    let connector = config.tls.clone().map(tokio_tungstenite::Connector::Rustls);
-    let connecting = Box::pin(tokio_tungstenite::connect_async_tls_with_config(
-        url.as_str(),
-        Some(ws_config),
-        true,
-        connector,
-    ));
-    let mut socket = match tokio::time::timeout(config.connect_timeout, connecting).await {
-        Ok(Ok((socket, _response))) => socket,
-        Ok(Err(error)) => {
-            let error = describe_connect_error(&error);
-            emit(&events, NetEvent::OpenFailed { conn, error }).await;
-            return;
         }
-        Err(_) => {
-            let error = "connect timeout".to_owned();
-            emit(&events, NetEvent::OpenFailed { conn, error }).await;
-            return;
-        }
-    };
-    if !emit(&events, NetEvent::Opened { conn }).await {
-        return;
+        Ok(true)
     }
-    let mut reader = Reader {
+
+    /// Writes what the core queued, then flushes. Never waits.
+    fn write(&mut self, cx: &mut Context<'_>) -> Result<(), CloseReason> {
+        loop {
+            if self.next_out.is_none() {
+                match self.outgoing.poll_recv(cx) {
+                    Poll::Ready(Some(item)) => self.next_out = Some(item),
+                    // The transport dropped our queue: it is shutting down.
+                    Poll::Ready(None) => return Err(CloseReason::Local),
+                    Poll::Pending => break,
+                }
+            }
+            if self.closing {
+                self.next_out = None;
+                continue;
+            }
+            match Pin::new(&mut self.socket).poll_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Err(close_reason(&e)),
+                Poll::Pending => break,
+            }
+            let message = match self.next_out.take() {
+                Some(Outgoing::Text(text)) => {
+                    Message::Text(Utf8Bytes::try_from(text.bytes()).unwrap_or_default())
+                }
+                Some(Outgoing::Probe) => Message::Ping(Default::default()),
+                Some(Outgoing::Close(code)) => {
+                    self.closing = true;
+                    Message::Close(Some(CloseFrame {
+                        code: CloseCode::from(code),
+                        reason: "".into(),
+                    }))
+                }
+                None => continue,
+            };
+            Pin::new(&mut self.socket)
+                .start_send(message)
+                .map_err(|e| close_reason(&e))?;
+            self.unflushed = true;
+        }
+        if self.unflushed {
+            match Pin::new(&mut self.socket).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.unflushed = false,
+                Poll::Ready(Err(e)) => return Err(close_reason(&e)),
+                Poll::Pending => {}
+            }
+        }
+        let blocked = self.unflushed || self.next_out.is_some();
+        match (blocked, self.write_blocked_since) {
+            (true, None) => self.write_blocked_since = Some(Instant::now()),
+            (false, Some(_)) => self.write_blocked_since = None,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Reads what is buffered, up to a burst. `Err` when the connection is over.
+    fn read(&mut self, cx: &mut Context<'_>) -> Result<(), CloseReason> {
+        for _ in 0..READ_BURST {
+            if !self.hand_over(cx)? {
+                // No credit: stop reading, so TCP pushes back on the peer.
+                return Ok(());
+            }
+            let message = match Pin::new(&mut self.socket).poll_next(cx) {
+                Poll::Ready(Some(Ok(message))) => message,
+                Poll::Ready(Some(Err(e))) => return Err(close_reason(&e)),
+                Poll::Ready(None) => {
+                    return Err(match self.remote_code {
+                        _ if self.closing => CloseReason::Local,
+                        Some(code) => CloseReason::Remote { code },
+                        None => CloseReason::Reset,
+                    });
+                }
+                Poll::Pending => {
+                    // Nothing more buffered: the run goes now, not later.
+                    self.handover[0] = self.reader.flush();
+                    self.hand_over(cx)?;
+                    return Ok(());
+                }
+            };
+            let frame = match &message {
+                Message::Text(text) => Frame::Text(text.as_str()),
+                Message::Binary(bytes) => Frame::Binary(bytes.len()),
+                Message::Ping(_) | Message::Pong(_) => Frame::Control,
+                Message::Close(frame) => {
+                    self.remote_code = Some(frame.as_ref().map_or(1005, |f| u16::from(f.code)));
+                    continue;
+                }
+                Message::Frame(_) => continue,
+            };
+            self.handover = self.reader.frame(frame);
+        }
+        // A full burst: hand over what it read, let other sockets run, then
+        // carry on.
+        if self.hand_over(cx)? {
+            self.handover[0] = self.reader.flush();
+            self.hand_over(cx)?;
+        }
+        cx.waker().wake_by_ref();
+        Ok(())
+    }
+
+    /// The earliest of the stall deadlines, if any.
+    fn deadline(&self) -> Option<(Instant, &'static str)> {
+        let write = self
+            .write_blocked_since
+            .map(|t| (t + self.stall, "peer not reading"));
+        let partial = self
+            .socket
+            .get_ref()
+            .partial_since()
+            .map(|t| (Instant::from_std(t) + self.stall, "message left incomplete"));
+        match (write, partial) {
+            (Some(w), Some(p)) => Some(if w.0 <= p.0 { w } else { p }),
+            (w, p) => w.or(p),
+        }
+    }
+
+    /// Ends the connection on a passed deadline; otherwise makes sure the
+    /// timer fires no later than the next one.
+    fn watch_deadlines(&mut self, cx: &mut Context<'_>) -> Result<(), CloseReason> {
+        let Some((at, what)) = self.deadline() else {
+            return Ok(());
+        };
+        if at <= Instant::now() {
+            return Err(CloseReason::Stalled(what));
+        }
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        if timer.deadline() > at || timer.is_elapsed() {
+            timer.as_mut().reset(at);
+        }
+        // Registers the wake-up; if it already fired, poll again at once.
+        if timer.as_mut().poll(cx).is_ready() {
+            cx.waker().wake_by_ref();
+        }
+        Ok(())
+    }
+
+    fn poll_end(&mut self, cx: &mut Context<'_>) -> Poll<CloseReason> {
+        if let Poll::Ready(reason) = Pin::new(&mut self.cancel).poll(cx) {
+            // Told to go (or the transport is gone).
+            return Poll::Ready(reason.unwrap_or(CloseReason::Local));
+        }
+        let step = self
+            .write(cx)
+            .and_then(|()| self.read(cx))
+            .and_then(|()| self.watch_deadlines(cx));
+        match step {
+            Ok(()) => Poll::Pending,
+            Err(reason) => Poll::Ready(reason),
+        }
+    }
+
+    /// Hands over everything read, then the terminal event. Never waits.
+    fn finish(mut self, conn: ConnId, reason: CloseReason) {
+        let last = self.reader.flush();
+        for event in self
+            .handover
+            .iter_mut()
+            .filter_map(Option::take)
+            .chain(last)
+        {
+            let _ = self.events.send_final(event);
+        }
+        debug!(%conn, %reason, "connection ended");
+        let _ = self.events.send_final(NetEvent::Closed { conn, reason });
+    }
+}
+
+/// Everything a connection task starts with.
+pub(crate) struct Task {
+    pub conn: ConnId,
+    pub kind: ConnKind,
+    pub url: String,
+    pub config: Arc<DialConfig>,
+    pub stall: Duration,
+    pub outgoing: mpsc::Receiver<Outgoing>,
+    pub cancel: oneshot::Receiver<CloseReason>,
+    pub events: EventSender,
+}
+
+/// Runs one connection from dial to close: exactly one of `OpenFailed`, or
+/// `Opened … Closed`, whatever happens, cancellation included.
+pub(crate) async fn run(task: Task) {
+    let Task {
         conn,
         kind,
-        events: &events,
-        run: (0, 0),
-        remote_code: None,
+        url,
+        config,
+        stall,
+        outgoing,
+        mut cancel,
+        events,
+    } = task;
+    // Boxed: the handshake's state is kilobytes, and would otherwise stay
+    // inline in this task for the socket's whole life.
+    let dialing = Box::pin(async { dial(&url, &config).await });
+    let socket = tokio::select! {
+        dialed = dialing => dialed,
+        _ = &mut cancel => Err("aborted while connecting".to_owned()),
     };
-    // Set once our close frame is out: how long we wait for the peer's.
-    let mut closing: Option<Instant> = None;
-    // One task, one unsplit stream: reading and writing take turns, which
-    // costs nothing here (our frames are few and small) and saves the lock
-    // a split stream takes on every poll.
-    let reason = loop {
-        tokio::select! {
-            item = outgoing.recv(), if closing.is_none() => {
-                let Some(item) = item else {
-                    // The transport dropped our queue: it is shutting down.
-                    break CloseReason::Local;
-                };
-                match write(&mut socket, item, &mut outgoing, config.close_timeout).await {
-                    Ok(deadline) => closing = closing.or(deadline),
-                    Err(reason) => break reason,
-                }
-            }
-            frame = socket.next() => {
-                // Take everything already buffered, up to a burst, so a run
-                // of messages crosses the bridge as one event.
-                let mut frame = frame;
-                let mut budget = READ_BURST;
-                let ended = loop {
-                    if let Some(reason) = reader.on_frame(frame, closing.is_some()).await {
-                        break Some(reason);
-                    }
-                    budget -= 1;
-                    if budget == 0 {
-                        break None;
-                    }
-                    // Only when the budget allows: a frame taken here must
-                    // be handled, never dropped.
-                    match socket.next().now_or_never() {
-                        Some(next) => frame = next,
-                        None => break None,
-                    }
-                };
-                if !reader.flush().await {
-                    break CloseReason::Local;
-                }
-                if let Some(reason) = ended {
-                    break reason;
-                }
-            }
-            _ = sleep_until(closing) => break CloseReason::Local,
+    let socket = match socket {
+        Ok(socket) => socket,
+        Err(error) => {
+            let _ = events.send_final(NetEvent::OpenFailed { conn, error });
+            return;
         }
     };
-    debug!(%conn, %reason, "connection ended");
-    emit(&events, NetEvent::Closed { conn, reason }).await;
+    if events.send_final(NetEvent::Opened { conn }).is_err() {
+        return;
+    }
+    let mut connection = Connection {
+        socket,
+        reader: Reader::new(conn, kind),
+        events,
+        outgoing,
+        cancel,
+        handover: [None, None],
+        next_out: None,
+        unflushed: false,
+        closing: false,
+        remote_code: None,
+        write_blocked_since: None,
+        stall,
+        timer: None,
+    };
+    let reason = std::future::poll_fn(|cx| connection.poll_end(cx)).await;
+    connection.finish(conn, reason);
 }

@@ -7,26 +7,30 @@
 //! queue. A socket whose queue is full has a peer that stopped reading it;
 //! it is dropped and reported closed with [`CloseReason::Overflow`], so the
 //! core re-requests it instead of our memory growing.
+//!
+//! The transport keeps no timers of its own beyond two per-socket limits,
+//! both the core's pong timeout: a write that cannot drain and a message
+//! left incomplete end the socket. Handshakes and closes are timed by the
+//! core, which aborts what takes too long.
 
 mod connection;
+mod dial;
+mod guard;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::runtime::Handle;
-use tokio::sync::mpsc;
-use tokio::task::AbortHandle;
+use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use crate::bridge::{CloseReason, ConnId, EventSender, NetCommand, NetEvent};
+use crate::bridge::{CloseReason, ConnId, EventSender, NetCommand};
+use crate::core::config::Config;
 use connection::Outgoing;
+pub use guard::PartialBudget;
 
-/// Largest frame we will write: a healthcheck reply for ~900,000 teams.
-/// Frames are written one at a time, so this is not memory held per socket.
-const MAX_OUTBOUND_FRAME: usize = 64 << 20;
-
-/// Socket-level limits and sizes.
+/// Socket-level limits and TLS, as an operator sets them.
 #[derive(Clone, Debug)]
 pub struct TransportConfig {
     /// Largest message (and frame) accepted from a peer, in bytes. A larger
@@ -38,10 +42,9 @@ pub struct TransportConfig {
     pub read_buffer_size: usize,
     /// Frames queued per socket before the peer is deemed not reading.
     pub outbound_queue: usize,
-    /// Longest TCP + TLS + websocket handshake.
-    pub connect_timeout: Duration,
-    /// Longest wait for the peer's close frame after ours.
-    pub close_timeout: Duration,
+    /// Most bytes held in partially received messages, over all sockets: a
+    /// socket that would take the total past it is dropped.
+    pub max_partial_bytes: usize,
     /// TLS settings for `wss://`; `None` trusts the bundled web roots
     /// (webpki-roots). See [`tls_with_ca_file`] for a private CA.
     pub tls: Option<Arc<rustls::ClientConfig>>,
@@ -53,24 +56,22 @@ impl Default for TransportConfig {
             max_message_size: 1 << 20,
             read_buffer_size: 4 * 1024,
             outbound_queue: 1024,
-            connect_timeout: Duration::from_secs(10),
-            close_timeout: Duration::from_secs(2),
+            max_partial_bytes: 64 << 20,
             tls: None,
         }
     }
 }
 
 impl TransportConfig {
-    /// The tungstenite limits derived from this config.
-    pub fn websocket_config(&self) -> WebSocketConfig {
+    /// The tungstenite limits derived from this config; `max_outbound` is
+    /// the largest frame we may have to write (a healthcheck reply).
+    pub fn websocket_config(&self, max_outbound: usize) -> WebSocketConfig {
         let mut config = WebSocketConfig::default()
             .read_buffer_size(self.read_buffer_size)
             // Write eagerly: outbound frames are few and small, and an empty
             // buffer costs nothing per idle socket.
             .write_buffer_size(0)
-            // Our own frames: a healthcheck reply grows with the fleet
-            // (~70 bytes a team), so this is not tied to the inbound limit.
-            .max_write_buffer_size(MAX_OUTBOUND_FRAME)
+            .max_write_buffer_size(max_outbound)
             .max_message_size(Some(self.max_message_size));
         config.max_frame_size = Some(self.max_message_size);
         config
@@ -120,58 +121,83 @@ pub fn tls_with_ca_file(path: &std::path::Path) -> Result<Arc<rustls::ClientConf
 
 struct Socket {
     queue: mpsc::Sender<Outgoing>,
-    task: AbortHandle,
+    cancel: oneshot::Sender<CloseReason>,
 }
 
 /// Live sockets, keyed by the core's connection ids.
 pub struct Transport {
     runtime: Handle,
     events: EventSender,
-    config: TransportConfig,
+    outbound_queue: usize,
+    stall: Duration,
+    dial: Arc<dial::DialConfig>,
     sockets: HashMap<ConnId, Socket>,
 }
 
 impl Transport {
     /// A transport spawning its socket tasks on `runtime` and reporting to
-    /// `events`.
-    pub fn new(runtime: Handle, events: EventSender, config: TransportConfig) -> Transport {
+    /// `events`, with the socket limits of `config` and the deadlines and
+    /// frame cap that follow from the core's `core` config.
+    pub fn new(
+        runtime: Handle,
+        events: EventSender,
+        config: &TransportConfig,
+        core: &Config,
+    ) -> Transport {
+        let max_outbound = crate::core::systems::healthcheck::max_reply_bytes(core.max_teams);
+        let tls = OnceLock::new();
+        if let Some(custom) = &config.tls {
+            let _ = tls.set(custom.clone());
+        }
         Transport {
             runtime,
             events,
-            config,
+            outbound_queue: config.outbound_queue,
+            stall: core.pong_timeout,
+            dial: Arc::new(dial::DialConfig {
+                ws: config.websocket_config(max_outbound),
+                partial: PartialBudget::new(config.max_partial_bytes),
+                tls,
+            }),
             sockets: HashMap::new(),
         }
+    }
+
+    /// Bytes held in partially received messages right now.
+    pub fn partial_bytes(&self) -> usize {
+        self.dial.partial.held()
     }
 
     /// Carries out one command. Never blocks.
     pub fn execute(&mut self, command: NetCommand) {
         match command {
             NetCommand::Open { conn, kind, url } => {
-                let (queue, outgoing) = mpsc::channel(self.config.outbound_queue);
-                let task = self.runtime.spawn(connection::run(
+                let (queue, outgoing) = mpsc::channel(self.outbound_queue);
+                let (cancel, cancelled) = oneshot::channel();
+                self.runtime.spawn(connection::run(connection::Task {
                     conn,
                     kind,
                     url,
-                    self.config.clone(),
+                    config: self.dial.clone(),
+                    stall: self.stall,
                     outgoing,
-                    self.events.clone(),
-                ));
-                self.sockets.insert(
-                    conn,
-                    Socket {
-                        queue,
-                        task: task.abort_handle(),
-                    },
-                );
+                    cancel: cancelled,
+                    events: self.events.clone(),
+                }));
+                self.sockets.insert(conn, Socket { queue, cancel });
             }
-            NetCommand::Send { conn, frame } => self.enqueue(conn, Outgoing::Frame(frame)),
+            NetCommand::Send { conn, text } => self.enqueue(conn, Outgoing::Text(text)),
             NetCommand::Probe { conn } => self.enqueue(conn, Outgoing::Probe),
             NetCommand::Close { conn, code } => self.enqueue(conn, Outgoing::Close(code)),
-            NetCommand::Abort { conn } => {
-                if let Some(socket) = self.sockets.remove(&conn) {
-                    socket.task.abort();
-                }
-            }
+            NetCommand::Abort { conn } => self.cancel(conn, CloseReason::Aborted),
+        }
+    }
+
+    /// Ends a socket's task: it hands over what it read, then reports
+    /// `reason` as its terminal event.
+    fn cancel(&mut self, conn: ConnId, reason: CloseReason) {
+        if let Some(socket) = self.sockets.remove(&conn) {
+            let _ = socket.cancel.send(reason);
         }
     }
 
@@ -182,30 +208,20 @@ impl Transport {
         match socket.queue.try_send(item) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Closed(_)) => {
-                // The task ended; its Closed event is on its way.
+                // The task ended; its terminal event is on its way.
                 self.sockets.remove(&conn);
             }
             Err(mpsc::error::TrySendError::Full(_)) => {
-                if let Some(socket) = self.sockets.remove(&conn) {
-                    socket.task.abort();
-                }
                 tracing::warn!(%conn, "peer not reading: outbound queue full; dropping the socket");
-                // Reported from here: the aborted task cannot report itself.
-                let event = NetEvent::Closed {
-                    conn,
-                    reason: CloseReason::Overflow,
-                };
-                if self.events.try_send(event).is_err() {
-                    tracing::error!(%conn, "bridge full: overflow close not reported");
-                }
+                self.cancel(conn, CloseReason::Overflow);
             }
         }
     }
 
     /// Forgets sockets whose tasks have ended. O(sockets): the driver calls
-    /// it on a slow timer, not per tick.
+    /// it at most once a second, and only when it is awake anyway.
     pub fn sweep(&mut self) {
-        self.sockets.retain(|_, socket| !socket.task.is_finished());
+        self.sockets.retain(|_, socket| !socket.queue.is_closed());
     }
 
     /// Sockets whose tasks may still run.
@@ -218,10 +234,10 @@ impl Transport {
         self.sockets.is_empty()
     }
 
-    /// Drops every socket at once (last resort at exit).
+    /// Ends every socket at once (last resort at exit).
     pub fn abort_all(&mut self) {
         for (_, socket) in self.sockets.drain() {
-            socket.task.abort();
+            let _ = socket.cancel.send(CloseReason::Local);
         }
     }
 }

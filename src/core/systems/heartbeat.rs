@@ -4,17 +4,21 @@
 use bevy_ecs::prelude::*;
 use tracing::warn;
 
-use crate::bridge::{NetCommand, Outbound};
 use crate::core::components::{Health, Link, LinkState, MAX_PINGS_IN_FLIGHT, Team};
 use crate::core::links::{Beat, Links};
 use crate::core::resources::{LogLimiter, Stats};
-use crate::protocol::TeamClientEvent;
 
 /// Source of fresh ping ids, unique across all teams for the whole run.
 #[derive(Resource, Default)]
 pub struct PingIds(u64);
 
 /// Fires the heartbeat timers that are due. Cost: O(due timers).
+///
+/// A ping beat is also where failures are forgiven: a link that stayed open
+/// a whole ping interval and heard anything since it opened has proved the
+/// server healthy, so its next failure backs off from the start again. A
+/// `hello` alone forgives nothing: a server that greets and drops at once
+/// sees the backoff grow to its cap, not a retry storm.
 pub fn send_pings_and_check_pongs(
     mut ids: ResMut<PingIds>,
     mut stats: ResMut<Stats>,
@@ -22,12 +26,12 @@ pub fn send_pings_and_check_pongs(
     mut teams: Query<(&Team, &mut Link, &mut Health)>,
     mut links: Links,
 ) {
-    let now = links.clock.now;
-    while let Some(due) = links.beats.pop_due(now) {
+    let now = links.now();
+    while let Some(due) = links.pop_due_beat() {
         let Ok((team, mut link, mut health)) = teams.get_mut(due.entity) else {
             continue;
         };
-        let LinkState::Open { conn, .. } = link.state else {
+        let LinkState::Open { since, .. } = link.state else {
             continue;
         };
         if link.epoch != due.epoch {
@@ -35,28 +39,17 @@ pub fn send_pings_and_check_pongs(
         }
         match due.kind {
             Beat::Ping => {
+                if health.attempts > 0 && health.last_activity > since {
+                    health.attempts = 0;
+                }
                 ids.0 += 1;
                 let unique_id = ids.0;
-                links.outbox.0.push(NetCommand::Send {
-                    conn,
-                    frame: Outbound::Team(TeamClientEvent::Ping { unique_id }),
-                });
+                links.ping(due.entity, &link, unique_id);
                 if health.pings_in_flight.len() == MAX_PINGS_IN_FLIGHT {
                     health.pings_in_flight.pop_front();
                 }
                 health.pings_in_flight.push_back((unique_id, now));
                 stats.pings_sent += 1;
-                let (interval, timeout) =
-                    (links.settings.ping_interval, links.settings.pong_timeout);
-                links.beats.set(
-                    now + timeout,
-                    due.entity,
-                    link.epoch,
-                    Beat::PongCheck { sent_at: now },
-                );
-                links
-                    .beats
-                    .set(now + interval, due.entity, link.epoch, Beat::Ping);
             }
             Beat::PongCheck { sent_at } => {
                 if health.last_activity > sent_at {

@@ -3,10 +3,12 @@
 
 use bevy_ecs::prelude::*;
 
+use crate::bridge::ConnId;
 use crate::core::components::{Health, Link, LinkState, Team};
+use crate::core::config::Settings;
+use crate::core::global_link::GlobalLink;
 use crate::core::links::Links;
-use crate::core::resources::Shutdown;
-use crate::core::systems::global::GlobalLink;
+use crate::core::resources::{Shutdown, UrlRequests};
 
 /// Fires due state deadlines. A deadline counts only if the link is still in
 /// the state (same epoch) that set it. Cost: O(due timers).
@@ -39,6 +41,22 @@ pub fn expire_deadlines(mut teams: Query<(&mut Link, &mut Health)>, mut links: L
     }
 }
 
+/// The Global connection a request may go out on now, if any: Global is
+/// ready, the run is not ending, a team waits and a request slot is free.
+/// The one rule for both [`request_team_urls`] and
+/// [`crate::Core::has_pending_work`].
+pub fn request_channel(
+    global: &GlobalLink,
+    shutdown: &Shutdown,
+    requests: &UrlRequests,
+    settings: &Settings,
+) -> Option<ConnId> {
+    let may = shutdown.cause.is_none()
+        && requests.has_queued()
+        && requests.in_flight() < settings.max_requests_in_flight;
+    may.then(|| global.ready_conn()).flatten()
+}
+
 /// Sends `team.connect` for queued teams while the Global link is ready and
 /// request slots are free. Cost: O(requests sent).
 pub fn request_team_urls(
@@ -47,16 +65,10 @@ pub fn request_team_urls(
     mut teams: Query<(&Team, &mut Link)>,
     mut links: Links,
 ) {
-    let Some(conn) = global.ready_conn() else {
+    let Some(conn) = request_channel(&global, &shutdown, links.requests(), links.settings()) else {
         return;
     };
-    if shutdown.cause.is_some() {
-        return;
-    }
-    while links.requests.in_flight.len() < links.settings.max_requests_in_flight {
-        let Some(entity) = links.requests.pop() else {
-            break;
-        };
+    while let Some(entity) = links.next_to_request() {
         if let Ok((team, mut link)) = teams.get_mut(entity)
             && matches!(link.state, LinkState::NeedsUrl)
         {

@@ -3,17 +3,15 @@
 
 use bevy_ecs::prelude::*;
 
-use crate::bridge::{CLOSE_NORMAL, NetCommand};
 use crate::core::components::{AfterClose, Health, Link, LinkState};
+use crate::core::global_link::GlobalLink;
 use crate::core::links::Links;
 use crate::core::resources::Shutdown;
-use crate::core::systems::global::{GlobalLink, GlobalState};
 
 /// Once a shutdown is asked for, closes every team socket with a normal
 /// close and stops every team that has none. Runs its full scan once.
 pub fn begin_shutdown(
     mut shutdown: ResMut<Shutdown>,
-    mut global: ResMut<GlobalLink>,
     mut teams: Query<(Entity, &mut Link, &mut Health)>,
     mut links: Links,
 ) {
@@ -28,15 +26,6 @@ pub fn begin_shutdown(
             links.close(entity, &mut link, AfterClose::Stop);
         }
     }
-    match global.state {
-        GlobalState::Connecting { conn, .. } => {
-            links.outbox.0.push(NetCommand::Abort { conn });
-            links.conns.forget(conn);
-            global.state = GlobalState::Closed;
-        }
-        GlobalState::Idle | GlobalState::Backoff { .. } => global.state = GlobalState::Closed,
-        _ => {}
-    }
 }
 
 /// Closes the Global link at the end of a shutdown tick, after the
@@ -49,14 +38,5 @@ pub fn close_global_link(
     if !shutdown.begun {
         return;
     }
-    if let GlobalState::Open { conn, .. } = global.state {
-        links.outbox.0.push(NetCommand::Close {
-            conn,
-            code: CLOSE_NORMAL,
-        });
-        global.state = GlobalState::Closing {
-            conn,
-            deadline: links.clock.now + links.settings.close_timeout,
-        };
-    }
+    global.close(&mut links);
 }

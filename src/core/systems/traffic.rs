@@ -3,11 +3,10 @@
 use bevy_ecs::prelude::*;
 use tracing::{debug, info, warn};
 
-use crate::bridge::{Inbound, NetEvent};
+use crate::bridge::{Inbound, NetEvent, TeamControl};
 use crate::core::components::{AfterClose, Counters, Health, Link, LinkState, Team};
 use crate::core::links::Links;
 use crate::core::resources::{LogLimiter, Stats, TeamInbox};
-use crate::protocol::TeamServerEvent;
 
 /// Acts on this tick's team events in arrival order. Cost: O(events).
 pub fn handle_team_events(
@@ -17,15 +16,21 @@ pub fn handle_team_events(
     mut teams: Query<(&Team, &mut Link, &mut Counters, &mut Health)>,
     mut links: Links,
 ) {
-    let now = links.clock.now;
+    let now = links.now();
     for (entity, event) in inbox.0.drain(..) {
         let Ok((team, mut link, mut counters, mut health)) = teams.get_mut(entity) else {
             continue;
         };
-        // The connection table only routes live ids, but the state is the
-        // authority on which socket is the team's.
+        // The state is the authority on which socket is the team's. Messages
+        // from a socket the core gave up on were still received for the team.
         if link.state.conn() != Some(event.conn()) {
-            stats.stale_events += 1;
+            match event {
+                NetEvent::Messages { count, props, .. } => {
+                    counters.add(u64::from(count), u64::from(props));
+                    stats.late_messages += u64::from(count);
+                }
+                _ => stats.stale_events += 1,
+            }
             continue;
         }
         match event {
@@ -62,17 +67,14 @@ pub fn handle_team_events(
                     }
                 };
                 match decoded {
-                    Ok(TeamServerEvent::Message { text }) => {
-                        counters.add(1, u64::from(TeamServerEvent::is_props(&text)));
-                    }
-                    Ok(TeamServerEvent::Hello) => {
+                    Ok(TeamControl::Hello) => {
                         // The server accepted this link: failures so far are forgiven.
                         health.attempts = 0;
                     }
-                    Ok(TeamServerEvent::Pong { unique_id }) => {
+                    Ok(TeamControl::Pong { unique_id }) => {
                         on_pong(&mut health, unique_id, now);
                     }
-                    Ok(TeamServerEvent::TeamLeft { team_id }) if team_id != team.id => {
+                    Ok(TeamControl::TeamLeft { team_id }) if team_id != team.id => {
                         // Inconsistent: neither team is closed on its word.
                         health.bad_frames += 1;
                         *stats.bad_team.entry("team_left_mismatch").or_default() += 1;
@@ -80,7 +82,7 @@ pub fn handle_team_events(
                             warn!(team_id = %team.id, said = %team_id, "team.left for another team on this socket; ignored");
                         }
                     }
-                    Ok(TeamServerEvent::TeamLeft { .. }) => {
+                    Ok(TeamControl::TeamLeft { .. }) => {
                         if matches!(link.state, LinkState::Open { .. }) {
                             links.close(entity, &mut link, AfterClose::Left);
                             if let Some(suppressed) = limiter.allow("team_left", now) {
