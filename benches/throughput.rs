@@ -183,6 +183,7 @@ async fn switchboard_client(server: &Blaster, teams: u64, messages: u64) -> Dura
         seed: 1,
         status_interval: None,
         give_up_after: None,
+        tap: None,
     };
     let stop = StopHandle::new();
     let handle = tokio::runtime::Handle::current();
@@ -190,7 +191,7 @@ async fn switchboard_client(server: &Blaster, teams: u64, messages: u64) -> Dura
         let mut end = None;
         let mut last_check = Instant::now();
         let stopper = stop.clone();
-        let _ = runtime::run(&config, handle, &stop, &mut |core| {
+        let mut watch = |core: &switchboard::Core| {
             if end.is_none() && last_check.elapsed() >= Duration::from_millis(5) {
                 last_check = Instant::now();
                 if core.summary().messages >= total {
@@ -198,7 +199,8 @@ async fn switchboard_client(server: &Blaster, teams: u64, messages: u64) -> Dura
                     stopper.stop();
                 }
             }
-        });
+        };
+        let _ = runtime::run(&config, handle, &stop, &mut [&mut watch]);
         end.expect("all messages counted")
     })
     .await

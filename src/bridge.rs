@@ -19,10 +19,11 @@
 //! are handed out first come, first served, so a busy connection queues
 //! behind every other waiting connection for its next one: each gets a fair
 //! share per tick. Terminal events, and the last run of messages a closing
-//! socket read, never wait and are never dropped: each connection adds at
-//! most four credit-free events (opened, last run, the event read with it,
-//! terminal), so the channel holds at most `EVENT_CREDITS` plus four per
-//! live connection.
+//! socket read, never wait and are never dropped; nor do flow notices (at
+//! most one pause and one resume at a time). Each connection thus adds at
+//! most six credit-free events at once (opened, pause, resume, last run,
+//! the event read with it, terminal), so the channel holds at most
+//! `EVENT_CREDITS` plus six per live connection.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering, fence};
@@ -163,6 +164,22 @@ pub enum CloseReason {
     Error(String),
 }
 
+impl CloseReason {
+    /// A short, stable name for the kind of end, for counters.
+    pub fn class(&self) -> &'static str {
+        match self {
+            CloseReason::Remote { .. } => "remote_close",
+            CloseReason::Local => "local_close",
+            CloseReason::Reset => "reset",
+            CloseReason::TooLarge => "too_large",
+            CloseReason::Overflow => "overflow",
+            CloseReason::Stalled(_) => "stalled",
+            CloseReason::Aborted => "aborted",
+            CloseReason::Error(_) => "error",
+        }
+    }
+}
+
 impl fmt::Display for CloseReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -221,6 +238,15 @@ pub enum NetEvent {
         /// On which connection.
         conn: ConnId,
     },
+    /// The socket stopped reading because the message tap's consumer is
+    /// behind (`paused`), or started again. A paused link is not dead: the
+    /// peer's frames wait in TCP because we chose not to read them.
+    Flow {
+        /// On which connection.
+        conn: ConnId,
+        /// Whether reading is paused.
+        paused: bool,
+    },
     /// The connection ended.
     Closed {
         /// Which connection.
@@ -239,6 +265,7 @@ impl NetEvent {
             | NetEvent::Received { conn, .. }
             | NetEvent::Messages { conn, .. }
             | NetEvent::Alive { conn }
+            | NetEvent::Flow { conn, .. }
             | NetEvent::Closed { conn, .. } => *conn,
         }
     }

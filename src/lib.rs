@@ -19,6 +19,7 @@ pub mod reader;
 pub mod report;
 pub mod runtime;
 pub mod sim;
+pub mod tap;
 pub mod testkit;
 pub mod transport;
 

@@ -14,6 +14,9 @@ use crate::protocol::{
 /// Most messages in one run: bounds how many messages one event carries.
 pub const MAX_RUN: u32 = 1024;
 
+/// Called with each message's index on its connection and its text.
+pub type OnMessage<'a> = dyn FnMut(u64, &str) + 'a;
+
 /// One websocket frame as the socket delivered it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Frame<'a> {
@@ -52,10 +55,23 @@ impl Reader {
     /// Takes one frame; returns the events it completes, in order: the run
     /// it ended (or filled), then its own event.
     pub fn frame(&mut self, frame: Frame<'_>) -> [Option<NetEvent>; 2] {
+        self.frame_with(frame, None)
+    }
+
+    /// [`Reader::frame`], also giving each message's index on this
+    /// connection and its text to `on_message` (the message tap).
+    pub fn frame_with(
+        &mut self,
+        frame: Frame<'_>,
+        on_message: Option<&mut OnMessage<'_>>,
+    ) -> [Option<NetEvent>; 2] {
         let inbound = match frame {
             Frame::Text(text) => match self.kind {
                 ConnKind::Team(_) => match decode_team_ref(text) {
                     Ok(TeamServerEventRef::Message { text }) => {
+                        if let Some(on_message) = on_message {
+                            on_message(self.read, &text);
+                        }
                         self.read += 1;
                         self.run += 1;
                         self.run_props += u32::from(TeamServerEvent::is_props(&text));

@@ -20,9 +20,11 @@ use tracing::{info, warn};
 
 use crate::bridge::Wake;
 use crate::core::config::{Config, ConfigError};
+use crate::core::lifecycle::TeamEvent;
 use crate::core::resources::ShutdownCause;
 use crate::core::{Core, Summary};
 use crate::report::Report;
+use crate::tap::Tap;
 use crate::transport::{Transport, TransportConfig};
 
 /// Everything a run needs.
@@ -39,6 +41,9 @@ pub struct RunConfig {
     /// Give up (error) when Global has been unreachable this long; `None`
     /// to keep retrying forever, as a service should.
     pub give_up_after: Option<Duration>,
+    /// Where message texts and team events go, if anywhere (see
+    /// [`crate::tap`]).
+    pub tap: Option<Tap>,
 }
 
 /// How far a stop has been asked to go (0: not at all).
@@ -143,8 +148,46 @@ pub enum RunError {
     Config(#[from] ConfigError),
 }
 
-/// Called after each step with the core, for progress displays.
-pub type OnTick<'a> = &'a mut dyn FnMut(&Core);
+/// One step, as sidecars see it.
+#[derive(Debug)]
+pub struct Step<'a> {
+    /// When the step ran.
+    pub at: Instant,
+    /// How long the step (and handing its commands over) took.
+    pub took: Duration,
+    /// Team lifecycle events of the step, in order.
+    pub team_events: &'a [TeamEvent],
+}
+
+/// Something that runs beside the driver on its thread: it sees the core
+/// after every step, and at the end. It must never block: what takes time
+/// (disk, network) it hands to a thread or task of its own.
+pub trait Sidecar {
+    /// Once, before the first step, with a handle that wakes the driver
+    /// (for a sidecar that needs the core's attention from elsewhere).
+    fn start(&mut self, _core: &mut Core, _wake: &Wake) {}
+
+    /// After each step.
+    fn after_step(&mut self, core: &mut Core, step: &Step<'_>);
+
+    /// On a wake-up without a step.
+    fn on_wake(&mut self, _core: &mut Core) {}
+
+    /// When it needs calling next even if the core has nothing due.
+    fn next_wake(&self) -> Option<Instant> {
+        None
+    }
+
+    /// The run is over; finish by `deadline`.
+    fn finish(&mut self, _core: &mut Core, _end: &RunEnd, _deadline: Instant) {}
+}
+
+/// A closure is a sidecar that runs after each step (a progress display).
+impl<F: FnMut(&Core)> Sidecar for F {
+    fn after_step(&mut self, core: &mut Core, _step: &Step<'_>) {
+        self(core)
+    }
+}
 
 /// Runs until `goodbye`, a stop, or giving up. Blocks the calling thread,
 /// which must not be a tokio worker; socket tasks run on `runtime`.
@@ -152,16 +195,21 @@ pub fn run(
     config: &RunConfig,
     runtime: Handle,
     stop: &StopHandle,
-    on_tick: OnTick<'_>,
+    sidecars: &mut [&mut dyn Sidecar],
 ) -> Result<RunOutcome, RunError> {
     let mut core = Core::new(&config.core, config.seed)?;
     let doorbell = core.doorbell();
-    stop.attach(doorbell.waker());
+    let wake = doorbell.waker();
+    stop.attach(wake.clone());
+    for sidecar in sidecars.iter_mut() {
+        sidecar.start(&mut core, &wake);
+    }
     let mut transport = Transport::new(
         runtime,
         core.event_sender(),
         &config.transport,
         &config.core,
+        config.tap.clone(),
     );
     let tick = core.tick();
     let start = Instant::now();
@@ -195,8 +243,21 @@ pub fn run(
             for command in core.drain_commands() {
                 transport.execute(command);
             }
-            on_tick(&core);
             let took = began.elapsed();
+            let team_events = core.drain_team_events();
+            if let Some(tap) = &config.tap {
+                for event in &team_events {
+                    tap.team_event(event.clone());
+                }
+            }
+            let step = Step {
+                at: began,
+                took,
+                team_events: &team_events,
+            };
+            for sidecar in sidecars.iter_mut() {
+                sidecar.after_step(&mut core, &step);
+            }
             if took > tick {
                 overruns += 1;
                 if last_overrun_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
@@ -207,6 +268,10 @@ pub fn run(
                     last_overrun_log = Some(Instant::now());
                 }
             }
+        } else {
+            for sidecar in sidecars.iter_mut() {
+                sidecar.on_wake(&mut core);
+            }
         }
         let now = Instant::now();
         if core.is_finished() {
@@ -214,6 +279,9 @@ pub fn run(
         }
         // The wall-clock limits, each also a reason to wake.
         let mut wake_by: Option<Instant> = status.next();
+        for sidecar in sidecars.iter() {
+            wake_by = earliest(wake_by, sidecar.next_wake());
+        }
         if let Some(cause) = core.shutdown_cause() {
             let limit = *shutdown_at.get_or_insert(now) + shutdown_limit;
             if now >= limit {
@@ -255,6 +323,10 @@ pub fn run(
         }
     };
     transport.abort_all();
+    let finish_by = Instant::now() + FINISH_LIMIT;
+    for sidecar in sidecars.iter_mut() {
+        sidecar.finish(&mut core, &end, finish_by);
+    }
     let snapshot = core.snapshot();
     Ok(RunOutcome {
         end,
@@ -265,6 +337,9 @@ pub fn run(
         elapsed: start.elapsed(),
     })
 }
+
+/// How long sidecars get, together, to finish (save, publish) at the end.
+const FINISH_LIMIT: Duration = Duration::from_secs(5);
 
 fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     match (a, b) {

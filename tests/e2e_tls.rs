@@ -104,6 +104,7 @@ fn config(port: u16, transport: TransportConfig) -> RunConfig {
         seed: 1,
         status_interval: None,
         give_up_after: Some(Duration::from_millis(500)),
+        tap: None,
     }
 }
 
@@ -132,7 +133,7 @@ async fn wss_works_with_a_trusted_certificate() {
     );
     let handle = tokio::runtime::Handle::current();
     let run = tokio::task::spawn_blocking(move || {
-        runtime::run(&config, handle, &StopHandle::new(), &mut |_| {})
+        runtime::run(&config, handle, &StopHandle::new(), &mut [])
     });
     let outcome = tokio::time::timeout(DEADLINE, run)
         .await
@@ -150,7 +151,7 @@ async fn wss_refuses_an_untrusted_certificate() {
     let config = config(port, TransportConfig::default());
     let handle = tokio::runtime::Handle::current();
     let run = tokio::task::spawn_blocking(move || {
-        runtime::run(&config, handle, &StopHandle::new(), &mut |_| {})
+        runtime::run(&config, handle, &StopHandle::new(), &mut [])
     });
     let result = tokio::time::timeout(DEADLINE, run)
         .await

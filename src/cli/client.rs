@@ -129,6 +129,7 @@ impl ClientArgs {
             seed,
             status_interval: (!status.is_zero()).then_some(status),
             give_up_after: self.give_up_after.map(Into::into),
+            tap: None,
         })
     }
 }
@@ -187,13 +188,13 @@ pub fn run_client(
     config: RunConfig,
     report: ReportFormat,
     runtime: &tokio::runtime::Runtime,
-    on_tick: runtime::OnTick<'_>,
+    sidecars: &mut [&mut dyn runtime::Sidecar],
 ) -> Result<runtime::RunOutcome, ExitCode> {
     raise_fd_limit();
     info!(seed = config.seed, url = %config.core.global_url, "starting");
     let stop = StopHandle::new();
     runtime.spawn(watch_signals(stop.clone()));
-    let outcome = match runtime::run(&config, runtime.handle().clone(), &stop, on_tick) {
+    let outcome = match runtime::run(&config, runtime.handle().clone(), &stop, sidecars) {
         Ok(outcome) => outcome,
         Err(RunError::Config(error)) => return Err(usage_error(error)),
     };
@@ -242,7 +243,7 @@ pub fn connect(global_url: String, args: &ClientArgs) -> ExitCode {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
-    let code = match run_client(config, args.report, &runtime, &mut |_| {}) {
+    let code = match run_client(config, args.report, &runtime, &mut []) {
         Ok(_) => ExitCode::SUCCESS,
         Err(code) => code,
     };

@@ -85,9 +85,8 @@ pub fn run(args: &DemoArgs, format: LogFormat) -> ExitCode {
         last: Instant::now() - Duration::from_secs(60),
     };
     let verdict = runtime.spawn(server.verdict());
-    let outcome = run_client(config, args.client.report, &runtime, &mut |core| {
-        progress.tick(core)
-    });
+    let mut show = |core: &switchboard::Core| progress.tick(core);
+    let outcome = run_client(config, args.client.report, &runtime, &mut [&mut show]);
     progress.display.finish();
     let verdict = match runtime.block_on(verdict) {
         Ok(verdict) => verdict,

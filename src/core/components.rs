@@ -33,11 +33,18 @@ pub enum AfterClose {
 /// The team connection's state machine. Times are milliseconds of core time.
 ///
 /// ```text
-///  join ─▶ NeedsUrl ─▶ Requesting ─▶ Connecting ─▶ Open ─┐
-///              ▲            │             │          │    │ team.left
-///              └─ Backoff ◀─┴─────────────┴──────────┘    ▼
-///                  (drop, error, timeout)              Closing ─▶ Left
+///  Left ─join─▶ NeedsUrl ─▶ Requesting ─▶ Connecting ─▶ Open
+///   ▲             ▲  ▲          │  │           │         │
+///   │             │  └─requeue──┘  │           │         │  drop, error, timeout
+///   │             └──── Backoff ◀──┴───────────┴─────────┘
+///   │                                          │ team.left (from any joined state)
+///   └──────── Closing{Left} ◀──────────────────┘
+///               │ join while closing: Closing{Rejoin} ─(socket gone)─▶ NeedsUrl
+///  goodbye/stop: every joined state ─▶ Closing{Stop} ─▶ Stopped (no socket: Stopped at once)
 /// ```
+///
+/// `requeue`: the Global link dropped with the request unanswered; the team
+/// asks again on the next Global link, without backoff.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum LinkState {
@@ -84,6 +91,56 @@ pub enum LinkState {
 }
 
 impl LinkState {
+    /// Every state's name, in [`LinkState::index`] order.
+    pub const NAMES: [&'static str; 8] = [
+        "needs_url",
+        "requesting",
+        "connecting",
+        "open",
+        "backoff",
+        "closing",
+        "left",
+        "stopped",
+    ];
+
+    /// The state's position in [`LinkState::NAMES`].
+    pub fn index(&self) -> usize {
+        match self {
+            LinkState::NeedsUrl => 0,
+            LinkState::Requesting { .. } => 1,
+            LinkState::Connecting { .. } => 2,
+            LinkState::Open { .. } => 3,
+            LinkState::Backoff { .. } => 4,
+            LinkState::Closing { .. } => 5,
+            LinkState::Left => 6,
+            LinkState::Stopped => 7,
+        }
+    }
+
+    /// The state's name, as snapshots and metrics write it.
+    pub fn name(&self) -> &'static str {
+        Self::NAMES[self.index()]
+    }
+
+    /// The state's name, with what follows a close: for histories.
+    pub fn label(&self) -> &'static str {
+        match self {
+            LinkState::Closing {
+                after: AfterClose::Left,
+                ..
+            } => "closing (left)",
+            LinkState::Closing {
+                after: AfterClose::Rejoin,
+                ..
+            } => "closing (rejoin)",
+            LinkState::Closing {
+                after: AfterClose::Stop,
+                ..
+            } => "closing (stop)",
+            other => other.name(),
+        }
+    }
+
     /// The socket this state owns, if any.
     pub fn conn(&self) -> Option<ConnId> {
         match *self {
@@ -150,8 +207,7 @@ pub struct Counters {
 }
 
 impl Counters {
-    /// Counts `count` messages, `props` of them with props: the one place
-    /// messages are counted, whether they came one by one or as a run.
+    /// Counts `count` messages, `props` of them with props.
     pub fn add(&mut self, count: u64, props: u64) {
         self.message_count += count;
         self.props_count += props;
@@ -166,7 +222,8 @@ pub const MAX_PINGS_IN_FLIGHT: usize = 16;
 /// How the team's link has behaved.
 #[derive(Component, Clone, Debug, Default, Serialize)]
 pub struct Health {
-    /// Consecutive failed attempts; drives the backoff. Reset by a team `hello`.
+    /// Consecutive failed attempts; drives the backoff. Forgiven once a link
+    /// stayed up and heard something for a ping interval.
     pub attempts: u32,
     /// Links lost without `team.left` (dropped, timed out, dead), each re-requested.
     pub reconnects: u64,
@@ -177,6 +234,9 @@ pub struct Health {
     pub pings_in_flight: VecDeque<(u64, u64)>,
     /// When anything last arrived on the current socket.
     pub last_activity: u64,
+    /// The socket stopped reading for backpressure (the message tap's
+    /// consumer is behind): silence then is ours, not the peer's.
+    pub paused: bool,
     /// When the last matching `pong` arrived.
     pub last_pong: Option<u64>,
     /// Round-trip time of the last answered ping, in milliseconds.

@@ -8,8 +8,9 @@ use bevy_ecs::prelude::*;
 use bevy_ecs::system::SystemParam;
 use tracing::debug;
 
-use super::components::{AfterClose, Health, Link, LinkState};
+use super::components::{AfterClose, Counters, Health, Link, LinkState};
 use super::config::Settings;
+use super::lifecycle::{Fleet, Transition, Transitions};
 use super::resources::{Clock, Connections, Jitter, Outbox, Owner, UrlRequests};
 use super::timers::{Due, Timers};
 use super::url_policy::TeamUrlError;
@@ -47,6 +48,8 @@ pub struct Links<'w> {
     requests: ResMut<'w, UrlRequests>,
     beats: ResMut<'w, Timers<Beat>>,
     deadlines: ResMut<'w, Timers<StateDeadline>>,
+    fleet: ResMut<'w, Fleet>,
+    transitions: ResMut<'w, Transitions>,
 }
 
 impl Links<'_> {
@@ -67,6 +70,18 @@ impl Links<'_> {
 
     /// Moves `link` to `state`, keeping the queues and timers in step.
     fn set(&mut self, entity: Entity, link: &mut Link, state: LinkState) {
+        self.set_because(entity, link, state, None);
+    }
+
+    /// [`Links::set`], with the reason the history and events will give.
+    fn set_because(
+        &mut self,
+        entity: Entity,
+        link: &mut Link,
+        state: LinkState,
+        reason: Option<&str>,
+    ) {
+        self.note(entity, link.state, state, reason);
         match link.state {
             LinkState::NeedsUrl => self.requests.dequeue(entity),
             LinkState::Requesting { .. } => self.requests.answered(entity),
@@ -82,6 +97,25 @@ impl Links<'_> {
         if let Some(at) = state.deadline() {
             self.deadlines.set(at, entity, link.epoch, StateDeadline);
         }
+    }
+
+    /// Records a transition for the history, the events and the totals.
+    fn note(&mut self, entity: Entity, from: LinkState, to: LinkState, reason: Option<&str>) {
+        self.fleet.moved(from, to);
+        self.transitions.0.push(Transition {
+            entity,
+            at: self.clock.now,
+            from,
+            to,
+            reason: reason.map(|r| clip(r, MAX_ERROR_LEN)),
+        });
+    }
+
+    /// Counts messages received for a team: the one counting path, for the
+    /// team's counters and the fleet's totals alike.
+    pub fn count(&mut self, counters: &mut Counters, messages: u32, props: u32) {
+        counters.add(u64::from(messages), u64::from(props));
+        self.fleet.counted(u64::from(messages), u64::from(props));
     }
 
     /// The next state deadline due now, if any.
@@ -162,11 +196,13 @@ impl Links<'_> {
                 after: AfterClose::Left,
             } => {
                 // Keep the epoch: the close deadline still applies.
-                link.state = LinkState::Closing {
+                let rejoin = LinkState::Closing {
                     conn,
                     deadline,
                     after: AfterClose::Rejoin,
                 };
+                self.note(entity, link.state, rejoin, None);
+                link.state = rejoin;
                 true
             }
             _ => false,
@@ -197,13 +233,8 @@ impl Links<'_> {
         let url = match self.settings.team_urls.admit(ws_url) {
             Ok(url) => url,
             Err(error) => {
-                self.fail(
-                    entity,
-                    link,
-                    health,
-                    &format!("ws_url refused: {error}"),
-                    false,
-                );
+                let detail = format!("ws_url refused: {error}");
+                self.fail(entity, link, health, "bad_url", &detail, false);
                 return Err(error);
             }
         };
@@ -226,6 +257,7 @@ impl Links<'_> {
         let now = self.clock.now;
         health.connects += 1;
         health.last_activity = now;
+        health.paused = false;
         health.pings_in_flight.clear();
         self.set(entity, link, LinkState::Open { conn, since: now });
         self.beats.set(
@@ -260,12 +292,14 @@ impl Links<'_> {
 
     /// The link or the attempt failed without `team.left`: let go of the
     /// socket (`abort`: we give up on it; else its terminal event arrived),
-    /// and ask again after a jittered backoff.
+    /// and ask again after a jittered backoff. `cause` is a short class
+    /// (counted per class when an open link drops), `error` the detail.
     pub fn fail(
         &mut self,
         entity: Entity,
         link: &mut Link,
         health: &mut Health,
+        cause: &'static str,
         error: &str,
         abort: bool,
     ) {
@@ -281,6 +315,8 @@ impl Links<'_> {
         }
         if matches!(link.state, LinkState::Open { .. }) {
             health.reconnects += 1;
+            self.fleet.reconnects += 1;
+            *self.fleet.drops.entry(cause).or_default() += 1;
         }
         let delay = self.backoff_delay(health.attempts);
         health.attempts = health.attempts.saturating_add(1);
@@ -293,7 +329,7 @@ impl Links<'_> {
             "team link failed; backing off"
         );
         let until = self.clock.now + delay;
-        self.set(entity, link, LinkState::Backoff { until });
+        self.set_because(entity, link, LinkState::Backoff { until }, Some(error));
     }
 
     /// Closes the team's socket with a normal close, then does `after`. A team

@@ -7,6 +7,7 @@
 pub mod components;
 pub mod config;
 pub mod global_link;
+pub mod lifecycle;
 pub mod links;
 pub mod resources;
 pub mod snapshot;
@@ -112,6 +113,9 @@ impl Core {
         world.init_resource::<PingIds>();
         world.init_resource::<Timers<Beat>>();
         world.init_resource::<Timers<StateDeadline>>();
+        world.init_resource::<lifecycle::Fleet>();
+        world.init_resource::<lifecycle::Transitions>();
+        world.init_resource::<lifecycle::TeamEvents>();
         Ok(Core {
             world,
             schedule: build_schedule(),
@@ -191,6 +195,17 @@ impl Core {
     /// Takes the commands produced since the last call, in order.
     pub fn drain_commands(&mut self) -> Vec<NetCommand> {
         std::mem::take(&mut self.world.resource_mut::<Outbox>().0)
+    }
+
+    /// Takes the team lifecycle events (joined, connected, dropped, left,
+    /// stopped) produced since the last call, in order.
+    pub fn drain_team_events(&mut self) -> Vec<lifecycle::TeamEvent> {
+        std::mem::take(&mut self.world.resource_mut::<lifecycle::TeamEvents>().0)
+    }
+
+    /// Fleet totals, kept as things happen: O(1).
+    pub fn fleet(&self) -> &lifecycle::Fleet {
+        self.world.resource::<lifecycle::Fleet>()
     }
 
     /// Asks for a graceful shutdown, as `goodbye` does: every socket gets a
@@ -307,31 +322,23 @@ impl Core {
         })
     }
 
-    /// Fleet totals, for status lines. O(teams): call it every few seconds,
-    /// not every tick.
+    /// Fleet totals, for status lines. O(1).
     pub fn summary(&self) -> Summary {
-        let mut summary = Summary::default();
-        for &entity in self.world.resource::<TeamIndex>().0.values() {
-            let (Some(link), Some(counters), Some(health)) = (
-                self.world.get::<Link>(entity),
-                self.world.get::<Counters>(entity),
-                self.world.get::<Health>(entity),
-            ) else {
-                continue;
-            };
-            summary.teams += 1;
-            match link.state {
-                LinkState::Open { .. } => summary.connected += 1,
-                LinkState::Left => summary.left += 1,
-                LinkState::Stopped | LinkState::Closing { .. } => {}
-                _ => summary.reconnecting += 1,
-            }
-            summary.messages += counters.message_count;
-            summary.props += counters.props_count;
-            summary.reconnects += health.reconnects;
+        let fleet = self.fleet();
+        let joined_down = ["needs_url", "requesting", "connecting", "backoff"]
+            .iter()
+            .map(|s| fleet.in_state(s))
+            .sum();
+        Summary {
+            teams: fleet.teams,
+            connected: fleet.in_state("open"),
+            reconnecting: joined_down,
+            left: fleet.in_state("left"),
+            messages: fleet.messages,
+            props: fleet.props,
+            reconnects: fleet.reconnects,
+            global_connected: self.global().ready_conn().is_some(),
         }
-        summary.global_connected = self.global().ready_conn().is_some();
-        summary
     }
 
     /// A full view of the core, in stable order.
@@ -350,6 +357,7 @@ impl Core {
                     link: link.state,
                     counters: *self.world.get::<Counters>(e)?,
                     health: self.world.get::<Health>(e)?.clone(),
+                    history: self.world.get::<lifecycle::History>(e)?.clone(),
                 })
             })
             .collect();
@@ -397,6 +405,7 @@ fn build_schedule() -> Schedule {
         (
             healthcheck::answer_healthchecks,
             shutdown::close_global_link,
+            lifecycle::tell_transitions,
         )
             .chain()
             .in_set(CoreSystems::Emit),

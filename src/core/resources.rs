@@ -221,6 +221,35 @@ pub struct Stats {
     pub pings_sent: u64,
     /// Team links declared dead for want of any frame after a ping.
     pub dead_links: u64,
+    /// Round-trip times of answered pings, in core time (tick resolution).
+    pub rtt: RttHistogram,
+}
+
+/// Answered-ping round trips, in fixed buckets (ms, upper bounds inclusive).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RttHistogram {
+    /// Pings answered within each bound of [`RttHistogram::BOUNDS_MS`], and
+    /// (last) above them all.
+    pub buckets: [u64; RttHistogram::BOUNDS_MS.len() + 1],
+    /// Sum of all round trips, ms.
+    pub sum_ms: u64,
+}
+
+impl RttHistogram {
+    /// Bucket upper bounds, ms.
+    pub const BOUNDS_MS: [u64; 12] = [1, 5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000];
+
+    /// Records one round trip.
+    pub fn observe(&mut self, ms: u64) {
+        let i = Self::BOUNDS_MS.partition_point(|&b| b < ms);
+        self.buckets[i] += 1;
+        self.sum_ms = self.sum_ms.saturating_add(ms);
+    }
+
+    /// Round trips recorded.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
 }
 
 /// Rate limit for warnings a peer can trigger: at most `BURST` per `WINDOW`
@@ -265,6 +294,21 @@ mod tests {
                 assert!(jitter.backoff(attempts, 250, 30_000) <= ceiling);
             }
         }
+    }
+
+    #[test]
+    fn rtt_lands_in_the_first_bucket_that_holds_it() {
+        let mut rtt = RttHistogram::default();
+        for ms in [0, 1, 2, 10, 11, 10_000, 10_001] {
+            rtt.observe(ms);
+        }
+        assert_eq!(rtt.buckets[0], 2);
+        assert_eq!(rtt.buckets[1], 1);
+        assert_eq!(rtt.buckets[2], 1);
+        assert_eq!(rtt.buckets[3], 1);
+        assert_eq!(rtt.buckets[11], 1);
+        assert_eq!(rtt.buckets[12], 1);
+        assert_eq!(rtt.count(), 7);
     }
 
     #[test]

@@ -40,4 +40,6 @@ pub struct TeamSnapshot {
     pub counters: Counters,
     /// Its health.
     pub health: Health,
+    /// Its last few transitions.
+    pub history: super::lifecycle::History,
 }

@@ -24,6 +24,7 @@ use tracing::debug;
 use super::dial::{DialConfig, Socket, dial};
 use crate::bridge::{CloseReason, ConnId, ConnKind, EventSender, NetEvent, Text};
 use crate::reader::{Frame, Reader};
+use crate::tap::{SocketTap, Tap};
 
 /// What the transport asks a connection task to do.
 #[derive(Debug)]
@@ -88,6 +89,8 @@ struct Connection {
     stall: Duration,
     /// Armed at (or before) the earliest deadline; re-armed when it fires.
     timer: Option<Pin<Box<Sleep>>>,
+    /// Message texts for the tap's consumer, if there is one.
+    tap: Option<SocketTap>,
 }
 
 impl Connection {
@@ -164,11 +167,31 @@ impl Connection {
         Ok(())
     }
 
+    /// Whether the tap's consumer has taken the message it held back; if
+    /// so, tells the core reading goes on.
+    fn tap_released(&mut self, cx: &mut Context<'_>) -> Result<bool, CloseReason> {
+        let Some(tap) = self.tap.as_mut().filter(|t| t.is_holding()) else {
+            return Ok(true);
+        };
+        if tap.poll_release(cx).is_pending() {
+            return Ok(false);
+        }
+        let conn = self.reader.conn();
+        self.events
+            .send_final(NetEvent::Flow {
+                conn,
+                paused: false,
+            })
+            .map_err(|_| CloseReason::Local)?;
+        Ok(true)
+    }
+
     /// Reads what is buffered, up to a burst. `Err` when the connection is over.
     fn read(&mut self, cx: &mut Context<'_>) -> Result<(), CloseReason> {
         for _ in 0..READ_BURST {
-            if !self.hand_over(cx)? {
-                // No credit: stop reading, so TCP pushes back on the peer.
+            if !self.hand_over(cx)? || !self.tap_released(cx)? {
+                // No credit, or the tap's consumer is behind: stop reading,
+                // so TCP pushes back on the peer.
                 return Ok(());
             }
             let message = match Pin::new(&mut self.socket).poll_next(cx) {
@@ -198,7 +221,20 @@ impl Connection {
                 }
                 Message::Frame(_) => continue,
             };
-            self.handover = self.reader.frame(frame);
+            let mut pause = false;
+            self.handover = match self.tap.as_mut() {
+                None => self.reader.frame(frame),
+                Some(tap) => {
+                    let mut offer = |index: u64, text: &str| pause = tap.offer(index, text);
+                    self.reader.frame_with(frame, Some(&mut offer))
+                }
+            };
+            if pause {
+                let conn = self.reader.conn();
+                self.events
+                    .send_final(NetEvent::Flow { conn, paused: true })
+                    .map_err(|_| CloseReason::Local)?;
+            }
         }
         // A full burst: hand over what it read, let other sockets run, then
         // carry on.
@@ -265,6 +301,9 @@ impl Connection {
 
     /// Hands over everything read, then the terminal event. Never waits.
     fn finish(mut self, conn: ConnId, reason: CloseReason) {
+        if let Some(tap) = self.tap.as_mut() {
+            tap.release_now();
+        }
         let last = self.reader.flush();
         for event in self
             .handover
@@ -289,6 +328,7 @@ pub(crate) struct Task {
     pub outgoing: mpsc::Receiver<Outgoing>,
     pub cancel: oneshot::Receiver<CloseReason>,
     pub events: EventSender,
+    pub tap: Option<Tap>,
 }
 
 /// Runs one connection from dial to close: exactly one of `OpenFailed`, or
@@ -303,6 +343,7 @@ pub(crate) async fn run(task: Task) {
         outgoing,
         mut cancel,
         events,
+        tap,
     } = task;
     // Boxed: the handshake's state is kilobytes, and would otherwise stay
     // inline in this task for the socket's whole life.
@@ -335,6 +376,10 @@ pub(crate) async fn run(task: Task) {
         write_blocked_since: None,
         stall,
         timer: None,
+        tap: match (tap, kind) {
+            (Some(tap), ConnKind::Team(team)) => Some(SocketTap::new(&tap, team, conn)),
+            _ => None,
+        },
     };
     let reason = std::future::poll_fn(|cx| connection.poll_end(cx)).await;
     connection.finish(conn, reason);

@@ -27,6 +27,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::bridge::{CloseReason, ConnId, EventSender, NetCommand};
 use crate::core::config::Config;
+use crate::tap::Tap;
 use connection::Outgoing;
 pub use guard::PartialBudget;
 
@@ -131,18 +132,21 @@ pub struct Transport {
     outbound_queue: usize,
     stall: Duration,
     dial: Arc<dial::DialConfig>,
+    tap: Option<Tap>,
     sockets: HashMap<ConnId, Socket>,
 }
 
 impl Transport {
     /// A transport spawning its socket tasks on `runtime` and reporting to
     /// `events`, with the socket limits of `config` and the deadlines and
-    /// frame cap that follow from the core's `core` config.
+    /// frame cap that follow from the core's `core` config. With a `tap`,
+    /// every message text goes to its consumer too.
     pub fn new(
         runtime: Handle,
         events: EventSender,
         config: &TransportConfig,
         core: &Config,
+        tap: Option<Tap>,
     ) -> Transport {
         let max_outbound = crate::core::systems::healthcheck::max_reply_bytes(core.max_teams);
         let tls = OnceLock::new();
@@ -159,6 +163,7 @@ impl Transport {
                 partial: PartialBudget::new(config.max_partial_bytes),
                 tls,
             }),
+            tap,
             sockets: HashMap::new(),
         }
     }
@@ -183,6 +188,7 @@ impl Transport {
                     outgoing,
                     cancel: cancelled,
                     events: self.events.clone(),
+                    tap: self.tap.clone(),
                 }));
                 self.sockets.insert(conn, Socket { queue, cancel });
             }

@@ -203,13 +203,14 @@ pub fn start(global_url: String, tweak: impl FnOnce(&mut RunConfig)) -> Client {
         seed: 1,
         status_interval: None,
         give_up_after: None,
+        tap: None,
     };
     tweak(&mut config);
     let stop = StopHandle::new();
     let handle = tokio::runtime::Handle::current();
     let thread = {
         let stop = stop.clone();
-        std::thread::spawn(move || runtime::run(&config, handle, &stop, &mut |_| {}))
+        std::thread::spawn(move || runtime::run(&config, handle, &stop, &mut []))
     };
     Client { stop, thread }
 }

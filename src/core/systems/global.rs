@@ -9,6 +9,7 @@ use tracing::{debug, info, warn};
 use crate::bridge::{ConnId, Inbound, NetEvent};
 use crate::core::components::{AfterClose, Counters, Health, Link, LinkState, Team};
 use crate::core::global_link::{GlobalDue, GlobalLink};
+use crate::core::lifecycle::{Fleet, History};
 use crate::core::links::Links;
 use crate::core::resources::{
     GlobalInbox, LogLimiter, PendingHealthchecks, Shutdown, ShutdownCause, Stats, TeamIndex,
@@ -39,6 +40,7 @@ pub struct TeamTable<'w> {
     limiter: ResMut<'w, LogLimiter>,
     settings: Res<'w, crate::core::config::Settings>,
     clock: Res<'w, crate::core::resources::Clock>,
+    fleet: ResMut<'w, Fleet>,
 }
 
 /// Spawns an entity for every team id seen for the first time in this tick's
@@ -86,9 +88,11 @@ pub fn admit_joined_teams(
                 Link::default(),
                 Counters::default(),
                 Health::default(),
+                History::default(),
             ))
             .id();
         table.index.0.insert(team_id, entity);
+        table.fleet.admitted();
     }
 }
 
@@ -98,7 +102,7 @@ pub fn handle_global_events(mut inbox: ResMut<GlobalInbox>, mut lc: GlobalLifecy
         let now = lc.links.now();
         match event {
             NetEvent::Opened { conn } => lc.global.opened(conn, now),
-            NetEvent::Alive { .. } => lc.global.heard(now),
+            NetEvent::Alive { .. } | NetEvent::Flow { .. } => lc.global.heard(now),
             NetEvent::Messages { .. } => {
                 *lc.stats.ignored.entry("team frame on global").or_default() += 1;
             }
@@ -270,7 +274,7 @@ impl GlobalLifecycle<'_, '_> {
                     && matches!(link.state, LinkState::Requesting { .. })
                 {
                     let why = format!("team.connect refused: {}", clip(message, 120));
-                    links.fail(entity, &mut link, &mut health, &why, false);
+                    links.fail(entity, &mut link, &mut health, "refused", &why, false);
                 }
             }
             GlobalServerEvent::Healthcheck => pending.0.push(conn),

@@ -52,7 +52,7 @@ pub fn send_pings_and_check_pongs(
                 stats.pings_sent += 1;
             }
             Beat::PongCheck { sent_at } => {
-                if health.last_activity > sent_at {
+                if health.last_activity > sent_at || health.paused {
                     continue;
                 }
                 stats.dead_links += 1;
@@ -63,6 +63,7 @@ pub fn send_pings_and_check_pongs(
                     due.entity,
                     &mut link,
                     &mut health,
+                    "pong_timeout",
                     "no frame within pong timeout",
                     true,
                 );

@@ -28,12 +28,14 @@ pub fn expire_deadlines(mut teams: Query<(&mut Link, &mut Health)>, mut links: L
                     entity,
                     &mut link,
                     &mut health,
+                    "request_timeout",
                     "team.connect unanswered",
                     false,
                 );
             }
             LinkState::Connecting { .. } => {
-                links.fail(entity, &mut link, &mut health, "connect timeout", true);
+                let why = "connect timeout";
+                links.fail(entity, &mut link, &mut health, "connect_timeout", why, true);
             }
             LinkState::Closing { .. } => links.closed(entity, &mut link, true),
             _ => {}

@@ -26,7 +26,7 @@ pub fn handle_team_events(
         if link.state.conn() != Some(event.conn()) {
             match event {
                 NetEvent::Messages { count, props, .. } => {
-                    counters.add(u64::from(count), u64::from(props));
+                    links.count(&mut counters, count, props);
                     stats.late_messages += u64::from(count);
                 }
                 _ => stats.stale_events += 1,
@@ -41,12 +41,16 @@ pub fn handle_team_events(
                 }
             }
             NetEvent::OpenFailed { error, .. } => {
-                links.fail(entity, &mut link, &mut health, &error, false);
+                links.fail(entity, &mut link, &mut health, "open_failed", &error, false);
             }
             NetEvent::Alive { .. } => health.last_activity = now,
+            NetEvent::Flow { paused, .. } => {
+                health.paused = paused;
+                health.last_activity = now;
+            }
             NetEvent::Messages { count, props, .. } => {
                 health.last_activity = now;
-                counters.add(u64::from(count), u64::from(props));
+                links.count(&mut counters, count, props);
             }
             NetEvent::Closed { reason, .. } => {
                 if !matches!(link.state, LinkState::Closing { .. })
@@ -54,7 +58,15 @@ pub fn handle_team_events(
                 {
                     info!(team_id = %team.id, %reason, "team socket dropped; re-requesting");
                 }
-                links.fail(entity, &mut link, &mut health, &reason.to_string(), false);
+                let detail = reason.to_string();
+                links.fail(
+                    entity,
+                    &mut link,
+                    &mut health,
+                    reason.class(),
+                    &detail,
+                    false,
+                );
             }
             NetEvent::Received { frame, .. } => {
                 // Any frame, even a bad one, shows the link is alive.
@@ -72,7 +84,9 @@ pub fn handle_team_events(
                         health.attempts = 0;
                     }
                     Ok(TeamControl::Pong { unique_id }) => {
-                        on_pong(&mut health, unique_id, now);
+                        if let Some(rtt) = on_pong(&mut health, unique_id, now) {
+                            stats.rtt.observe(rtt);
+                        }
                     }
                     Ok(TeamControl::TeamLeft { team_id }) if team_id != team.id => {
                         // Inconsistent: neither team is closed on its word.
@@ -103,18 +117,18 @@ pub fn handle_team_events(
     }
 }
 
-/// Matches a pong to its ping. Pongs for older pings than the one answered
-/// are implied lost; an unknown id is still a sign of life, nothing more.
-fn on_pong(health: &mut Health, unique_id: u64, now: u64) {
-    let Some(pos) = health
+/// Matches a pong to its ping and returns the round trip. Pongs for older
+/// pings than the one answered are implied lost; an unknown id is still a
+/// sign of life, nothing more.
+fn on_pong(health: &mut Health, unique_id: u64, now: u64) -> Option<u64> {
+    let pos = health
         .pings_in_flight
         .iter()
-        .position(|&(id, _)| id == unique_id)
-    else {
-        return;
-    };
+        .position(|&(id, _)| id == unique_id)?;
     let (_, sent_at) = health.pings_in_flight[pos];
     health.pings_in_flight.drain(..=pos);
-    health.rtt_ms = Some(now - sent_at);
+    let rtt = now - sent_at;
+    health.rtt_ms = Some(rtt);
     health.last_pong = Some(now);
+    Some(rtt)
 }
