@@ -490,6 +490,11 @@ impl EventReceiver {
         self.rx.is_empty()
     }
 
+    /// Events waiting.
+    pub fn len(&self) -> usize {
+        self.rx.len()
+    }
+
     /// What a driver sleeps on between ticks. The thread that takes it is
     /// the one a ring or a [`Wake`] wakes.
     pub fn doorbell(&self) -> Doorbell {

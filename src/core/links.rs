@@ -90,7 +90,7 @@ impl Links<'_> {
         link.epoch = link.epoch.wrapping_add(1);
         link.state = state;
         match state {
-            LinkState::NeedsUrl => self.requests.enqueue(entity),
+            LinkState::NeedsUrl => self.requests.enqueue(entity, self.clock.now),
             LinkState::Requesting { .. } => self.requests.sent(entity),
             _ => {}
         }

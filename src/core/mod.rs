@@ -203,6 +203,51 @@ impl Core {
         std::mem::take(&mut self.world.resource_mut::<lifecycle::TeamEvents>().0)
     }
 
+    /// Events waiting on the bridge for the next step.
+    pub fn pending_events(&self) -> usize {
+        self.world.resource::<NetInbox>().0.len()
+    }
+
+    /// `team.connect` requests awaiting an answer.
+    pub fn requests_in_flight(&self) -> usize {
+        self.world.resource::<UrlRequests>().in_flight()
+    }
+
+    /// How long the team that has waited longest to send its `team.connect`
+    /// (held back by the in-flight cap, or by Global being down) has
+    /// waited, in core time.
+    pub fn url_backlog_age(&self) -> Option<Duration> {
+        let now = self.world.resource::<Clock>().now;
+        self.world
+            .resource::<UrlRequests>()
+            .oldest_since()
+            .map(|since| Duration::from_millis(now.saturating_sub(since)))
+    }
+
+    /// One team's full view, if it ever joined.
+    pub fn team(&self, id: crate::protocol::TeamId) -> Option<TeamSnapshot> {
+        let &entity = self.world.resource::<TeamIndex>().0.get(&id)?;
+        self.team_snapshot(entity)
+    }
+
+    fn team_snapshot(&self, e: Entity) -> Option<TeamSnapshot> {
+        let team = self.world.get::<Team>(e)?;
+        let link = self.world.get::<Link>(e)?;
+        Some(TeamSnapshot {
+            id: team.id,
+            connected: matches!(link.state, LinkState::Open { .. }),
+            link: link.state,
+            counters: *self.world.get::<Counters>(e)?,
+            health: self.world.get::<Health>(e)?.clone(),
+            history: self.world.get::<lifecycle::History>(e)?.clone(),
+        })
+    }
+
+    /// The validated configuration in core units.
+    pub fn settings(&self) -> &Settings {
+        self.world.resource::<Settings>()
+    }
+
     /// Fleet totals, kept as things happen: O(1).
     pub fn fleet(&self) -> &lifecycle::Fleet {
         self.world.resource::<lifecycle::Fleet>()
@@ -348,18 +393,7 @@ impl Core {
             .resource::<TeamIndex>()
             .0
             .values()
-            .filter_map(|&e| {
-                let team = self.world.get::<Team>(e)?;
-                let link = self.world.get::<Link>(e)?;
-                Some(TeamSnapshot {
-                    id: team.id,
-                    connected: matches!(link.state, LinkState::Open { .. }),
-                    link: link.state,
-                    counters: *self.world.get::<Counters>(e)?,
-                    health: self.world.get::<Health>(e)?.clone(),
-                    history: self.world.get::<lifecycle::History>(e)?.clone(),
-                })
-            })
+            .filter_map(|&e| self.team_snapshot(e))
             .collect();
         Snapshot {
             clock: *self.world.resource::<Clock>(),

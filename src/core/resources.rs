@@ -104,19 +104,20 @@ pub struct TeamIndex(pub BTreeMap<TeamId, Entity>);
 /// it sends, not a scan of every team.
 #[derive(Resource, Default)]
 pub struct UrlRequests {
-    /// Teams that entered `NeedsUrl`, oldest first. May hold stale entries
-    /// (teams that left `NeedsUrl` since); `queued` is the truth.
-    queue: VecDeque<Entity>,
+    /// Teams that entered `NeedsUrl`, oldest first, with when. May hold
+    /// stale entries (teams that left `NeedsUrl` since); `queued` is the
+    /// truth.
+    queue: VecDeque<(Entity, u64)>,
     queued: HashSet<Entity>,
     /// Teams in `Requesting`.
     in_flight: BTreeSet<Entity>,
 }
 
 impl UrlRequests {
-    /// Queues `entity` unless it already is.
-    pub fn enqueue(&mut self, entity: Entity) {
+    /// Queues `entity` (at core time `now`) unless it already is.
+    pub fn enqueue(&mut self, entity: Entity, now: u64) {
         if self.queued.insert(entity) {
-            self.queue.push_back(entity);
+            self.queue.push_back((entity, now));
         }
     }
 
@@ -152,12 +153,21 @@ impl UrlRequests {
 
     /// The longest-waiting queued team.
     pub fn pop(&mut self) -> Option<Entity> {
-        while let Some(entity) = self.queue.pop_front() {
+        while let Some((entity, _)) = self.queue.pop_front() {
             if self.queued.remove(&entity) {
                 return Some(entity);
             }
         }
         None
+    }
+
+    /// Since when the longest-waiting queued team has waited (stale
+    /// entries at the front are skipped, not removed: reads are free).
+    pub fn oldest_since(&self) -> Option<u64> {
+        self.queue
+            .iter()
+            .find(|(entity, _)| self.queued.contains(entity))
+            .map(|&(_, since)| since)
     }
 }
 
