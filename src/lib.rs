@@ -18,6 +18,7 @@ pub mod protocol;
 pub mod report;
 pub mod runtime;
 pub mod sim;
+pub mod store;
 pub mod testkit;
 pub mod transport;
 
