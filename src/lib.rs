@@ -20,6 +20,7 @@ pub mod report;
 pub mod runtime;
 pub mod sim;
 pub mod tap;
+pub mod store;
 pub mod testkit;
 pub mod transport;
 
