@@ -14,13 +14,14 @@
 
 pub mod bridge;
 pub mod core;
+pub mod persistence;
 pub mod protocol;
 pub mod reader;
 pub mod report;
 pub mod runtime;
 pub mod sim;
-pub mod tap;
 pub mod store;
+pub mod tap;
 pub mod testkit;
 pub mod transport;
 

@@ -46,18 +46,9 @@ const TEAMS: TableDefinition<u64, (bool, u64, u64)> = TableDefinition::new("team
 /// redb's page cache grows up to this; the file for 10,000 teams is far smaller.
 const CACHE_BYTES: usize = 16 * 1024 * 1024;
 
-/// One team as the state file keeps it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SavedTeam {
-    /// The team.
-    pub id: TeamId,
-    /// Joined and not left: a restart reconnects it.
-    pub joined: bool,
-    /// `message` events received over the team's whole life.
-    pub message_count: u64,
-    /// Those whose text contains `props`.
-    pub props_count: u64,
-}
+/// One team as the state file keeps it: the core's own record of what
+/// survives a restart.
+pub use crate::core::snapshot::SavedTeam;
 
 /// Why the state file cannot be opened, read or written. Each displays as
 /// one line naming the file.

@@ -947,3 +947,69 @@ fn same_inputs_and_seed_give_identical_commands_and_snapshots() {
     let (_, other) = scripted_run(43);
     assert_ne!(a_snap, other, "the seed drives the jitter");
 }
+
+#[test]
+fn restored_teams_resume_their_counts_and_reconnect_unless_global_disowns_them() {
+    use switchboard::store::SavedTeam;
+    let mut peer = Peer::new(31);
+    let saved = [
+        SavedTeam {
+            id: T1,
+            joined: true,
+            message_count: 40,
+            props_count: 4,
+        },
+        SavedTeam {
+            id: T2,
+            joined: true,
+            message_count: 7,
+            props_count: 0,
+        },
+        SavedTeam {
+            id: T3,
+            joined: false,
+            message_count: 9,
+            props_count: 9,
+        },
+    ];
+    peer.core
+        .restore(&saved)
+        .expect("restored before the first step");
+    peer.open_global();
+    // Joined teams ask for their URLs as soon as Global is ready; the one
+    // that had left waits for a join.
+    assert_eq!(peer.requests(), vec![T1, T2]);
+    let stats = peer.core.healthcheck();
+    assert_eq!(
+        stats
+            .iter()
+            .map(|s| (s.id, s.connected, s.message_count))
+            .collect::<Vec<_>>(),
+        vec![(T1, false, 40), (T2, false, 7), (T3, false, 9)]
+    );
+    // Global confirms T1 and connects it; it does not know T2 any more.
+    peer.join(T1);
+    peer.connect_team(T1);
+    peer.message(T1, "props");
+    peer.global_says(GlobalServerEvent::Error {
+        message: "team is not joined".into(),
+        received_message: Some(serde_json::json!({"type": "team.connect", "team_id": 2})),
+        team_id: Some(T2),
+    });
+    peer.step();
+    assert_eq!(team(&peer, T1).counters.message_count, 41);
+    assert!(team(&peer, T1).connected);
+    assert_eq!(
+        team(&peer, T2).link,
+        LinkState::Left,
+        "disowned: waits for a join"
+    );
+    peer.advance(Duration::from_secs(3));
+    let asked_for_t2 = peer.requests().iter().filter(|&&t| t == T2).count();
+    assert_eq!(asked_for_t2, 1, "no retries for a team that left");
+    assert_eq!(
+        peer.core.restore(&saved),
+        Err(switchboard::core::RestoreError::AlreadyRunning)
+    );
+    snapshot("restored_teams_resume_their_counts_and_reconnect", &peer);
+}

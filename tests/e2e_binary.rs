@@ -19,6 +19,7 @@ async fn the_brief_full_flow_against_the_binary() {
         .args(["connect", &server.url("/global")])
         .args(["--ping-interval", "200ms", "--pong-timeout", "5s"])
         .args(["--status-interval", "0s", "--report", "json"])
+        .args(["--state", "none"])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -87,4 +88,26 @@ async fn the_brief_full_flow_against_the_binary() {
     assert_eq!(report["teams"][0]["id"], 1);
     assert_eq!(report["teams"][0]["state"], "left");
     assert!(report["teams"][0]["last_rtt_ms"].is_u64());
+}
+
+#[test]
+fn a_foreign_state_file_stops_the_start_with_one_line_and_is_left_alone() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("not-a-state-file");
+    std::fs::write(&path, b"hello, I am somebody's notes\n").expect("write");
+    let output = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["connect", "ws://127.0.0.1:9/global", "--state"])
+        .arg(&path)
+        .output()
+        .expect("binary runs");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(lines[0].contains(&*path.to_string_lossy()), "{stderr}");
+    assert_eq!(
+        std::fs::read(&path).expect("read"),
+        b"hello, I am somebody's notes\n",
+        "untouched"
+    );
 }

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use switchboard::Config;
+use switchboard::persistence::Persistence;
 use switchboard::runtime::{self, RunConfig, RunEnd, RunError, StopHandle};
+use switchboard::store::Store;
 use switchboard::transport::TransportConfig;
 use tracing::{info, warn};
 
@@ -73,6 +75,62 @@ pub struct ClientArgs {
     /// Seed for backoff jitter (default: derived from the clock, and logged).
     #[arg(long, env = "SWITCHBOARD_SEED")]
     pub seed: Option<u64>,
+    /// The state file that keeps every team's counts across restarts, or
+    /// `none` [default for connect: a file per Global URL under
+    /// $XDG_STATE_HOME/switchboard; demo: none].
+    #[arg(long, env = "SWITCHBOARD_STATE")]
+    state: Option<String>,
+    /// How often changed counts are handed to the state file (and
+    /// committed): a kill -9 loses at most this much, plus one commit.
+    #[arg(long, env = "SWITCHBOARD_STATE_INTERVAL", value_parser = duration,
+          default_value_t = human(switchboard::persistence::DEFAULT_INTERVAL))]
+    state_interval: humantime::Duration,
+    #[arg(long, env = "SWITCHBOARD_MAX_TEAMS", help = max_teams_help())]
+    max_teams: Option<usize>,
+    /// Most bytes held in partially received messages over all sockets
+    /// (suffixes KiB, MiB); a socket that would pass it is dropped.
+    #[arg(long, env = "SWITCHBOARD_MAX_PARTIAL_BYTES", value_parser = byte_size,
+          default_value_t = TransportConfig::default().max_partial_bytes)]
+    max_partial_bytes: usize,
+    /// Open plaintext ws:// team URLs handed out by a wss:// Global.
+    #[arg(long, env = "SWITCHBOARD_ALLOW_INSECURE_TEAM_URLS")]
+    allow_insecure_team_urls: bool,
+    /// Only open team URLs on this host (example.com, *.example.com,
+    /// host:port); repeatable. Default: any host.
+    #[arg(long = "team-host", value_name = "PATTERN")]
+    team_hosts: Vec<switchboard::core::url_policy::HostPattern>,
+}
+
+/// What a team may cost in memory when the table is full: ~10 KiB of
+/// client RSS per connected team, plus the kernel's socket buffers of a
+/// busy one; the default `--max-teams` keeps a full table within RAM.
+const BYTES_PER_TEAM: u64 = 64 << 10;
+
+/// The default team limit: this machine's memory over [`BYTES_PER_TEAM`]
+/// (the library default if memory cannot be read).
+fn max_teams_for_memory() -> usize {
+    let total_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        });
+    match total_kib {
+        Some(kib) => usize::try_from((kib << 10) / BYTES_PER_TEAM)
+            .unwrap_or(usize::MAX)
+            .max(1),
+        None => Config::default().max_teams,
+    }
+}
+
+fn max_teams_help() -> String {
+    format!(
+        "Most teams kept; a team.join beyond it is refused and counted \
+         [default: this machine's memory at {} KiB a team: {}]",
+        BYTES_PER_TEAM >> 10,
+        max_teams_for_memory()
+    )
 }
 
 /// How the final report is printed.
@@ -107,6 +165,9 @@ impl ClientArgs {
             connect_timeout: self.connect_timeout.into(),
             request_timeout: self.request_timeout.into(),
             close_timeout: self.close_timeout.into(),
+            max_teams: self.max_teams.unwrap_or_else(max_teams_for_memory),
+            allow_insecure_team_urls: self.allow_insecure_team_urls,
+            team_hosts: self.team_hosts.clone(),
             ..base
         };
         if let Err(error) = core.validate() {
@@ -114,6 +175,7 @@ impl ClientArgs {
         }
         let mut transport = TransportConfig {
             max_message_size: self.max_message_size,
+            max_partial_bytes: self.max_partial_bytes,
             ..TransportConfig::default()
         };
         if let Some(path) = &self.ca_file {
@@ -131,6 +193,37 @@ impl ClientArgs {
             give_up_after: self.give_up_after.map(Into::into),
             tap: None,
         })
+    }
+}
+
+impl ClientArgs {
+    /// The state file for a run against `global_url`: `--state PATH`, or
+    /// none with `--state none`, or else the per-URL default when
+    /// `default_on`. A file that cannot be used stops the start (exit 2).
+    pub fn persistence(
+        &self,
+        global_url: &str,
+        max_teams: usize,
+        default_on: bool,
+    ) -> Result<Option<Persistence>, ExitCode> {
+        let path = match self.state.as_deref() {
+            Some("none") => return Ok(None),
+            Some(path) => std::path::PathBuf::from(path),
+            None if default_on => switchboard::store::default_path(global_url),
+            None => return Ok(None),
+        };
+        let store = Store::open(&path, global_url).map_err(usage_error)?;
+        let persistence =
+            Persistence::open(store, self.state_interval.into()).map_err(usage_error)?;
+        let saved = persistence.saved().len();
+        if saved > max_teams {
+            return Err(usage_error(format!(
+                "state file {} holds {saved} teams, above --max-teams {max_teams}",
+                path.display()
+            )));
+        }
+        info!(path = %path.display(), teams = saved, "state file");
+        Ok(Some(persistence))
     }
 }
 
@@ -235,15 +328,23 @@ pub fn run_client(
 
 /// `switchboard connect URL`.
 pub fn connect(global_url: String, args: &ClientArgs) -> ExitCode {
-    let config = match args.run_config(global_url, Config::default()) {
+    let config = match args.run_config(global_url.clone(), Config::default()) {
         Ok(config) => config,
+        Err(code) => return code,
+    };
+    let mut persistence = match args.persistence(&global_url, config.core.max_teams, true) {
+        Ok(persistence) => persistence,
         Err(code) => return code,
     };
     let runtime = match super::tokio_runtime() {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
-    let code = match run_client(config, args.report, &runtime, &mut []) {
+    let mut sidecars: Vec<&mut dyn runtime::Sidecar> = Vec::new();
+    if let Some(persistence) = persistence.as_mut() {
+        sidecars.push(persistence);
+    }
+    let code = match run_client(config, args.report, &runtime, &mut sidecars) {
         Ok(_) => ExitCode::SUCCESS,
         Err(code) => code,
     };

@@ -71,6 +71,15 @@ pub fn run(args: &DemoArgs, format: LogFormat) -> ExitCode {
         Ok(config) => config,
         Err(code) => return code,
     };
+    // The simulator starts fresh every time: no state file unless asked.
+    let mut persistence =
+        match args
+            .client
+            .persistence(&server.global_url(), config.core.max_teams, false)
+        {
+            Ok(persistence) => persistence,
+            Err(code) => return code,
+        };
     eprintln!(
         "demo: simulator on {} with {} teams, chaos level {}; the client connects to it",
         server.global_url(),
@@ -86,7 +95,11 @@ pub fn run(args: &DemoArgs, format: LogFormat) -> ExitCode {
     };
     let verdict = runtime.spawn(server.verdict());
     let mut show = |core: &switchboard::Core| progress.tick(core);
-    let outcome = run_client(config, args.client.report, &runtime, &mut [&mut show]);
+    let mut sidecars: Vec<&mut dyn switchboard::runtime::Sidecar> = vec![&mut show];
+    if let Some(persistence) = persistence.as_mut() {
+        sidecars.push(persistence);
+    }
+    let outcome = run_client(config, args.client.report, &runtime, &mut sidecars);
     progress.display.finish();
     let verdict = match runtime.block_on(verdict) {
         Ok(verdict) => verdict,

@@ -162,6 +162,20 @@ impl LinkState {
         }
     }
 
+    /// Whether the team counts as joined for a restart: joined now, about
+    /// to rejoin, or stopped by the end of the run (which is not leaving).
+    pub fn was_joined(&self) -> bool {
+        self.is_joined()
+            || matches!(
+                self,
+                LinkState::Stopped
+                    | LinkState::Closing {
+                        after: AfterClose::Rejoin | AfterClose::Stop,
+                        ..
+                    }
+            )
+    }
+
     /// Whether `team.join` should leave the team alone: it is already
     /// connected, on its way to a connection, or will retry by itself.
     pub fn is_joined(&self) -> bool {
@@ -234,6 +248,10 @@ pub struct Health {
     pub pings_in_flight: VecDeque<(u64, u64)>,
     /// When anything last arrived on the current socket.
     pub last_activity: u64,
+    /// Restored from saved state as joined, and not announced by a
+    /// `team.join` since: if Global refuses its `team.connect`, it left
+    /// while we were down.
+    pub resumed: bool,
     /// The socket stopped reading for backpressure (the message tap's
     /// consumer is behind): silence then is ours, not the peer's.
     pub paused: bool,

@@ -182,6 +182,26 @@ impl Links<'_> {
         }
     }
 
+    /// A team restored from saved state: its link starts where it was
+    /// (joined: asking for a URL at once; else left), without a transition
+    /// to tell (nothing happened: the team carries on).
+    pub(crate) fn restore(
+        &mut self,
+        entity: Entity,
+        link: &mut Link,
+        joined: bool,
+        counters: &Counters,
+    ) {
+        self.fleet.admitted();
+        self.fleet
+            .counted(counters.message_count, counters.props_count);
+        if joined {
+            self.fleet.moved(LinkState::Left, LinkState::NeedsUrl);
+            link.state = LinkState::NeedsUrl;
+            self.requests.enqueue(entity, self.clock.now);
+        }
+    }
+
     /// `team.join`: a team not joined starts asking for a URL. Returns false
     /// when the join changes nothing (already joined: duplicate join).
     pub fn join(&mut self, entity: Entity, link: &mut Link) -> bool {

@@ -22,6 +22,7 @@ use bevy_ecs::schedule::ScheduleLabel;
 
 use crate::bridge::{Doorbell, EventSender, NetCommand, NetEvent, TrySendError, event_channel};
 use crate::protocol::TeamStats;
+use bevy_ecs::system::RunSystemOnce;
 use components::{Counters, Health, Link, LinkState, Team};
 use config::{Config, ConfigError, Settings};
 use global_link::GlobalLink;
@@ -30,7 +31,7 @@ use resources::{
     Clock, Connections, GlobalInbox, Jitter, LogLimiter, NetInbox, Outbox, PendingHealthchecks,
     Shutdown, ShutdownCause, Stats, TeamInbox, TeamIndex, UrlRequests,
 };
-use snapshot::{Snapshot, TeamSnapshot};
+use snapshot::{SavedTeam, Snapshot, TeamSnapshot};
 use systems::heartbeat::PingIds;
 use timers::Timers;
 
@@ -76,6 +77,22 @@ pub struct Summary {
 #[derive(ScheduleLabel, Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Tick;
 
+/// Saved teams could not be restored.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RestoreError {
+    /// The core has already stepped: restoring now would race the run.
+    #[error("saved state can only be restored before the first step")]
+    AlreadyRunning,
+    /// More saved teams than `max_teams` allows.
+    #[error("the saved state holds {saved} teams, above --max-teams {max}")]
+    TooMany {
+        /// Teams saved.
+        saved: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
 /// `step_until` ran out of ticks before its condition held.
 #[derive(Debug, thiserror::Error)]
 #[error("condition still false after {0} ticks")]
@@ -86,6 +103,8 @@ pub struct Core {
     world: World,
     schedule: Schedule,
     events: EventSender,
+    /// Registered once, so it remembers what it already reported.
+    changed_teams: bevy_ecs::system::SystemId<(), Vec<SavedTeam>>,
 }
 
 impl Core {
@@ -116,11 +135,40 @@ impl Core {
         world.init_resource::<lifecycle::Fleet>();
         world.init_resource::<lifecycle::Transitions>();
         world.init_resource::<lifecycle::TeamEvents>();
+        let changed_teams = world.register_system(systems::restore::changed_teams);
         Ok(Core {
             world,
             schedule: build_schedule(),
             events,
+            changed_teams,
         })
+    }
+
+    /// Restores teams saved by an earlier run (see
+    /// [`crate::store`]), before the first step: each comes back with its
+    /// counts, and joined ones reconnect as soon as Global is ready.
+    pub fn restore(&mut self, saved: &[SavedTeam]) -> Result<(), RestoreError> {
+        if self.world.resource::<Clock>().tick > 0 {
+            return Err(RestoreError::AlreadyRunning);
+        }
+        let max = self.world.resource::<Settings>().max_teams;
+        if saved.len() > max {
+            return Err(RestoreError::TooMany {
+                saved: saved.len(),
+                max,
+            });
+        }
+        self.world
+            .run_system_once_with(systems::restore::restore_teams, saved.to_vec())
+            .map_err(|_| RestoreError::AlreadyRunning)
+    }
+
+    /// Teams whose counts or standing changed since the last call, for the
+    /// state store. O(teams): once per commit interval, not per tick.
+    pub fn changed_teams(&mut self) -> Vec<SavedTeam> {
+        self.world
+            .run_system(self.changed_teams)
+            .unwrap_or_default()
     }
 
     /// A sender for the transport: events it sends reach the next tick.

@@ -213,13 +213,15 @@ impl GlobalLifecycle<'_, '_> {
                 // A server that skips `hello` but announces teams is talking.
                 global.mark_ready();
                 // A team not in the table was refused by admit_joined_teams.
-                if let Some((entity, (_, mut link, _))) = index
+                if let Some((entity, (_, mut link, mut health))) = index
                     .0
                     .get(&team_id)
                     .and_then(|&e| teams.get_mut(e).ok().map(|t| (e, t)))
-                    && !links.join(entity, &mut link)
                 {
-                    ignore(stats, "duplicate team.join", team_id);
+                    health.resumed = false;
+                    if !links.join(entity, &mut link) {
+                        ignore(stats, "duplicate team.join", team_id);
+                    }
                 }
             }
             GlobalServerEvent::TeamLeft { team_id } => {
@@ -274,7 +276,18 @@ impl GlobalLifecycle<'_, '_> {
                     && matches!(link.state, LinkState::Requesting { .. })
                 {
                     let why = format!("team.connect refused: {}", clip(message, 120));
-                    links.fail(entity, &mut link, &mut health, "refused", &why, false);
+                    if health.resumed {
+                        // Restored as joined, and never announced since: the
+                        // Global does not know it any more (it left while we
+                        // were down). Waiting for a join beats retrying forever.
+                        health.resumed = false;
+                        links.close(entity, &mut link, AfterClose::Left);
+                        if limiter.allow("resumed_refused", now).is_some() {
+                            info!(team_id = %team_id, "team restored from state is unknown to Global; left");
+                        }
+                    } else {
+                        links.fail(entity, &mut link, &mut health, "refused", &why, false);
+                    }
                 }
             }
             GlobalServerEvent::Healthcheck => pending.0.push(conn),

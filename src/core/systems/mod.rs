@@ -6,5 +6,6 @@ pub mod healthcheck;
 pub mod heartbeat;
 pub mod ingest;
 pub mod reconnect;
+pub mod restore;
 pub mod shutdown;
 pub mod traffic;

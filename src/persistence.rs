@@ -1,0 +1,121 @@
+//! Keeps the state file current beside the driver: restores the saved teams
+//! before the first step, hands the teams whose counts changed to the
+//! store's writer (which commits on its own thread) at most once per
+//! interval, and flushes at the end of the run, whatever the end.
+//!
+//! After a `kill -9`, counts resume short by at most what arrived in the
+//! last interval plus one commit (the writer commits at most once per
+//! interval too, right after each hand-over).
+
+use std::time::{Duration, Instant};
+
+use tracing::{error, info, warn};
+
+use crate::bridge::Wake;
+use crate::core::Core;
+use crate::core::snapshot::SavedTeam;
+use crate::runtime::{RunEnd, Sidecar, Step};
+use crate::store::{Store, StoreError, StoreWriter, WriterStats};
+
+/// The default interval between hand-overs (and commits).
+pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(250);
+
+/// The state file, as a sidecar.
+pub struct Persistence {
+    saved: Vec<SavedTeam>,
+    writer: Option<StoreWriter>,
+    interval: Duration,
+    last: Instant,
+    /// A step ran since the last hand-over: something may have changed.
+    dirty: bool,
+    stats: Option<WriterStats>,
+}
+
+impl Persistence {
+    /// Loads `store` and starts its writer. The loaded teams are restored
+    /// when the run starts.
+    pub fn open(store: Store, interval: Duration) -> Result<Persistence, StoreError> {
+        let saved = store.load()?;
+        let writer = StoreWriter::spawn(store, interval)?;
+        Ok(Persistence {
+            saved,
+            writer: Some(writer),
+            interval,
+            last: Instant::now(),
+            dirty: false,
+            stats: None,
+        })
+    }
+
+    /// The teams the file held at start.
+    pub fn saved(&self) -> &[SavedTeam] {
+        &self.saved
+    }
+
+    /// The writer's figures (final ones once the run finished).
+    pub fn stats(&self) -> Option<WriterStats> {
+        self.stats
+            .or_else(|| self.writer.as_ref().map(StoreWriter::stats))
+    }
+
+    fn hand_over(&mut self, core: &mut Core) {
+        self.last = Instant::now();
+        self.dirty = false;
+        let changed = core.changed_teams();
+        if let Some(writer) = &self.writer
+            && !changed.is_empty()
+        {
+            writer.update(&changed);
+        }
+    }
+}
+
+impl Sidecar for Persistence {
+    fn start(&mut self, core: &mut Core, _wake: &Wake) {
+        let saved = std::mem::take(&mut self.saved);
+        match core.restore(&saved) {
+            Ok(()) if !saved.is_empty() => info!(
+                teams = saved.len(),
+                joined = saved.iter().filter(|t| t.joined).count(),
+                messages = saved.iter().map(|t| t.message_count).sum::<u64>(),
+                "resumed from the state file"
+            ),
+            Ok(()) => {}
+            Err(error) => error!(%error, "saved state not restored"),
+        }
+        self.saved = saved;
+        // Restored teams count as changed: they are all written again with
+        // the first hand-over, which is harmless (same values).
+        self.dirty = true;
+    }
+
+    fn after_step(&mut self, core: &mut Core, step: &Step<'_>) {
+        self.dirty = true;
+        if step.at.duration_since(self.last) >= self.interval {
+            self.hand_over(core);
+        }
+    }
+
+    fn on_wake(&mut self, core: &mut Core) {
+        if self.dirty && self.last.elapsed() >= self.interval {
+            self.hand_over(core);
+        }
+    }
+
+    fn next_wake(&self) -> Option<Instant> {
+        self.dirty.then_some(self.last + self.interval)
+    }
+
+    fn finish(&mut self, core: &mut Core, _end: &RunEnd, deadline: Instant) {
+        self.hand_over(core);
+        if let Some(writer) = self.writer.take() {
+            match writer.flush(deadline) {
+                Ok(stats) => {
+                    info!(commits = stats.commits, "state file saved");
+                    self.stats = Some(stats);
+                }
+                Err(error) => warn!(%error, "state file not fully saved"),
+            }
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! Counts survive a restart of the real binary: stopped with SIGTERM mid-run
+//! and started again on the same state file, the simulator's final check is
+//! exact; killed with SIGKILL, counts resume short by at most what arrived
+//! in the last state interval (plus one commit).
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use switchboard::sim::{Chaos, Scenario, SimConfig, SimServer, Verdict};
+
+const TEAMS: u64 = 20;
+const MESSAGES: u64 = 400;
+const RATE: f64 = 100.0;
+const STATE_INTERVAL_MS: u64 = 250;
+const DEADLINE: Duration = Duration::from_secs(30);
+
+async fn simulator() -> SimServer {
+    SimServer::start(SimConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        scenario: Scenario {
+            teams: TEAMS,
+            messages: MESSAGES,
+            rate: RATE,
+            leave_fraction: 0.0,
+            join_over: Duration::from_millis(100),
+            healthcheck_every: Duration::from_millis(200),
+            max_duration: Duration::from_secs(60),
+            ..Scenario::default()
+        },
+        chaos: Chaos::none(),
+        seed: 3,
+    })
+    .await
+    .expect("simulator binds")
+}
+
+fn client(url: &str, state: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["connect", url, "--state"])
+        .arg(state)
+        .args(["--state-interval", &format!("{STATE_INTERVAL_MS}ms")])
+        .args(["--ping-interval", "1s", "--pong-timeout", "1s"])
+        .args(["--backoff-min", "20ms", "--backoff-max", "200ms"])
+        .args(["--status-interval", "0s", "--report", "json"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("binary starts")
+}
+
+/// Waits (deadline-bounded) until the simulator has written `n` messages.
+async fn written(server: &SimServer, n: u64) {
+    let started = Instant::now();
+    while server.progress().messages < n {
+        assert!(started.elapsed() < DEADLINE, "simulator stalled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits (deadline-bounded) for the process to exit; its JSON report.
+async fn report(mut child: Child) -> Value {
+    let started = Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        assert!(started.elapsed() < DEADLINE, "client did not exit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let output = child.wait_with_output().expect("output");
+    serde_json::from_slice(&output.stdout).unwrap_or(Value::Null)
+}
+
+async fn verdict(server: SimServer) -> Verdict {
+    tokio::time::timeout(Duration::from_secs(90), server.verdict())
+        .await
+        .expect("verdict in time")
+}
+
+fn signal(child: &Child, sig: &str) {
+    let status = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_restart_mid_run_keeps_every_count() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state.redb");
+    let server = simulator().await;
+    let url = server.global_url();
+    let first = client(&url, &state);
+    written(&server, TEAMS * MESSAGES / 3).await;
+    signal(&first, "-TERM");
+    let stopped = report(first).await;
+    assert!(
+        stopped["messages"].as_u64().unwrap_or(0) > 0,
+        "first run counted: {stopped}"
+    );
+    let second = client(&url, &state);
+    let verdict = verdict(server).await;
+    let resumed = report(second).await;
+    assert!(verdict.verified, "{verdict}");
+    assert_eq!(resumed["messages"].as_u64(), Some(verdict.messages));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_kill_9_counts_resume_short_by_at_most_one_interval() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state.redb");
+    let server = simulator().await;
+    let url = server.global_url();
+    let first = client(&url, &state);
+    written(&server, TEAMS * MESSAGES / 3).await;
+    signal(&first, "-KILL");
+    let _ = report(first).await;
+    let second = client(&url, &state);
+    let verdict = verdict(server).await;
+    let resumed = report(second).await;
+    // Every team was written all its messages; the restarted client misses
+    // only what arrived after the last commit before the kill.
+    let bound = (RATE * (STATE_INTERVAL_MS as f64 / 1000.0 + 0.1)).ceil() as u64;
+    let teams = resumed["teams"].as_array().expect("teams in the report");
+    assert_eq!(teams.len() as u64, TEAMS, "{resumed}");
+    let mut worst = 0;
+    for team in teams {
+        let counted = team["messages"].as_u64().expect("count");
+        assert!(counted <= MESSAGES, "never doubled: {team}");
+        worst = worst.max(MESSAGES - counted);
+    }
+    eprintln!("kill -9: worst shortfall {worst} messages per team (bound {bound}); {verdict}");
+    assert!(worst <= bound, "short by {worst} > {bound}");
+}
+
+mod common;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_ends_at_once_and_still_reports_and_saves() {
+    use serde_json::json;
+    use switchboard::protocol::TeamId;
+    use switchboard::store::Store;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state.redb");
+    let mut server = common::Server::bind().await;
+    let url = server.url("/global");
+    let child = client(&url, &state);
+    let mut global = server.accept().await;
+    global.send(json!({"type": "hello"}));
+    global.send(json!({"type": "team.join", "team_id": 7}));
+    global.expect("team.connect").await;
+    global.send(json!({"type": "team.connect", "team_id": 7, "ws_url": server.url("/team/7")}));
+    let team = server.accept().await;
+    team.send(json!({"type": "hello"}));
+    for _ in 0..25 {
+        team.send(json!({"type": "message", "text": "props"}));
+    }
+    let started = Instant::now();
+    loop {
+        global.send(json!({"type": "healthcheck"}));
+        let reply = global.expect("healthcheck").await;
+        if reply["stats"][0]["message_count"] == 25 {
+            break;
+        }
+        assert!(started.elapsed() < DEADLINE, "never counted: {reply}");
+    }
+    // A Global that answers no close: a graceful stop would wait seconds.
+    global.freeze();
+    signal(&child, "-TERM");
+    let mut team = team;
+    assert_eq!(
+        team.closed_by_client().await,
+        Some(1000),
+        "graceful stop began"
+    );
+    signal(&child, "-TERM");
+    let mut child = child;
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(started.elapsed() < DEADLINE, "client did not exit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.code(), Some(130), "forced end");
+    let output = child.wait_with_output().expect("output");
+    let report: Value = serde_json::from_slice(&output.stdout).expect("JSON report");
+    assert_eq!(report["messages"], 25);
+    let saved = Store::open(&state, &url)
+        .and_then(|store| store.load())
+        .expect("state file readable");
+    assert_eq!(saved.len(), 1);
+    assert_eq!((saved[0].id, saved[0].message_count), (TeamId(7), 25));
+}
