@@ -210,12 +210,14 @@ pub enum NetEvent {
         /// Why, for logs.
         error: String,
     },
-    /// A frame arrived.
+    /// A frame arrived (other than a `message`: those come in runs).
     Received {
         /// On which connection.
         conn: ConnId,
-        /// The decoded frame, or why it is bad input.
-        frame: Inbound,
+        /// The decoded frame, or why it is bad input. Boxed: these are
+        /// rare next to runs of messages, and the largest variant would
+        /// otherwise size every event.
+        frame: Box<Inbound>,
     },
     /// A run of consecutive `message` frames on a team connection, decoded
     /// and classified on the I/O side and handed over as one event: the

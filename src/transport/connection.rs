@@ -14,7 +14,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::{Sink, Stream};
-use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, Sleep};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -22,20 +21,10 @@ use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tracing::debug;
 
 use super::dial::{DialConfig, Socket, dial};
-use crate::bridge::{CloseReason, ConnId, ConnKind, EventSender, NetEvent, Text};
+use super::mailbox::{Mailbox, Outgoing};
+use crate::bridge::{CloseReason, ConnId, ConnKind, EventSender, NetEvent};
 use crate::reader::{Frame, Reader};
 use crate::tap::{SocketTap, Tap};
-
-/// What the transport asks a connection task to do.
-#[derive(Debug)]
-pub(crate) enum Outgoing {
-    /// Send a text frame.
-    Text(Text),
-    /// Send a websocket ping.
-    Probe,
-    /// Send a close frame, then wait for the peer's.
-    Close(u16),
-}
 
 /// Most frames read in one poll before the task yields to its neighbours.
 const READ_BURST: u32 = 1024;
@@ -70,8 +59,7 @@ struct Connection {
     socket: Socket,
     reader: Reader,
     events: EventSender,
-    outgoing: mpsc::Receiver<Outgoing>,
-    cancel: oneshot::Receiver<CloseReason>,
+    mailbox: Arc<Mailbox>,
     /// Events read and not yet handed over (waiting for a credit).
     handover: [Option<NetEvent>; 2],
     /// An outbound item taken from the queue, waiting for the socket.
@@ -90,7 +78,7 @@ struct Connection {
     /// Armed at (or before) the earliest deadline; re-armed when it fires.
     timer: Option<Pin<Box<Sleep>>>,
     /// Message texts for the tap's consumer, if there is one.
-    tap: Option<SocketTap>,
+    tap: Option<Box<SocketTap>>,
 }
 
 impl Connection {
@@ -116,11 +104,9 @@ impl Connection {
     fn write(&mut self, cx: &mut Context<'_>) -> Result<(), CloseReason> {
         loop {
             if self.next_out.is_none() {
-                match self.outgoing.poll_recv(cx) {
-                    Poll::Ready(Some(item)) => self.next_out = Some(item),
-                    // The transport dropped our queue: it is shutting down.
-                    Poll::Ready(None) => return Err(CloseReason::Local),
-                    Poll::Pending => break,
+                match self.mailbox.poll_take(cx) {
+                    Some(item) => self.next_out = Some(item),
+                    None => break,
                 }
             }
             if self.closing {
@@ -285,9 +271,8 @@ impl Connection {
     }
 
     fn poll_end(&mut self, cx: &mut Context<'_>) -> Poll<CloseReason> {
-        if let Poll::Ready(reason) = Pin::new(&mut self.cancel).poll(cx) {
-            // Told to go (or the transport is gone).
-            return Poll::Ready(reason.unwrap_or(CloseReason::Local));
+        if let Poll::Ready(reason) = self.mailbox.poll_end(cx) {
+            return Poll::Ready(reason);
         }
         let step = self
             .write(cx)
@@ -315,6 +300,7 @@ impl Connection {
         }
         debug!(%conn, %reason, "connection ended");
         let _ = self.events.send_final(NetEvent::Closed { conn, reason });
+        self.mailbox.close();
     }
 }
 
@@ -325,8 +311,7 @@ pub(crate) struct Task {
     pub url: String,
     pub config: Arc<DialConfig>,
     pub stall: Duration,
-    pub outgoing: mpsc::Receiver<Outgoing>,
-    pub cancel: oneshot::Receiver<CloseReason>,
+    pub mailbox: Arc<Mailbox>,
     pub events: EventSender,
     pub tap: Option<Tap>,
 }
@@ -340,34 +325,35 @@ pub(crate) async fn run(task: Task) {
         url,
         config,
         stall,
-        outgoing,
-        mut cancel,
+        mailbox,
         events,
         tap,
     } = task;
     // Boxed: the handshake's state is kilobytes, and would otherwise stay
     // inline in this task for the socket's whole life.
     let dialing = Box::pin(async { dial(&url, &config).await });
+    let ended = std::future::poll_fn(|cx| mailbox.poll_end(cx));
     let socket = tokio::select! {
         dialed = dialing => dialed,
-        _ = &mut cancel => Err("aborted while connecting".to_owned()),
+        reason = ended => Err(format!("{reason} while connecting")),
     };
     let socket = match socket {
         Ok(socket) => socket,
         Err(error) => {
             let _ = events.send_final(NetEvent::OpenFailed { conn, error });
+            mailbox.close();
             return;
         }
     };
     if events.send_final(NetEvent::Opened { conn }).is_err() {
+        mailbox.close();
         return;
     }
     let mut connection = Connection {
         socket,
         reader: Reader::new(conn, kind),
         events,
-        outgoing,
-        cancel,
+        mailbox,
         handover: [None, None],
         next_out: None,
         unflushed: false,
@@ -377,10 +363,25 @@ pub(crate) async fn run(task: Task) {
         stall,
         timer: None,
         tap: match (tap, kind) {
-            (Some(tap), ConnKind::Team(team)) => Some(SocketTap::new(&tap, team, conn)),
+            (Some(tap), ConnKind::Team(team)) => Some(Box::new(SocketTap::new(&tap, team, conn))),
             _ => None,
         },
     };
     let reason = std::future::poll_fn(|cx| connection.poll_end(cx)).await;
     connection.finish(conn, reason);
+}
+
+#[cfg(test)]
+mod tests {
+    /// Per-socket memory is per-team memory: ten thousand of these stay
+    /// resident. Most of it is the websocket layer's own state.
+    #[test]
+    fn a_connection_stays_small() {
+        let (ours, ws) = (
+            std::mem::size_of::<super::Connection>(),
+            std::mem::size_of::<super::Socket>(),
+        );
+        assert!(ours - ws <= 320, "{ours} bytes, {ws} of them the websocket");
+        assert!(std::mem::size_of::<crate::bridge::NetEvent>() <= 40);
+    }
 }

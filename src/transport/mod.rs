@@ -16,20 +16,20 @@
 mod connection;
 mod dial;
 mod guard;
+mod mailbox;
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::runtime::Handle;
-use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::bridge::{CloseReason, ConnId, EventSender, NetCommand};
 use crate::core::config::Config;
 use crate::tap::Tap;
-use connection::Outgoing;
 pub use guard::PartialBudget;
+use mailbox::{Mailbox, Outgoing, PostError};
 
 /// Socket-level limits and TLS, as an operator sets them.
 #[derive(Clone, Debug)]
@@ -120,11 +120,6 @@ pub fn tls_with_ca_file(path: &std::path::Path) -> Result<Arc<rustls::ClientConf
     ))
 }
 
-struct Socket {
-    queue: mpsc::Sender<Outgoing>,
-    cancel: oneshot::Sender<CloseReason>,
-}
-
 /// Live sockets, keyed by the core's connection ids.
 pub struct Transport {
     runtime: Handle,
@@ -133,7 +128,7 @@ pub struct Transport {
     stall: Duration,
     dial: Arc<dial::DialConfig>,
     tap: Option<Tap>,
-    sockets: HashMap<ConnId, Socket>,
+    sockets: HashMap<ConnId, Arc<Mailbox>>,
 }
 
 impl Transport {
@@ -177,20 +172,18 @@ impl Transport {
     pub fn execute(&mut self, command: NetCommand) {
         match command {
             NetCommand::Open { conn, kind, url } => {
-                let (queue, outgoing) = mpsc::channel(self.outbound_queue);
-                let (cancel, cancelled) = oneshot::channel();
+                let mailbox = Mailbox::new(self.outbound_queue);
                 self.runtime.spawn(connection::run(connection::Task {
                     conn,
                     kind,
                     url,
                     config: self.dial.clone(),
                     stall: self.stall,
-                    outgoing,
-                    cancel: cancelled,
+                    mailbox: mailbox.clone(),
                     events: self.events.clone(),
                     tap: self.tap.clone(),
                 }));
-                self.sockets.insert(conn, Socket { queue, cancel });
+                self.sockets.insert(conn, mailbox);
             }
             NetCommand::Send { conn, text } => self.enqueue(conn, Outgoing::Text(text)),
             NetCommand::Probe { conn } => self.enqueue(conn, Outgoing::Probe),
@@ -202,22 +195,22 @@ impl Transport {
     /// Ends a socket's task: it hands over what it read, then reports
     /// `reason` as its terminal event.
     fn cancel(&mut self, conn: ConnId, reason: CloseReason) {
-        if let Some(socket) = self.sockets.remove(&conn) {
-            let _ = socket.cancel.send(reason);
+        if let Some(mailbox) = self.sockets.remove(&conn) {
+            mailbox.end(reason);
         }
     }
 
     fn enqueue(&mut self, conn: ConnId, item: Outgoing) {
-        let Some(socket) = self.sockets.get(&conn) else {
+        let Some(mailbox) = self.sockets.get(&conn) else {
             return;
         };
-        match socket.queue.try_send(item) {
+        match mailbox.post(item) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Closed(_)) => {
+            Err(PostError::Ended) => {
                 // The task ended; its terminal event is on its way.
                 self.sockets.remove(&conn);
             }
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(PostError::Full) => {
                 tracing::warn!(%conn, "peer not reading: outbound queue full; dropping the socket");
                 self.cancel(conn, CloseReason::Overflow);
             }
@@ -227,7 +220,7 @@ impl Transport {
     /// Forgets sockets whose tasks have ended. O(sockets): the driver calls
     /// it at most once a second, and only when it is awake anyway.
     pub fn sweep(&mut self) {
-        self.sockets.retain(|_, socket| !socket.queue.is_closed());
+        self.sockets.retain(|_, mailbox| !mailbox.is_ended());
     }
 
     /// Sockets whose tasks may still run.
@@ -240,10 +233,17 @@ impl Transport {
         self.sockets.is_empty()
     }
 
-    /// Ends every socket at once (last resort at exit).
+    /// Ends every socket at once (last resort at exit; also on drop, so no
+    /// task outlives the transport that owns it).
     pub fn abort_all(&mut self) {
-        for (_, socket) in self.sockets.drain() {
-            let _ = socket.cancel.send(CloseReason::Local);
+        for (_, mailbox) in self.sockets.drain() {
+            mailbox.end(CloseReason::Local);
         }
+    }
+}
+
+impl Drop for Transport {
+    fn drop(&mut self) {
+        self.abort_all();
     }
 }

@@ -56,11 +56,10 @@ pub fn admit_joined_teams(
         return;
     }
     for event in &inbox.0 {
-        let NetEvent::Received {
-            frame: Inbound::Global(Ok(event)),
-            ..
-        } = event
-        else {
+        let NetEvent::Received { frame, .. } = event else {
+            continue;
+        };
+        let Inbound::Global(Ok(event)) = &**frame else {
             continue;
         };
         // Nothing after `goodbye` is acted on, joins included.
@@ -119,7 +118,7 @@ pub fn handle_global_events(mut inbox: ResMut<GlobalInbox>, mut lc: GlobalLifecy
             }
             NetEvent::Received { conn, frame } => {
                 lc.global.heard(now);
-                match frame {
+                match *frame {
                     Inbound::Global(Ok(event)) if lc.shutdown.cause.is_none() => {
                         lc.on_event(event, conn);
                     }

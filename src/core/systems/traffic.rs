@@ -71,7 +71,7 @@ pub fn handle_team_events(
             NetEvent::Received { frame, .. } => {
                 // Any frame, even a bad one, shows the link is alive.
                 health.last_activity = now;
-                let decoded = match frame {
+                let decoded = match *frame {
                     Inbound::Team(decoded) => decoded,
                     Inbound::Global(_) => {
                         *stats.ignored.entry("global frame on team").or_default() += 1;
