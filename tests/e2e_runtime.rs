@@ -324,3 +324,29 @@ async fn a_burst_longer_than_one_read_budget_is_counted_exactly() {
     let outcome = goodbye(global, client).await;
     assert_eq!(outcome.report.messages, 10_000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tick_of_requests_larger_than_the_outbound_queue_does_not_drop_global() {
+    // 3,000 joins in one burst with 3,000 requests allowed in flight: the
+    // core queues them all on Global in one tick, beyond the 1,024 frames a
+    // socket's queue holds; Global's queue has room for the in-flight cap.
+    let mut server = Server::bind().await;
+    let client = start(server.url("/global"), |c| {
+        c.core.max_requests_in_flight = 3_000;
+    });
+    let mut global = server.accept().await;
+    global.send(json!({"type": "hello"}));
+    for team_id in 1..=3_000u64 {
+        global.send(json!({"type": "team.join", "team_id": team_id}));
+    }
+    let mut asked = std::collections::BTreeSet::new();
+    while asked.len() < 3_000 {
+        asked.insert(global.expect("team.connect").await["team_id"].as_u64());
+    }
+    let outcome = goodbye(global, client).await;
+    assert_eq!(
+        outcome.snapshot.global.connects(),
+        1,
+        "Global never dropped"
+    );
+}

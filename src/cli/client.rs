@@ -87,6 +87,11 @@ pub struct ClientArgs {
     state_interval: humantime::Duration,
     #[arg(long, env = "SWITCHBOARD_MAX_TEAMS", help = max_teams_help())]
     max_teams: Option<usize>,
+    /// Most team.connect requests awaiting an answer at once: after a
+    /// Global reconnect, requests go out in waves of this size.
+    #[arg(long, env = "SWITCHBOARD_MAX_REQUESTS_IN_FLIGHT",
+          default_value_t = Config::default().max_requests_in_flight)]
+    max_requests_in_flight: usize,
     /// Most bytes held in partially received messages over all sockets
     /// (suffixes KiB, MiB); a socket that would pass it is dropped.
     #[arg(long, env = "SWITCHBOARD_MAX_PARTIAL_BYTES", value_parser = byte_size,
@@ -166,6 +171,7 @@ impl ClientArgs {
             request_timeout: self.request_timeout.into(),
             close_timeout: self.close_timeout.into(),
             max_teams: self.max_teams.unwrap_or_else(max_teams_for_memory),
+            max_requests_in_flight: self.max_requests_in_flight,
             allow_insecure_team_urls: self.allow_insecure_team_urls,
             team_hosts: self.team_hosts.clone(),
             ..base

@@ -42,6 +42,8 @@ pub struct TransportConfig {
     /// frames here are small, so 4 KiB.
     pub read_buffer_size: usize,
     /// Frames queued per socket before the peer is deemed not reading.
+    /// Global's queue also has room for every `team.connect` the core may
+    /// send in one tick (its in-flight cap), on top of this.
     pub outbound_queue: usize,
     /// Most bytes held in partially received messages, over all sockets: a
     /// socket that would take the total past it is dropped.
@@ -125,6 +127,8 @@ pub struct Transport {
     runtime: Handle,
     events: EventSender,
     outbound_queue: usize,
+    /// Extra room on Global's queue: the core's in-flight request cap.
+    global_burst: usize,
     stall: Duration,
     dial: Arc<dial::DialConfig>,
     tap: Option<Tap>,
@@ -152,6 +156,7 @@ impl Transport {
             runtime,
             events,
             outbound_queue: config.outbound_queue,
+            global_burst: core.max_requests_in_flight,
             stall: core.pong_timeout,
             dial: Arc::new(dial::DialConfig {
                 ws: config.websocket_config(max_outbound),
@@ -172,7 +177,11 @@ impl Transport {
     pub fn execute(&mut self, command: NetCommand) {
         match command {
             NetCommand::Open { conn, kind, url } => {
-                let mailbox = Mailbox::new(self.outbound_queue);
+                let capacity = match kind {
+                    crate::bridge::ConnKind::Global => self.outbound_queue + self.global_burst,
+                    crate::bridge::ConnKind::Team(_) => self.outbound_queue,
+                };
+                let mailbox = Mailbox::new(capacity);
                 self.runtime.spawn(connection::run(connection::Task {
                     conn,
                     kind,
