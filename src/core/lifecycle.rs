@@ -185,7 +185,8 @@ pub(crate) fn tell_transitions(
     mut events: ResMut<TeamEvents>,
     mut teams: Query<(&Team, &mut History)>,
 ) {
-    for t in transitions.0.drain(..) {
+    // Taken, not drained: a burst must not leave its capacity behind.
+    for t in std::mem::take(&mut transitions.0) {
         let Ok((team, mut history)) = teams.get_mut(t.entity) else {
             continue;
         };

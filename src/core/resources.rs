@@ -158,6 +158,11 @@ impl UrlRequests {
                 return Some(entity);
             }
         }
+        // Empty: give back what a burst of joins grew.
+        if self.queue.capacity() > 1024 {
+            self.queue.shrink_to(1024);
+            self.queued.shrink_to(1024);
+        }
         None
     }
 

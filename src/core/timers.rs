@@ -62,10 +62,21 @@ impl<K: Ord + Copy + Send + Sync + 'static> Timers<K> {
     /// Removes and returns the earliest timer due at or before `now`.
     pub fn pop_due(&mut self, now: u64) -> Option<Due<K>> {
         if self.heap.peek()?.0.at > now {
+            self.trim();
             return None;
         }
         self.popped += 1;
         self.heap.pop().map(|Reverse(due)| due)
+    }
+
+    /// Gives back the room a burst of timers left (ten thousand teams
+    /// connecting at once), once the heap is mostly empty again.
+    fn trim(&mut self) {
+        const KEEP: usize = 1024;
+        let (len, cap) = (self.heap.len(), self.heap.capacity());
+        if cap > KEEP && len < cap / 4 {
+            self.heap.shrink_to((len * 2).max(KEEP));
+        }
     }
 
     /// Timers popped so far, stale ones included: the core's per-tick work

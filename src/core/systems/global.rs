@@ -32,56 +32,50 @@ pub struct GlobalLifecycle<'w, 's> {
     links: Links<'w>,
 }
 
-/// The team table and what admitting a team to it touches.
-#[derive(SystemParam)]
-pub struct TeamTable<'w> {
-    index: ResMut<'w, TeamIndex>,
-    stats: ResMut<'w, Stats>,
-    limiter: ResMut<'w, LogLimiter>,
-    settings: Res<'w, crate::core::config::Settings>,
-    clock: Res<'w, crate::core::resources::Clock>,
-    fleet: ResMut<'w, Fleet>,
-}
-
 /// Spawns an entity for every team id seen for the first time in this tick's
 /// `team.join`s, so the lifecycle system can treat every join alike. A new
 /// team beyond `max_teams` is refused: counted, logged at a bounded rate.
-pub fn admit_joined_teams(
-    inbox: Res<GlobalInbox>,
-    shutdown: Res<Shutdown>,
-    mut table: TeamTable,
-    mut commands: Commands,
-) {
-    if shutdown.cause.is_some() {
+///
+/// An exclusive system: it spawns straight into the world, where a command
+/// buffer would keep the room a burst of ten thousand joins took.
+pub fn admit_joined_teams(world: &mut World) {
+    if world.resource::<Shutdown>().cause.is_some() {
         return;
     }
-    for event in &inbox.0 {
-        let NetEvent::Received { frame, .. } = event else {
-            continue;
-        };
-        let Inbound::Global(Ok(event)) = &**frame else {
-            continue;
-        };
+    let joined: Vec<TeamId> = world
+        .resource::<GlobalInbox>()
+        .0
+        .iter()
+        .filter_map(|event| match event {
+            NetEvent::Received { frame, .. } => match &**frame {
+                Inbound::Global(Ok(event)) => Some(event),
+                _ => None,
+            },
+            _ => None,
+        })
         // Nothing after `goodbye` is acted on, joins included.
-        if *event == GlobalServerEvent::Goodbye {
-            break;
-        }
-        let GlobalServerEvent::TeamJoin { team_id } = *event else {
+        .take_while(|event| **event != GlobalServerEvent::Goodbye)
+        .filter_map(|event| match *event {
+            GlobalServerEvent::TeamJoin { team_id } => Some(team_id),
+            _ => None,
+        })
+        .collect();
+    let max_teams = world.resource::<crate::core::config::Settings>().max_teams;
+    for team_id in joined {
+        let index = world.resource::<TeamIndex>();
+        if index.0.contains_key(&team_id) {
             continue;
-        };
-        if table.index.0.contains_key(&team_id) {
-            continue;
         }
-        let max_teams = table.settings.max_teams;
-        if table.index.0.len() >= max_teams {
-            table.stats.refused_joins += 1;
-            if let Some(suppressed) = table.limiter.allow("max_teams", table.clock.now) {
+        if index.0.len() >= max_teams {
+            world.resource_mut::<Stats>().refused_joins += 1;
+            let now = world.resource::<crate::core::resources::Clock>().now;
+            if let Some(suppressed) = world.resource_mut::<LogLimiter>().allow("max_teams", now) {
                 warn!(team_id = %team_id, max_teams, suppressed,
                       "team.join refused: the team table is full (--max-teams)");
             }
             continue;
         }
-        let entity = commands
+        let entity = world
             .spawn((
                 Team { id: team_id },
                 Link::default(),
@@ -90,14 +84,15 @@ pub fn admit_joined_teams(
                 History::default(),
             ))
             .id();
-        table.index.0.insert(team_id, entity);
-        table.fleet.admitted();
+        world.resource_mut::<TeamIndex>().0.insert(team_id, entity);
+        world.resource_mut::<Fleet>().admitted();
     }
 }
 
 /// Acts on this tick's Global events, in arrival order.
 pub fn handle_global_events(mut inbox: ResMut<GlobalInbox>, mut lc: GlobalLifecycle) {
-    for event in inbox.0.drain(..) {
+    // Taken, not drained: a burst must not leave its capacity behind.
+    for event in std::mem::take(&mut inbox.0) {
         let now = lc.links.now();
         match event {
             NetEvent::Opened { conn } => lc.global.opened(conn, now),

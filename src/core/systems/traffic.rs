@@ -17,7 +17,9 @@ pub fn handle_team_events(
     mut links: Links,
 ) {
     let now = links.now();
-    for (entity, event) in inbox.0.drain(..) {
+    // Taken, not drained: a burst (10,000 sockets opening) must not leave
+    // its capacity behind for the rest of the run.
+    for (entity, event) in std::mem::take(&mut inbox.0) {
         let Ok((team, mut link, mut counters, mut health)) = teams.get_mut(entity) else {
             continue;
         };
