@@ -1013,3 +1013,88 @@ fn restored_teams_resume_their_counts_and_reconnect_unless_global_disowns_them()
     );
     snapshot("restored_teams_resume_their_counts_and_reconnect", &peer);
 }
+
+#[test]
+fn joins_beyond_max_teams_are_refused_and_counted() {
+    let config = switchboard::Config {
+        max_teams: 2,
+        ..switchboard::testkit::test_config()
+    };
+    let mut peer = Peer::with_config(&config, 32);
+    peer.open_global();
+    for id in [T1, T2, T3] {
+        peer.join(id);
+    }
+    assert_eq!(peer.requests(), vec![T1, T2]);
+    assert_eq!(peer.core.stats().refused_joins, 1);
+    let ids: Vec<TeamId> = peer.core.healthcheck().iter().map(|s| s.id).collect();
+    assert_eq!(ids, vec![T1, T2]);
+}
+
+#[test]
+fn a_burst_of_healthchecks_shares_one_encoded_reply() {
+    let mut peer = Peer::with_teams(33, &[T1, T2]);
+    for _ in 0..100 {
+        peer.global_says(GlobalServerEvent::Healthcheck);
+    }
+    peer.step();
+    let texts: Vec<switchboard::Text> = peer
+        .take_new()
+        .into_iter()
+        .filter_map(|c| match c {
+            NetCommand::Send { text, .. } if text.as_str().contains("healthcheck") => Some(text),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(texts.len(), 100, "one reply per request");
+    let first = texts[0].bytes().as_ptr();
+    assert!(
+        texts.iter().all(|t| t.bytes().as_ptr() == first),
+        "encoded once, shared"
+    );
+}
+
+#[test]
+fn a_secure_global_never_opens_a_plaintext_team_url_and_team_hosts_are_enforced() {
+    let config = switchboard::Config {
+        global_url: "wss://sim/global".into(),
+        team_hosts: vec!["*.teams.example".parse().expect("pattern")],
+        ..switchboard::testkit::test_config()
+    };
+    let mut peer = Peer::with_config(&config, 34);
+    peer.open_global();
+    peer.join(T1);
+    peer.join(T2);
+    peer.global_says(GlobalServerEvent::TeamConnect {
+        team_id: T1,
+        ws_url: "ws://a.teams.example/t/1".into(),
+    });
+    peer.global_says(GlobalServerEvent::TeamConnect {
+        team_id: T2,
+        ws_url: "wss://evil.example/t/2".into(),
+    });
+    peer.step();
+    assert!(opens_for(&peer.commands, T1).is_empty(), "no downgrade");
+    assert!(
+        opens_for(&peer.commands, T2).is_empty(),
+        "not an allowed host"
+    );
+    let reason = |id| team(&peer, id).health.last_error.unwrap_or_default();
+    assert!(reason(T1).contains("plaintext"), "{}", reason(T1));
+    assert!(
+        reason(T2).contains("not an allowed team host"),
+        "{}",
+        reason(T2)
+    );
+    // The next answer for T1, on an allowed host and wss, is opened.
+    peer.step_until_requested(T1);
+    peer.global_says(GlobalServerEvent::TeamConnect {
+        team_id: T1,
+        ws_url: "https://a.teams.example/t/1".into(),
+    });
+    peer.step();
+    assert_eq!(
+        opens_for(&peer.commands, T1),
+        vec!["wss://a.teams.example/t/1".to_owned()]
+    );
+}

@@ -32,6 +32,11 @@ enum Cmd {
     Reset,
     /// Stop reading and writing, keeping TCP open: a black hole.
     Freeze,
+    /// Stop reading, but keep sending what the test asks for: a peer that
+    /// does not drain its socket.
+    Deaf,
+    /// Write raw bytes under the websocket layer (half a frame, say).
+    Raw(Vec<u8>),
 }
 
 /// One accepted websocket.
@@ -68,9 +73,10 @@ impl Server {
                         inbox,
                     });
                     let mut ws = ws;
+                    let mut reading = true;
                     loop {
                         tokio::select! {
-                            msg = ws.next() => match msg {
+                            msg = ws.next(), if reading => match msg {
                                 Some(Ok(m)) => { let _ = in_tx.send(m); }
                                 _ => break,
                             },
@@ -87,6 +93,11 @@ impl Server {
                                     // the test ends.
                                     let _ = cmd_rx.recv().await;
                                     break;
+                                }
+                                Some(Cmd::Deaf) => reading = false,
+                                Some(Cmd::Raw(bytes)) => {
+                                    use tokio::io::AsyncWriteExt;
+                                    if ws.get_mut().write_all(&bytes).await.is_err() { break; }
                                 }
                             },
                         }
@@ -145,6 +156,14 @@ impl Conn {
         let _ = self.cmds.send(Cmd::Freeze);
     }
 
+    pub fn deaf(&self) {
+        let _ = self.cmds.send(Cmd::Deaf);
+    }
+
+    pub fn send_bytes(&self, bytes: Vec<u8>) {
+        let _ = self.cmds.send(Cmd::Raw(bytes));
+    }
+
     /// The next message from the client; `None` once the socket ended.
     pub async fn recv(&mut self) -> Option<Message> {
         tokio::time::timeout(DEADLINE, self.inbox.recv())
@@ -187,9 +206,9 @@ pub struct Client {
     pub thread: JoinHandle<Result<RunOutcome, RunError>>,
 }
 
-/// Starts a client with test-friendly timings; `tweak` adjusts them.
-pub fn start(global_url: String, tweak: impl FnOnce(&mut RunConfig)) -> Client {
-    let mut config = RunConfig {
+/// Test-friendly timings: short ticks and backoff, pings out of the way.
+pub fn config(global_url: String) -> RunConfig {
+    RunConfig {
         core: Config {
             global_url,
             tick: Duration::from_millis(5),
@@ -204,7 +223,12 @@ pub fn start(global_url: String, tweak: impl FnOnce(&mut RunConfig)) -> Client {
         status_interval: None,
         give_up_after: None,
         tap: None,
-    };
+    }
+}
+
+/// Starts a client with [`config`]; `tweak` adjusts it.
+pub fn start(global_url: String, tweak: impl FnOnce(&mut RunConfig)) -> Client {
+    let mut config = config(global_url);
     tweak(&mut config);
     let stop = StopHandle::new();
     let handle = tokio::runtime::Handle::current();

@@ -1,0 +1,173 @@
+//! What a hostile or broken server can try over real sockets, and what the
+//! client does about it: a Global that stops reading, a message begun and
+//! never finished, partial messages past their memory budget. And that an
+//! idle fleet wakes the driver for nothing.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{DEADLINE, Server, start};
+use serde_json::json;
+use switchboard::protocol::TeamId;
+use switchboard::runtime::{self, StopHandle};
+
+/// A text frame header announcing `len` bytes, unmasked (server to client).
+fn text_header(len: u64) -> Vec<u8> {
+    let mut header = vec![0x81, 127];
+    header.extend_from_slice(&len.to_be_bytes());
+    header
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_global_that_stops_reading_is_dropped_after_the_pong_timeout() {
+    let mut server = Server::bind().await;
+    let client = start(server.url("/global"), |c| {
+        c.core.pong_timeout = Duration::from_millis(500);
+        c.core.max_requests_in_flight = 1;
+    });
+    let global = server.accept().await;
+    global.send(json!({"type": "hello"}));
+    // Enough teams that a few healthcheck replies overflow every socket
+    // buffer between us (~2.7 MB each).
+    for team_id in 1..=40_000u64 {
+        global.send(json!({"type": "team.join", "team_id": team_id}));
+    }
+    global.deaf();
+    for _ in 0..20 {
+        global.send(json!({"type": "healthcheck"}));
+    }
+    // Our replies cannot drain: the client drops this Global and opens
+    // another, instead of waiting on the write for ever.
+    let second = server.accept().await;
+    assert_eq!(second.path, "/global");
+    second.send(json!({"type": "hello"}));
+    second.send(json!({"type": "goodbye"}));
+    let outcome = client.finish().await;
+    let error = outcome
+        .snapshot
+        .global
+        .last_error()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(error.contains("stalled: peer not reading"), "{error}");
+    drop(global);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_left_incomplete_is_dropped_after_the_pong_timeout() {
+    let mut server = Server::bind().await;
+    // Pings are far apart: only the incomplete message can end the socket.
+    let client = start(server.url("/global"), |c| {
+        c.core.pong_timeout = Duration::from_millis(400);
+    });
+    let mut global = server.accept().await;
+    global.send(json!({"type": "hello"}));
+    global.send(json!({"type": "team.join", "team_id": 1}));
+    global.expect("team.connect").await;
+    global.send(json!({"type": "team.connect", "team_id": 1, "ws_url": server.url("/t/1")}));
+    let team = server.accept().await;
+    team.send(json!({"type": "hello"}));
+    let mut partial = text_header(100_000);
+    partial.extend_from_slice(br#"{"type":"message","text":""#);
+    team.send_bytes(partial);
+    // Dropped and asked for again.
+    global.expect("team.connect").await;
+    global.send(json!({"type": "goodbye"}));
+    let outcome = client.finish().await;
+    let t = outcome
+        .snapshot
+        .teams
+        .iter()
+        .find(|t| t.id == TeamId(1))
+        .expect("team 1");
+    let error = t.health.last_error.clone().unwrap_or_default();
+    assert!(error.contains("message left incomplete"), "{error}");
+    drop(team);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_messages_past_their_budget_drop_the_socket_that_passes_it() {
+    let mut server = Server::bind().await;
+    let client = start(server.url("/global"), |c| {
+        c.transport.max_partial_bytes = 1_000;
+    });
+    let mut global = server.accept().await;
+    global.send(json!({"type": "hello"}));
+    global.send(json!({"type": "team.join", "team_id": 1}));
+    global.expect("team.connect").await;
+    global.send(json!({"type": "team.connect", "team_id": 1, "ws_url": server.url("/t/1")}));
+    let team = server.accept().await;
+    team.send(json!({"type": "hello"}));
+    let mut partial = text_header(100_000);
+    partial.extend(std::iter::repeat_n(b'x', 2_000));
+    team.send_bytes(partial);
+    global.expect("team.connect").await;
+    global.send(json!({"type": "goodbye"}));
+    let outcome = client.finish().await;
+    let error = outcome.snapshot.teams[0]
+        .health
+        .last_error
+        .clone()
+        .unwrap_or_default();
+    assert!(error.contains("memory budget"), "{error}");
+    drop(team);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_fleet_does_not_wake_the_driver() {
+    let mut server = Server::bind().await;
+    let steps = Arc::new(AtomicU64::new(0));
+    let stop = StopHandle::new();
+    let thread = {
+        let (steps, stop) = (steps.clone(), stop.clone());
+        let mut config = common::config(server.url("/global"));
+        // Ticks of 5ms: a driver that ticked would step 200 times a second.
+        config.core.ping_interval = Duration::from_secs(60);
+        let handle = tokio::runtime::Handle::current();
+        std::thread::spawn(move || {
+            let mut count = |_: &switchboard::Core| {
+                steps.fetch_add(1, Ordering::Relaxed);
+            };
+            runtime::run(&config, handle, &stop, &mut [&mut count])
+        })
+    };
+    let mut global = server.accept().await;
+    global.send(json!({"type": "hello"}));
+    let mut teams = Vec::new();
+    for team_id in 1..=20u64 {
+        global.send(json!({"type": "team.join", "team_id": team_id}));
+        global.expect("team.connect").await;
+        global
+            .send(json!({"type": "team.connect", "team_id": team_id, "ws_url": server.url("/t")}));
+        let team = server.accept().await;
+        team.send(json!({"type": "hello"}));
+        teams.push(team);
+    }
+    let started = Instant::now();
+    loop {
+        global.send(json!({"type": "healthcheck"}));
+        let reply = global.expect("healthcheck").await;
+        let stats = reply["stats"].as_array().cloned().unwrap_or_default();
+        if stats.len() == 20 && stats.iter().all(|s| s["connected"] == true) {
+            break;
+        }
+        assert!(started.elapsed() < DEADLINE, "never all connected");
+    }
+    // The window in which nothing is due: the Global probe comes after a
+    // quiet ping interval, pings after 60s. Count the steps in it.
+    let before = steps.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle_steps = steps.load(Ordering::Relaxed) - before;
+    assert!(idle_steps <= 2, "{idle_steps} steps while idle");
+    global.send(json!({"type": "goodbye"}));
+    let outcome = tokio::task::spawn_blocking(move || thread.join())
+        .await
+        .expect("join")
+        .expect("no panic")
+        .expect("run ok");
+    assert!(matches!(outcome.end, runtime::RunEnd::Finished(_)));
+    drop(teams);
+}
