@@ -11,8 +11,9 @@ use super::url_policy::{HostPattern, TeamUrlPolicy};
 pub const MAX_TICK: Duration = Duration::from_secs(1);
 
 /// Tunables of the connection manager. Durations are rounded down to whole
-/// milliseconds, the core's unit of time.
-#[derive(Clone, Debug, PartialEq)]
+/// milliseconds, the core's unit of time. Serialisable, so a recording can
+/// carry the exact configuration its run had.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Config {
     /// The Global API's websocket URL (`ws`, `wss`, `http` or `https`).
     pub global_url: String,

@@ -133,6 +133,8 @@ impl Core {
         world.init_resource::<Timers<Beat>>();
         world.init_resource::<Timers<StateDeadline>>();
         world.init_resource::<lifecycle::Fleet>();
+        world.init_resource::<resources::Recorded>();
+        world.init_resource::<resources::Restored>();
         world.init_resource::<lifecycle::Transitions>();
         world.init_resource::<lifecycle::TeamEvents>();
         let changed_teams = world.register_system(systems::restore::changed_teams);
@@ -158,9 +160,31 @@ impl Core {
                 max,
             });
         }
+        self.world.resource_mut::<resources::Restored>().0 = saved.to_vec();
         self.world
             .run_system_once_with(systems::restore::restore_teams, saved.to_vec())
             .map_err(|_| RestoreError::AlreadyRunning)
+    }
+
+    /// The teams restored before the first step (for the flight recorder).
+    pub fn restored(&self) -> &[SavedTeam] {
+        &self.world.resource::<resources::Restored>().0
+    }
+
+    /// Keeps (or stops keeping) every event the core ingests, for the
+    /// flight recorder: [`Core::drain_recorded`] takes them after each step.
+    pub fn set_recording(&mut self, on: bool) {
+        let mut recorded = self.world.resource_mut::<resources::Recorded>();
+        recorded.on = on;
+        if !on {
+            recorded.events = Vec::new();
+        }
+    }
+
+    /// The events ingested since the last call, in order (empty unless
+    /// recording).
+    pub fn drain_recorded(&mut self) -> Vec<NetEvent> {
+        std::mem::take(&mut self.world.resource_mut::<resources::Recorded>().events)
     }
 
     /// Teams whose counts or standing changed since the last call, for the

@@ -35,6 +35,20 @@ impl Jitter {
 #[derive(Resource)]
 pub struct NetInbox(pub EventReceiver);
 
+/// Events taken from the bridge, kept (when recording) for the flight
+/// recorder: what the core ingested, in order, step by step.
+#[derive(Resource, Default)]
+pub struct Recorded {
+    /// Whether events are kept.
+    pub on: bool,
+    /// Kept since the last drain.
+    pub events: Vec<crate::bridge::NetEvent>,
+}
+
+/// The teams restored before the first step, kept for the recorder.
+#[derive(Resource, Default)]
+pub struct Restored(pub Vec<crate::core::snapshot::SavedTeam>);
+
 /// Commands produced this tick, drained by the driver.
 #[derive(Resource, Default)]
 pub struct Outbox(pub Vec<NetCommand>);

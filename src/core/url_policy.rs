@@ -22,7 +22,8 @@ pub enum TeamUrlError {
 /// An allowed team host: `example.com` (exactly), `*.example.com` (any
 /// subdomain), or `*` (any host); with `:PORT` the port must match too.
 /// Hosts compare without regard to case.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct HostPattern {
     host: String,
     port: Option<u16>,
@@ -45,6 +46,23 @@ impl std::str::FromStr for HostPattern {
             ));
         }
         Ok(HostPattern { host, port })
+    }
+}
+
+impl TryFrom<String> for HostPattern {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<HostPattern, String> {
+        text.parse()
+    }
+}
+
+impl From<HostPattern> for String {
+    fn from(pattern: HostPattern) -> String {
+        match pattern.port {
+            Some(port) => format!("{}:{port}", pattern.host),
+            None => pattern.host,
+        }
     }
 }
 

@@ -6,7 +6,9 @@ use tracing::trace;
 
 use crate::bridge::NetEvent;
 use crate::core::config::Settings;
-use crate::core::resources::{Connections, GlobalInbox, NetInbox, Owner, Stats, TeamInbox};
+use crate::core::resources::{
+    Connections, GlobalInbox, NetInbox, Owner, Recorded, Stats, TeamInbox,
+};
 
 /// Drains at most `max_events_per_tick` events, in arrival order. A
 /// connection the core gave up on (retired) is done with here: messages it
@@ -20,9 +22,13 @@ pub fn route_net_events(
     mut global: ResMut<GlobalInbox>,
     mut teams: ResMut<TeamInbox>,
     mut stats: ResMut<Stats>,
+    mut recorded: ResMut<Recorded>,
 ) {
     inbox.0.drain(settings.max_events_per_tick, |event| {
         stats.events += 1;
+        if recorded.on {
+            recorded.events.push(event.clone());
+        }
         let conn = event.conn();
         match conns.owner(conn) {
             Some((Owner::Global, true)) => global.0.push(event),
