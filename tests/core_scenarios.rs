@@ -1,4 +1,4 @@
-//! Every rule of PROTOCOL.md, stepped through the core with no sockets, each
+//! Every rule of docs/PROTOCOL.md, stepped through the core with no sockets, each
 //! as its own scenario. Each test asserts the rule directly, then snapshots
 //! the commands emitted and the whole world (files in `snapshots/`).
 
