@@ -1,15 +1,32 @@
 //! switchboard keeps a fleet of bot connections alive: one websocket to a
 //! Global API that announces teams, and one websocket per team, opened,
-//! watched, counted and closed as the Global API directs.
+//! watched, counted and closed as the Global API directs. The protocol, and
+//! every decision it leaves to the client, is in `docs/PROTOCOL.md`.
 //!
 //! # Layout
 //!
+//! The deterministic part:
 //! - [`protocol`]: wire types, decode and encode. Pure.
+//! - [`reader`]: one connection's read side without the socket: frames in,
+//!   bridge events out (messages batched in runs).
 //! - [`bridge`]: [`NetEvent`] in, [`NetCommand`] out: the only contract
-//!   between the core and the network.
+//!   between the core and the network; credit-bounded.
 //! - [`core`]: the deterministic core, a bevy_ecs world stepped on a fixed
 //!   tick. No I/O, no clock, no unseeded randomness.
-//! - [`testkit`]: a scripted peer that steps the core in tests, no sockets.
+//! - [`report`]: the final report, table or JSON.
+//!
+//! The I/O side:
+//! - [`transport`]: tokio + tungstenite sockets, one task per socket.
+//! - [`runtime`]: the driver joining core and transport on its own thread,
+//!   asleep when nothing is due; sidecars run beside it.
+//! - [`store`] and [`persistence`]: the state file that keeps counts across
+//!   restarts, and the sidecar that keeps it current.
+//! - [`tap`]: message texts and team events for a consumer on the I/O side.
+//!
+//! For tests and rehearsals:
+//! - [`sim`]: the simulated Global API, with chaos and a verdict.
+//! - [`testkit`]: a scripted peer that steps the core with no sockets, a
+//!   scripted websocket server, the runtime with test timings.
 #![warn(missing_docs)]
 
 pub mod bridge;

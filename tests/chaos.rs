@@ -2,12 +2,10 @@
 //! them at once: the verdict must be exact, every knob must actually have
 //! fired, and no team may ever hold two sockets.
 
-mod common;
-
 use std::time::Duration;
 
-use common::start;
 use switchboard::sim::{Chaos, Fault, Scenario, SimConfig, SimServer, Verdict};
+use switchboard::testkit::client::start;
 
 fn scenario(teams: u64) -> Scenario {
     Scenario {

@@ -4,13 +4,11 @@
 //! healthcheck checked field by field → team.left → client closes →
 //! goodbye → the process exits 0 and prints its report.
 
-mod common;
-
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{DEADLINE, Server};
 use serde_json::{Value, json};
+use switchboard::testkit::server::{DEADLINE, Server};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_brief_full_flow_against_the_binary() {

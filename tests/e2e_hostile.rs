@@ -3,16 +3,15 @@
 //! never finished, partial messages past their memory budget. And that an
 //! idle fleet wakes the driver for nothing.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{DEADLINE, Server, start};
 use serde_json::json;
 use switchboard::protocol::TeamId;
 use switchboard::runtime::{self, StopHandle};
+use switchboard::testkit::client::{config, start};
+use switchboard::testkit::server::{DEADLINE, Server};
 
 /// A text frame header announcing `len` bytes, unmasked (server to client).
 fn text_header(len: u64) -> Vec<u8> {
@@ -123,7 +122,7 @@ async fn an_idle_fleet_does_not_wake_the_driver() {
     let stop = StopHandle::new();
     let thread = {
         let (steps, stop) = (steps.clone(), stop.clone());
-        let mut config = common::config(server.url("/global"));
+        let mut config = config(server.url("/global"));
         // Ticks of 5ms: a driver that ticked would step 200 times a second.
         config.core.ping_interval = Duration::from_secs(60);
         let handle = tokio::runtime::Handle::current();

@@ -2,13 +2,12 @@
 //! runtime against a server written in the test. Waits are deadline-bounded
 //! polls; no test sleeps to let time pass.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{Client, Conn, DEADLINE, Server, start};
 use serde_json::{Value, json};
 use switchboard::runtime::{RunEnd, RunOutcome};
+use switchboard::testkit::client::{Client, start};
+use switchboard::testkit::server::{Conn, DEADLINE, Server};
 use tokio_tungstenite::tungstenite::Message;
 
 /// Global hello, one team joined and connected; returns (global, team).

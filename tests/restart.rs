@@ -134,8 +134,6 @@ async fn after_kill_9_counts_resume_short_by_at_most_one_interval() {
     assert!(worst <= bound, "short by {worst} > {bound}");
 }
 
-mod common;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_signal_ends_at_once_and_still_reports_and_saves() {
     use serde_json::json;
@@ -144,7 +142,7 @@ async fn a_second_signal_ends_at_once_and_still_reports_and_saves() {
 
     let dir = tempfile::tempdir().expect("temp dir");
     let state = dir.path().join("state.redb");
-    let mut server = common::Server::bind().await;
+    let mut server = switchboard::testkit::server::Server::bind().await;
     let url = server.url("/global");
     let child = client(&url, &state);
     let mut global = server.accept().await;

@@ -1,5 +1,5 @@
 //! The transport: carries out [`NetCommand`]s on real sockets (tokio +
-//! tokio-tungstenite, `wss://` through rustls) and reports [`NetEvent`]s
+//! tokio-tungstenite, `wss://` through rustls) and reports [`NetEvent`](crate::NetEvent)s
 //! over the bridge. Frames are decoded here, on the I/O threads.
 //!
 //! Its methods are called from the driver thread and never block: opening a

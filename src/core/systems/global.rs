@@ -1,6 +1,6 @@
 //! The Global link's systems: admitting teams, acting on what Global says,
 //! and the link's own deadlines. The state machine itself is
-//! [`GlobalLink`](crate::core::global_link::GlobalLink).
+//! [`crate::core::global_link::GlobalLink`].
 
 use bevy_ecs::prelude::*;
 use bevy_ecs::system::SystemParam;

@@ -1,17 +1,14 @@
-//! A scripted websocket server for end-to-end tests: binds 127.0.0.1:0,
+//! A scripted websocket server for end-to-end tests: binds 127.0.0.1:0 and
 //! hands each accepted connection to the test as a [`Conn`] it drives by
-//! hand. Every wait has a deadline; nothing sleeps to let time pass.
-#![allow(dead_code)]
+//! hand (send JSON or raw bytes, close, reset, freeze, stop reading). Every
+//! wait has a deadline ([`DEADLINE`]); nothing sleeps to let time pass.
+//! Test code: a missed deadline panics, naming what it waited for.
 
 use std::net::SocketAddr;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
-use switchboard::Config;
-use switchboard::runtime::{self, RunConfig, RunError, RunOutcome, StopHandle};
-use switchboard::transport::TransportConfig;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
@@ -21,7 +18,9 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 /// How long any single wait may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(15);
 
+/// A scripted websocket server.
 pub struct Server {
+    /// Where it listens.
     pub addr: SocketAddr,
     conns: mpsc::UnboundedReceiver<Conn>,
 }
@@ -41,12 +40,17 @@ enum Cmd {
 
 /// One accepted websocket.
 pub struct Conn {
+    /// The path the client asked for.
     pub path: String,
     cmds: mpsc::UnboundedSender<Cmd>,
     inbox: mpsc::UnboundedReceiver<Message>,
 }
 
 impl Server {
+    /// Binds an ephemeral loopback port and starts accepting.
+    ///
+    /// # Panics
+    /// If it cannot bind.
     pub async fn bind() -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
@@ -108,11 +112,15 @@ impl Server {
         Server { addr, conns }
     }
 
+    /// A `ws://` URL for `path` on this server.
     pub fn url(&self, path: &str) -> String {
         format!("ws://{}{}", self.addr, path)
     }
 
     /// The next accepted connection.
+    ///
+    /// # Panics
+    /// If none arrives within [`DEADLINE`].
     pub async fn accept(&mut self) -> Conn {
         tokio::time::timeout(DEADLINE, self.conns.recv())
             .await
@@ -132,14 +140,17 @@ impl Server {
 }
 
 impl Conn {
+    /// Sends a JSON text frame.
     pub fn send(&self, value: Value) {
         let _ = self.cmds.send(Cmd::Send(Message::text(value.to_string())));
     }
 
+    /// Sends any websocket message.
     pub fn send_raw(&self, message: Message) {
         let _ = self.cmds.send(Cmd::Send(message));
     }
 
+    /// Sends a close frame with `code`.
     pub fn close(&self, code: u16) {
         let frame = CloseFrame {
             code: code.into(),
@@ -148,23 +159,30 @@ impl Conn {
         let _ = self.cmds.send(Cmd::Send(Message::Close(Some(frame))));
     }
 
+    /// Drops the TCP connection with a reset, no close frame.
     pub fn reset(&self) {
         let _ = self.cmds.send(Cmd::Reset);
     }
 
+    /// Stops reading and writing, keeping TCP open: a black hole.
     pub fn freeze(&self) {
         let _ = self.cmds.send(Cmd::Freeze);
     }
 
+    /// Stops reading, but keeps sending: a peer that does not drain.
     pub fn deaf(&self) {
         let _ = self.cmds.send(Cmd::Deaf);
     }
 
+    /// Writes raw bytes under the websocket layer (half a frame, say).
     pub fn send_bytes(&self, bytes: Vec<u8>) {
         let _ = self.cmds.send(Cmd::Raw(bytes));
     }
 
     /// The next message from the client; `None` once the socket ended.
+    ///
+    /// # Panics
+    /// If nothing arrives within [`DEADLINE`].
     pub async fn recv(&mut self) -> Option<Message> {
         tokio::time::timeout(DEADLINE, self.inbox.recv())
             .await
@@ -172,6 +190,9 @@ impl Conn {
     }
 
     /// The next JSON frame whose `type` is `kind`, skipping others.
+    ///
+    /// # Panics
+    /// If the socket ends first, or the deadline passes.
     pub async fn expect(&mut self, kind: &str) -> Value {
         loop {
             match self.recv().await {
@@ -197,55 +218,5 @@ impl Conn {
                 Some(_) => {}
             }
         }
-    }
-}
-
-/// The library's runtime on its own thread, as the binary runs it.
-pub struct Client {
-    pub stop: StopHandle,
-    pub thread: JoinHandle<Result<RunOutcome, RunError>>,
-}
-
-/// Test-friendly timings: short ticks and backoff, pings out of the way.
-pub fn config(global_url: String) -> RunConfig {
-    RunConfig {
-        core: Config {
-            global_url,
-            tick: Duration::from_millis(5),
-            ping_interval: Duration::from_secs(30),
-            pong_timeout: Duration::from_secs(30),
-            backoff_min: Duration::from_millis(10),
-            backoff_max: Duration::from_millis(200),
-            ..Config::default()
-        },
-        transport: TransportConfig::default(),
-        seed: 1,
-        status_interval: None,
-        give_up_after: None,
-        tap: None,
-    }
-}
-
-/// Starts a client with [`config`]; `tweak` adjusts it.
-pub fn start(global_url: String, tweak: impl FnOnce(&mut RunConfig)) -> Client {
-    let mut config = config(global_url);
-    tweak(&mut config);
-    let stop = StopHandle::new();
-    let handle = tokio::runtime::Handle::current();
-    let thread = {
-        let stop = stop.clone();
-        std::thread::spawn(move || runtime::run(&config, handle, &stop, &mut []))
-    };
-    Client { stop, thread }
-}
-
-impl Client {
-    /// Waits for the run to end.
-    pub async fn finish(self) -> RunOutcome {
-        tokio::task::spawn_blocking(move || self.thread.join())
-            .await
-            .expect("join")
-            .expect("no panic")
-            .expect("run ok")
     }
 }

@@ -1,22 +1,4 @@
-//! A scripted peer for stepping the core deterministically in tests, with no
-//! sockets: it plays the transport's part (answering `Open` with `Opened`,
-//! feeding frames) and remembers which connection id belongs to what. Frames
-//! go through the same [`Reader`] a socket task uses, encoded as the JSON a
-//! server would send, so messages reach the core in runs exactly as they do
-//! from a socket.
-//!
-//! ```
-//! use switchboard::testkit::Peer;
-//! use switchboard::TeamId;
-//!
-//! let mut peer = Peer::new(7);
-//! peer.open_global();
-//! peer.join(TeamId(1));
-//! peer.connect_team(TeamId(1));
-//! peer.message(TeamId(1), "props to you");
-//! peer.step();
-//! assert_eq!(peer.core.healthcheck()[0].props_count, 1);
-//! ```
+//! [`Peer`]: the core stepped by a scripted transport, no sockets.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;

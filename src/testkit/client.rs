@@ -1,0 +1,65 @@
+//! The library's runtime on its own thread, as the binary runs it, with
+//! test-friendly timings, for end-to-end tests.
+
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::Config;
+use crate::runtime::{self, RunConfig, RunError, RunOutcome, StopHandle};
+use crate::transport::TransportConfig;
+
+/// The library's runtime on its own thread, as the binary runs it.
+pub struct Client {
+    /// Stops it.
+    pub stop: StopHandle,
+    /// The driver thread: its result is the run's.
+    pub thread: JoinHandle<Result<RunOutcome, RunError>>,
+}
+
+/// Test-friendly timings: short ticks and backoff, pings out of the way.
+pub fn config(global_url: String) -> RunConfig {
+    RunConfig {
+        core: Config {
+            global_url,
+            tick: Duration::from_millis(5),
+            ping_interval: Duration::from_secs(30),
+            pong_timeout: Duration::from_secs(30),
+            backoff_min: Duration::from_millis(10),
+            backoff_max: Duration::from_millis(200),
+            ..Config::default()
+        },
+        transport: TransportConfig::default(),
+        seed: 1,
+        status_interval: None,
+        give_up_after: None,
+        tap: None,
+    }
+}
+
+/// Starts a client with [`config`]; `tweak` adjusts it. Must be called
+/// inside a tokio runtime (its sockets run there).
+pub fn start(global_url: String, tweak: impl FnOnce(&mut RunConfig)) -> Client {
+    let mut config = config(global_url);
+    tweak(&mut config);
+    let stop = StopHandle::new();
+    let handle = tokio::runtime::Handle::current();
+    let thread = {
+        let stop = stop.clone();
+        std::thread::spawn(move || runtime::run(&config, handle, &stop, &mut []))
+    };
+    Client { stop, thread }
+}
+
+impl Client {
+    /// Waits for the run to end.
+    ///
+    /// # Panics
+    /// If the driver panicked or the run did not start.
+    pub async fn finish(self) -> RunOutcome {
+        tokio::task::spawn_blocking(move || self.thread.join())
+            .await
+            .expect("join")
+            .expect("no panic")
+            .expect("run ok")
+    }
+}
