@@ -10,6 +10,7 @@
 //! - [`core`]: the deterministic core, a bevy_ecs world stepped on a fixed
 //!   tick. No I/O, no clock, no unseeded randomness.
 //! - [`testkit`]: a scripted peer that steps the core in tests, no sockets.
+//! - [`record`]: the flight recorder, and replay of what it wrote.
 #![warn(missing_docs)]
 
 pub mod bridge;
@@ -17,6 +18,7 @@ pub mod core;
 pub mod persistence;
 pub mod protocol;
 pub mod reader;
+pub mod record;
 pub mod report;
 pub mod runtime;
 pub mod sim;
