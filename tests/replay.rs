@@ -439,7 +439,7 @@ fn a_stop_after_the_last_step_is_replayed_too() {
 fn rotated_segments_replay_as_one_recording() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("rotated.rec");
-    // An earlier recording's leftovers are not chained in.
+    // Leftovers, past a gap too, are not chained in.
     std::fs::write(dir.path().join("rotated.rec.90"), "stale").expect("write");
     std::fs::write(dir.path().join("rotated.rec.1"), "stale").expect("write");
     let (_, last) = scripted(RecordOptions {
@@ -481,6 +481,29 @@ fn rotated_segments_replay_as_one_recording() {
     }
     std::fs::rename(&moved, &middle).expect("back");
     assert!(replay_all(&path).is_ok());
+}
+
+#[test]
+fn a_new_recording_keeps_the_previous_one_replayable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("service.rec");
+    let rotating = |path: &Path| RecordOptions {
+        path: path.to_path_buf(),
+        max_bytes: Some(2048),
+        keep: 100,
+    };
+    let (_, first) = scripted(rotating(&path));
+    // A restart (after a crash, say) records again at the same path.
+    let mut s = Scripted::new(rotating(&path), &[]);
+    s.step();
+    let (_, second) = s.finish(RunEnd::Forced);
+    let previous = dir.path().join("service.rec.previous");
+    assert!(dir.path().join("service.rec.previous.1").exists());
+    assert!(!dir.path().join("service.rec.1").exists());
+    let replayed = replay_all(&previous).expect("the previous recording replays");
+    assert_eq!(json(&replayed.snapshot), json(&first));
+    let replayed = replay_all(&path).expect("the new one replays");
+    assert_eq!(json(&replayed.snapshot), json(&second));
 }
 
 #[test]

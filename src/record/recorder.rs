@@ -30,8 +30,8 @@ pub const DEFAULT_KEEP: usize = 4;
 /// Steps the queue to the writer holds: 40 s of busy 10 ms ticks.
 const QUEUE_STEPS: usize = 4096;
 
-/// Events the queue to the writer holds, over all its steps: with an event
-/// at 32 bytes (plus a rare boxed frame) about 8 MiB. A step is always
+/// Events the queue to the writer holds, over all its steps: at 40 bytes
+/// an event (plus a rare boxed frame) about 10 MiB. A step is always
 /// taken when the queue is empty, however many events it has, so a single
 /// step can never overflow it.
 const QUEUE_EVENTS: usize = 1 << 18;
@@ -129,9 +129,10 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    /// Creates the recording at `options.path` (replacing any there, and
-    /// the rotated segments of an earlier one) and starts its writer. The
-    /// header carries `config` and `seed`: pass the run's own.
+    /// Creates the recording at `options.path` and starts its writer; a
+    /// recording already there is kept as `FILE.previous` (see
+    /// [`segments::keep_previous`]). The header carries `config` and
+    /// `seed`: pass the run's own.
     pub fn create(
         options: RecordOptions,
         config: &Config,
@@ -153,9 +154,11 @@ impl Recorder {
             path: path.clone(),
             source,
         };
-        let removed = segments::remove_rotated(&options.path).map_err(io)?;
-        if removed > 0 {
-            info!(path = %options.path.display(), removed, "removed an earlier recording's rotated segments");
+        if segments::keep_previous(&options.path).map_err(io)? {
+            info!(
+                path = %segments::previous(&options.path).display(),
+                "the recording already there is kept here, replacing the one kept before"
+            );
         }
         let file = File::create(&options.path).map_err(io)?;
         let shared = Arc::new(Shared::default());

@@ -29,14 +29,76 @@ pub fn chain(base: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Removes the rotated segments an earlier recording left at `base`: once
-/// `base` is rewritten they belong to no recording.
-pub fn remove_rotated(base: &Path) -> io::Result<usize> {
-    let n = rotated(base);
-    for age in 1..=n {
+/// The name the previous recording at `base` is kept under.
+pub fn previous(base: &Path) -> PathBuf {
+    let mut name = base.as_os_str().to_owned();
+    name.push(".previous");
+    PathBuf::from(name)
+}
+
+/// Makes room for a new recording at `base`: the one there (with its
+/// rotated segments) becomes `FILE.previous` (`FILE.previous.1`, …),
+/// replacing the one kept before, so a restart after a crash does not
+/// erase the recording of the crash. Returns whether one was kept.
+pub fn keep_previous(base: &Path) -> io::Result<bool> {
+    let previous = previous(base);
+    remove_rotated(&previous)?;
+    match std::fs::remove_file(&previous) {
+        Ok(()) => {}
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error),
+    }
+    let ages = rotated_ages(base)?;
+    for &age in &ages {
+        std::fs::rename(path(base, age), path(&previous, age))?;
+    }
+    match std::fs::rename(base, &previous) {
+        Ok(()) => Ok(true),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(!ages.is_empty()),
+        Err(error) => Err(error),
+    }
+}
+
+/// Removes every rotated segment (`FILE.N`) beside `base`.
+fn remove_rotated(base: &Path) -> io::Result<()> {
+    for age in rotated_ages(base)? {
         std::fs::remove_file(path(base, age))?;
     }
-    Ok(n)
+    Ok(())
+}
+
+/// The ages of every `FILE.N` beside `base`, gaps or not: a segment left
+/// past a gap would otherwise be chained in once rotation reached it.
+fn rotated_ages(base: &Path) -> io::Result<Vec<usize>> {
+    let (Some(dir), Some(name)) = (base.parent(), base.file_name()) else {
+        return Ok(Vec::new());
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let prefix = format!("{}.", name.to_string_lossy());
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        // No directory: nothing there (creating the file will say why).
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) => return Err(error),
+    };
+    let mut ages = Vec::new();
+    for entry in entries {
+        let file = entry?.file_name();
+        let file = file.to_string_lossy();
+        if let Some(age) = file
+            .strip_prefix(&prefix)
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|&age| age > 0)
+        {
+            ages.push(age);
+        }
+    }
+    Ok(ages)
 }
 
 /// Rotates: `FILE.(keep-1)` … `FILE` move up one age, and the segment
@@ -87,7 +149,25 @@ mod tests {
         // keep 0: the segment is simply replaced.
         assert!(rotate(&base, 0).expect("rotate"));
         assert!(!base.exists());
-        assert_eq!(remove_rotated(&base).expect("remove"), 2);
-        assert_eq!(chain(&base), std::slice::from_ref(&base));
+        assert_eq!(rotated(&base), 2);
+
+        // A new recording: the old one (and a stray segment past a gap)
+        // is kept as FILE.previous, whole.
+        touch(&path(&base, 17), "left past a gap");
+        touch(&dir.path().join("run.rec.bak"), "not a segment");
+        assert!(keep_previous(&base).expect("keep"));
+        let previous = previous(&base);
+        assert_eq!(read(&path(&previous, 2)), "s1");
+        assert_eq!(read(&path(&previous, 1)), "s2");
+        assert_eq!(read(&path(&previous, 17)), "left past a gap");
+        assert!(!base.exists() && rotated(&base) == 0);
+        assert!(dir.path().join("run.rec.bak").exists());
+        // The next one replaces it.
+        touch(&base, "t0");
+        assert!(keep_previous(&base).expect("keep"));
+        assert_eq!(read(&previous), "t0");
+        assert_eq!(rotated(&previous), 0);
+        assert!(!path(&previous, 17).exists());
+        assert!(!keep_previous(&base).expect("nothing to keep"));
     }
 }
