@@ -524,6 +524,55 @@ fn a_start_rotated_away_is_refused_naming_the_oldest_segment() {
     assert!(text.contains("rotated away"), "{text}");
 }
 
+#[test]
+fn a_failing_disk_stops_the_recording_visibly_and_the_run_goes_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Every write to /dev/full fails (ENOSPC); the link is ours, so even a
+    // rename would stay in the temporary directory.
+    let path = dir.path().join("full.rec");
+    std::os::unix::fs::symlink("/dev/full", &path).expect("symlink");
+    let mut s = Scripted::new(options(&path), &[]);
+    s.step(); // the core asks for Global
+    let global = s.peer.global_conn();
+    s.peer.push(NetEvent::Opened { conn: global });
+    let started = Instant::now();
+    let why = loop {
+        s.peer.global_text(r#"{"type":"healthcheck"}"#);
+        s.step();
+        if let Some(why) = s.recorder.stats().incomplete {
+            break why;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the failure was never noticed"
+        );
+    };
+    assert!(why.contains("writer failed"), "{why}");
+    // The core no longer keeps events for a recorder that stopped.
+    s.peer.global_text(r#"{"type":"healthcheck"}"#);
+    s.step();
+    assert!(s.peer.core.drain_recorded().is_empty());
+    let deadline = Instant::now() + DEADLINE;
+    let (_, last) = s.finish(RunEnd::Forced);
+    assert!(Instant::now() < deadline, "finish is bounded");
+    assert!(last.clock.tick > 0);
+    // Rotation is refused up front on something that is not a file.
+    let refused = Recorder::create(
+        RecordOptions {
+            path: path.clone(),
+            max_bytes: Some(1 << 20),
+            keep: 1,
+        },
+        &test_config(),
+        1,
+    );
+    assert!(refused.is_err());
+    assert_eq!(
+        std::fs::read_link(&path).expect("still a link"),
+        Path::new("/dev/full")
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Damaged recordings.
 

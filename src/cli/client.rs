@@ -107,7 +107,8 @@ pub struct ClientArgs {
     #[arg(long = "team-host", value_name = "PATTERN")]
     team_hosts: Vec<switchboard::core::url_policy::HostPattern>,
     /// Record every event the core takes in, step by step, to this file
-    /// (JSON Lines), for `switchboard replay FILE` to reproduce the run.
+    /// (JSON Lines), for `switchboard replay FILE` to reproduce the run. A
+    /// recording already there is kept as FILE.previous.
     #[arg(long, env = "SWITCHBOARD_RECORD", value_name = "FILE")]
     record: Option<std::path::PathBuf>,
     /// Rotate the recording once a segment reaches this size (suffixes

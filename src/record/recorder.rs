@@ -61,6 +61,9 @@ pub enum RecordError {
         /// Why.
         source: std::io::Error,
     },
+    /// Rotation renames files, so it needs a regular file.
+    #[error("cannot rotate {0}: not a regular file (drop --record-max-bytes)")]
+    Rotation(PathBuf),
 }
 
 /// What the recorder wrote, for logs and tests.
@@ -154,6 +157,9 @@ impl Recorder {
             path: path.clone(),
             source,
         };
+        if options.max_bytes.is_some() && segments::is_special(&options.path) {
+            return Err(RecordError::Rotation(options.path));
+        }
         if segments::keep_previous(&options.path).map_err(io)? {
             info!(
                 path = %segments::previous(&options.path).display(),

@@ -36,11 +36,21 @@ pub fn previous(base: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// Whether `base` is something other than a regular file (a device, a
+/// pipe, a symlink): never renamed, so never rotated.
+pub fn is_special(base: &Path) -> bool {
+    std::fs::symlink_metadata(base).is_ok_and(|m| !m.file_type().is_file())
+}
+
 /// Makes room for a new recording at `base`: the one there (with its
 /// rotated segments) becomes `FILE.previous` (`FILE.previous.1`, …),
 /// replacing the one kept before, so a restart after a crash does not
-/// erase the recording of the crash. Returns whether one was kept.
+/// erase the recording of the crash. Returns whether one was kept. A
+/// `base` that is not a regular file is left alone.
 pub fn keep_previous(base: &Path) -> io::Result<bool> {
+    if is_special(base) {
+        return Ok(false);
+    }
     let previous = previous(base);
     remove_rotated(&previous)?;
     match std::fs::remove_file(&previous) {
@@ -169,5 +179,17 @@ mod tests {
         assert_eq!(rotated(&previous), 0);
         assert!(!path(&previous, 17).exists());
         assert!(!keep_previous(&base).expect("nothing to keep"));
+
+        // A symlink (to a device, say) is never moved.
+        let link = dir.path().join("link.rec");
+        std::os::unix::fs::symlink(&previous, &link).expect("symlink");
+        assert!(is_special(&link));
+        assert!(!keep_previous(&link).expect("left alone"));
+        assert!(std::fs::symlink_metadata(&link).is_ok());
+        assert!(!segments_moved(&link));
+    }
+
+    fn segments_moved(base: &Path) -> bool {
+        super::previous(base).exists()
     }
 }
