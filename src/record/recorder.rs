@@ -166,7 +166,7 @@ impl Recorder {
                 "the recording already there is kept here, replacing the one kept before"
             );
         }
-        let file = File::create(&options.path).map_err(io)?;
+        let file = create(&options.path).map_err(io)?;
         let shared = Arc::new(Shared::default());
         let (tx, rx) = crossbeam_channel::bounded(queue_steps);
         let (done_tx, done) = crossbeam_channel::bounded(1);
@@ -410,6 +410,16 @@ impl Sidecar for Recorder {
     }
 }
 
+/// Creates (or truncates) a segment, readable by its owner only: it holds
+/// the Global URL and every team URL the server handed out.
+fn create(path: &Path) -> std::io::Result<File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)
+}
+
 /// A name for this recording, unique enough to tell runs apart.
 fn run_id() -> String {
     let nanos = std::time::SystemTime::now()
@@ -576,7 +586,7 @@ impl Writer {
     fn rotate(&mut self) -> std::io::Result<()> {
         self.out.flush()?;
         let dropped = segments::rotate(&self.base, self.keep)?;
-        let file = File::create(&self.base)?;
+        let file = create(&self.base)?;
         self.out = BufWriter::with_capacity(WRITE_BUFFER, file);
         self.segment += 1;
         self.written = 0;
