@@ -37,10 +37,11 @@
 //!   stopped before the run did.
 //!
 //! A message run costs about 19 bytes whatever its length, so a recording's
-//! size follows the number of runs, not of messages: measured at 0.25 MB
-//! per million messages against the yardstick's load server (runs of ~500),
-//! 0.9 to 1.9 MB under the demo's paced senders (runs of 10 to 26), and at
-//! worst (one message a run) about 20 MB.
+//! size follows the number of runs, not of messages. Measured per million
+//! messages: 0.25 MB against the yardstick's load server (each team's burst
+//! arrives as one run), 2.0 MB in the demo at `--rate 1000` (runs of 10),
+//! 0.9 MB in a chaos demo of 1000 teams at 300/s; about 20 MB at worst
+//! (every message a run of its own).
 //!
 //! # Bounds and failure policy
 //!
