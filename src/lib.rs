@@ -22,6 +22,7 @@
 //! - [`store`] and [`persistence`]: the state file that keeps counts across
 //!   restarts, and the sidecar that keeps it current.
 //! - [`tap`]: message texts and team events for a consumer on the I/O side.
+//! - [`record`]: the flight recorder, and replay of what it wrote.
 //!
 //! For tests and rehearsals:
 //! - [`sim`]: the simulated Global API, with chaos and a verdict.
@@ -34,6 +35,7 @@ pub mod core;
 pub mod persistence;
 pub mod protocol;
 pub mod reader;
+pub mod record;
 pub mod report;
 pub mod runtime;
 pub mod sim;

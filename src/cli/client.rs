@@ -6,6 +6,8 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use switchboard::Config;
 use switchboard::persistence::Persistence;
+use switchboard::record::{RecordOptions, Recorder};
+use switchboard::report::Report;
 use switchboard::runtime::{self, RunConfig, RunEnd, RunError, StopHandle};
 use switchboard::store::Store;
 use switchboard::transport::TransportConfig;
@@ -104,6 +106,20 @@ pub struct ClientArgs {
     /// host:port); repeatable. Default: any host.
     #[arg(long = "team-host", value_name = "PATTERN")]
     team_hosts: Vec<switchboard::core::url_policy::HostPattern>,
+    /// Record every event the core takes in, step by step, to this file
+    /// (JSON Lines), for `switchboard replay FILE` to reproduce the run. A
+    /// recording already there is kept as FILE.previous.
+    #[arg(long, env = "SWITCHBOARD_RECORD", value_name = "FILE")]
+    record: Option<std::path::PathBuf>,
+    /// Rotate the recording once a segment reaches this size (suffixes
+    /// KiB, MiB) [default: never]. Replay needs the first segment.
+    #[arg(long, env = "SWITCHBOARD_RECORD_MAX_BYTES", value_parser = byte_size,
+          requires = "record")]
+    record_max_bytes: Option<usize>,
+    /// Rotated recording segments kept beside FILE (FILE.1 … FILE.N).
+    #[arg(long, env = "SWITCHBOARD_RECORD_KEEP", requires = "record",
+          default_value_t = switchboard::record::DEFAULT_KEEP)]
+    record_keep: usize,
 }
 
 /// What a team may cost in memory when the table is full: ~10 KiB of
@@ -233,6 +249,24 @@ impl ClientArgs {
     }
 }
 
+impl ClientArgs {
+    /// The flight recorder for `config`'s run, if `--record` asks for one.
+    /// A file that cannot be created stops the start (exit 2).
+    pub fn recorder(&self, config: &RunConfig) -> Result<Option<Recorder>, ExitCode> {
+        let Some(path) = &self.record else {
+            return Ok(None);
+        };
+        let options = RecordOptions {
+            path: path.clone(),
+            max_bytes: self.record_max_bytes.map(|b| b as u64),
+            keep: self.record_keep,
+        };
+        let recorder = Recorder::create(options, &config.core, config.seed).map_err(usage_error)?;
+        info!(path = %path.display(), "recording");
+        Ok(Some(recorder))
+    }
+}
+
 /// Raises the soft open-files limit to the hard limit: every team is a socket.
 fn raise_fd_limit() {
     match rlimit::increase_nofile_limit(u64::MAX) {
@@ -280,6 +314,20 @@ async fn watch_signals(stop: StopHandle) {
     }
 }
 
+/// Prints the final report on stdout.
+pub fn print_report(report: &Report, format: ReportFormat) {
+    match format {
+        ReportFormat::Table if report.teams.len() <= 100 => print!("{}", report.table()),
+        ReportFormat::Table => println!(
+            "{} teams, {} messages, {} props (--report json for every team)",
+            report.teams.len(),
+            report.messages,
+            report.props
+        ),
+        ReportFormat::Json => println!("{}", report.json()),
+    }
+}
+
 /// Runs the client to its end and prints its report, whatever the end.
 /// `Err` carries the exit code of a run that could not start or that did
 /// not end as asked (it gave up, or was forced).
@@ -297,18 +345,7 @@ pub fn run_client(
         Ok(outcome) => outcome,
         Err(RunError::Config(error)) => return Err(usage_error(error)),
     };
-    match report {
-        ReportFormat::Table if outcome.report.teams.len() <= 100 => {
-            print!("{}", outcome.report.table());
-        }
-        ReportFormat::Table => println!(
-            "{} teams, {} messages, {} props (--report json for every team)",
-            outcome.report.teams.len(),
-            outcome.report.messages,
-            outcome.report.props
-        ),
-        ReportFormat::Json => println!("{}", outcome.report.json()),
-    }
+    print_report(&outcome.report, report);
     info!(
         end = ?outcome.end,
         steps = outcome.steps,
@@ -342,6 +379,10 @@ pub fn connect(global_url: String, args: &ClientArgs) -> ExitCode {
         Ok(persistence) => persistence,
         Err(code) => return code,
     };
+    let mut recorder = match args.recorder(&config) {
+        Ok(recorder) => recorder,
+        Err(code) => return code,
+    };
     let runtime = match super::tokio_runtime() {
         Ok(runtime) => runtime,
         Err(code) => return code,
@@ -349,6 +390,9 @@ pub fn connect(global_url: String, args: &ClientArgs) -> ExitCode {
     let mut sidecars: Vec<&mut dyn runtime::Sidecar> = Vec::new();
     if let Some(persistence) = persistence.as_mut() {
         sidecars.push(persistence);
+    }
+    if let Some(recorder) = recorder.as_mut() {
+        sidecars.push(recorder);
     }
     let code = match run_client(config, args.report, &runtime, &mut sidecars) {
         Ok(_) => ExitCode::SUCCESS,

@@ -87,6 +87,10 @@ pub fn run(args: &DemoArgs, format: LogFormat) -> ExitCode {
         args.sim.chaos
     );
     config.seed = args.client.seed.unwrap_or(args.sim.sim_seed);
+    let mut recorder = match args.client.recorder(&config) {
+        Ok(recorder) => recorder,
+        Err(code) => return code,
+    };
     let mut progress = DemoProgress {
         sim: server.progress_handle(),
         display,
@@ -98,6 +102,9 @@ pub fn run(args: &DemoArgs, format: LogFormat) -> ExitCode {
     let mut sidecars: Vec<&mut dyn switchboard::runtime::Sidecar> = vec![&mut show];
     if let Some(persistence) = persistence.as_mut() {
         sidecars.push(persistence);
+    }
+    if let Some(recorder) = recorder.as_mut() {
+        sidecars.push(recorder);
     }
     let outcome = run_client(config, args.client.report, &runtime, &mut sidecars);
     progress.display.finish();

@@ -5,6 +5,7 @@
 mod client;
 mod demo;
 mod logging;
+mod replay;
 mod sim;
 
 use std::process::ExitCode;
@@ -53,6 +54,9 @@ enum Command {
     Sim(sim::SimCommand),
     /// The simulator and the client in one process (the default).
     Demo(demo::DemoArgs),
+    /// Feed a recording (--record FILE) into a fresh core, with no sockets,
+    /// and print the same final report as the live run, or its snapshot.
+    Replay(replay::ReplayArgs),
 }
 
 /// Parses the command line and runs the command.
@@ -71,6 +75,10 @@ pub fn main() -> ExitCode {
             sim::run(&command)
         }
         Some(Command::Demo(args)) => demo::run(&args, cli.log_format),
+        Some(Command::Replay(args)) => {
+            logging::init(cli.log_format, logging::Audience::Service);
+            replay::run(&args)
+        }
         None => demo::run(&cli.demo, cli.log_format),
     }
 }

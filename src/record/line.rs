@@ -1,0 +1,326 @@
+//! The lines of a recording: a segment's header, a step, a run of idle
+//! steps, and the end. See the [module doc](super) for the format.
+
+use std::io::Write as _;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::codec;
+use crate::bridge::NetEvent;
+use crate::core::config::Config;
+use crate::core::snapshot::{SavedTeam, Snapshot};
+
+/// The format version this build writes and reads.
+pub const VERSION: u64 = 1;
+
+/// The key that makes a line a segment header (its value is the version).
+const MAGIC: &str = "switchboard_recording";
+
+/// The first line of every segment.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Header {
+    /// The format version.
+    #[serde(rename = "switchboard_recording")]
+    pub version: u64,
+    /// Which segment of the recording this is; 0 holds the start.
+    pub segment: u64,
+    /// Names the recording, so segments of another run are never chained.
+    pub run: String,
+    /// The run's configuration (segment 0 only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<Config>,
+    /// The run's seed (segment 0 only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// The teams restored from a state file before the first step
+    /// (segment 0 only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored: Option<Vec<SavedTeam>>,
+    /// The core's tick when the segment began (later segments only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tick: Option<u64>,
+    /// The core's time, in ms, when the segment began (later segments only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub now: Option<u64>,
+}
+
+/// The last line of a recording.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct End {
+    /// Whether every step of the run is in the recording.
+    pub end: Completeness,
+    /// The core's tick at the end (after the last recorded step).
+    pub tick: u64,
+    /// The core's time at the end, in ms.
+    pub now: u64,
+    /// A local stop was asked after the last step, with no step after it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stop: bool,
+    /// How the run ended (complete recordings).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_end: Option<String>,
+    /// [`digest`] of the live run's final snapshot (complete recordings).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_fnv1a: Option<String>,
+    /// Why the recording stopped early (incomplete recordings).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Whether a recording holds the whole run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Completeness {
+    /// Every step, to the end of the run.
+    Complete,
+    /// The recording stopped before the run did.
+    Incomplete,
+}
+
+/// One step with input: it brought the core to `tick` at `now`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Step {
+    /// The core's tick after the step.
+    pub tick: u64,
+    /// The core's time after the step, in ms.
+    pub now: u64,
+    /// A local stop was asked just before the step.
+    pub stop: bool,
+    /// The events the step ingested, in order.
+    pub events: Vec<NetEvent>,
+}
+
+/// `count` steps in a row with no input, each advancing time equally; the
+/// last brought the core to `tick` at `now`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Idle {
+    /// The core's tick after the last of them.
+    pub tick: u64,
+    /// The core's time after the last of them, in ms.
+    pub now: u64,
+    /// How many.
+    pub count: u64,
+}
+
+/// One parsed line.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Line {
+    /// A segment's first line.
+    Header(Box<Header>),
+    /// A step with input.
+    Step(Step),
+    /// Steps with none.
+    Idle(Idle),
+    /// The last line.
+    End(End),
+}
+
+/// Appends `value` as one JSON line.
+pub fn write_json(out: &mut Vec<u8>, value: &impl Serialize) {
+    // Our own types: every key a string, nothing fallible.
+    let _ = serde_json::to_writer(&mut *out, value);
+    out.push(b'\n');
+}
+
+/// Appends a step line.
+pub fn write_step(out: &mut Vec<u8>, tick: u64, now: u64, stop: bool, events: &[NetEvent]) {
+    let _ = write!(out, "[{tick},{now}");
+    if stop {
+        out.extend_from_slice(b",\"stop\"");
+    }
+    for event in events {
+        out.push(b',');
+        codec::encode(out, event);
+    }
+    out.extend_from_slice(b"]\n");
+}
+
+/// Appends an idle line.
+pub fn write_idle(out: &mut Vec<u8>, idle: Idle) {
+    let _ = writeln!(out, "[{},{},{}]", idle.tick, idle.now, idle.count);
+}
+
+/// Parses one line (without its newline).
+pub fn parse(bytes: &[u8]) -> Result<Line, String> {
+    let value: Value =
+        serde_json::from_slice(bytes).map_err(|e| format!("not a JSON value: {e}"))?;
+    match value {
+        Value::Array(items) => parse_step(&items),
+        Value::Object(ref object) if object.contains_key(MAGIC) => {
+            match object.get(MAGIC).and_then(Value::as_u64) {
+                Some(VERSION) => {}
+                Some(other) => {
+                    return Err(format!(
+                        "format version {other}; this build reads version {VERSION}"
+                    ));
+                }
+                None => return Err(format!("`{MAGIC}` is not a version number")),
+            }
+            serde_json::from_value(value)
+                .map(|header| Line::Header(Box::new(header)))
+                .map_err(|e| format!("bad segment header: {e}"))
+        }
+        Value::Object(ref object) if object.contains_key("end") => serde_json::from_value(value)
+            .map(Line::End)
+            .map_err(|e| format!("bad end line: {e}")),
+        _ => Err("neither a step, a header nor an end line".into()),
+    }
+}
+
+fn parse_step(items: &[Value]) -> Result<Line, String> {
+    let number = |i: usize, what: &str| {
+        items
+            .get(i)
+            .and_then(Value::as_u64)
+            .ok_or_else(|| format!("a step line's {what} is not a whole number"))
+    };
+    let tick = number(0, "tick")?;
+    let now = number(1, "time")?;
+    match items.get(2) {
+        None => Err("a step line with no input and no idle count".into()),
+        Some(Value::Number(_)) => {
+            if items.len() != 3 {
+                return Err("an idle line has more than three items".into());
+            }
+            let count = number(2, "idle count")?;
+            if count == 0 {
+                return Err("an idle line of zero steps".into());
+            }
+            Ok(Line::Idle(Idle { tick, now, count }))
+        }
+        Some(_) => {
+            let stop = items[2] == Value::String("stop".into());
+            let events = items[2 + usize::from(stop)..]
+                .iter()
+                .enumerate()
+                .map(|(i, item)| {
+                    codec::decode(item).map_err(|e| format!("event {} of the step: {e}", i + 1))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            if !stop && events.is_empty() {
+                return Err("a step line with no input".into());
+            }
+            Ok(Line::Step(Step {
+                tick,
+                now,
+                stop,
+                events,
+            }))
+        }
+    }
+}
+
+/// A short, stable fingerprint of a snapshot: FNV-1a (64 bit) of its JSON,
+/// as hex. Stable across builds and platforms (unlike std's hasher), so a
+/// replay on another machine can check it reached the live run's state.
+pub fn digest(snapshot: &Snapshot) -> String {
+    let json = serde_json::to_vec(snapshot).unwrap_or_default();
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in json {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bridge::ConnId;
+
+    fn line(out: &[u8]) -> &[u8] {
+        out.strip_suffix(b"\n").expect("ends with a newline")
+    }
+
+    #[test]
+    fn steps_and_idle_runs_round_trip() {
+        let events = vec![
+            NetEvent::Opened { conn: ConnId(1) },
+            NetEvent::Alive { conn: ConnId(1) },
+        ];
+        for stop in [false, true] {
+            let mut out = Vec::new();
+            write_step(&mut out, 3, 30, stop, &events);
+            assert_eq!(
+                parse(line(&out)),
+                Ok(Line::Step(Step {
+                    tick: 3,
+                    now: 30,
+                    stop,
+                    events: events.clone()
+                }))
+            );
+        }
+        let mut out = Vec::new();
+        write_step(&mut out, 4, 40, true, &[]);
+        assert_eq!(out, b"[4,40,\"stop\"]\n");
+        assert!(matches!(parse(line(&out)), Ok(Line::Step(s)) if s.stop && s.events.is_empty()));
+        let idle = Idle {
+            tick: 9,
+            now: 90,
+            count: 5,
+        };
+        let mut out = Vec::new();
+        write_idle(&mut out, idle);
+        assert_eq!(out, b"[9,90,5]\n");
+        assert_eq!(parse(line(&out)), Ok(Line::Idle(idle)));
+    }
+
+    #[test]
+    fn headers_and_ends_round_trip() {
+        let header = Header {
+            version: VERSION,
+            segment: 0,
+            run: "r".into(),
+            config: Some(Config::default()),
+            seed: Some(u64::MAX),
+            restored: Some(vec![SavedTeam {
+                id: crate::protocol::TeamId(3),
+                joined: true,
+                message_count: 10,
+                props_count: 2,
+            }]),
+            tick: None,
+            now: None,
+        };
+        let mut out = Vec::new();
+        write_json(&mut out, &header);
+        assert_eq!(parse(line(&out)), Ok(Line::Header(Box::new(header))));
+        let end = End {
+            end: Completeness::Complete,
+            tick: 5,
+            now: 50,
+            stop: true,
+            run_end: Some("Forced".into()),
+            snapshot_fnv1a: Some("00ff".into()),
+            reason: None,
+        };
+        let mut out = Vec::new();
+        write_json(&mut out, &end);
+        assert_eq!(parse(line(&out)), Ok(Line::End(end)));
+    }
+
+    #[test]
+    fn malformed_lines_say_what_is_wrong() {
+        for (text, says) in [
+            ("[1,10]", "no input"),
+            ("[1,10,0]", "zero steps"),
+            ("[1,10,2,3]", "more than three"),
+            ("[1,-10,2]", "time"),
+            ("[1,10,\"stop\",[\"q\",1]]", "event 1"),
+            (
+                "{\"switchboard_recording\":2,\"segment\":0,\"run\":\"r\"}",
+                "version 2",
+            ),
+            ("{\"end\":\"maybe\",\"tick\":1,\"now\":1}", "bad end line"),
+            ("{\"x\":1}", "neither"),
+            ("[1,10,[\"o\"", "not a JSON value"),
+        ] {
+            let error = parse(text.as_bytes()).expect_err(text);
+            assert!(error.contains(says), "{text}: {error}");
+        }
+    }
+}
