@@ -165,6 +165,11 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
+    /// Why [`CloseReason::Stalled`]: our writes could not drain.
+    pub const PEER_NOT_READING: &'static str = "peer not reading";
+    /// Why [`CloseReason::Stalled`]: a message was begun and not finished.
+    pub const MESSAGE_INCOMPLETE: &'static str = "message left incomplete";
+
     /// A short, stable name for the kind of end, for counters.
     pub fn class(&self) -> &'static str {
         match self {

@@ -54,8 +54,8 @@ pub const STATIC_NAMES: &[&str] = &[
     "received_message",
     "stats",
     // Stalls.
-    "peer not reading",
-    "message left incomplete",
+    CloseReason::PEER_NOT_READING,
+    CloseReason::MESSAGE_INCOMPLETE,
 ];
 
 /// A value in a recording that is not an event.

@@ -236,12 +236,13 @@ impl Connection {
     fn deadline(&self) -> Option<(Instant, &'static str)> {
         let write = self
             .write_blocked_since
-            .map(|t| (t + self.stall, "peer not reading"));
-        let partial = self
-            .socket
-            .get_ref()
-            .partial_since()
-            .map(|t| (Instant::from_std(t) + self.stall, "message left incomplete"));
+            .map(|t| (t + self.stall, CloseReason::PEER_NOT_READING));
+        let partial = self.socket.get_ref().partial_since().map(|t| {
+            (
+                Instant::from_std(t) + self.stall,
+                CloseReason::MESSAGE_INCOMPLETE,
+            )
+        });
         match (write, partial) {
             (Some(w), Some(p)) => Some(if w.0 <= p.0 { w } else { p }),
             (w, p) => w.or(p),
