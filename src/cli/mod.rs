@@ -76,7 +76,7 @@ pub fn main() -> ExitCode {
         }
         Some(Command::Demo(args)) => demo::run(&args, cli.log_format),
         Some(Command::Replay(args)) => {
-            logging::init(cli.log_format, logging::Audience::Service);
+            logging::init(cli.log_format, logging::Audience::Replay);
             replay::run(&args)
         }
         None => demo::run(&cli.demo, cli.log_format),
