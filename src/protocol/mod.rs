@@ -13,11 +13,12 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+mod props;
 pub mod reference;
+mod team_frame;
 
-pub use reference::{
-    decode_global, decode_global_client, decode_team, decode_team_client, decode_team_ref,
-};
+pub use reference::{decode_global, decode_global_client, decode_team_client};
+pub use team_frame::{TeamFrame, decode_team, decode_team_frame, decode_team_ref};
 
 /// A team's identifier as the Global API assigns it.
 #[derive(
@@ -169,7 +170,7 @@ impl TeamServerEvent {
     /// Whether a message text counts towards `props_count`: the exact,
     /// case-sensitive substring `props`, as the brief writes it.
     pub fn is_props(text: &str) -> bool {
-        text.contains("props")
+        props::contains_props(text.as_bytes())
     }
 }
 
