@@ -17,7 +17,7 @@ use std::time::Instant;
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::{Index, select};
-use proptest::test_runner::{Config, RngSeed, TestRunner};
+use proptest::test_runner::{Config, FileFailurePersistence, RngSeed, TestRunner};
 use switchboard::protocol::{
     DecodeError, TeamFrame, TeamServerEventRef, decode_global, decode_global_client, decode_team,
     decode_team_client, decode_team_frame, decode_team_ref, reference,
@@ -266,9 +266,8 @@ fn number(bad: bool) -> BoxedStrategy<String> {
         6 => select(NUMBERS).prop_map(String::from),
         2 => any::<u64>().prop_map(|n| n.to_string()),
         1 => any::<i64>().prop_map(|n| n.to_string()),
-        1 => any::<f64>()
-            .prop_filter("JSON has no NaN or infinity", |f| f.is_finite())
-            .prop_map(|f| format!("{f:?}")),
+        // Mapped, not filtered: a long run would hit proptest's reject limit.
+        1 => any::<f64>().prop_map(|f| if f.is_finite() { format!("{f:?}") } else { "0.5".into() }),
     ];
     spoiled(bad, good, select(BAD_NUMBERS).prop_map(String::from))
 }
@@ -337,9 +336,10 @@ fn string_lit(bad: bool) -> BoxedStrategy<String> {
     let piece = prop_oneof![
         16 => select(PIECES).prop_map(String::from),
         4 => "[a-zA-Z0-9 .,!?'()-]{0,12}",
-        2 => any::<char>()
-            .prop_filter("plain", |c| !matches!(c, '"' | '\\' | '\0'..='\x1f'))
-            .prop_map(String::from),
+        2 => any::<char>().prop_map(|c| match c {
+            '"' | '\\' | '\0'..='\x1f' => String::from("x"),
+            c => String::from(c),
+        }),
         // Long enough to cross the decoder's 256-byte props window.
         1 => "[a-z]{200,300}",
     ];
@@ -633,21 +633,21 @@ fn frame() -> BoxedStrategy<String> {
 fn good_message() -> BoxedStrategy<String> {
     let text = vec(
         prop_oneof![
-            8 => select(PIECES)
-                .prop_filter("pairs its surrogates", |p| {
-                    !matches!(*p, r"\ud800" | r"\udc00" | r"\ud83d" | r"\ud83d\u0041" | r"\ud83d\ud83d")
-                })
-                .prop_map(String::from),
+            8 => select(PIECES).prop_map(|piece| {
+                let unpaired = [r"\ud800", r"\udc00", r"\ud83d", r"\ud83d\u0041", r"\ud83d\ud83d"];
+                String::from(if unpaired.contains(&piece) { "x" } else { piece })
+            }),
             2 => "[a-zA-Z0-9 .,!?'()-]{0,12}",
             1 => "[a-z]{200,300}",
         ],
         0..8,
     )
     .prop_map(|pieces| format!("\"{}\"", pieces.concat()));
-    let extra = json_value(false).prop_filter("valid JSON", |value| {
-        serde_json::from_str::<&serde_json::value::RawValue>(value).is_ok()
-    });
-    (text, vec(("[a-z_]{1,8}", extra), 0..3), any::<bool>())
+    (
+        text,
+        vec(("[a-z_]{1,8}", json_value(false)), 0..3),
+        any::<bool>(),
+    )
         .prop_map(|(text, extra, text_first)| {
             let mut fields = vec![
                 r#""type":"message""#.to_owned(),
@@ -673,7 +673,9 @@ fn good_message() -> BoxedStrategy<String> {
 /// `cargo test` is deterministic.
 fn config() -> Config {
     let mut config = Config {
-        source_file: Some(file!()),
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
+            "tests/fuzz_decode.proptest-regressions",
+        ))),
         ..Config::default()
     };
     if std::env::var_os("PROPTEST_RNG_SEED").is_none() {
