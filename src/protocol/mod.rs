@@ -5,8 +5,10 @@
 //! output is exactly `{"type":"…",…fields}`. Decoding never panics, never
 //! copies a field it does not need, ignores unknown fields, and when the input
 //! is bad it says precisely which event and which field were wrong, so that
-//! bad input can be counted and logged by kind. [`reference`] holds the plain
-//! decoder that defines good and bad input.
+//! bad input can be counted and logged by kind.
+//!
+//! [`reference`](mod@reference) holds the plain decoder that defines good and
+//! bad input; [`decode_team_frame`] is the fast one for the team hot path.
 
 use std::borrow::Cow;
 use std::fmt;

@@ -4,11 +4,11 @@
 //!
 //! It accepts only frames it can read completely: a JSON object in a subset
 //! of JSON's grammar (keys without escapes, nesting at most [`MAX_DEPTH`]
-//! deep, a plain `type` string naming a team event). Anything else, bad input
-//! included, goes to the [`reference`] decoder, which gives the verdict and
-//! the typed error. So its answer is, by construction, the reference
-//! decoder's whenever it declines, and `tests/fuzz_decode.rs` checks that it
-//! is the same whenever it does not.
+//! deep, a plain `type` string naming a team event). Anything else, bad
+//! input included, goes to the [`reference`](mod@reference) decoder, which
+//! gives the verdict and the typed error. So its answer is, by construction,
+//! the reference decoder's whenever it declines, and `tests/fuzz_decode.rs`
+//! checks that it is the same whenever it does not.
 
 use std::borrow::Cow;
 
@@ -44,7 +44,7 @@ pub enum TeamFrame<'a> {
 /// Decodes a text frame received on a team connection. With `keep_text`
 /// false a `message` costs no allocation: only whether it counts towards
 /// `props_count` is kept. Accepts and rejects exactly what the
-/// [`reference`] decoder does, with the same errors.
+/// [`reference`](mod@reference) decoder does, with the same errors.
 pub fn decode_team_frame(text: &str, keep_text: bool) -> Result<TeamFrame<'_>, DecodeError> {
     if let Some(frame) = fast(text, keep_text) {
         return Ok(frame);
@@ -80,7 +80,7 @@ pub fn decode_team(text: &str) -> Result<TeamServerEvent, DecodeError> {
 
 /// Deepest nesting the fast path walks in a field it skips; deeper frames
 /// go to the reference decoder, which needs no stack for them.
-pub const MAX_DEPTH: usize = 64;
+const MAX_DEPTH: usize = 64;
 
 /// The team events the fast path decodes.
 #[derive(Clone, Copy)]
