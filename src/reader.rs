@@ -7,9 +7,7 @@
 //! other frame first ends the run, so the core sees events in frame order.
 
 use crate::bridge::{ConnId, ConnKind, Inbound, NetEvent, TeamControl};
-use crate::protocol::{
-    DecodeError, TeamServerEvent, TeamServerEventRef, decode_global, decode_team_ref,
-};
+use crate::protocol::{DecodeError, TeamFrame, decode_global, decode_team_frame};
 
 /// Most messages in one run: bounds how many messages one event carries.
 pub const MAX_RUN: u32 = 1024;
@@ -67,22 +65,22 @@ impl Reader {
     ) -> [Option<NetEvent>; 2] {
         let inbound = match frame {
             Frame::Text(text) => match self.kind {
-                ConnKind::Team(_) => match decode_team_ref(text) {
-                    Ok(TeamServerEventRef::Message { text }) => {
-                        if let Some(on_message) = on_message {
+                ConnKind::Team(_) => match decode_team_frame(text, on_message.is_some()) {
+                    Ok(TeamFrame::Message { props, text }) => {
+                        if let (Some(on_message), Some(text)) = (on_message, text) {
                             on_message(self.read, &text);
                         }
                         self.read += 1;
                         self.run += 1;
-                        self.run_props += u32::from(TeamServerEvent::is_props(&text));
+                        self.run_props += u32::from(props);
                         let full = (self.run >= MAX_RUN).then(|| self.flush()).flatten();
                         return [full, None];
                     }
-                    Ok(TeamServerEventRef::Hello) => Inbound::Team(Ok(TeamControl::Hello)),
-                    Ok(TeamServerEventRef::Pong { unique_id }) => {
+                    Ok(TeamFrame::Hello) => Inbound::Team(Ok(TeamControl::Hello)),
+                    Ok(TeamFrame::Pong { unique_id }) => {
                         Inbound::Team(Ok(TeamControl::Pong { unique_id }))
                     }
-                    Ok(TeamServerEventRef::TeamLeft { team_id }) => {
+                    Ok(TeamFrame::TeamLeft { team_id }) => {
                         Inbound::Team(Ok(TeamControl::TeamLeft { team_id }))
                     }
                     Err(error) => Inbound::Team(Err(error)),

@@ -600,22 +600,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_received_message_keeps_its_key_order() {
-        let event = received(
-            1,
-            Inbound::Global(Ok(GlobalServerEvent::Error {
-                message: "m".into(),
-                received_message: Some(serde_json::json!({"b": 1, "a": 2})),
-                team_id: None,
-            })),
-        );
-        let mut out = Vec::new();
-        encode(&mut out, &event);
-        let text = String::from_utf8(out).expect("utf-8");
-        assert!(text.contains(r#"{"b":1,"a":2}"#), "{text}");
-    }
-
     /// The names the real decoders put in their errors are all known: bad
     /// frames for every event and field they check.
     #[test]

@@ -1,19 +1,26 @@
 //! Wire types for both connection kinds, and their decode/encode. Pure: no I/O.
 //!
 //! Every frame is a websocket text frame holding one JSON object whose `type`
-//! names the event (see `PROTOCOL.md`). Encoding uses serde's derive, so the
-//! output is exactly `{"type":"…",…fields}`. Decoding is hand-written on top of
-//! a borrowed [`RawValue`] per field: it never panics, never copies a field it
-//! does not need, ignores unknown fields, and when the input is bad it says
-//! precisely which event and which field were wrong, so that bad input can be
-//! counted and logged by kind.
+//! names the event (see `docs/PROTOCOL.md`). Encoding uses serde's derive, so the
+//! output is exactly `{"type":"…",…fields}`. Decoding never panics, never
+//! copies a field it does not need, ignores unknown fields, and when the input
+//! is bad it says precisely which event and which field were wrong, so that
+//! bad input can be counted and logged by kind.
+//!
+//! [`reference`](mod@reference) holds the plain decoder that defines good and
+//! bad input; [`decode_team_frame`] is the fast one for the team hot path.
 
 use std::borrow::Cow;
 use std::fmt;
 
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
+
+mod props;
+pub mod reference;
+mod team_frame;
+
+pub use reference::{decode_global, decode_global_client, decode_team_client};
+pub use team_frame::{TeamFrame, decode_team, decode_team_frame, decode_team_ref};
 
 /// A team's identifier as the Global API assigns it.
 #[derive(
@@ -165,7 +172,7 @@ impl TeamServerEvent {
     /// Whether a message text counts towards `props_count`: the exact,
     /// case-sensitive substring `props`, as the brief writes it.
     pub fn is_props(text: &str) -> bool {
-        text.contains("props")
+        props::contains_props(text.as_bytes())
     }
 }
 
@@ -242,110 +249,6 @@ impl DecodeError {
     }
 }
 
-/// Longest unknown `type` kept in a [`DecodeError`]; a peer must not be able
-/// to make us hold (and log) an arbitrarily long string.
-const MAX_ECHOED_TYPE: usize = 64;
-
-/// Every field any event uses, borrowed raw from the frame. Unknown fields
-/// are skipped by serde without being copied.
-#[derive(Deserialize)]
-struct RawFrame<'a> {
-    #[serde(rename = "type", borrow)]
-    kind: Option<&'a RawValue>,
-    #[serde(borrow)]
-    team_id: Option<&'a RawValue>,
-    #[serde(borrow)]
-    ws_url: Option<&'a RawValue>,
-    #[serde(borrow)]
-    text: Option<&'a RawValue>,
-    #[serde(borrow)]
-    unique_id: Option<&'a RawValue>,
-    #[serde(borrow)]
-    message: Option<&'a RawValue>,
-    #[serde(borrow)]
-    received_message: Option<&'a RawValue>,
-    #[serde(borrow)]
-    stats: Option<&'a RawValue>,
-}
-
-/// Says what valid JSON that is not an event object holds, in the peer's
-/// terms rather than serde's (which would name our private struct).
-fn json_shape(text: &str, error: &serde_json::Error) -> String {
-    let shape = match text.trim_start().chars().next() {
-        Some('[') => "an array",
-        Some('"') => "a string",
-        Some('t' | 'f') => "a boolean",
-        Some('n') => "null",
-        Some('{') => {
-            // An object that still failed: a key given twice.
-            let detail = error.to_string();
-            return match detail.find("duplicate field") {
-                Some(at) => clip(&detail[at..], 80),
-                None => "an object serde rejected".to_owned(),
-            };
-        }
-        _ => "a number",
-    };
-    format!("got {shape}")
-}
-
-impl<'a> RawFrame<'a> {
-    /// Parses the envelope and returns it with its `type`.
-    fn parse(text: &'a str) -> Result<(Self, Cow<'a, str>), DecodeError> {
-        let frame: RawFrame<'a> = serde_json::from_str(text).map_err(|e| {
-            if e.is_data() {
-                DecodeError::NotObject {
-                    reason: json_shape(text, &e),
-                }
-            } else {
-                DecodeError::NotJson {
-                    reason: e.to_string(),
-                }
-            }
-        })?;
-        let kind = frame
-            .kind
-            .and_then(borrowed_str)
-            .ok_or(DecodeError::MissingType)?;
-        Ok((frame, kind))
-    }
-
-    /// A required field's raw value: absent and `null` are both missing.
-    fn present<'r>(
-        raw: Option<&'r RawValue>,
-        event: &'static str,
-        field: &'static str,
-    ) -> Result<&'r RawValue, DecodeError> {
-        raw.filter(|raw| raw.get() != "null")
-            .ok_or(DecodeError::MissingField { event, field })
-    }
-
-    fn required<T: DeserializeOwned>(
-        raw: Option<&RawValue>,
-        event: &'static str,
-        field: &'static str,
-    ) -> Result<T, DecodeError> {
-        let raw = Self::present(raw, event, field)?;
-        serde_json::from_str(raw.get()).map_err(|_| DecodeError::BadField { event, field })
-    }
-
-    fn optional<T: DeserializeOwned>(
-        raw: Option<&RawValue>,
-        event: &'static str,
-        field: &'static str,
-    ) -> Result<Option<T>, DecodeError> {
-        match raw {
-            None => Ok(None),
-            Some(raw) if raw.get() == "null" => Ok(None),
-            Some(_) => Self::required(raw, event, field).map(Some),
-        }
-    }
-
-    fn team_id(&self, event: &'static str) -> Result<TeamId, DecodeError> {
-        Self::required(self.team_id, event, "team_id")
-    }
-}
-
 /// Why a `ws_url` (or the Global URL) cannot be opened.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum UrlError {
@@ -393,79 +296,6 @@ pub fn normalize_ws_url(url: &str) -> Result<String, UrlError> {
     Ok(format!("{scheme}://{rest}"))
 }
 
-/// A JSON string borrowed from the frame when it holds no escapes (serde's
-/// own `Cow<str>` always copies), owned otherwise; `None` if not a string.
-fn borrowed_str(raw: &RawValue) -> Option<Cow<'_, str>> {
-    match serde_json::from_str::<&str>(raw.get()) {
-        Ok(text) => Some(Cow::Borrowed(text)),
-        Err(_) => serde_json::from_str::<String>(raw.get())
-            .ok()
-            .map(Cow::Owned),
-    }
-}
-
-fn unknown(kind: &str) -> DecodeError {
-    DecodeError::UnknownType(clip(kind, MAX_ECHOED_TYPE))
-}
-
-/// A `unique_id` may be a number or a string holding a number.
-fn ping_id(raw: Option<&RawValue>) -> Result<u64, DecodeError> {
-    const EVENT: &str = "pong";
-    const FIELD: &str = "unique_id";
-    let raw = raw.ok_or(DecodeError::MissingField {
-        event: EVENT,
-        field: FIELD,
-    })?;
-    if let Ok(id) = serde_json::from_str::<u64>(raw.get()) {
-        return Ok(id);
-    }
-    // 7.0 is 7: some encoders write every number as a float.
-    if let Ok(f) = serde_json::from_str::<f64>(raw.get())
-        && f >= 0.0
-        && f.fract() == 0.0
-        && f < u64::MAX as f64
-    {
-        return Ok(f as u64);
-    }
-    serde_json::from_str::<Cow<'_, str>>(raw.get())
-        .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .ok_or(DecodeError::BadField {
-            event: EVENT,
-            field: FIELD,
-        })
-}
-
-/// Decodes a text frame received on the Global connection.
-pub fn decode_global(text: &str) -> Result<GlobalServerEvent, DecodeError> {
-    let (raw, kind) = RawFrame::parse(text)?;
-    Ok(match kind.as_ref() {
-        "hello" => GlobalServerEvent::Hello,
-        "goodbye" => GlobalServerEvent::Goodbye,
-        "healthcheck" => GlobalServerEvent::Healthcheck,
-        "team.join" => GlobalServerEvent::TeamJoin {
-            team_id: raw.team_id("team.join")?,
-        },
-        "team.left" => GlobalServerEvent::TeamLeft {
-            team_id: raw.team_id("team.left")?,
-        },
-        "team.connect" => GlobalServerEvent::TeamConnect {
-            team_id: raw.team_id("team.connect")?,
-            ws_url: RawFrame::required(raw.ws_url, "team.connect", "ws_url")?,
-        },
-        "error" => GlobalServerEvent::Error {
-            message: RawFrame::required(raw.message, "error", "message")?,
-            received_message: RawFrame::optional(
-                raw.received_message,
-                "error",
-                "received_message",
-            )?,
-            team_id: RawFrame::optional(raw.team_id, "error", "team_id")?,
-        },
-        other => return Err(unknown(other)),
-    })
-}
-
 /// A team server event whose message text is borrowed from the frame when
 /// it can be: what the transport decodes, so that counting a message
 /// allocates nothing.
@@ -504,59 +334,6 @@ impl TeamServerEventRef<'_> {
     }
 }
 
-/// Decodes a text frame received on a team connection, borrowing from it.
-pub fn decode_team_ref(text: &str) -> Result<TeamServerEventRef<'_>, DecodeError> {
-    let (raw, kind) = RawFrame::parse(text)?;
-    Ok(match kind.as_ref() {
-        "hello" => TeamServerEventRef::Hello,
-        "message" => {
-            let (event, field) = ("message", "text");
-            let text = RawFrame::present(raw.text, event, field)?;
-            TeamServerEventRef::Message {
-                text: borrowed_str(text).ok_or(DecodeError::BadField { event, field })?,
-            }
-        }
-        "pong" => TeamServerEventRef::Pong {
-            unique_id: ping_id(raw.unique_id)?,
-        },
-        "team.left" => TeamServerEventRef::TeamLeft {
-            team_id: raw.team_id("team.left")?,
-        },
-        other => return Err(unknown(other)),
-    })
-}
-
-/// Decodes a text frame received on a team connection.
-pub fn decode_team(text: &str) -> Result<TeamServerEvent, DecodeError> {
-    decode_team_ref(text).map(TeamServerEventRef::into_owned)
-}
-
-/// Decodes a frame a client sent on the Global connection (used by servers,
-/// such as the simulator).
-pub fn decode_global_client(text: &str) -> Result<GlobalClientEvent, DecodeError> {
-    let (raw, kind) = RawFrame::parse(text)?;
-    Ok(match kind.as_ref() {
-        "team.connect" => GlobalClientEvent::TeamConnect {
-            team_id: raw.team_id("team.connect")?,
-        },
-        "healthcheck" => GlobalClientEvent::Healthcheck {
-            stats: RawFrame::required(raw.stats, "healthcheck", "stats")?,
-        },
-        other => return Err(unknown(other)),
-    })
-}
-
-/// Decodes a frame a client sent on a team connection (used by servers).
-pub fn decode_team_client(text: &str) -> Result<TeamClientEvent, DecodeError> {
-    let (raw, kind) = RawFrame::parse(text)?;
-    Ok(match kind.as_ref() {
-        "ping" => TeamClientEvent::Ping {
-            unique_id: RawFrame::required(raw.unique_id, "ping", "unique_id")?,
-        },
-        other => return Err(unknown(other)),
-    })
-}
-
 /// Encodes any event as the JSON text of one frame.
 pub fn encode<T: Serialize>(event: &T) -> String {
     // Serialising these types cannot fail: every map key is a string and no
@@ -566,6 +343,7 @@ pub fn encode<T: Serialize>(event: &T) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::reference::MAX_ECHOED_TYPE;
     use super::*;
     use serde_json::json;
 
