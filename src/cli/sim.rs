@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
-use switchboard::sim::{Chaos, Fault, Scenario, SimConfig, SimServer};
+use switchboard::sim::{Chaos, Fault, Scenario, Schedule, SimConfig, SimServer};
 use tracing::info;
 
 use super::{duration, human};
@@ -89,6 +89,7 @@ impl SimArgs {
                 ..Scenario::default()
             },
             chaos,
+            schedule: Schedule::none(),
             seed: self.sim_seed,
         }
     }
