@@ -54,6 +54,12 @@ fn verdict(ledger: &Ledger, mut mismatches: Vec<String>, duration: Duration) -> 
         messages: truth.iter().map(|t| t.messages).sum(),
         props: truth.iter().map(|t| t.props).sum(),
         faults: ledger.survival.counts().clone(),
+        not_observed_why: ledger
+            .survival
+            .why_not()
+            .iter()
+            .map(|(&f, why)| (f, why.iter().map(|(w, &n)| ((*w).to_owned(), n)).collect()))
+            .collect(),
         healthchecks_checked: ledger.replies_checked,
         global_connects: ledger.global_connects,
         max_sockets_per_team: ledger.max_open,

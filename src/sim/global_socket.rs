@@ -26,15 +26,12 @@ pub(crate) async fn serve_global(ws: WebSocketStream<TcpStream>, shared: Arc<Sha
         let mut ledger = shared.lock();
         let id = ledger.socket_id();
         ledger.global_opened(id, ctl);
-        let delayed = strikes(&shared, &mut ledger, Fault::DelayedHello, None).then(|| {
-            ledger.injected(
-                Fault::DelayedHello,
-                Recovery::KeptGlobal {
-                    global: id,
-                    armed_at: None,
-                },
-            )
-        });
+        let delayed = strikes(&shared, &mut ledger, Fault::DelayedHello, None);
+        if delayed {
+            let since = Instant::now();
+            let kept = Recovery::KeptGlobal { global: id, since };
+            ledger.injected(Fault::DelayedHello, kept);
+        }
         // Re-derive what the client must know: every joined team, and every
         // team that left while its socket is still open (a team.left written
         // on a Global that was then reset may never have arrived).
@@ -56,7 +53,7 @@ pub(crate) async fn serve_global(ws: WebSocketStream<TcpStream>, shared: Arc<Sha
     shared.started.get_or_init(Instant::now);
     shared.global_seen.notify_one();
     let (mut sink, mut stream) = ws.split();
-    if delayed.is_some() {
+    if delayed {
         tokio::time::sleep(shared.scenario.delayed_hello_for).await;
     }
     let mut greeting = vec![text(&GlobalServerEvent::Hello)];
@@ -69,9 +66,6 @@ pub(crate) async fn serve_global(ws: WebSocketStream<TcpStream>, shared: Arc<Sha
     if sink.flush().await.is_err() {
         return shared.lock().global_closed(id);
     }
-    if let Some(watch) = delayed {
-        shared.lock().armed(watch, None);
-    }
     let mut closing: Option<Instant> = None;
     loop {
         let close_deadline = closing.map(|t| t + CLOSE_WAIT);
@@ -79,10 +73,6 @@ pub(crate) async fn serve_global(ws: WebSocketStream<TcpStream>, shared: Arc<Sha
             ctl = ctl_rx.recv() => match ctl {
                 Some(SocketCtl::Send(frame)) => {
                     if sink.send(frame).await.is_err() { break; }
-                }
-                Some(SocketCtl::Inject(frame, watch)) => {
-                    if sink.send(frame).await.is_err() { break; }
-                    shared.lock().armed(watch, None);
                 }
                 Some(SocketCtl::Close(code)) => {
                     let _ = sink.send(close_frame(code)).await;

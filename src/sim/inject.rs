@@ -18,8 +18,9 @@ use super::survival::Recovery;
 use crate::protocol::{GlobalServerEvent, TeamId};
 
 /// Messages that must still follow a fault whose survival is seen by the
-/// client counting past it (garbage, a delayed hello).
-const FOLLOWING: u64 = 2;
+/// client counting past it (garbage, a delayed hello): enough that the
+/// stream does not end before the fault's frame is out.
+const FOLLOWING: u64 = 10;
 
 /// Messages a team must still have to receive to be a fair target.
 fn needs(shared: &Shared, fault: Fault) -> u64 {
@@ -151,8 +152,19 @@ fn garbage(rng: &mut fastrand::Rng, on_global: bool) -> Message {
 
 /// Injects `fault` on `team`'s socket, or on Global for `None`, and books
 /// it with its recovery. Returns false, injecting nothing, when the target
-/// cannot take it now.
+/// cannot take it now. A fault settled by the next reply on its Global
+/// (a duplicate join, garbage on Global) gets that reply asked for at once:
+/// the longer the wait, the likelier a Global drop makes it unobservable.
 fn inject(shared: &Arc<Shared>, fault: Fault, team: Option<TeamId>) -> bool {
+    let injected = inject_now(shared, fault, team);
+    if injected && (fault == Fault::DuplicateJoin || (fault == Fault::Garbage && team.is_none())) {
+        let shared = shared.clone();
+        tokio::spawn(async move { ask_healthcheck(&shared).await });
+    }
+    injected
+}
+
+fn inject_now(shared: &Arc<Shared>, fault: Fault, team: Option<TeamId>) -> bool {
     let now = Instant::now();
     let mut ledger = shared.lock();
     if !ledger.chaos_on {
@@ -285,14 +297,11 @@ fn inject_on_global(ledger: &mut Ledger, fault: Fault) -> bool {
             let Some((id, ctl)) = ledger.global.as_ref().map(|g| (g.id, g.ctl.clone())) else {
                 return false;
             };
-            let watch = ledger.injected(
-                fault,
-                Recovery::KeptGlobal {
-                    global: id,
-                    armed_at: None,
-                },
-            );
-            let _ = ctl.send(SocketCtl::Inject(junk, watch));
+            if ctl.send(SocketCtl::Send(junk)).is_err() {
+                return false;
+            }
+            let since = Instant::now();
+            ledger.injected(fault, Recovery::KeptGlobal { global: id, since });
             true
         }
         _ => false,

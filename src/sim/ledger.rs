@@ -133,12 +133,9 @@ impl Ledger {
         self.survival.inject(fault, recovery)
     }
 
-    /// The frame carrying fault `id`, sent to `team`'s socket (or to Global
-    /// for `None`), was written.
-    pub fn armed(&mut self, id: WatchId, team: Option<TeamId>) {
-        let written = team
-            .and_then(|t| self.teams.get(&t))
-            .map_or(0, |t| t.written);
+    /// The frame carrying fault `id` was written to `team`'s socket.
+    pub fn armed(&mut self, id: WatchId, team: TeamId) {
+        let written = self.teams.get(&team).map_or(0, |t| t.written);
         self.survival.arm(id, Instant::now(), written);
     }
 

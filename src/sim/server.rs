@@ -25,8 +25,8 @@ use crate::protocol::{TeamId, encode};
 pub(crate) enum SocketCtl {
     /// Send a raw frame.
     Send(Message),
-    /// Send a frame carrying an injected fault, and arm its recovery once
-    /// the frame is written.
+    /// Send a frame carrying an injected fault to a team socket, and arm
+    /// its recovery once the frame is written.
     Inject(Message, WatchId),
     /// Close with this code (after what is queued).
     Close(u16),

@@ -14,7 +14,7 @@ use super::truth::TeamTruth;
 use super::verdict::FaultCount;
 use crate::protocol::{TeamId, TeamStats};
 
-/// Names one injected fault, so the socket task that writes its frame can
+/// Names one injected fault, so the team socket task that writes its frame can
 /// [arm](Survival::arm) it once the frame is out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct WatchId(u64);
@@ -59,16 +59,16 @@ pub(crate) enum Recovery {
         /// When the frame was written, and the team's count then.
         armed: Option<(Instant, u64)>,
     },
-    /// garbage or a delayed hello on Global: armed once the frame is
-    /// written; survived at the first reply on that same Global connection
-    /// to a request sent after it (the request follows the frame on the
-    /// socket, so the client read past it and kept the link). Global
-    /// closing first makes it unobservable.
+    /// garbage or a delayed hello on Global: survived at the first reply
+    /// on that same Global connection to a request queued at or after
+    /// `since` (Global writes in queue order, and only after its hello, so
+    /// the request followed the frame on the socket: the client read past
+    /// it and kept the link). Global closing first makes it unobservable.
     KeptGlobal {
         /// The Global's socket id.
         global: u64,
-        /// When the frame was written.
-        armed_at: Option<Instant>,
+        /// When the garbage was queued, or the socket opened.
+        since: Instant,
     },
     /// duplicate-join: settled at the first reply on the same Global to a
     /// request sent after the duplicate `team.join` (which it follows on the
@@ -146,7 +146,7 @@ impl Reply<'_> {
 /// What a reply does to a pending recovery.
 enum Settles {
     Survived,
-    NotObserved,
+    NotObserved(&'static str),
     No,
 }
 
@@ -172,8 +172,8 @@ fn settles(recovery: &Recovery, reply: &Reply<'_>, teams: &BTreeMap<TeamId, Team
                 && reply.written_then.get(&team).is_some_and(|&w| w > after)
                 && reply.exact(team)
         })),
-        Recovery::KeptGlobal { global, armed_at } => {
-            yes(global == reply.global && armed_at.is_some_and(|a| reply.sent_at >= a))
+        Recovery::KeptGlobal { global, since } => {
+            yes(global == reply.global && reply.sent_at >= since)
         }
         Recovery::SingleSocket {
             team,
@@ -188,7 +188,7 @@ fn settles(recovery: &Recovery, reply: &Reply<'_>, teams: &BTreeMap<TeamId, Team
             {
                 Settles::Survived
             } else {
-                Settles::NotObserved
+                Settles::NotObserved("another socket at the next reply")
             }
         }
         Recovery::ExactAfterPause { team, until } => yes(reply.sent_at >= until
@@ -211,6 +211,18 @@ pub(crate) struct Survival {
     next_id: u64,
     pending: Vec<Watch>,
     counts: BTreeMap<Fault, FaultCount>,
+    why_not: BTreeMap<Fault, BTreeMap<&'static str, u64>>,
+}
+
+/// Books one fault whose recovery could not be observed, and why.
+fn not_observed(
+    counts: &mut BTreeMap<Fault, FaultCount>,
+    why_not: &mut BTreeMap<Fault, BTreeMap<&'static str, u64>>,
+    fault: Fault,
+    why: &'static str,
+) {
+    counts.entry(fault).or_default().not_observed += 1;
+    *why_not.entry(fault).or_default().entry(why).or_default() += 1;
 }
 
 impl Survival {
@@ -232,6 +244,11 @@ impl Survival {
         &self.counts
     }
 
+    /// Why recoveries were not observed, by kind: reason → times.
+    pub fn why_not(&self) -> &BTreeMap<Fault, BTreeMap<&'static str, u64>> {
+        &self.why_not
+    }
+
     /// Faults injected so far, all kinds.
     pub fn injected(&self) -> u64 {
         self.counts.values().map(|c| c.injected).sum()
@@ -251,15 +268,13 @@ impl Survival {
             .filter_map(|w| w.recovery.team())
     }
 
-    /// The frame carrying fault `id` was written at `now`, when its team's
-    /// count stood at `written`.
+    /// The frame carrying fault `id` was written to its team's socket at
+    /// `now`, when the team's count stood at `written`.
     pub fn arm(&mut self, id: WatchId, now: Instant, written: u64) {
-        if let Some(w) = self.pending.iter_mut().find(|w| w.id == id) {
-            match &mut w.recovery {
-                Recovery::KeptTeamSocket { armed, .. } => *armed = Some((now, written)),
-                Recovery::KeptGlobal { armed_at, .. } => *armed_at = Some(now),
-                _ => {}
-            }
+        if let Some(w) = self.pending.iter_mut().find(|w| w.id == id)
+            && let Recovery::KeptTeamSocket { armed, .. } = &mut w.recovery
+        {
+            *armed = Some((now, written));
         }
     }
 
@@ -278,7 +293,7 @@ impl Survival {
 
     /// Socket `socket` of `team` closed.
     pub fn socket_closed(&mut self, team: TeamId, socket: u64) {
-        self.give_up(|r| {
+        self.give_up("its socket closed first", |r| {
             matches!(*r, Recovery::KeptTeamSocket { team: t, socket: s, .. }
                 | Recovery::SingleSocket { team: t, socket: s, .. } if t == team && s == socket)
         });
@@ -286,12 +301,15 @@ impl Survival {
 
     /// The client asked for a URL for `team`.
     pub fn connect_requested(&mut self, team: TeamId) {
-        self.give_up(|r| matches!(*r, Recovery::SingleSocket { team: t, .. } if t == team));
+        self.give_up(
+            "a team.connect came first",
+            |r| matches!(*r, Recovery::SingleSocket { team: t, .. } if t == team),
+        );
     }
 
     /// Global connection `global` closed.
     pub fn global_closed(&mut self, global: u64) {
-        self.give_up(|r| {
+        self.give_up("its Global closed first", |r| {
             matches!(*r, Recovery::KeptGlobal { global: g, .. }
                 | Recovery::SingleSocket { global: g, .. } if g == global)
         });
@@ -300,17 +318,16 @@ impl Survival {
     /// `team` left: what it was waiting for can no longer be told apart
     /// from the leave.
     pub fn team_left(&mut self, team: TeamId) {
-        self.give_up(|r| r.team() == Some(team));
+        self.give_up("the team left first", |r| r.team() == Some(team));
     }
 
     /// A healthcheck reply arrived: settles what it can.
     pub fn reply(&mut self, reply: &Reply<'_>, teams: &BTreeMap<TeamId, TeamTruth>) {
-        let counts = &mut self.counts;
+        let (counts, why_not) = (&mut self.counts, &mut self.why_not);
         self.pending.retain(|w| {
-            let count = counts.entry(w.fault).or_default();
             match settles(&w.recovery, reply, teams) {
-                Settles::Survived => count.survived += 1,
-                Settles::NotObserved => count.not_observed += 1,
+                Settles::Survived => counts.entry(w.fault).or_default().survived += 1,
+                Settles::NotObserved(why) => not_observed(counts, why_not, w.fault, why),
                 Settles::No => return true,
             }
             false
@@ -319,14 +336,14 @@ impl Survival {
 
     /// The run is over: whatever is still waiting was not observed.
     pub fn finish(&mut self) {
-        self.give_up(|_| true);
+        self.give_up("the run ended first", |_| true);
     }
 
-    fn give_up(&mut self, unobservable: impl Fn(&Recovery) -> bool) {
-        let counts = &mut self.counts;
+    fn give_up(&mut self, why: &'static str, unobservable: impl Fn(&Recovery) -> bool) {
+        let (counts, why_not) = (&mut self.counts, &mut self.why_not);
         self.pending.retain(|w| {
             if unobservable(&w.recovery) {
-                counts.entry(w.fault).or_default().not_observed += 1;
+                not_observed(counts, why_not, w.fault, why);
                 false
             } else {
                 true
@@ -554,5 +571,6 @@ mod tests {
         s.inject(Fault::GlobalDrop, Recovery::NewGlobal { dropped: 1 });
         s.finish();
         assert_eq!(counts(&s, Fault::GlobalDrop), (1, 0, 1));
+        assert_eq!(s.why_not()[&Fault::GlobalDrop]["the run ended first"], 1);
     }
 }

@@ -69,7 +69,7 @@ pub(crate) async fn serve_team(ws: WebSocketStream<TcpStream>, team: TeamId, sha
     };
     let mut sending = sink.send(text(&TeamServerEvent::Hello)).await.is_ok();
     if sending && let Some(watch) = delayed {
-        shared.lock().armed(watch, Some(team));
+        shared.lock().armed(watch, team);
     }
     let mut zombie = false;
     let mut slow_until: Option<Instant> = None;
@@ -85,7 +85,7 @@ pub(crate) async fn serve_team(ws: WebSocketStream<TcpStream>, team: TeamId, sha
                 }
                 Some(SocketCtl::Inject(frame, watch)) => {
                     if sink.send(frame).await.is_err() { break; }
-                    shared.lock().armed(watch, Some(team));
+                    shared.lock().armed(watch, team);
                 }
                 Some(SocketCtl::Close(code)) => {
                     sending = false;

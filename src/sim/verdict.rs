@@ -59,6 +59,8 @@ pub struct Verdict {
     pub props: u64,
     /// Faults by kind.
     pub faults: BTreeMap<Fault, FaultCount>,
+    /// Why recoveries were not observed, by kind: reason → times.
+    pub not_observed_why: BTreeMap<Fault, BTreeMap<String, u64>>,
     /// Healthcheck replies checked.
     pub healthchecks_checked: u64,
     /// Global connections accepted.
@@ -85,6 +87,7 @@ impl Verdict {
             messages: 0,
             props: 0,
             faults: BTreeMap::new(),
+            not_observed_why: BTreeMap::new(),
             healthchecks_checked: 0,
             global_connects: 0,
             max_sockets_per_team: 0,
@@ -215,6 +218,18 @@ impl fmt::Display for Verdict {
                 count.not_observed
             )?;
         }
+        for (fault, reasons) in &self.not_observed_why {
+            let reasons: Vec<String> = reasons
+                .iter()
+                .map(|(why, n)| format!("{n} {why}"))
+                .collect();
+            write!(
+                f,
+                "\n  {} not observed: {}",
+                fault.name(),
+                reasons.join(", ")
+            )?;
+        }
         Ok(())
     }
 }
@@ -306,6 +321,10 @@ mod tests {
                 not_observed: 1,
             },
         );
+        v.not_observed_why.insert(
+            Fault::GlobalDrop,
+            BTreeMap::from([("the run ended first".to_owned(), 1)]),
+        );
         v.longest_disconnect = Some(Disconnect {
             team: TeamId(2),
             length: Duration::from_millis(1500),
@@ -313,6 +332,9 @@ mod tests {
         });
         let json = serde_json::to_string(&v).unwrap();
         assert_eq!(serde_json::from_str::<Verdict>(&json).unwrap(), v);
-        assert!(v.to_string().contains("not observed"));
+        assert!(
+            v.to_string()
+                .contains("global-drop not observed: 1 the run ended first")
+        );
     }
 }
