@@ -13,6 +13,7 @@ use clap::{Args, ValueEnum};
 use switchboard::sim::{Chaos, Fault, Scenario, Schedule, SimConfig, SimServer, Verdict};
 use tracing::info;
 
+use super::client::raise_fd_limit;
 use super::{LogFormat, duration, human, usage_error};
 
 /// How the verdict is printed.
@@ -220,6 +221,7 @@ pub fn run(command: &SimCommand) -> ExitCode {
     if command.supervised {
         exit_when_stdin_closes();
     }
+    raise_fd_limit();
     let runtime = match super::tokio_runtime() {
         Ok(runtime) => runtime,
         Err(code) => return code,

@@ -58,11 +58,25 @@ enum Route {
     Team(TeamId),
 }
 
-/// Accepts connections until the listener fails.
+/// After a failed accept (out of descriptors, a connection aborted before
+/// it was taken), wait this long before the next.
+const ACCEPT_RETRY: Duration = Duration::from_millis(50);
+
+/// Accepts connections for as long as the simulator runs. A failed accept
+/// is transient (descriptors free up as sockets close): it never ends the
+/// loop, which would leave every later team unable to connect.
 pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    while let Ok((stream, _)) = listener.accept().await {
-        let _ = stream.set_nodelay(true);
-        tokio::spawn(handshake(stream, shared.clone()));
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(handshake(stream, shared.clone()));
+            }
+            Err(error) => {
+                tracing::warn!(%error, "simulator: accept failed; retrying");
+                tokio::time::sleep(ACCEPT_RETRY).await;
+            }
+        }
     }
 }
 
