@@ -61,6 +61,8 @@ struct Script {
     restart_after: Option<u64>,
     /// Start the restarted client with no counts.
     forget: bool,
+    /// Open a second socket for team 1 while holding its first.
+    second_socket: bool,
 }
 
 /// One team's counts: (connected, messages, props).
@@ -129,7 +131,8 @@ enum End {
 async fn global_session(url: &str, counts: &Counts, script: Script, restarted: bool) -> End {
     let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
     let (mut sink, mut stream) = ws.split();
-    let mut teams: BTreeMap<u64, mpsc::Sender<()>> = BTreeMap::new();
+    let mut teams: Vec<mpsc::Sender<()>> = Vec::new();
+    let mut doubled = false;
     let mut tasks = Vec::new();
     let mut check = tokio::time::interval(Duration::from_millis(20));
     let end = loop {
@@ -146,7 +149,12 @@ async fn global_session(url: &str, counts: &Counts, script: Script, restarted: b
                     }
                     ("team.connect", Some(id)) => {
                         let (tx, rx) = mpsc::channel(1);
-                        teams.insert(id, tx);
+                        teams.push(tx);
+                        if script.second_socket && id == 1 && !doubled {
+                            doubled = true;
+                            let again = json!({"type": "team.connect", "team_id": id});
+                            sink.send(Message::text(again.to_string())).await.unwrap();
+                        }
                         let ws_url = event["ws_url"].as_str().unwrap().to_owned();
                         tasks.push(tokio::spawn(team_socket(ws_url, id, counts.clone(), rx)));
                     }
@@ -175,7 +183,7 @@ async fn global_session(url: &str, counts: &Counts, script: Script, restarted: b
             }
         }
     };
-    for close in teams.values() {
+    for close in &teams {
         let _ = close.send(()).await;
     }
     for task in tasks {
@@ -254,6 +262,24 @@ async fn a_client_that_restarts_and_forgets_its_counts_is_caught() {
             .mismatches
             .iter()
             .any(|m| m.contains("message_count went down")),
+        "{verdict}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_holds_two_sockets_for_a_team_is_caught() {
+    let script = Script {
+        second_socket: true,
+        ..Script::default()
+    };
+    let verdict = run(start(quick(2)).await, script).await;
+    assert!(!verdict.verified, "{verdict}");
+    assert_eq!(verdict.max_sockets_per_team, 2, "{verdict}");
+    assert!(
+        verdict
+            .mismatches
+            .iter()
+            .any(|m| m.contains("team 1: 2 sockets open at once")),
         "{verdict}"
     );
 }

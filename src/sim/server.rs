@@ -40,6 +40,11 @@ pub(crate) enum SocketCtl {
     Leave,
     /// Stop sending; acknowledge once no write is in flight.
     Pause(oneshot::Sender<()>),
+    /// A newer socket of the team is opening: take in what the client has
+    /// already sent here (its close frame, its end of stream) without
+    /// waiting, then acknowledge; a socket that turns out closed ends
+    /// instead (dropping the acknowledgement).
+    Drain(oneshot::Sender<()>),
     /// Send one message of this many bytes (above the client's limit).
     Oversize(usize),
 }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
@@ -15,7 +15,7 @@ use super::Shared;
 use super::faults::Fault;
 use super::inject::strikes;
 use super::server::{
-    CLOSE_WAIT, Sink, SocketCtl, client_closed, close_frame, reset, sleep_until, text,
+    CLOSE_WAIT, Sink, SocketCtl, Source, client_closed, close_frame, reset, sleep_until, text,
 };
 use super::survival::Recovery;
 use crate::protocol::{TeamClientEvent, TeamId, TeamServerEvent, decode_team_client};
@@ -32,6 +32,10 @@ pub(crate) fn max_rate() -> f64 {
     MAX_BATCH as f64 / WRITE_TICK.as_secs_f64()
 }
 
+/// Longest wait for an older socket of the team to drain before a new one
+/// is booked (a task busy writing a batch answers well within it).
+const DRAIN_WAIT: Duration = Duration::from_secs(1);
+
 /// Per-socket sending state.
 struct Stream {
     rng: fastrand::Rng,
@@ -42,6 +46,20 @@ struct Stream {
 /// Serves one team socket until it ends.
 pub(crate) async fn serve_team(ws: WebSocketStream<TcpStream>, team: TeamId, shared: Arc<Shared>) {
     let (ctl, mut ctl_rx) = mpsc::unbounded_channel();
+    // The client closes a socket before it opens the next, but this
+    // server may not have read that close yet: the older socket takes in
+    // what is already there before the two are judged to overlap.
+    let older = shared
+        .lock()
+        .teams
+        .get(&team)
+        .and_then(|t| t.socket.clone());
+    if let Some((_, older)) = older {
+        let (ack, acked) = tokio::sync::oneshot::channel();
+        if older.send(SocketCtl::Drain(ack)).is_ok() {
+            let _ = tokio::time::timeout(DRAIN_WAIT, acked).await;
+        }
+    }
     let (id, delayed) = {
         let mut ledger = shared.lock();
         let id = ledger.socket_id();
@@ -100,6 +118,10 @@ pub(crate) async fn serve_team(ws: WebSocketStream<TcpStream>, team: TeamId, sha
                     sending = false;
                     let _ = ack.send(());
                 }
+                Some(SocketCtl::Drain(ack)) => {
+                    if !drain(&shared, &mut stream, &mut sending) { break; }
+                    let _ = ack.send(());
+                }
                 Some(SocketCtl::Oversize(bytes)) => {
                     sending = false;
                     let huge = TeamServerEvent::Message { text: "x".repeat(bytes) };
@@ -145,6 +167,23 @@ pub(crate) async fn serve_team(ws: WebSocketStream<TcpStream>, team: TeamId, sha
         }
     }
     shared.lock().team_socket_closed(team, id);
+}
+
+/// Reads what the client already sent, without waiting: its close frame is
+/// booked, other frames are let go. Returns whether the socket is still
+/// open.
+fn drain(shared: &Shared, stream: &mut Source, sending: &mut bool) -> bool {
+    loop {
+        match stream.next().now_or_never() {
+            None => return true,
+            Some(Some(Ok(Message::Close(frame)))) => {
+                *sending = false;
+                client_closed(shared, frame);
+            }
+            Some(Some(Ok(_))) => {}
+            Some(Some(Err(_)) | None) => return false,
+        }
+    }
 }
 
 /// Writes the messages due since the last tick on `socket`, as the
