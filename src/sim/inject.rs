@@ -36,9 +36,21 @@ fn needs(shared: &Shared, fault: Fault) -> u64 {
     }
 }
 
-/// `team`'s socket, if it can take `fault` now: joined, a usable socket the
-/// server is reading, not quiescing, no other fault waiting on it, and
-/// enough messages left for the recovery to be seen.
+/// Whether `team` can take `fault` now: joined, a usable socket the server
+/// is reading, not quiescing, no other fault waiting on it, and enough
+/// messages left for the recovery to be seen.
+fn fits(shared: &Shared, ledger: &Ledger, team: TeamId, fault: Fault, now: Instant) -> bool {
+    ledger.teams.get(&team).is_some_and(|t| {
+        t.joined
+            && t.connected()
+            && !t.paused
+            && t.reading(now)
+            && !ledger.survival.busy(team)
+            && t.remaining() >= needs(shared, fault)
+    })
+}
+
+/// `team`'s socket, if it [fits](fits) `fault` now.
 fn target(
     shared: &Shared,
     ledger: &Ledger,
@@ -46,14 +58,9 @@ fn target(
     fault: Fault,
     now: Instant,
 ) -> Option<(u64, mpsc::UnboundedSender<SocketCtl>)> {
-    let t = ledger.teams.get(&team)?;
-    let fit = t.joined
-        && t.connected()
-        && !t.paused
-        && t.reading(now)
-        && !ledger.survival.busy(team)
-        && t.remaining() >= needs(shared, fault);
-    fit.then(|| t.socket.clone()).flatten()
+    fits(shared, ledger, team, fault, now)
+        .then(|| ledger.teams.get(&team)?.socket.clone())
+        .flatten()
 }
 
 /// Whether a per-connection fault (connect-error, delayed-hello) strikes
@@ -99,7 +106,7 @@ pub(super) fn inject_random(shared: &Arc<Shared>, fault: Fault) {
                 .teams
                 .keys()
                 .copied()
-                .filter(|&t| target(shared, &ledger, t, fault, now).is_some())
+                .filter(|&t| fits(shared, &ledger, t, fault, now))
                 .collect();
             if candidates.is_empty() {
                 return;
