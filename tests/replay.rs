@@ -54,6 +54,7 @@ async fn live(
         listen: "127.0.0.1:0".parse().expect("addr"),
         scenario,
         chaos,
+        schedule: switchboard::sim::Schedule::none(),
         seed,
     })
     .await
@@ -206,10 +207,11 @@ async fn a_run_stopped_locally_mid_flight_replays_byte_for_byte() {
     let path = dir.path().join("stopped.rec");
     let scenario = Scenario {
         teams: 20,
+        // Never finishes by itself: it is stopped locally long before.
         messages: 100_000,
         rate: 200.0,
         join_over: Duration::from_millis(200),
-        max_duration: Duration::from_secs(60),
+        max_duration: Duration::from_secs(600),
         ..Scenario::default()
     };
     let outcome = live(&path, scenario, Chaos::level(2.0), 5, Some(2_000)).await;

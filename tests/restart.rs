@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use switchboard::sim::{Chaos, Scenario, SimConfig, SimServer, Verdict};
+use switchboard::sim::{Chaos, Scenario, Schedule, SimConfig, SimServer, Verdict};
 
 const TEAMS: u64 = 20;
 const MESSAGES: u64 = 400;
@@ -30,6 +30,7 @@ async fn simulator() -> SimServer {
             ..Scenario::default()
         },
         chaos: Chaos::none(),
+        schedule: Schedule::none(),
         seed: 3,
     })
     .await

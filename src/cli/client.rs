@@ -268,7 +268,7 @@ impl ClientArgs {
 }
 
 /// Raises the soft open-files limit to the hard limit: every team is a socket.
-fn raise_fd_limit() {
+pub(super) fn raise_fd_limit() {
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) => info!(limit, "open-files limit"),
         Err(error) => warn!(%error, "could not raise the open-files limit"),

@@ -1,16 +1,24 @@
 //! `switchboard demo` (the default): the simulator on an ephemeral loopback
-//! port, the client against it, live progress, and the simulator's verdict.
+//! port (in this process, or in a child process with `--sim-process`), the
+//! client against it, live progress, the client's report held to the
+//! simulator's truth, and the verdict. With a separate simulator it also
+//! reports the client's own vitals: the soak report.
 
+use std::io::Write;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Args;
 use switchboard::Config;
-use switchboard::sim::{ProgressHandle, SimServer};
+use switchboard::report::Report;
+use switchboard::sim::{ProgressHandle, SimConfig, SimServer, Verdict, thousands};
 
 use super::client::{ClientArgs, run_client};
 use super::logging::{self, Audience, LogFormat, Progress};
-use super::sim::SimArgs;
+use super::sim::{SimArgs, SimChild};
+use super::usage_error;
 
 /// The demo's flags: a scenario and the client's tunables.
 #[derive(Args, Debug, Clone)]
@@ -19,12 +27,17 @@ pub struct DemoArgs {
     sim: SimArgs,
     #[command(flatten)]
     client: ClientArgs,
+    /// Run the simulator in a child process (`switchboard sim`), so the
+    /// memory and descriptors the demo reports are the client's alone.
+    /// Implied by --duration.
+    #[arg(long)]
+    sim_process: bool,
 }
 
 /// The live progress of the demo: a line rewritten in place on a terminal,
 /// plain lines otherwise.
 struct DemoProgress {
-    sim: ProgressHandle,
+    sim: Option<ProgressHandle>,
     display: Progress,
     started: Instant,
     last: Instant,
@@ -38,67 +51,324 @@ impl DemoProgress {
         }
         self.last = now;
         let c = core.summary();
-        let s = self.sim.progress();
+        let sim = self.sim.as_ref().map_or_else(String::new, |sim| {
+            let s = sim.progress();
+            format!(
+                " | simulator: {} written, {} faults injected",
+                s.messages, s.faults
+            )
+        });
         self.display.show(format!(
-            "[{:>5.1}s] client: {}/{} teams connected, {} messages counted, {} reconnects | simulator: {} written, {} faults injected",
+            "[{:>5.1}s] client: {}/{} teams connected, {} messages counted, {} reconnects{sim}",
             now.duration_since(self.started).as_secs_f64(),
             c.connected,
             c.teams,
             c.messages,
             c.reconnects,
-            s.messages,
-            s.faults,
         ));
+    }
+}
+
+/// When the client's memory is first sampled for the soak report: after a
+/// minute of warm-up, or half a shorter duration.
+const WARM_UP: Duration = Duration::from_secs(60);
+
+/// How often the client's memory is sampled.
+const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+
+/// This process's resident memory, bytes (`VmRSS` in /proc/self/status).
+fn rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Descriptors this process holds open (/proc/self/fd, not counting the
+/// one used to list it).
+fn open_descriptors() -> Option<usize> {
+    let listed = std::fs::read_dir("/proc/self/fd").ok()?.count();
+    Some(listed.saturating_sub(1))
+}
+
+/// The client's memory over the run.
+struct Vitals {
+    started: Instant,
+    warm_up: Duration,
+    at_warm_up: Option<u64>,
+    last: Option<u64>,
+    sampled: Option<Instant>,
+}
+
+impl Vitals {
+    fn new(run_for: Option<Duration>) -> Vitals {
+        Vitals {
+            started: Instant::now(),
+            warm_up: run_for.map_or(WARM_UP, |d| WARM_UP.min(d / 2)),
+            at_warm_up: None,
+            last: None,
+            sampled: None,
+        }
+    }
+
+    fn tick(&mut self) {
+        let now = Instant::now();
+        if self
+            .sampled
+            .is_some_and(|at| now.duration_since(at) < SAMPLE_EVERY)
+        {
+            return;
+        }
+        self.sampled = Some(now);
+        self.last = rss_bytes();
+        if self.at_warm_up.is_none() && now.duration_since(self.started) >= self.warm_up {
+            self.at_warm_up = self.last;
+        }
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
+}
+
+/// The soak report: the simulator's observations and the client's vitals.
+fn soak_report(
+    config: &SimConfig,
+    verdict: &Verdict,
+    report: Option<&Report>,
+    vitals: &Vitals,
+    sim_pid: u32,
+) -> String {
+    let scenario = &config.scenario;
+    let length = scenario.run_for.map_or_else(
+        || format!("{} messages a team", thousands(scenario.messages)),
+        |d| format!("{} of streaming", humantime::format_duration(d)),
+    );
+    let mut out = format!(
+        "soak report: {length}, {} teams at {}/s (client figures are this process's; the \
+         simulator ran as process {sim_pid})\n",
+        thousands(scenario.teams),
+        scenario.rate
+    );
+    let mut line = |key: &str, value: String| out.push_str(&format!("  {key:<24} {value}\n"));
+    line(
+        "messages delivered:",
+        format!(
+            "{} (props {})",
+            thousands(verdict.messages),
+            thousands(verdict.props)
+        ),
+    );
+    line(
+        "faults:",
+        format!(
+            "{} injected, {} survived, {} not observed (by kind below)",
+            thousands(verdict.injected()),
+            thousands(verdict.survived()),
+            thousands(verdict.not_observed())
+        ),
+    );
+    line(
+        "client reconnects:",
+        report.map_or_else(
+            || "n/a (the client did not finish)".to_owned(),
+            |r| thousands(r.teams.iter().map(|t| t.reconnects).sum()),
+        ),
+    );
+    line(
+        "longest disconnect:",
+        verdict.longest_disconnect.map_or_else(
+            || "none".to_owned(),
+            |d| {
+                format!(
+                    "{:.2}s (team {}{})",
+                    d.length.as_secs_f64(),
+                    d.team,
+                    if d.unended {
+                        ", still down at the end"
+                    } else {
+                        ""
+                    }
+                )
+            },
+        ),
+    );
+    let warm = humantime::format_duration(vitals.warm_up);
+    line(
+        &format!("client RSS at {warm}:"),
+        vitals
+            .at_warm_up
+            .map_or_else(|| "n/a (the run ended first)".to_owned(), mib),
+    );
+    let growth = match (vitals.at_warm_up, vitals.last) {
+        (Some(warm), Some(end)) => {
+            let delta = end as f64 - warm as f64;
+            format!(
+                " ({}{}, {:+.1}% after warm-up)",
+                if delta >= 0.0 { "+" } else { "-" },
+                mib(delta.abs() as u64),
+                100.0 * delta / warm as f64
+            )
+        }
+        _ => String::new(),
+    };
+    line(
+        "client RSS at end:",
+        vitals
+            .last
+            .map_or_else(|| "n/a".to_owned(), |b| format!("{}{growth}", mib(b))),
+    );
+    line(
+        "descriptors open at end:",
+        open_descriptors().map_or_else(|| "n/a".to_owned(), |n| n.to_string()),
+    );
+    out
+}
+
+/// Where the simulator runs.
+enum Simulator {
+    InProcess(tokio::task::JoinHandle<Verdict>),
+    Child(SimChild),
+}
+
+/// How long after the client's end a child simulator has to give its verdict.
+const VERDICT_WAIT: Duration = Duration::from_secs(30);
+
+/// Past the max duration, how long the demo waits before giving up on a
+/// client that did not end.
+const OVERTIME: Duration = Duration::from_secs(30);
+
+/// Says why the demo gives up, and exits 1. Not `eprintln!`, which panics
+/// if stderr is gone: the exit must happen.
+fn give_up(why: &str) -> ! {
+    let _ = writeln!(std::io::stderr(), "error: {why}");
+    std::process::exit(1);
+}
+
+/// Ends the process if the run outlives its max duration (plus
+/// [`OVERTIME`]) or a child simulator dies without a verdict: every wait
+/// of the demo has a deadline. Dropped (disarmed) when the client is done.
+struct Watchdog(Arc<AtomicBool>);
+
+impl Watchdog {
+    fn arm(limit: Duration, sim_ended_early: Option<Arc<AtomicBool>>) -> Watchdog {
+        let done = Arc::new(AtomicBool::new(false));
+        let watching = done.clone();
+        let deadline = Instant::now() + limit + OVERTIME;
+        std::thread::spawn(move || {
+            while !watching.load(Ordering::Relaxed) {
+                if sim_ended_early
+                    .as_ref()
+                    .is_some_and(|e| e.load(Ordering::Relaxed))
+                {
+                    give_up("the simulator process ended without a verdict");
+                }
+                if Instant::now() > deadline {
+                    give_up(&format!(
+                        "the demo did not end within its max duration (+{}s)",
+                        OVERTIME.as_secs()
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+        Watchdog(done)
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
     }
 }
 
 /// Runs the demo.
 pub fn run(args: &DemoArgs, format: LogFormat) -> ExitCode {
+    let listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let sim_config = args.sim.config(listen);
+    if let Err(error) = sim_config.validate() {
+        return usage_error(error);
+    }
     let display = logging::init(format, Audience::Demo);
     let runtime = match super::tokio_runtime() {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
-    let listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    let server = match runtime.block_on(SimServer::start(args.sim.config(listen))) {
-        Ok(server) => server,
-        Err(error) => {
-            eprintln!("error: cannot start the simulator: {error}");
-            return ExitCode::FAILURE;
+    let separate = args.sim_process || args.sim.duration.is_some();
+    let (simulator, url, progress) = if separate {
+        match SimChild::spawn(&args.sim, format) {
+            Ok(child) => {
+                let url = child.global_url().to_owned();
+                (Simulator::Child(child), url, None)
+            }
+            Err(error) => {
+                eprintln!("error: {error}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        match runtime.block_on(SimServer::start(sim_config.clone())) {
+            Ok(server) => {
+                let url = server.global_url();
+                let progress = server.progress_handle();
+                (
+                    Simulator::InProcess(runtime.spawn(server.verdict())),
+                    url,
+                    Some(progress),
+                )
+            }
+            Err(error) => {
+                eprintln!("error: cannot start the simulator: {error}");
+                return ExitCode::FAILURE;
+            }
         }
     };
-    let mut config = match args.client.run_config(server.global_url(), Config::demo()) {
+    let mut config = match args.client.run_config(url.clone(), Config::demo()) {
         Ok(config) => config,
         Err(code) => return code,
     };
     // The simulator starts fresh every time: no state file unless asked.
-    let mut persistence =
-        match args
-            .client
-            .persistence(&server.global_url(), config.core.max_teams, false)
-        {
-            Ok(persistence) => persistence,
-            Err(code) => return code,
-        };
-    eprintln!(
-        "demo: simulator on {} with {} teams, chaos level {}; the client connects to it",
-        server.global_url(),
-        args.sim.teams,
-        args.sim.chaos
-    );
+    let mut persistence = match args.client.persistence(&url, config.core.max_teams, false) {
+        Ok(persistence) => persistence,
+        Err(code) => return code,
+    };
     config.seed = args.client.seed.unwrap_or(args.sim.sim_seed);
     let mut recorder = match args.client.recorder(&config) {
         Ok(recorder) => recorder,
         Err(code) => return code,
     };
+    let sim_pid = match &simulator {
+        Simulator::Child(child) => child.pid(),
+        Simulator::InProcess(_) => std::process::id(),
+    };
+    eprintln!(
+        "demo: simulator on {url}{} with {} teams, chaos level {}; the client connects to it",
+        if separate {
+            format!(" (child process {sim_pid})")
+        } else {
+            String::new()
+        },
+        args.sim.teams,
+        args.sim.chaos
+    );
+    let watchdog = Watchdog::arm(
+        sim_config.scenario.max_duration,
+        match &simulator {
+            Simulator::Child(child) => Some(child.ended_early()),
+            Simulator::InProcess(_) => None,
+        },
+    );
     let mut progress = DemoProgress {
-        sim: server.progress_handle(),
+        sim: progress,
         display,
         started: Instant::now(),
         last: Instant::now() - Duration::from_secs(60),
     };
-    let verdict = runtime.spawn(server.verdict());
-    let mut show = |core: &switchboard::Core| progress.tick(core);
+    let mut vitals = Vitals::new(sim_config.scenario.run_for);
+    let mut show = |core: &switchboard::Core| {
+        progress.tick(core);
+        vitals.tick();
+    };
     let mut sidecars: Vec<&mut dyn switchboard::runtime::Sidecar> = vec![&mut show];
     if let Some(persistence) = persistence.as_mut() {
         sidecars.push(persistence);
@@ -108,13 +378,23 @@ pub fn run(args: &DemoArgs, format: LogFormat) -> ExitCode {
     }
     let outcome = run_client(config, args.client.report, &runtime, &mut sidecars);
     progress.display.finish();
-    let verdict = match runtime.block_on(verdict) {
-        Ok(verdict) => verdict,
-        Err(error) => {
-            eprintln!("error: simulator failed: {error}");
-            return ExitCode::FAILURE;
-        }
+    drop(watchdog);
+    let mut verdict = match simulator {
+        Simulator::InProcess(verdict) => runtime
+            .block_on(verdict)
+            .unwrap_or_else(|e| Verdict::failed(format!("simulator failed: {e}"))),
+        Simulator::Child(child) => child.verdict(VERDICT_WAIT),
     };
+    if let Ok(outcome) = &outcome {
+        verdict.check_report(&outcome.report);
+    }
+    if separate {
+        let report = outcome.as_ref().ok().map(|o| &o.report);
+        print!(
+            "{}",
+            soak_report(&sim_config, &verdict, report, &vitals, sim_pid)
+        );
+    }
     println!("{verdict}");
     match outcome {
         Ok(_) if verdict.verified => ExitCode::SUCCESS,

@@ -1,7 +1,8 @@
 //! The simulator: a Global API server that plays a scenario, injects faults
-//! on demand, keeps a ground truth of everything it sent, and checks every
-//! healthcheck reply against it. It is the built-in demo, the end-to-end
-//! test fixture and the load generator.
+//! (at rates, or at set points of a schedule), keeps a ground truth of
+//! everything it sent, checks every healthcheck reply against it, and calls
+//! a fault survived only once it saw the client recover from it. It is the
+//! built-in demo, the end-to-end test fixture and the load generator.
 //!
 //! It speaks `PROTOCOL.md` with the same wire types as the client. Team URLs
 //! are single-use (`/team/<id>/<token>`), a `team.connect` for a team that is
@@ -10,133 +11,52 @@
 //! write was flushed; a graceful close flushes first; before a reset (which
 //! may discard data in flight) the team is paused and the client must
 //! confirm, by healthcheck, every message written, so the truth stays exact.
+//!
+//! A client that restarts mid-run (Global and every team socket closed with
+//! 1000 without a `goodbye`, then a new Global that re-requests every team)
+//! is not a fault and breaks no rule by itself: the new Global gets `hello`
+//! and every joined team again, its requests get fresh URLs, and its counts
+//! are held to the same truth (so a restart that lost counts fails on
+//! "went down").
+//!
+//! Files: [`Scenario`] (what a run looks like, and what is refused),
+//! faults and [`Chaos`] rates, the [`Schedule`] of set-point faults, the
+//! survival rules, the per-team truth, the ledger that books events, the
+//! plan, injection, healthcheck asks, the phases (play, recovery, goodbye)
+//! run by the director, the sockets, and the [`Verdict`].
 
+mod ask;
 mod director;
-pub mod ledger;
+mod faults;
+mod global_socket;
+mod goodbye;
+mod inject;
+mod ledger;
+mod plan;
+mod play;
+mod recovery;
+mod scenario;
+mod schedule;
 mod server;
+mod survival;
+mod team_socket;
+mod truth;
+mod verdict;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::Duration;
+use std::time::Instant;
 
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+pub use faults::{Chaos, Fault};
 use ledger::Ledger;
-pub use ledger::{Fault, FaultCount, Verdict};
-
-use crate::protocol::TeamId;
-
-/// What the simulated run looks like.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Scenario {
-    /// Teams that join.
-    pub teams: u64,
-    /// Messages each team receives over the run (unless it leaves for good).
-    pub messages: u64,
-    /// Messages per second per team.
-    pub rate: f64,
-    /// Fraction of messages whose text contains `props`.
-    pub props_fraction: f64,
-    /// Joins are spread evenly over this long.
-    pub join_over: Duration,
-    /// How often a `healthcheck` is asked during the run.
-    pub healthcheck_every: Duration,
-    /// Fraction of teams that leave during the run.
-    pub leave_fraction: f64,
-    /// Of those, the fraction told on Global (the rest on their socket).
-    pub leave_on_global: f64,
-    /// Of those, the fraction that join again shortly after.
-    pub rejoin_fraction: f64,
-    /// The run fails if it is not over by then.
-    pub max_duration: Duration,
-    /// Size of the oversized frame (above the client's limit).
-    pub oversize_bytes: usize,
-    /// How long a slow reader stops reading.
-    pub slow_read_for: Duration,
-    /// How long a delayed `hello` is held back.
-    pub delayed_hello_for: Duration,
-}
-
-impl Default for Scenario {
-    fn default() -> Self {
-        Scenario {
-            teams: 50,
-            messages: 200,
-            rate: 50.0,
-            props_fraction: 0.2,
-            join_over: Duration::from_secs(1),
-            healthcheck_every: Duration::from_millis(500),
-            leave_fraction: 0.1,
-            leave_on_global: 0.5,
-            rejoin_fraction: 0.5,
-            max_duration: Duration::from_secs(120),
-            oversize_bytes: 2 << 20,
-            slow_read_for: Duration::from_millis(1500),
-            delayed_hello_for: Duration::from_millis(300),
-        }
-    }
-}
-
-/// Fault rates. For `connect-error` and `delayed-hello` the value is a
-/// probability per request / per new socket; for every other fault it is
-/// injections per second across the whole fleet.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Chaos(pub BTreeMap<Fault, f64>);
-
-impl Chaos {
-    /// No faults.
-    pub fn none() -> Chaos {
-        Chaos::default()
-    }
-
-    /// The default mix scaled by `level` (0 = none, 1 = default).
-    pub fn level(level: f64) -> Chaos {
-        let mix = [
-            (Fault::TeamClose, 1.0),
-            (Fault::TeamErrorClose, 1.0),
-            (Fault::TeamReset, 0.5),
-            (Fault::GlobalDrop, 0.2),
-            (Fault::Zombie, 0.3),
-            (Fault::Garbage, 3.0),
-            (Fault::ConnectError, 0.05),
-            (Fault::DuplicateJoin, 1.0),
-            (Fault::DelayedHello, 0.05),
-            (Fault::Oversize, 0.3),
-            (Fault::SlowReader, 0.3),
-        ];
-        let probability = |f: Fault| matches!(f, Fault::ConnectError | Fault::DelayedHello);
-        Chaos(
-            mix.into_iter()
-                .filter(|_| level > 0.0)
-                .map(|(f, r)| {
-                    let scaled = r * level;
-                    (
-                        f,
-                        if probability(f) {
-                            scaled.min(0.9)
-                        } else {
-                            scaled
-                        },
-                    )
-                })
-                .collect(),
-        )
-    }
-
-    /// Only `fault`, at `rate`.
-    pub fn only(fault: Fault, rate: f64) -> Chaos {
-        Chaos(BTreeMap::from([(fault, rate)]))
-    }
-
-    /// The rate (or probability) of `fault`.
-    pub fn rate(&self, fault: Fault) -> f64 {
-        self.0.get(&fault).copied().unwrap_or(0.0)
-    }
-}
+pub use scenario::{MAX_OVERSIZE, MAX_RUN, MAX_TEAMS, Scenario, ScenarioError};
+pub use schedule::{Schedule, Trigger};
+pub use verdict::{Disconnect, FaultCount, TeamCount, Verdict, thousands};
 
 /// Everything a simulator run needs.
 #[derive(Clone, Debug, PartialEq)]
@@ -145,10 +65,32 @@ pub struct SimConfig {
     pub listen: SocketAddr,
     /// The run.
     pub scenario: Scenario,
-    /// The faults.
+    /// Faults at rates.
     pub chaos: Chaos,
+    /// Faults at set points.
+    pub schedule: Schedule,
     /// Seed for every random decision.
     pub seed: u64,
+}
+
+impl SimConfig {
+    /// Refuses a run that is empty, impossible or cannot end in time.
+    pub fn validate(&self) -> Result<(), ScenarioError> {
+        self.scenario.validate()?;
+        self.chaos.validate()?;
+        self.schedule.validate(self.scenario.teams)
+    }
+}
+
+/// Why a simulator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    /// The scenario is refused.
+    #[error(transparent)]
+    Scenario(#[from] ScenarioError),
+    /// The listener could not bind.
+    #[error("cannot listen: {0}")]
+    Bind(#[from] std::io::Error),
 }
 
 /// Live numbers for a progress display.
@@ -173,9 +115,10 @@ pub(crate) struct Shared {
     ledger: Mutex<Ledger>,
     scenario: Scenario,
     chaos: Chaos,
+    schedule: Schedule,
     seed: u64,
     addr: SocketAddr,
-    started: OnceLock<std::time::Instant>,
+    started: OnceLock<Instant>,
     global_seen: Notify,
 }
 
@@ -184,22 +127,6 @@ impl Shared {
     /// counters that stay meaningful if a task panicked mid-update.
     fn lock(&self) -> MutexGuard<'_, Ledger> {
         self.ledger.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Whether a probability-type fault fires now.
-    fn roll(&self, ledger: &mut Ledger, fault: Fault) -> bool {
-        let p = self.chaos.rate(fault);
-        ledger.chaos_on && p > 0.0 && ledger.rng.f64() < p
-    }
-
-    /// A delayed-hello decision for a new socket.
-    fn roll_delayed_hello(&self, ledger: &mut Ledger, team: Option<TeamId>) -> Option<Duration> {
-        if self.roll(ledger, Fault::DelayedHello) {
-            ledger.injected(Fault::DelayedHello, team);
-            Some(self.scenario.delayed_hello_for)
-        } else {
-            None
-        }
     }
 }
 
@@ -212,15 +139,17 @@ pub struct SimServer {
 }
 
 impl SimServer {
-    /// Binds and starts serving; the scenario begins when a client opens
-    /// `/global`. Must be called inside a tokio runtime.
-    pub async fn start(config: SimConfig) -> std::io::Result<SimServer> {
+    /// Validates the run, binds and starts serving; the scenario begins
+    /// when a client opens `/global`. Must be called inside a tokio runtime.
+    pub async fn start(config: SimConfig) -> Result<SimServer, SimError> {
+        config.validate()?;
         let listener = TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
-            ledger: Mutex::new(Ledger::new(config.seed)),
+            ledger: Mutex::new(Ledger::new(config.seed, config.schedule.0.clone())),
             scenario: config.scenario,
             chaos: config.chaos,
+            schedule: config.schedule,
             seed: config.seed,
             addr,
             started: OnceLock::new(),
@@ -260,18 +189,7 @@ impl SimServer {
     pub async fn verdict(self) -> Verdict {
         let verdict = match self.director.await {
             Ok(verdict) => verdict,
-            Err(error) => Verdict {
-                verified: false,
-                teams: 0,
-                messages: 0,
-                props: 0,
-                faults: BTreeMap::new(),
-                healthchecks_checked: 0,
-                global_connects: 0,
-                max_sockets_per_team: 0,
-                mismatches: vec![format!("simulator director failed: {error}")],
-                duration: Duration::ZERO,
-            },
+            Err(error) => Verdict::failed(format!("simulator director failed: {error}")),
         };
         self.acceptor.abort();
         verdict
@@ -295,7 +213,7 @@ fn progress(shared: &Shared) -> SimProgress {
         teams: ledger.teams.len(),
         connected: ledger.teams.values().filter(|t| t.connected()).count(),
         messages: ledger.teams.values().map(|t| t.written).sum(),
-        faults: ledger.faults.values().map(|f| f.injected).sum(),
+        faults: ledger.survival.injected(),
         healthchecks: ledger.replies_checked,
         started: shared.started.get().is_some(),
     }
