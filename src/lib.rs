@@ -23,6 +23,7 @@
 //!   restarts, and the sidecar that keeps it current.
 //! - [`tap`]: message texts and team events for a consumer on the I/O side.
 //! - [`record`]: the flight recorder, and replay of what it wrote.
+//! - [`http`]: metrics, health, team views and the status page.
 //!
 //! For tests and rehearsals:
 //! - [`sim`]: the simulated Global API, with chaos and a verdict.
@@ -32,6 +33,7 @@
 
 pub mod bridge;
 pub mod core;
+pub mod http;
 pub mod persistence;
 pub mod protocol;
 pub mod reader;

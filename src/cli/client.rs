@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use switchboard::Config;
+use switchboard::http::HttpServer;
 use switchboard::persistence::Persistence;
 use switchboard::record::{RecordOptions, Recorder};
 use switchboard::report::Report;
@@ -116,6 +117,11 @@ pub struct ClientArgs {
     #[arg(long, env = "SWITCHBOARD_RECORD_MAX_BYTES", value_parser = byte_size,
           requires = "record")]
     record_max_bytes: Option<usize>,
+    /// Serve metrics, health, team views and the status page on this
+    /// address (e.g. 127.0.0.1:9090), or `none` [default for connect: none;
+    /// demo: 127.0.0.1 on a free port].
+    #[arg(long, env = "SWITCHBOARD_HTTP")]
+    http: Option<String>,
     /// Rotated recording segments kept beside FILE (FILE.1 … FILE.N).
     #[arg(long, env = "SWITCHBOARD_RECORD_KEEP", requires = "record",
           default_value_t = switchboard::record::DEFAULT_KEEP)]
@@ -250,6 +256,28 @@ impl ClientArgs {
 }
 
 impl ClientArgs {
+    /// The HTTP server, if `--http` (or, with `default_on`, the demo's
+    /// default) asks for one. Must be called inside the tokio runtime.
+    pub fn http(
+        &self,
+        runtime: &tokio::runtime::Runtime,
+        default_on: bool,
+    ) -> Result<Option<HttpServer>, ExitCode> {
+        let addr: std::net::SocketAddr = match self.http.as_deref() {
+            Some("none") => return Ok(None),
+            Some(text) => text
+                .parse()
+                .map_err(|_| usage_error(format!("--http {text:?}: expected ADDR:PORT or none")))?,
+            None if default_on => std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            None => return Ok(None),
+        };
+        let server = runtime
+            .block_on(HttpServer::start(addr))
+            .map_err(|e| usage_error(format!("--http {addr}: {e}")))?;
+        info!(url = %server.url(), "HTTP: metrics, health, teams, status page");
+        Ok(Some(server))
+    }
+
     /// The flight recorder for `config`'s run, if `--record` asks for one.
     /// A file that cannot be created stops the start (exit 2).
     pub fn recorder(&self, config: &RunConfig) -> Result<Option<Recorder>, ExitCode> {
@@ -387,12 +415,20 @@ pub fn connect(global_url: String, args: &ClientArgs) -> ExitCode {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
+    let http = match args.http(&runtime, false) {
+        Ok(http) => http,
+        Err(code) => return code,
+    };
+    let mut telemetry = http.as_ref().map(HttpServer::telemetry);
     let mut sidecars: Vec<&mut dyn runtime::Sidecar> = Vec::new();
     if let Some(persistence) = persistence.as_mut() {
         sidecars.push(persistence);
     }
     if let Some(recorder) = recorder.as_mut() {
         sidecars.push(recorder);
+    }
+    if let Some(telemetry) = telemetry.as_mut() {
+        sidecars.push(telemetry);
     }
     let code = match run_client(config, args.report, &runtime, &mut sidecars) {
         Ok(_) => ExitCode::SUCCESS,

@@ -294,6 +294,14 @@ pub fn run(args: &DemoArgs, format: LogFormat) -> ExitCode {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
+    let http = match args.client.http(&runtime, true) {
+        Ok(http) => http,
+        Err(code) => return code,
+    };
+    if let Some(http) = &http {
+        eprintln!("status page: {}", http.url());
+    }
+    let mut telemetry = http.as_ref().map(switchboard::http::HttpServer::telemetry);
     let separate = args.sim_process || args.sim.duration.is_some();
     let (simulator, url, progress) = if separate {
         match SimChild::spawn(&args.sim, format) {
@@ -375,6 +383,9 @@ pub fn run(args: &DemoArgs, format: LogFormat) -> ExitCode {
     }
     if let Some(recorder) = recorder.as_mut() {
         sidecars.push(recorder);
+    }
+    if let Some(telemetry) = telemetry.as_mut() {
+        sidecars.push(telemetry);
     }
     let outcome = run_client(config, args.client.report, &runtime, &mut sidecars);
     progress.display.finish();

@@ -53,6 +53,22 @@ pub enum GlobalState {
     Closed,
 }
 
+impl GlobalState {
+    /// The state's name, for metrics and status pages (`opened`: open, no
+    /// `hello` yet).
+    pub fn name(&self) -> &'static str {
+        match self {
+            GlobalState::Idle => "idle",
+            GlobalState::Connecting { .. } => "connecting",
+            GlobalState::Open { ready: true, .. } => "open",
+            GlobalState::Open { ready: false, .. } => "opened",
+            GlobalState::Backoff { .. } => "backoff",
+            GlobalState::Closing { .. } => "closing",
+            GlobalState::Closed => "closed",
+        }
+    }
+}
+
 /// Work on the Global link that comes due at a time of its own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum GlobalDue {

@@ -342,6 +342,11 @@ impl Core {
         self.world.resource::<Shutdown>().begun && self.world.resource::<Connections>().is_empty()
     }
 
+    /// Schedule runs so far.
+    pub fn steps(&self) -> u64 {
+        self.world.resource::<Clock>().tick
+    }
+
     /// Core time since construction.
     pub fn now(&self) -> Duration {
         Duration::from_millis(self.world.resource::<Clock>().now)

@@ -1,0 +1,263 @@
+//! `/metrics`: the last published [`View`] in the Prometheus text format
+//! (or OpenMetrics, for a scraper that asks for it), through
+//! prometheus-client, plus the process's own resident memory and open
+//! descriptors read from /proc at scrape time.
+
+use std::fmt;
+use std::sync::Arc;
+
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::{Registry, Unit};
+
+use super::view::{Shared, View};
+use crate::core::resources::RttHistogram;
+
+/// The registry `/metrics` encodes: the view collector and the step
+/// histogram.
+pub(crate) fn registry(shared: &Arc<Shared>) -> Registry {
+    let mut registry = Registry::with_prefix("switchboard");
+    registry.register_with_unit(
+        "step_duration",
+        "Time one step of the core took, handing its commands over included",
+        Unit::Seconds,
+        shared.step_seconds.clone(),
+    );
+    registry.register_collector(Box::new(ViewCollector(shared.clone())));
+    registry
+}
+
+/// Encodes the registry as Prometheus text (0.0.4), or OpenMetrics text
+/// with `openmetrics`.
+pub(crate) fn render(registry: &Registry, openmetrics: bool) -> Result<String, fmt::Error> {
+    let mut out = String::new();
+    if openmetrics {
+        prometheus_client::encoding::text::encode(&mut out, registry)?;
+    } else {
+        prometheus_client::encoding::prometheus_text::encode(&mut out, registry)?;
+    }
+    Ok(out)
+}
+
+struct ViewCollector(Arc<Shared>);
+
+impl fmt::Debug for ViewCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ViewCollector")
+    }
+}
+
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), fmt::Error> {
+    let metric = ConstCounter::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+fn gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    value: i64,
+) -> Result<(), fmt::Error> {
+    let metric = ConstGauge::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, unit, metric.metric_type())?)
+}
+
+/// One labelled series per key.
+fn family<'k>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    label: &str,
+    values: impl IntoIterator<Item = (&'k str, u64)>,
+) -> Result<(), fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, kind)?;
+    for (key, value) in values {
+        let labels = [(label, key)];
+        let mut series = metric.encode_family(&labels)?;
+        match kind {
+            MetricType::Counter => ConstCounter::new(value).encode(series)?,
+            _ => series.encode_gauge(&(value as i64))?,
+        }
+    }
+    Ok(())
+}
+
+fn rtt(encoder: &mut DescriptorEncoder, rtt: &RttHistogram) -> Result<(), fmt::Error> {
+    let buckets: Vec<(f64, u64)> = RttHistogram::BOUNDS_MS
+        .iter()
+        .map(|&ms| ms as f64 / 1000.0)
+        .chain([f64::INFINITY])
+        .zip(rtt.buckets.iter().copied())
+        .collect();
+    let mut metric = encoder.encode_descriptor(
+        "pong_rtt",
+        "Round trip of answered pings, in core time (tick resolution)",
+        Some(&Unit::Seconds),
+        MetricType::Histogram,
+    )?;
+    metric.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+        rtt.sum_ms as f64 / 1000.0,
+        rtt.count(),
+        &buckets,
+        None,
+    )
+}
+
+/// This process's resident memory and open descriptors, from /proc.
+fn process() -> (Option<i64>, Option<i64>) {
+    let rss = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
+                .map(|kib| kib * 1024)
+        });
+    let fds = std::fs::read_dir("/proc/self/fd")
+        .ok()
+        .map(|d| d.count() as i64);
+    (rss, fds)
+}
+
+impl prometheus_client::collector::Collector for ViewCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let v: Arc<View> = self.0.view();
+        family(
+            &mut e,
+            "teams",
+            "Teams ever joined, by the state of their link",
+            MetricType::Gauge,
+            "state",
+            v.by_state.iter().map(|(k, n)| (*k, *n)),
+        )?;
+        counter(&mut e, "messages", "Message events counted", v.messages)?;
+        counter(
+            &mut e,
+            "props_messages",
+            "Messages counted with props",
+            v.props,
+        )?;
+        family(
+            &mut e,
+            "reconnects",
+            "Open team links lost and re-requested, by cause",
+            MetricType::Counter,
+            "cause",
+            v.drops.iter().map(|(k, n)| (*k, *n)),
+        )?;
+        family(
+            &mut e,
+            "bad_frames_global",
+            "Bad input on the Global link, by class",
+            MetricType::Counter,
+            "class",
+            v.bad_global.iter().map(|(k, n)| (*k, *n)),
+        )?;
+        family(
+            &mut e,
+            "bad_frames_team",
+            "Bad input on team links, by class",
+            MetricType::Counter,
+            "class",
+            v.bad_team.iter().map(|(k, n)| (*k, *n)),
+        )?;
+        counter(
+            &mut e,
+            "refused_joins",
+            "team.join refused at --max-teams",
+            v.refused_joins,
+        )?;
+        counter(
+            &mut e,
+            "dead_links",
+            "Team links declared dead (no frame after a ping)",
+            v.dead_links,
+        )?;
+        counter(
+            &mut e,
+            "healthchecks_answered",
+            "Healthcheck replies sent",
+            v.healthchecks_answered,
+        )?;
+        gauge(
+            &mut e,
+            "requests_in_flight",
+            "team.connect requests awaiting an answer",
+            None,
+            v.requests_in_flight as i64,
+        )?;
+        gauge(
+            &mut e,
+            "bridge_depth",
+            "Events waiting on the bridge for the next step",
+            None,
+            v.bridge_depth as i64,
+        )?;
+        rtt(&mut e, &v.rtt)?;
+        counter(
+            &mut e,
+            "steps",
+            "Steps of the core (it sleeps when nothing is due)",
+            v.steps,
+        )?;
+        counter(
+            &mut e,
+            "step_overruns",
+            "Steps that took longer than a tick",
+            v.overruns,
+        )?;
+        family(
+            &mut e,
+            "global_link",
+            "The Global link's state (1 for the current one)",
+            MetricType::Gauge,
+            "state",
+            [
+                "idle",
+                "connecting",
+                "opened",
+                "open",
+                "backoff",
+                "closing",
+                "closed",
+            ]
+            .into_iter()
+            .map(|s| (s, u64::from(s == v.global_state))),
+        )?;
+        counter(
+            &mut e,
+            "global_reconnects",
+            "Global links opened after the first",
+            v.global_connects.saturating_sub(1),
+        )?;
+        let (rss, fds) = process();
+        if let Some(rss) = rss {
+            gauge(
+                &mut e,
+                "process_resident_memory",
+                "Resident memory",
+                Some(&Unit::Bytes),
+                rss,
+            )?;
+        }
+        if let Some(fds) = fds {
+            gauge(
+                &mut e,
+                "process_open_fds",
+                "Open file descriptors",
+                None,
+                fds,
+            )?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,204 @@
+//! Operating switchboard over HTTP: `/metrics` (Prometheus or OpenMetrics
+//! text), `/healthz`,
+//! `/readyz`, `/fleet` and `/teams` (JSON), `/teams/{id}`, and a live
+//! status page at `/`. Served by axum on the tokio runtime the sockets
+//! already use; it reads what the [`Telemetry`] sidecar publishes and asks
+//! the driver for the rest (see [`view`]).
+
+mod metrics;
+pub mod view;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use tokio::sync::oneshot;
+
+use crate::protocol::TeamId;
+use view::{Request, Shared};
+pub use view::{Telemetry, View};
+
+/// How long a handler waits for the driver to answer.
+const ANSWER_WITHIN: Duration = Duration::from_secs(2);
+
+/// The status page: one self-contained file, no build step, no CDN.
+const STATUS_PAGE: &str = include_str!("status.html");
+
+struct AppState {
+    shared: Arc<Shared>,
+    registry: prometheus_client::registry::Registry,
+}
+
+/// A running HTTP server.
+pub struct HttpServer {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HttpServer {
+    /// Binds `addr` and serves on the current tokio runtime. Give
+    /// [`HttpServer::telemetry`] to the run as a sidecar.
+    pub async fn start(addr: SocketAddr) -> std::io::Result<HttpServer> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let shared = Shared::new();
+        let state = Arc::new(AppState {
+            registry: metrics::registry(&shared),
+            shared: shared.clone(),
+        });
+        let router = Router::new()
+            .route("/", get(status_page))
+            .route("/metrics", get(metrics_text))
+            .route("/healthz", get(healthz))
+            .route("/readyz", get(readyz))
+            .route("/fleet", get(fleet))
+            .route("/teams", get(teams))
+            .route("/teams/{id}", get(team))
+            .with_state(state);
+        let task = tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, router).await {
+                tracing::warn!(%error, "HTTP server stopped");
+            }
+        });
+        Ok(HttpServer { addr, shared, task })
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The status page's URL.
+    pub fn url(&self) -> String {
+        format!("http://{}/", self.addr)
+    }
+
+    /// The sidecar that feeds this server from the driver.
+    pub fn telemetry(&self) -> Telemetry {
+        Telemetry::new(self.shared.clone())
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A one-line JSON answer with a status.
+fn answer(status: StatusCode, body: serde_json::Value) -> Response {
+    (status, Json(body)).into_response()
+}
+
+/// Asks the driver and waits, bounded, for its answer.
+async fn ask<T>(shared: &Shared, make: impl FnOnce(oneshot::Sender<T>) -> Request) -> Option<T> {
+    let (tx, rx) = oneshot::channel();
+    shared.ask(make(tx))?;
+    tokio::time::timeout(ANSWER_WITHIN, rx).await.ok()?.ok()
+}
+
+async fn status_page() -> Html<&'static str> {
+    Html(STATUS_PAGE)
+}
+
+/// Prometheus text, or OpenMetrics when the scraper's `Accept` asks for it.
+async fn metrics_text(
+    State(state): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/openmetrics-text"));
+    let content_type = if openmetrics {
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    } else {
+        "text/plain; version=0.0.4; charset=utf-8"
+    };
+    match metrics::render(&state.registry, openmetrics) {
+        Ok(text) => ([(header::CONTENT_TYPE, content_type)], text).into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+/// The driver loop is alive: it answered a wake-up within the deadline.
+/// (A tick is no proof: the driver sleeps when nothing is due.)
+async fn healthz(State(state): State<Arc<AppState>>) -> Response {
+    match ask(&state.shared, Request::Alive).await {
+        Some(wakes) => answer(StatusCode::OK, json!({"ok": true, "driver_wakes": wakes})),
+        None => answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"ok": false, "why": format!("the driver did not answer within {}s", ANSWER_WITHIN.as_secs())}),
+        ),
+    }
+}
+
+/// Ready: Global connected and no team has waited for its URL longer than
+/// the request timeout.
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    let view = state.shared.view();
+    let why = if view.at.is_none() {
+        Some("no run yet".to_owned())
+    } else if !view.global_ready {
+        Some(format!(
+            "Global link is {}{}",
+            view.global_state,
+            view.global_error
+                .as_deref()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default()
+        ))
+    } else {
+        view.url_backlog_ms
+            .filter(|&ms| ms > view.request_timeout_ms)
+            .map(|ms| {
+                format!(
+                    "a team has waited {ms}ms for its URL (request timeout {}ms)",
+                    view.request_timeout_ms
+                )
+            })
+    };
+    match why {
+        None => answer(StatusCode::OK, json!({"ready": true})),
+        Some(why) => answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"ready": false, "why": why}),
+        ),
+    }
+}
+
+/// Fleet totals (cheap: the published view).
+async fn fleet(State(state): State<Arc<AppState>>) -> Json<Arc<View>> {
+    Json(state.shared.view())
+}
+
+async fn teams(State(state): State<Arc<AppState>>) -> Response {
+    match ask(&state.shared, Request::Teams).await {
+        Some(lines) => Json(lines).into_response(),
+        None => answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"why": "the driver did not answer in time"}),
+        ),
+    }
+}
+
+async fn team(State(state): State<Arc<AppState>>, Path(id): Path<u64>) -> Response {
+    match ask(&state.shared, |tx| Request::Team(TeamId(id), tx)).await {
+        Some(Some(team)) => Json(team).into_response(),
+        Some(None) => answer(
+            StatusCode::NOT_FOUND,
+            json!({"why": format!("team {id} never joined")}),
+        ),
+        None => answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"why": "the driver did not answer in time"}),
+        ),
+    }
+}

@@ -1,0 +1,306 @@
+//! What the HTTP side knows of the running client, and how it learns it.
+//!
+//! The [`Telemetry`] sidecar runs on the driver's thread. After a step (at
+//! most every [`PUBLISH_EVERY`]) it publishes a [`View`]: fleet totals,
+//! counters, the Global link, all O(1) to build. Anything that costs a scan
+//! of the teams (`/teams`, `/teams/{id}`) or needs the driver's attention
+//! (`/healthz`) is a [`Request`] a handler queues and rings the driver for;
+//! the sidecar answers it on the driver's next wake. The core thread never
+//! waits on HTTP, and an idle fleet is woken only by someone asking.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use prometheus_client::metrics::histogram::Histogram;
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use crate::bridge::Wake;
+use crate::core::Core;
+use crate::core::components::LinkState;
+use crate::core::resources::RttHistogram;
+use crate::protocol::TeamId;
+use crate::runtime::{RunEnd, Sidecar, Step};
+
+/// The least time between two published views.
+pub const PUBLISH_EVERY: Duration = Duration::from_millis(100);
+
+/// Requests queued for the driver at once; a handler beyond it gets 503.
+const MAX_REQUESTS: usize = 64;
+
+/// Step (tick) duration buckets, in seconds.
+const STEP_BUCKETS: [f64; 10] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.1,
+];
+
+/// The client as of the last publication.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct View {
+    /// When it was built (not serialised).
+    #[serde(skip)]
+    pub at: Option<Instant>,
+    /// Schedule runs so far.
+    pub steps: u64,
+    /// Core time, ms.
+    pub core_ms: u64,
+    /// Teams ever joined.
+    pub teams: u64,
+    /// Teams per link state (every state named).
+    pub by_state: BTreeMap<&'static str, u64>,
+    /// Messages counted.
+    pub messages: u64,
+    /// Of those, with props.
+    pub props: u64,
+    /// Open links lost and re-requested.
+    pub reconnects: u64,
+    /// Those, by cause.
+    pub drops: BTreeMap<&'static str, u64>,
+    /// Bad frames on Global, by class.
+    pub bad_global: BTreeMap<&'static str, u64>,
+    /// Bad frames on team sockets, by class.
+    pub bad_team: BTreeMap<&'static str, u64>,
+    /// `team.join`s refused at the team limit.
+    pub refused_joins: u64,
+    /// Team links declared dead.
+    pub dead_links: u64,
+    /// Healthcheck replies sent.
+    pub healthchecks_answered: u64,
+    /// Answered-ping round trips.
+    #[serde(skip)]
+    pub rtt: RttHistogram,
+    /// `team.connect` requests awaiting an answer.
+    pub requests_in_flight: usize,
+    /// How long the longest-waiting team has waited to send its request, ms.
+    pub url_backlog_ms: Option<u64>,
+    /// Events waiting on the bridge.
+    pub bridge_depth: usize,
+    /// The Global link's state.
+    pub global_state: &'static str,
+    /// Whether Global is open and ready.
+    pub global_ready: bool,
+    /// Global sockets opened over the run.
+    pub global_connects: u64,
+    /// Why Global last failed.
+    pub global_error: Option<String>,
+    /// The request timeout, ms (readiness compares the backlog with it).
+    pub request_timeout_ms: u64,
+    /// Steps that took longer than a tick.
+    pub overruns: u64,
+    /// Whether the run is over.
+    pub finished: bool,
+}
+
+impl View {
+    fn of(core: &Core, overruns: u64) -> View {
+        let fleet = core.fleet();
+        let stats = core.stats();
+        let global = core.global();
+        let by_state = LinkState::NAMES
+            .iter()
+            .map(|&name| (name, fleet.in_state(name)))
+            .collect();
+        View {
+            at: Some(Instant::now()),
+            steps: core.steps(),
+            core_ms: core.now().as_millis() as u64,
+            teams: fleet.teams,
+            by_state,
+            messages: fleet.messages,
+            props: fleet.props,
+            reconnects: fleet.reconnects,
+            drops: fleet.drops.clone(),
+            bad_global: stats.bad_global.clone(),
+            bad_team: stats.bad_team.clone(),
+            refused_joins: stats.refused_joins,
+            dead_links: stats.dead_links,
+            healthchecks_answered: stats.healthchecks_answered,
+            rtt: stats.rtt.clone(),
+            requests_in_flight: core.requests_in_flight(),
+            url_backlog_ms: core.url_backlog_age().map(|d| d.as_millis() as u64),
+            bridge_depth: core.pending_events(),
+            global_state: global.state().name(),
+            global_ready: global.ready_conn().is_some(),
+            global_connects: global.connects(),
+            global_error: global.last_error().map(str::to_owned),
+            request_timeout_ms: core.settings().request_timeout,
+            overruns,
+            finished: core.is_finished(),
+        }
+    }
+}
+
+/// One team, as the status page's grid shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct TeamLine {
+    /// The team.
+    pub id: TeamId,
+    /// Its link state.
+    pub state: &'static str,
+    /// Whether its socket is open.
+    pub connected: bool,
+    /// Messages counted.
+    pub messages: u64,
+    /// Of those, with props.
+    pub props: u64,
+    /// Links lost and re-requested.
+    pub reconnects: u64,
+    /// Last round trip, ms.
+    pub rtt_ms: Option<u64>,
+}
+
+/// What a handler asks of the driver.
+pub enum Request {
+    /// Prove the driver loop is alive.
+    Alive(oneshot::Sender<u64>),
+    /// Every team, one line each.
+    Teams(oneshot::Sender<Vec<TeamLine>>),
+    /// One team with its history.
+    Team(TeamId, oneshot::Sender<Option<crate::TeamSnapshot>>),
+}
+
+/// What the HTTP handlers and the sidecar share.
+pub struct Shared {
+    view: RwLock<Arc<View>>,
+    requests: (
+        crossbeam_channel::Sender<Request>,
+        crossbeam_channel::Receiver<Request>,
+    ),
+    wake: std::sync::OnceLock<Wake>,
+    /// Step durations, observed on the driver's thread (atomic, cheap).
+    pub step_seconds: Histogram,
+    /// When the HTTP server started.
+    pub started: Instant,
+}
+
+impl Shared {
+    pub(crate) fn new() -> Arc<Shared> {
+        Arc::new(Shared {
+            view: RwLock::new(Arc::new(View::default())),
+            requests: crossbeam_channel::bounded(MAX_REQUESTS),
+            wake: std::sync::OnceLock::new(),
+            step_seconds: Histogram::new(STEP_BUCKETS),
+            started: Instant::now(),
+        })
+    }
+
+    /// The last published view.
+    pub fn view(&self) -> Arc<View> {
+        self.view
+            .read()
+            .map(|v| v.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    fn publish(&self, view: View) {
+        let view = Arc::new(view);
+        match self.view.write() {
+            Ok(mut slot) => *slot = view,
+            Err(p) => *p.into_inner() = view,
+        }
+    }
+
+    /// Queues a request for the driver and wakes it. `None` when too many
+    /// wait (the driver is behind) or no run is attached yet.
+    pub(crate) fn ask(&self, request: Request) -> Option<()> {
+        let wake = self.wake.get()?;
+        self.requests.0.try_send(request).ok()?;
+        wake.wake();
+        Some(())
+    }
+}
+
+/// The sidecar that feeds the HTTP side.
+pub struct Telemetry {
+    shared: Arc<Shared>,
+    last: Option<Instant>,
+    tick: Duration,
+    overruns: u64,
+    alive: u64,
+    /// A step ran since the last publication: publish once the throttle
+    /// allows, even if the fleet goes quiet meanwhile.
+    dirty: bool,
+}
+
+impl Telemetry {
+    pub(crate) fn new(shared: Arc<Shared>) -> Telemetry {
+        Telemetry {
+            shared,
+            last: None,
+            tick: Duration::from_millis(10),
+            overruns: 0,
+            alive: 0,
+            dirty: false,
+        }
+    }
+
+    fn serve(&mut self, core: &mut Core) {
+        self.alive += 1;
+        let mut asked = false;
+        while let Ok(request) = self.shared.requests.1.try_recv() {
+            asked = true;
+            match request {
+                Request::Alive(reply) => {
+                    let _ = reply.send(self.alive);
+                }
+                Request::Teams(reply) => {
+                    let lines = core
+                        .snapshot()
+                        .teams
+                        .into_iter()
+                        .map(|t| TeamLine {
+                            id: t.id,
+                            state: t.link.name(),
+                            connected: t.connected,
+                            messages: t.counters.message_count,
+                            props: t.counters.props_count,
+                            reconnects: t.health.reconnects,
+                            rtt_ms: t.health.rtt_ms,
+                        })
+                        .collect();
+                    let _ = reply.send(lines);
+                }
+                Request::Team(id, reply) => {
+                    let _ = reply.send(core.team(id));
+                }
+            }
+        }
+        // Whoever asked sees fresh totals too.
+        if asked || self.last.is_none_or(|at| at.elapsed() >= PUBLISH_EVERY) {
+            self.shared.publish(View::of(core, self.overruns));
+            self.last = Some(Instant::now());
+            self.dirty = false;
+        }
+    }
+}
+
+impl Sidecar for Telemetry {
+    fn start(&mut self, core: &mut Core, wake: &Wake) {
+        self.tick = core.tick();
+        let _ = self.shared.wake.set(wake.clone());
+        self.serve(core);
+    }
+
+    fn after_step(&mut self, core: &mut Core, step: &Step<'_>) {
+        self.shared.step_seconds.observe(step.took.as_secs_f64());
+        if step.took > self.tick {
+            self.overruns += 1;
+        }
+        self.dirty = true;
+        self.serve(core);
+    }
+
+    fn on_wake(&mut self, core: &mut Core) {
+        self.serve(core);
+    }
+
+    fn next_wake(&self) -> Option<Instant> {
+        self.dirty
+            .then(|| self.last.map(|at| at + PUBLISH_EVERY))
+            .flatten()
+    }
+
+    fn finish(&mut self, core: &mut Core, _end: &RunEnd, _deadline: Instant) {
+        self.shared.publish(View::of(core, self.overruns));
+    }
+}
