@@ -330,9 +330,16 @@ fn error_for_team_connect_retries_with_backoff() {
     assert!(team(&peer, T1).connected);
     assert_eq!(
         team(&peer, T1).health.attempts,
-        0,
-        "hello forgives the failure"
+        1,
+        "a hello forgives nothing"
     );
+    // Up a ping interval, and it answered: the failure is forgiven.
+    let conn = peer.team_conn(T1);
+    peer.step_until("first ping", |p| !p.pings_on(conn).is_empty());
+    let id = peer.pings_on(conn)[0];
+    peer.team_says(T1, TeamServerEvent::Pong { unique_id: id });
+    peer.step_until("second ping", |p| p.pings_on(conn).len() == 2);
+    assert_eq!(team(&peer, T1).health.attempts, 0, "stable: forgiven");
     assert_eq!(peer.core.stats().server_errors, 2);
     snapshot("error_for_team_connect_retries_with_backoff", &peer);
 }

@@ -81,10 +81,11 @@ pub fn handle_team_events(
                     }
                 };
                 match decoded {
-                    Ok(TeamControl::Hello) => {
-                        // The server accepted this link: failures so far are forgiven.
-                        health.attempts = 0;
-                    }
+                    // A hello proves the socket opened, not that the server
+                    // is healthy: failures are forgiven only once the link
+                    // proved stable (see the heartbeat), so a server that
+                    // greets and drops at once sees the backoff grow.
+                    Ok(TeamControl::Hello) => {}
                     Ok(TeamControl::Pong { unique_id }) => {
                         if let Some(rtt) = on_pong(&mut health, unique_id, now) {
                             stats.rtt.observe(rtt);
