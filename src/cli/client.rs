@@ -167,6 +167,8 @@ pub enum ReportFormat {
     Table,
     /// Every team, as JSON.
     Json,
+    /// Nothing (the benchmark prints its own figures).
+    None,
 }
 
 impl ClientArgs {
@@ -353,6 +355,7 @@ pub fn print_report(report: &Report, format: ReportFormat) {
             report.props
         ),
         ReportFormat::Json => println!("{}", report.json()),
+        ReportFormat::None => {}
     }
 }
 

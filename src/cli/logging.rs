@@ -26,9 +26,9 @@ pub enum Audience {
     Service,
     /// Someone watching the demo: warnings, plus the progress.
     Demo,
-    /// Someone replaying a recording: the replayed core's routine logs
-    /// (with today's timestamps) would only bury the report; warnings.
-    Replay,
+    /// Someone reading one result (a replay's report, a benchmark's
+    /// figures): routine logs would only bury it; warnings.
+    Quiet,
 }
 
 /// The demo's progress display.
@@ -83,7 +83,7 @@ pub fn init(format: LogFormat, audience: Audience) -> Progress {
     let default = match audience {
         Audience::Service => "info",
         Audience::Demo => "warn,switchboard::progress=info",
-        Audience::Replay => "warn",
+        Audience::Quiet => "warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));

@@ -2,6 +2,7 @@
 //! they share. Defaults are never written here: clap shows the library's own
 //! (`Config::default()`, `Config::demo()`, `Scenario::default()`).
 
+mod bench;
 mod client;
 mod demo;
 mod logging;
@@ -57,6 +58,10 @@ enum Command {
     /// Feed a recording (--record FILE) into a fresh core, with no sockets,
     /// and print the same final report as the live run, or its snapshot.
     Replay(replay::ReplayArgs),
+    /// One measured run against the simulator in a child process: connect
+    /// time, messages/s end to end, memory, CPU per message and idle,
+    /// latency (with --rate), and the verdict.
+    Bench(bench::BenchArgs),
 }
 
 /// Parses the command line and runs the command.
@@ -75,8 +80,12 @@ pub fn main() -> ExitCode {
             sim::run(&command)
         }
         Some(Command::Demo(args)) => demo::run(&args, cli.log_format),
+        Some(Command::Bench(args)) => {
+            logging::init(cli.log_format, logging::Audience::Quiet);
+            bench::run(&args, cli.log_format)
+        }
         Some(Command::Replay(args)) => {
-            logging::init(cli.log_format, logging::Audience::Replay);
+            logging::init(cli.log_format, logging::Audience::Quiet);
             replay::run(&args)
         }
         None => demo::run(&cli.demo, cli.log_format),

@@ -14,7 +14,7 @@ use switchboard::sim::{Chaos, Fault, Scenario, Schedule, SimConfig, SimServer, V
 use tracing::info;
 
 use super::client::raise_fd_limit;
-use super::{LogFormat, duration, human, usage_error};
+use super::{LogFormat, duration, duration_or_zero, human, usage_error};
 
 /// How the verdict is printed.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,6 +106,13 @@ pub struct SimArgs {
     /// Seed for the simulator's decisions (and the client's jitter in the demo).
     #[arg(long, default_value_t = 1)]
     pub sim_seed: u64,
+    /// Once every message is written and counted, stay quiet this long
+    /// before the final check (a benchmark's idle window).
+    #[arg(long, value_parser = duration_or_zero, default_value = "0s")]
+    pub idle_for: humantime::Duration,
+    /// Begin each message with `t=<ns since the epoch>` (for latency).
+    #[arg(long)]
+    pub stamp: bool,
 }
 
 impl SimArgs {
@@ -131,6 +138,8 @@ impl SimArgs {
                 max_duration: self
                     .max_duration
                     .map_or_else(|| Scenario::default_max_duration(run_for), Into::into),
+                idle_for: self.idle_for.into(),
+                stamp: self.stamp,
                 ..Scenario::default()
             },
             chaos,
@@ -152,7 +161,11 @@ impl SimArgs {
             format!("--leave={}", self.leave),
             format!("--chaos={}", self.chaos),
             format!("--sim-seed={}", self.sim_seed),
+            format!("--idle-for={}", self.idle_for),
         ];
+        if self.stamp {
+            args.push("--stamp".into());
+        }
         if let Some(d) = self.duration {
             args.push(format!("--duration={d}"));
         }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Shared;
+use super::ask::ask_healthcheck;
 use super::goodbye::goodbye;
 use super::ledger::Ledger;
 use super::play::play;
@@ -26,6 +27,15 @@ pub(crate) async fn direct(shared: Arc<Shared>) -> Verdict {
     let play_until = t0 + scenario.max_duration.saturating_sub(scenario.ending());
     let mut mismatches = Vec::new();
     mismatches.extend(play(&shared, t0, play_until).await);
+    if !scenario.idle_for.is_zero() {
+        // Delivery is measured before the quiet window, not after it.
+        let until = tokio::time::Instant::now() + scenario.final_check_wait;
+        while !shared.lock().timing.is_delivered() && tokio::time::Instant::now() < until {
+            ask_healthcheck(&shared).await;
+            tokio::time::sleep(scenario.healthcheck_every).await;
+        }
+        tokio::time::sleep(scenario.idle_for).await;
+    }
     mismatches.extend(recover(&shared).await);
     shared.lock().close_the_books();
     mismatches.extend(goodbye(&shared).await);
@@ -67,5 +77,6 @@ fn verdict(ledger: &Ledger, mut mismatches: Vec<String>, duration: Duration) -> 
         truth,
         mismatches,
         duration,
+        timing: ledger.timing.figures(),
     }
 }

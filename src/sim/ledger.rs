@@ -15,7 +15,7 @@ use super::schedule::Trigger;
 use super::server::SocketCtl;
 use super::survival::{Recovery, Reply, Survival, WatchId};
 use super::truth::{self, TeamTruth};
-use super::verdict::Disconnect;
+use super::verdict::{Disconnect, Timing};
 use crate::protocol::{TeamId, TeamStats};
 
 /// A healthcheck request in flight.
@@ -82,6 +82,45 @@ pub(crate) struct Ledger {
     pub longest_disconnect: Option<Disconnect>,
     /// The simulator's randomness.
     pub rng: fastrand::Rng,
+    /// When connecting and delivering began and ended.
+    pub timing: TimingMarks,
+}
+
+/// The moments [`Timing`] is measured between.
+#[derive(Default)]
+pub(crate) struct TimingMarks {
+    first_join: Option<Instant>,
+    all_connected: Option<Instant>,
+    /// Teams that have had a socket open.
+    ever_connected: u64,
+    /// Teams the scenario announces.
+    pub expected_teams: u64,
+    first_write: Option<Instant>,
+    delivered: Option<Instant>,
+}
+
+impl TimingMarks {
+    pub fn joined(&mut self, at: Instant) {
+        self.first_join.get_or_insert(at);
+    }
+
+    pub fn is_delivered(&self) -> bool {
+        self.delivered.is_some()
+    }
+
+    pub fn wrote(&mut self, at: Instant) {
+        self.first_write.get_or_insert(at);
+    }
+
+    pub fn figures(&self) -> Timing {
+        let ms = |from: Option<Instant>, to: Option<Instant>| {
+            Some(to?.saturating_duration_since(from?).as_secs_f64() * 1000.0)
+        };
+        Timing {
+            connect_all_ms: ms(self.first_join, self.all_connected),
+            deliver_all_ms: ms(self.first_write, self.delivered),
+        }
+    }
 }
 
 impl Ledger {
@@ -106,6 +145,7 @@ impl Ledger {
             streaming: true,
             longest_disconnect: None,
             rng: fastrand::Rng::with_seed(seed),
+            timing: TimingMarks::default(),
         }
     }
 
@@ -160,6 +200,13 @@ impl Ledger {
         let Some(truth) = self.teams.get_mut(&team) else {
             return;
         };
+        if !truth.ever_opened {
+            truth.ever_opened = true;
+            self.timing.ever_connected += 1;
+            if self.timing.ever_connected == self.timing.expected_teams {
+                self.timing.all_connected = Some(now);
+            }
+        }
         truth.open_sockets += 1;
         truth.socket = Some((id, ctl));
         truth.zombie = false;
@@ -290,6 +337,16 @@ impl Ledger {
             stats: &by_id,
         };
         self.survival.reply(&reply, &self.teams);
+        // Delivered, as a server sees it: every team done writing, and
+        // this reply counts every message written.
+        if self.timing.delivered.is_none()
+            && self.timing.first_write.is_some()
+            && self.teams.iter().all(|(id, t)| {
+                t.written >= t.quota && by_id.get(id).is_some_and(|s| s.message_count == t.written)
+            })
+        {
+            self.timing.delivered = Some(Instant::now());
+        }
         let _ = waiter.reply.send(stats);
     }
 

@@ -56,6 +56,7 @@ pub use faults::{Chaos, Fault};
 use ledger::Ledger;
 pub use scenario::{MAX_OVERSIZE, MAX_RUN, MAX_TEAMS, Scenario, ScenarioError};
 pub use schedule::{Schedule, Trigger};
+pub use team_socket::max_rate;
 pub use verdict::{Disconnect, FaultCount, TeamCount, Verdict, thousands};
 
 /// Everything a simulator run needs.
@@ -138,15 +139,30 @@ pub struct SimServer {
     acceptor: JoinHandle<()>,
 }
 
+/// The listener's accept queue (the kernel caps it at somaxconn).
+const ACCEPT_BACKLOG: u32 = 16_384;
+
 impl SimServer {
     /// Validates the run, binds and starts serving; the scenario begins
     /// when a client opens `/global`. Must be called inside a tokio runtime.
     pub async fn start(config: SimConfig) -> Result<SimServer, SimError> {
         config.validate()?;
-        let listener = TcpListener::bind(config.listen).await?;
+        // A deep accept queue: ten thousand teams connect at once, and a
+        // full queue costs a client a one-second SYN retry.
+        let socket = match config.listen {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(config.listen)?;
+        let listener: TcpListener = socket.listen(ACCEPT_BACKLOG)?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
-            ledger: Mutex::new(Ledger::new(config.seed, config.schedule.0.clone())),
+            ledger: Mutex::new({
+                let mut ledger = Ledger::new(config.seed, config.schedule.0.clone());
+                ledger.timing.expected_teams = config.scenario.teams;
+                ledger
+            }),
             scenario: config.scenario,
             chaos: config.chaos,
             schedule: config.schedule,

@@ -111,6 +111,7 @@ impl Plan {
                 };
                 truth.joined = true;
                 truth.announced_at.get_or_insert(now);
+                ledger.timing.joined(now);
             }
             Step::Leave {
                 team,

@@ -50,6 +50,13 @@ pub struct Scenario {
     pub final_check_wait: Duration,
     /// Longest wait, after `goodbye`, for the client to close everything.
     pub goodbye_wait: Duration,
+    /// Once every message is written, stay quiet this long (no messages,
+    /// no healthchecks) before the final check: an idle window in which a
+    /// benchmark measures what an idle fleet costs the client.
+    pub idle_for: Duration,
+    /// Begin every message text with `t=<nanoseconds since the epoch> ` at
+    /// its write, so a client on the same machine can measure latency.
+    pub stamp: bool,
 }
 
 impl Default for Scenario {
@@ -73,6 +80,8 @@ impl Default for Scenario {
             recovery_wait: Duration::from_secs(20),
             final_check_wait: Duration::from_secs(10),
             goodbye_wait: Duration::from_secs(10),
+            idle_for: Duration::ZERO,
+            stamp: false,
         }
     }
 }
@@ -193,7 +202,8 @@ impl Scenario {
     /// The longest the phases after streaming (recovery, final check,
     /// goodbye) may take.
     pub fn ending(&self) -> Duration {
-        self.recovery_wait
+        self.idle_for
+            .saturating_add(self.recovery_wait)
             .saturating_add(self.final_check_wait)
             .saturating_add(self.goodbye_wait)
     }

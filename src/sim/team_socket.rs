@@ -28,7 +28,7 @@ const WRITE_TICK: Duration = Duration::from_millis(10);
 const MAX_BATCH: u64 = 1000;
 
 /// The fastest rate a socket can keep, messages per second.
-pub(crate) fn max_rate() -> f64 {
+pub fn max_rate() -> f64 {
     MAX_BATCH as f64 / WRITE_TICK.as_secs_f64()
 }
 
@@ -230,11 +230,20 @@ async fn write_due_messages(
         return true;
     }
     let mut ok = true;
+    let stamp = shared.scenario.stamp;
     for (i, is_props) in props.iter().enumerate() {
         let body = if *is_props {
             format!("message {} for team {team}: props to you", start + i as u64)
         } else {
             format!("message {} for team {team}", start + i as u64)
+        };
+        let body = if stamp {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            format!("t={nanos} {body}")
+        } else {
+            body
         };
         if sink
             .feed(text(&TeamServerEvent::Message { text: body }))
@@ -247,6 +256,9 @@ async fn write_due_messages(
     }
     ok = ok && sink.flush().await.is_ok();
     let mut ledger = shared.lock();
+    if ok {
+        ledger.timing.wrote(now);
+    }
     if let Some(truth) = ledger.teams.get_mut(&team) {
         if ok {
             truth.written += truth.in_flight;

@@ -30,6 +30,8 @@ pub(crate) struct TeamTruth {
     pub announced_at: Option<Instant>,
     /// Joined (announced and not left).
     pub joined: bool,
+    /// Whether a socket of its has ever opened.
+    pub ever_opened: bool,
     /// When it last left, if it is out.
     pub left_at: Option<Instant>,
     /// Whether the team is done for good (left without rejoining).

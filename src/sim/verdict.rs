@@ -76,6 +76,21 @@ pub struct Verdict {
     pub mismatches: Vec<String>,
     /// Wall time from the first Global connection to the verdict.
     pub duration: Duration,
+    /// How long connecting and delivering took, as the simulator saw them.
+    #[serde(default)]
+    pub timing: Timing,
+}
+
+/// Two durations a benchmark reads off a run, measured by the simulator.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timing {
+    /// From the first `team.join` sent to the moment every team had had a
+    /// socket open, ms.
+    pub connect_all_ms: Option<f64>,
+    /// From the first message written to the first healthcheck reply that
+    /// showed every team at every message written (the last one written
+    /// included), ms: end to end, as a server sees it.
+    pub deliver_all_ms: Option<f64>,
 }
 
 impl Verdict {
@@ -95,6 +110,7 @@ impl Verdict {
             truth: Vec::new(),
             mismatches: vec![why],
             duration: Duration::ZERO,
+            timing: Timing::default(),
         }
     }
 
