@@ -117,15 +117,15 @@ pub struct ClientArgs {
     #[arg(long, env = "SWITCHBOARD_RECORD_MAX_BYTES", value_parser = byte_size,
           requires = "record")]
     record_max_bytes: Option<usize>,
+    /// Rotated recording segments kept beside FILE (FILE.1 … FILE.N).
+    #[arg(long, env = "SWITCHBOARD_RECORD_KEEP", requires = "record",
+          default_value_t = switchboard::record::DEFAULT_KEEP)]
+    record_keep: usize,
     /// Serve metrics, health, team views and the status page on this
     /// address (e.g. 127.0.0.1:9090), or `none` [default for connect: none;
     /// demo: 127.0.0.1 on a free port].
     #[arg(long, env = "SWITCHBOARD_HTTP")]
     http: Option<String>,
-    /// Rotated recording segments kept beside FILE (FILE.1 … FILE.N).
-    #[arg(long, env = "SWITCHBOARD_RECORD_KEEP", requires = "record",
-          default_value_t = switchboard::record::DEFAULT_KEEP)]
-    record_keep: usize,
 }
 
 /// What a team may cost in memory when the table is full: ~10 KiB of
