@@ -123,6 +123,16 @@ impl Links<'_> {
         self.deadlines.pop_due(self.clock.now)
     }
 
+    /// Sweeps stale state deadlines out (see [`Timers::sweep`]).
+    pub fn sweep_deadlines(&mut self, live: impl FnMut(&Due<StateDeadline>) -> bool) {
+        self.deadlines.sweep(live);
+    }
+
+    /// Sweeps stale heartbeat timers out (see [`Timers::sweep`]).
+    pub fn sweep_beats(&mut self, live: impl FnMut(&Due<Beat>) -> bool) {
+        self.beats.sweep(live);
+    }
+
     /// The next heartbeat timer due now, if any.
     pub fn pop_due_beat(&mut self) -> Option<Due<Beat>> {
         self.beats.pop_due(self.clock.now)

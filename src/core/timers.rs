@@ -1,9 +1,12 @@
 //! Deadlines in an ordered heap, so a tick costs O(due timers), not O(teams).
 //!
 //! A timer is never cancelled: it carries the link epoch it was set in, and
-//! the consumer drops it when it pops if the link has moved on since. The heap
-//! therefore holds at most a few entries per team (one per state deadline,
-//! plus the ping and pong checks of an open link).
+//! the consumer drops it when it pops if the link has moved on since. A link
+//! that keeps moving on (a Global flapping a team's join and leave every
+//! tick) would leave a stale timer per move until each came due, so the
+//! owner sweeps the stale ones out whenever the heap has doubled since the
+//! last sweep: the heap holds at most twice its live timers plus
+//! [`SWEEP_FLOOR`], at an amortised O(1) per timer set.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -26,12 +29,17 @@ pub struct Due<K> {
     pub kind: K,
 }
 
+/// Stale timers a heap may hold before it is swept, however few are live.
+pub const SWEEP_FLOOR: usize = 64;
+
 /// An ordered set of deadlines of one kind `K`; each system owns its own.
 #[derive(Resource)]
 pub struct Timers<K: Send + Sync + 'static> {
     heap: BinaryHeap<Reverse<Due<K>>>,
     seq: u64,
     popped: u64,
+    /// Sweep once the heap holds more than this.
+    sweep_above: usize,
     _kind: PhantomData<K>,
 }
 
@@ -41,6 +49,7 @@ impl<K: Ord + Copy + Send + Sync + 'static> Default for Timers<K> {
             heap: BinaryHeap::new(),
             seq: 0,
             popped: 0,
+            sweep_above: SWEEP_FLOOR,
             _kind: PhantomData,
         }
     }
@@ -67,6 +76,20 @@ impl<K: Ord + Copy + Send + Sync + 'static> Timers<K> {
         }
         self.popped += 1;
         self.heap.pop().map(|Reverse(due)| due)
+    }
+
+    /// Drops every timer `live` says is stale, if the heap has doubled since
+    /// the last sweep. Order is kept: it is (deadline, insertion), not heap
+    /// layout, so sweeping changes nothing a consumer sees.
+    pub fn sweep(&mut self, mut live: impl FnMut(&Due<K>) -> bool) {
+        if self.heap.len() <= self.sweep_above {
+            return;
+        }
+        let mut kept = std::mem::take(&mut self.heap).into_vec();
+        kept.retain(|Reverse(due)| live(due));
+        self.heap = BinaryHeap::from(kept);
+        self.sweep_above = 2 * self.heap.len() + SWEEP_FLOOR;
+        self.trim();
     }
 
     /// Gives back the room a burst of timers left (ten thousand teams
@@ -118,6 +141,27 @@ mod tests {
             .map(|d| d.kind)
             .collect();
         assert_eq!(order, vec![2, 3, 1]);
+    }
+
+    #[test]
+    fn a_sweep_drops_stale_timers_once_the_heap_doubled_and_keeps_order() {
+        let mut world = World::new();
+        let a = world.spawn_empty().id();
+        let mut timers = Timers::<u8>::default();
+        // Epoch 0 is stale, odd epochs live; all set at shuffled deadlines.
+        for i in 0..SWEEP_FLOOR as u64 {
+            timers.set(1000 - i, a, 0, 0);
+        }
+        timers.sweep(|due| due.epoch != 0);
+        assert_eq!(timers.len(), SWEEP_FLOOR, "not above the floor: kept");
+        timers.set(5, a, 1, 7);
+        timers.set(3, a, 1, 8);
+        timers.sweep(|due| due.epoch != 0);
+        assert_eq!(timers.len(), 2);
+        let order: Vec<u8> = std::iter::from_fn(|| timers.pop_due(u64::MAX))
+            .map(|d| d.kind)
+            .collect();
+        assert_eq!(order, vec![8, 7]);
         assert!(timers.is_empty());
     }
 }

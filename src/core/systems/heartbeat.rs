@@ -70,4 +70,9 @@ pub fn send_pings_and_check_pongs(
             }
         }
     }
+    links.sweep_beats(|due| {
+        teams
+            .get(due.entity)
+            .is_ok_and(|(_, l, _)| l.epoch == due.epoch)
+    });
 }

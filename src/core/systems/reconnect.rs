@@ -41,6 +41,11 @@ pub fn expire_deadlines(mut teams: Query<(&mut Link, &mut Health)>, mut links: L
             _ => {}
         }
     }
+    links.sweep_deadlines(|due| {
+        teams
+            .get(due.entity)
+            .is_ok_and(|(l, _)| l.epoch == due.epoch)
+    });
 }
 
 /// The Global connection a request may go out on now, if any: Global is
