@@ -45,7 +45,6 @@ pub enum Sockets {
 /// What one storm showed, in core time unless named wall.
 #[derive(Clone, Debug)]
 #[allow(dead_code)] // the tests read the bounds, benches/storm.rs prints the rest
-
 pub struct Figures {
     /// Which storm.
     pub name: &'static str,
