@@ -22,6 +22,7 @@
 //! - [`store`] and [`persistence`]: the state file that keeps counts across
 //!   restarts, and the sidecar that keeps it current.
 //! - [`tap`]: message texts and team events for a consumer on the I/O side.
+//! - [`publish`]: the tap published to NATS JetStream (`--publish`).
 //! - [`record`]: the flight recorder, and replay of what it wrote.
 //! - [`http`]: metrics, health, team views and the status page.
 //!
@@ -36,6 +37,7 @@ pub mod core;
 pub mod http;
 pub mod persistence;
 pub mod protocol;
+pub mod publish;
 pub mod reader;
 pub mod record;
 pub mod report;

@@ -126,6 +126,8 @@ pub struct ClientArgs {
     /// demo: 127.0.0.1 on a free port].
     #[arg(long, env = "SWITCHBOARD_HTTP")]
     http: Option<String>,
+    #[command(flatten)]
+    pub publish: super::publish::PublishArgs,
 }
 
 /// What a team may cost in memory when the table is full: ~10 KiB of
@@ -402,7 +404,7 @@ pub fn run_client(
 
 /// `switchboard connect URL`.
 pub fn connect(global_url: String, args: &ClientArgs) -> ExitCode {
-    let config = match args.run_config(global_url.clone(), Config::default()) {
+    let mut config = match args.run_config(global_url.clone(), Config::default()) {
         Ok(config) => config,
         Err(code) => return code,
     };
@@ -422,6 +424,14 @@ pub fn connect(global_url: String, args: &ClientArgs) -> ExitCode {
         Ok(http) => http,
         Err(code) => return code,
     };
+    let publisher = match args.publish.start(&runtime) {
+        Ok(publisher) => publisher,
+        Err(code) => return code,
+    };
+    config.tap = publisher.as_ref().and_then(|(p, _)| p.tap());
+    if let (Some(http), Some((publisher, _))) = (&http, &publisher) {
+        http.watch_publisher(publisher.watch());
+    }
     let mut telemetry = http.as_ref().map(HttpServer::telemetry);
     let mut sidecars: Vec<&mut dyn runtime::Sidecar> = Vec::new();
     if let Some(persistence) = persistence.as_mut() {
@@ -433,10 +443,16 @@ pub fn connect(global_url: String, args: &ClientArgs) -> ExitCode {
     if let Some(telemetry) = telemetry.as_mut() {
         sidecars.push(telemetry);
     }
-    let code = match run_client(config, args.report, &runtime, &mut sidecars) {
+    let mut code = match run_client(config, args.report, &runtime, &mut sidecars) {
         Ok(_) => ExitCode::SUCCESS,
         Err(code) => code,
     };
+    if let Some((publisher, within)) = publisher
+        && let Err(failed) = super::publish::finish(&runtime, publisher, within)
+        && code == ExitCode::SUCCESS
+    {
+        code = failed;
+    }
     // A DNS lookup still running on a blocking thread must not hold the exit.
     runtime.shutdown_background();
     code

@@ -341,6 +341,14 @@ pub fn run(args: &DemoArgs, format: LogFormat) -> ExitCode {
         Err(code) => return code,
     };
     config.seed = args.client.seed.unwrap_or(args.sim.sim_seed);
+    let publisher = match args.client.publish.start(&runtime) {
+        Ok(publisher) => publisher,
+        Err(code) => return code,
+    };
+    config.tap = publisher.as_ref().and_then(|(p, _)| p.tap());
+    if let (Some(http), Some((publisher, _))) = (&http, &publisher) {
+        http.watch_publisher(publisher.watch());
+    }
     let mut recorder = match args.client.recorder(&config) {
         Ok(recorder) => recorder,
         Err(code) => return code,
@@ -389,6 +397,12 @@ pub fn run(args: &DemoArgs, format: LogFormat) -> ExitCode {
     }
     let outcome = run_client(config, args.client.report, &runtime, &mut sidecars);
     progress.display.finish();
+    let published = match publisher {
+        Some((publisher, within)) => {
+            super::publish::finish(&runtime, publisher, within).map(|_| ())
+        }
+        None => Ok(()),
+    };
     drop(watchdog);
     let mut verdict = match simulator {
         Simulator::InProcess(verdict) => runtime
@@ -408,6 +422,7 @@ pub fn run(args: &DemoArgs, format: LogFormat) -> ExitCode {
     }
     println!("{verdict}");
     match outcome {
+        Ok(_) if published.is_err() => ExitCode::FAILURE,
         Ok(_) if verdict.verified => ExitCode::SUCCESS,
         Ok(_) => ExitCode::FAILURE,
         Err(code) => code,

@@ -6,6 +6,7 @@ mod bench;
 mod client;
 mod demo;
 mod logging;
+mod publish;
 mod replay;
 mod sim;
 
@@ -152,8 +153,16 @@ fn human(d: Duration) -> humantime::Duration {
     d.into()
 }
 
-/// Bytes, with an optional KiB/MiB suffix.
+/// Bytes, with an optional KiB/MiB/GiB suffix, at least 1.
 fn byte_size(text: &str) -> Result<usize, String> {
+    match byte_size_or_zero(text)? {
+        0 => Err("must be between 1 byte and the address space".into()),
+        n => Ok(n),
+    }
+}
+
+/// Bytes, with an optional KiB/MiB/GiB suffix; 0 allowed (for "no limit").
+fn byte_size_or_zero(text: &str) -> Result<usize, String> {
     let text = text.trim();
     let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
         Some(i) => text.split_at(i),
@@ -166,12 +175,11 @@ fn byte_size(text: &str) -> Result<usize, String> {
         "" | "B" => 1,
         "KiB" | "K" | "KB" => 1 << 10,
         "MiB" | "M" | "MB" => 1 << 20,
-        other => return Err(format!("unknown unit {other:?} (use KiB or MiB)")),
+        "GiB" | "G" | "GB" => 1 << 30,
+        other => return Err(format!("unknown unit {other:?} (use KiB, MiB or GiB)")),
     };
-    match n.checked_mul(scale) {
-        Some(0) | None => Err("must be between 1 byte and the address space".into()),
-        Some(v) => Ok(v),
-    }
+    n.checked_mul(scale)
+        .ok_or_else(|| "must fit in the address space".to_string())
 }
 
 fn global_url(text: &str) -> Result<String, String> {
@@ -197,7 +205,9 @@ mod tests {
         assert_eq!(byte_size("4096"), Ok(4096));
         assert!(byte_size("0").is_err());
         assert!(byte_size("lots").is_err());
-        assert!(byte_size("3GiB").is_err());
+        assert_eq!(byte_size("2GiB"), Ok(2 << 30));
+        assert!(byte_size("3TiB").is_err());
+        assert_eq!(byte_size_or_zero("0"), Ok(0));
         assert_eq!(
             duration("300ms").map(Duration::from),
             Ok(Duration::from_millis(300))

@@ -14,6 +14,7 @@ use prometheus_client::registry::{Registry, Unit};
 
 use super::view::{Shared, View};
 use crate::core::resources::RttHistogram;
+use crate::publish::PublishStats;
 
 /// The registry `/metrics` encodes: the view collector and the step
 /// histogram.
@@ -239,6 +240,9 @@ impl prometheus_client::collector::Collector for ViewCollector {
             "Global links opened after the first",
             v.global_connects.saturating_sub(1),
         )?;
+        if let Some(watch) = self.0.publish.get() {
+            publish(&mut e, &watch.stats())?;
+        }
         let (rss, fds) = process();
         if let Some(rss) = rss {
             gauge(
@@ -260,4 +264,65 @@ impl prometheus_client::collector::Collector for ViewCollector {
         }
         Ok(())
     }
+}
+
+/// The NATS publisher's numbers (`--publish`).
+fn publish(e: &mut DescriptorEncoder, s: &PublishStats) -> Result<(), fmt::Error> {
+    family(
+        e,
+        "publish_taken",
+        "Records taken from the tap for NATS, by kind",
+        MetricType::Counter,
+        "kind",
+        [
+            ("message", s.messages_taken),
+            ("team_event", s.events_taken),
+        ],
+    )?;
+    family(
+        e,
+        "publish_acknowledged",
+        "Records JetStream acknowledged, by how",
+        MetricType::Counter,
+        "how",
+        [
+            ("stored", s.stored),
+            ("duplicate", s.duplicates),
+            ("found_stored", s.found_stored),
+        ],
+    )?;
+    counter(
+        e,
+        "publish_failed_attempts",
+        "Publish attempts that failed and were retried",
+        s.failed_attempts,
+    )?;
+    gauge(
+        e,
+        "publish_waiting",
+        "Records not yet acknowledged by JetStream",
+        None,
+        s.waiting as i64,
+    )?;
+    gauge(
+        e,
+        "publish_buffer_used",
+        "Tap budget held by unacknowledged records",
+        Some(&Unit::Bytes),
+        s.buffer_used as i64,
+    )?;
+    gauge(
+        e,
+        "publish_buffer_budget",
+        "The tap budget (--publish-buffer)",
+        Some(&Unit::Bytes),
+        s.buffer_budget as i64,
+    )?;
+    gauge(
+        e,
+        "publish_stream_ready",
+        "1 while the JetStream stream is known to exist",
+        None,
+        i64::from(s.stream_ready),
+    )
 }

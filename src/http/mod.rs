@@ -84,6 +84,12 @@ impl HttpServer {
     pub fn telemetry(&self) -> Telemetry {
         Telemetry::new(self.shared.clone())
     }
+
+    /// Adds the NATS publisher's numbers to `/metrics` (the first one
+    /// attached stays).
+    pub fn watch_publisher(&self, watch: crate::publish::PublishWatch) {
+        let _ = self.shared.publish.set(watch);
+    }
 }
 
 impl Drop for HttpServer {

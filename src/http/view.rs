@@ -171,6 +171,8 @@ pub struct Shared {
     pub step_seconds: Histogram,
     /// When the HTTP server started.
     pub started: Instant,
+    /// The NATS publisher's numbers, once one is attached.
+    pub publish: std::sync::OnceLock<crate::publish::PublishWatch>,
 }
 
 impl Shared {
@@ -181,6 +183,7 @@ impl Shared {
             wake: std::sync::OnceLock::new(),
             step_seconds: Histogram::new(STEP_BUCKETS),
             started: Instant::now(),
+            publish: std::sync::OnceLock::new(),
         })
     }
 

@@ -1,0 +1,314 @@
+//! `--publish` against a real NATS JetStream server (`nats-server -js`):
+//! every message a team socket read lands in the stream exactly once, in
+//! the team's order, beside the team's lifecycle; when NATS dies mid-run
+//! the buffer fills to its bound, the team sockets stop reading, and once
+//! NATS is back everything goes through with nothing lost or doubled and
+//! the simulator's verdict exact. Then two copies of `examples/worker.rs`
+//! in one durable consumer split the stream between them.
+
+mod publish {
+    pub mod nats;
+}
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use publish::nats::{Nats, Stored, read_stream};
+use serde_json::Value;
+
+const DEADLINE: Duration = Duration::from_secs(120);
+
+/// The demo, publishing to `url`, with `args`; its stderr is read on a
+/// thread that hands over the status page URL.
+fn demo(url: &str, args: &[&str]) -> (Child, std::sync::mpsc::Receiver<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args([
+            "demo",
+            "--publish",
+            url,
+            "--report",
+            "json",
+            "--status-interval",
+            "0s",
+        ])
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    let stderr = child.stderr.take().expect("piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(url) = line.strip_prefix("status page: ") {
+                let _ = tx.send(url.trim_end_matches('/').to_owned());
+            }
+            if line.starts_with("publish:") || line.starts_with("error") {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    (child, rx)
+}
+
+/// Waits for the demo to end; returns its exit success, report and verdict line.
+fn finish(mut child: Child) -> (bool, Value, String) {
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if started.elapsed() > DEADLINE {
+            let _ = child.kill();
+            panic!("the demo did not end within {DEADLINE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .expect("piped")
+        .read_to_string(&mut out)
+        .expect("stdout");
+    let mut values = serde_json::Deserializer::from_str(&out).into_iter::<Value>();
+    let report = values.next().expect("a report").expect("JSON report");
+    let verdict = out
+        .lines()
+        .find(|l| l.contains("verified"))
+        .unwrap_or_default()
+        .to_owned();
+    (status.success(), report, verdict)
+}
+
+/// One sample of `/metrics`: name (with labels) → value.
+fn metrics(base: &str) -> BTreeMap<String, f64> {
+    let body = ureq_get(&format!("{base}/metrics"));
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// A plain HTTP/1.0 GET over a TCP socket (the test needs nothing more).
+fn ureq_get(url: &str) -> String {
+    use std::io::Write;
+    let rest = url.strip_prefix("http://").expect("http URL");
+    let (host, path) = rest.split_once('/').map_or((rest, "/"), |(h, p)| (h, p));
+    let mut socket = std::net::TcpStream::connect(host).expect("HTTP server up");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        socket,
+        "GET /{} HTTP/1.0\r\nHost: {host}\r\n\r\n",
+        path.trim_start_matches('/')
+    )
+    .expect("request");
+    let mut response = String::new();
+    socket.read_to_string(&mut response).expect("response");
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default()
+}
+
+/// Prometheus's own parser accepts the exposition, publish metrics included.
+fn promtool_accepts(metrics: &str) {
+    use std::io::Write;
+    assert!(metrics.contains("switchboard_publish_buffer_used_bytes"));
+    let mut check = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool runs (apt-get install prometheus; .ci/test does)");
+    check
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(metrics.as_bytes())
+        .expect("write");
+    let output = check.wait_with_output().expect("promtool ends");
+    assert!(
+        output.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Polls `/metrics` until `ready` holds, within the deadline.
+fn poll_metrics(base: &str, what: &str, ready: impl Fn(&BTreeMap<String, f64>) -> bool) {
+    let started = Instant::now();
+    loop {
+        let m = metrics(base);
+        if ready(&m) {
+            return;
+        }
+        assert!(started.elapsed() < DEADLINE, "{what}: {m:#?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn get(m: &BTreeMap<String, f64>, name: &str) -> f64 {
+    m.get(name).copied().unwrap_or(0.0)
+}
+
+/// The stream holds, for every team in `report`, each of its messages once
+/// and in order (seq 1..=n), and its lifecycle; no message id twice.
+fn assert_stream_matches(stored: &[Stored], report: &Value) {
+    let ids: BTreeSet<&str> = stored.iter().map(|s| s.msg_id.as_str()).collect();
+    assert_eq!(ids.len(), stored.len(), "a message id stored twice");
+    let teams = report["teams"].as_array().expect("teams");
+    assert!(!teams.is_empty());
+    for team in teams {
+        let id = team["id"].as_u64().expect("id");
+        let counted = team["messages"].as_u64().expect("messages");
+        let subject = format!("switchboard.teams.{id}.message");
+        let seqs: Vec<u64> = stored
+            .iter()
+            .filter(|s| s.subject == subject)
+            .map(|s| s.payload["seq"].as_u64().expect("seq"))
+            .collect();
+        let want: Vec<u64> = (1..=counted).collect();
+        assert_eq!(
+            seqs, want,
+            "team {id}: every counted message once, in order"
+        );
+        let joined = format!("switchboard.teams.{id}.joined");
+        assert_eq!(
+            stored.iter().filter(|s| s.subject == joined).count(),
+            1,
+            "team {id} joined once"
+        );
+        let connected = format!("switchboard.teams.{id}.connected");
+        assert!(
+            stored.iter().any(|s| s.subject == connected),
+            "team {id} connected"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_counted_message_is_stored_once_in_order_through_chaos() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = Nats::start(dir.path(), 0);
+    let (child, _lines) = demo(
+        &nats.url(),
+        &[
+            "--teams",
+            "12",
+            "--chaos",
+            "2",
+            "--sim-seed",
+            "7",
+            "--http",
+            "none",
+        ],
+    );
+    let (ok, report, verdict) = tokio::task::spawn_blocking(move || finish(child))
+        .await
+        .expect("join");
+    assert!(ok, "{verdict}");
+    assert!(verdict.starts_with("verified"), "{verdict}");
+    let stored = read_stream(&nats.url(), "SWITCHBOARD").await;
+    assert_stream_matches(&stored, &report);
+    let messages = stored
+        .iter()
+        .filter(|s| s.subject.ends_with(".message"))
+        .count();
+    assert_eq!(messages as u64, report["messages"].as_u64().expect("total"));
+    // A message record carries what a worker needs.
+    let first = stored
+        .iter()
+        .find(|s| s.subject.ends_with(".message"))
+        .expect("a message");
+    for field in ["run", "team_id", "seq", "text", "received_at"] {
+        assert!(
+            !first.payload[field].is_null(),
+            "{field} in {}",
+            first.payload
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_dying_mid_run_pauses_the_sockets_within_the_buffer_and_loses_nothing() {
+    const BUDGET: f64 = 2048.0;
+    const TEAMS: f64 = 8.0;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = Nats::start(dir.path(), 0);
+    let url = nats.url();
+    let (child, lines) = demo(
+        &url,
+        &[
+            "--teams",
+            "8",
+            "--messages",
+            "300",
+            "--chaos",
+            "0",
+            "--leave",
+            "0",
+            "--publish-buffer",
+            "2KiB",
+            "--publish-drain-timeout",
+            "60s",
+            "--publish-ack-timeout",
+            "500ms",
+            "--http",
+            "127.0.0.1:0",
+        ],
+    );
+    let base = lines.recv_timeout(DEADLINE).expect("status page URL");
+    let (base, nats) = tokio::task::spawn_blocking(move || {
+        poll_metrics(&base, "some records stored", |m| {
+            get(m, "switchboard_publish_acknowledged_total{how=\"stored\"}") >= 50.0
+        });
+        promtool_accepts(&ureq_get(&format!("{base}/metrics")));
+        let port = nats.kill();
+        // NATS is gone: the buffer fills to its bound and reading stops.
+        poll_metrics(&base, "the buffer fills", |m| {
+            get(m, "switchboard_publish_buffer_used_bytes") >= BUDGET - 64.0
+        });
+        for _ in 0..20 {
+            let m = metrics(&base);
+            let counted = get(&m, "switchboard_messages_total");
+            let taken = get(&m, "switchboard_publish_taken_total{kind=\"message\"}");
+            // The tap takes every counted message but at most one held per
+            // socket; nothing is read beyond that.
+            assert!(counted - taken <= TEAMS, "counted {counted}, taken {taken}");
+            assert!(get(&m, "switchboard_publish_buffer_used_bytes") <= BUDGET);
+            assert!(counted < 8.0 * 300.0, "paused before the end: {counted}");
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        // The publishes NATS took no answer for are retried, with the
+        // same message ids, until it is back.
+        poll_metrics(&base, "a publish times out", |m| {
+            get(m, "switchboard_publish_failed_attempts_total") >= 1.0
+        });
+        (base, port)
+    })
+    .await
+    .expect("join");
+    drop(base);
+    let nats = Nats::start(dir.path(), nats);
+    let (ok, report, verdict) = tokio::task::spawn_blocking(move || finish(child))
+        .await
+        .expect("join");
+    let publish_line: Vec<String> = lines.try_iter().collect();
+    eprintln!("{publish_line:?}");
+    assert!(ok, "{verdict} {publish_line:?}");
+    assert!(verdict.starts_with("verified"), "{verdict}");
+    assert_eq!(report["messages"].as_u64(), Some(8 * 300));
+    let stored = read_stream(&nats.url(), "SWITCHBOARD").await;
+    assert_stream_matches(&stored, &report);
+}
