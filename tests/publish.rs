@@ -238,6 +238,60 @@ async fn every_counted_message_is_stored_once_in_order_through_chaos() {
             first.payload
         );
     }
+    // Two workers in one durable consumer split the stream: every message
+    // processed and acknowledged once between them.
+    let url = nats.url();
+    let (a, b) = tokio::task::spawn_blocking(move || {
+        let a = worker(&url, "a");
+        let b = worker(&url, "b");
+        (collect(a), collect(b))
+    })
+    .await
+    .expect("join");
+    for team in report["teams"].as_array().expect("teams") {
+        let id = team["id"].as_u64().expect("id").to_string();
+        let seen =
+            a["per_team"][&id].as_u64().unwrap_or(0) + b["per_team"][&id].as_u64().unwrap_or(0);
+        assert_eq!(Some(seen), team["messages"].as_u64(), "team {id}: {a} {b}");
+    }
+    eprintln!(
+        "worker a: {} messages, worker b: {}",
+        a["messages"], b["messages"]
+    );
+}
+
+/// `examples/worker.rs` (built by `cargo test`), in the shared durable
+/// consumer, exiting once idle.
+fn worker(url: &str, name: &str) -> Child {
+    let exe = std::env::current_exe().expect("test binary");
+    let examples = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir")
+        .join("examples")
+        .join("worker");
+    Command::new(&examples)
+        .args([
+            "--nats",
+            url,
+            "--name",
+            name,
+            "--batch",
+            "16",
+            "--exit-when-idle",
+            "2s",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}", examples.display()))
+}
+
+/// A worker's closing JSON line.
+fn collect(child: Child) -> Value {
+    let output = child.wait_with_output().expect("worker ends");
+    assert!(output.status.success(), "worker failed");
+    serde_json::from_slice(&output.stdout).expect("worker JSON")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
