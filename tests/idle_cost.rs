@@ -30,11 +30,12 @@ fn idle_ticks_do_no_per_team_work() {
         .count();
     assert_eq!(connected, TEAMS as usize);
     // The request and connect deadlines set while connecting are left in
-    // the heap (lazy deletion) and pop, stale, when they come due: a cost of
-    // those past transitions, paid once. Let them drain first.
+    // the heap (lazy deletion): swept once the heap doubled, or popped,
+    // stale, when they come due: a cost of those past transitions, paid
+    // once. Let them drain first.
     let fired = peer.core.timers_fired();
     peer.advance(Duration::from_secs(3));
-    assert_eq!(peer.core.timers_fired() - fired, 2 * TEAMS);
+    assert!(peer.core.timers_fired() - fired <= 2 * TEAMS);
     let _ = peer.take_new();
     let fired = peer.core.timers_fired();
     let events = peer.core.stats().events;
