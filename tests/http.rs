@@ -157,29 +157,7 @@ async fn metrics_pass_promtool_and_openmetrics_is_served_on_request() {
     ] {
         assert!(metrics.contains(name), "{name} missing:\n{metrics}");
     }
-    // Prometheus's own parser: Debian's `prometheus` package (.ci/run
-    // installs it).
-    let promtool = which("promtool")
-        .expect("promtool is needed to check the exposition format: apt-get install prometheus");
-    let mut check = std::process::Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool runs");
-    {
-        use std::io::Write;
-        let mut stdin = check.stdin.take().expect("stdin");
-        stdin.write_all(metrics.as_bytes()).expect("write");
-    }
-    let output = check.wait_with_output().expect("promtool ends");
-    assert!(
-        output.status.success(),
-        "promtool: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    switchboard::testkit::promtool::assert_promtool_accepts(&metrics);
     // A scraper that asks for OpenMetrics gets it.
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     stream
@@ -204,12 +182,4 @@ async fn metrics_pass_promtool_and_openmetrics_is_served_on_request() {
         .expect("join")
         .expect("no panic");
     drop(global);
-}
-
-fn which(program: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|dir| std::path::Path::new(dir).join(program))
-        .find(|path| path.is_file())
 }

@@ -119,32 +119,6 @@ fn ureq_get(url: &str) -> String {
         .unwrap_or_default()
 }
 
-/// Prometheus's own parser accepts the exposition, publish metrics included.
-fn promtool_accepts(metrics: &str) {
-    use std::io::Write;
-    assert!(metrics.contains("switchboard_publish_buffer_used_bytes"));
-    let mut check = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool runs (apt-get install prometheus; .ci/test does)");
-    check
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(metrics.as_bytes())
-        .expect("write");
-    let output = check.wait_with_output().expect("promtool ends");
-    assert!(
-        output.status.success(),
-        "promtool: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
 /// Polls `/metrics` until `ready` holds, within the deadline.
 fn poll_metrics(base: &str, what: &str, ready: impl Fn(&BTreeMap<String, f64>) -> bool) {
     let started = Instant::now();
@@ -327,7 +301,9 @@ async fn nats_dying_mid_run_pauses_the_sockets_within_the_buffer_and_loses_nothi
         poll_metrics(&base, "some records stored", |m| {
             get(m, "switchboard_publish_acknowledged_total{how=\"stored\"}") >= 50.0
         });
-        promtool_accepts(&ureq_get(&format!("{base}/metrics")));
+        let exposition = ureq_get(&format!("{base}/metrics"));
+        assert!(exposition.contains("switchboard_publish_buffer_used_bytes"));
+        switchboard::testkit::promtool::assert_promtool_accepts(&exposition);
         let port = nats.kill();
         // NATS is gone: the buffer fills to its bound and reading stops.
         poll_metrics(&base, "the buffer fills", |m| {
