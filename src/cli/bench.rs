@@ -275,6 +275,15 @@ pub fn run(args: &BenchArgs, format: LogFormat) -> ExitCode {
     let latencies = args
         .rate
         .map(|_| Arc::new(Mutex::new(Latencies::default())));
+    // Publishing is measured on its own: latency mode reads the tap itself.
+    let publisher = match args.client.publish.start(&runtime) {
+        Ok(Some(_)) if latencies.is_some() => {
+            return usage_error("--publish and --rate: latency is measured without publishing");
+        }
+        Ok(publisher) => publisher,
+        Err(code) => return code,
+    };
+    config.tap = publisher.as_ref().and_then(|(p, _)| p.tap());
     if let Some(book) = &latencies {
         let (tap, mut receiver) = tap::tap(64 << 20);
         config.tap = Some(tap);
@@ -309,6 +318,10 @@ pub fn run(args: &BenchArgs, format: LogFormat) -> ExitCode {
         &runtime,
         &mut [&mut probe],
     );
+    let published = match publisher {
+        Some((publisher, within)) => super::publish::finish(&runtime, publisher, within).is_ok(),
+        None => true,
+    };
     let verdict: Verdict = child.verdict(Duration::from_secs(30));
     let mut figures = Figures {
         teams: args.teams,
@@ -321,7 +334,7 @@ pub fn run(args: &BenchArgs, format: LogFormat) -> ExitCode {
             .deliver_all_ms
             .map(|ms| (args.teams * args.messages) as f64 / (ms / 1000.0)),
         peak_rss_kib: peak_rss_kib(),
-        verified: verdict.verified && outcome.is_ok(),
+        verified: verdict.verified && outcome.is_ok() && published,
         verdict: verdict
             .to_string()
             .lines()
