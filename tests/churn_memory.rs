@@ -1,6 +1,7 @@
 //! The soak's RSS question, asked of the core alone: under endless churn
 //! (every team socket reset, re-requested, reopened and counting again,
-//! round after round) the core's heap stays flat once every team's bounded
+//! round after round, pinged and answering, with the Global dropping every
+//! tenth round) the core's heap stays flat once every team's bounded
 //! history is full. A counting allocator measures live bytes; the harness
 //! here keeps nothing per round (it drives `Core` directly, through the
 //! socket's own `Reader`), so what grows is the core's.
@@ -95,6 +96,11 @@ impl Harness {
                         }
                     }
                 }
+                NetCommand::Send { conn, text } if Some(conn) != self.global => {
+                    // A team socket's only sends are pings: answer each.
+                    let pong = text.as_str().replace("\"ping\"", "\"pong\"");
+                    self.feed(conn, &pong);
+                }
                 NetCommand::Send { conn, text } if Some(conn) == self.global => {
                     if let Ok(GlobalClientEvent::TeamConnect { team_id }) =
                         decode_global_client(text.as_str())
@@ -152,8 +158,8 @@ impl Harness {
 fn the_cores_heap_is_flat_under_endless_churn() {
     let config = Config {
         global_url: "ws://sim/global".into(),
-        ping_interval: Duration::from_secs(3600),
-        pong_timeout: Duration::from_secs(3600),
+        ping_interval: Duration::from_millis(20),
+        pong_timeout: Duration::from_millis(30),
         ..test_config()
     };
     let mut h = Harness {
@@ -172,12 +178,23 @@ fn the_cores_heap_is_flat_under_endless_churn() {
     }
     let warm = LIVE.load(Ordering::Relaxed);
     let mut most = warm;
-    for _ in 0..80 {
+    for round in 0..80 {
+        // Ten ticks of pings and pongs, and every tenth round the Global
+        // drops too (and replays every join on its return).
+        for _ in 0..10 {
+            h.step();
+        }
+        if round % 10 == 0
+            && let Some(global) = h.global
+        {
+            h.end(global);
+        }
         h.round();
         most = most.max(LIVE.load(Ordering::Relaxed));
     }
     let counted: u64 = h.core.healthcheck().iter().map(|t| t.message_count).sum();
     assert_eq!(counted, 90 * 2 * TEAMS, "every message counted");
+    assert!(h.core.stats().pings_sent >= 10 * TEAMS, "the links were pinged");
     eprintln!(
         "live heap after 10 rounds {} KiB; most over the next 80 rounds {} KiB ({} teams, {} reconnects)",
         warm / 1024,
