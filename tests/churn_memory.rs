@@ -194,7 +194,10 @@ fn the_cores_heap_is_flat_under_endless_churn() {
     }
     let counted: u64 = h.core.healthcheck().iter().map(|t| t.message_count).sum();
     assert_eq!(counted, 90 * 2 * TEAMS, "every message counted");
-    assert!(h.core.stats().pings_sent >= 10 * TEAMS, "the links were pinged");
+    assert!(
+        h.core.stats().pings_sent >= 10 * TEAMS,
+        "the links were pinged"
+    );
     eprintln!(
         "live heap after 10 rounds {} KiB; most over the next 80 rounds {} KiB ({} teams, {} reconnects)",
         warm / 1024,
