@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use switchboard::http::HttpServer;
 use switchboard::runtime::{self, StopHandle};
 use switchboard::testkit::client::config;
-use switchboard::testkit::server::{DEADLINE, Server};
+use switchboard::testkit::server::{Conn, DEADLINE, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// One HTTP/1.1 GET; the status and the body.
@@ -64,16 +64,45 @@ fn run_with_http(url: String, http: &HttpServer) -> (StopHandle, std::thread::Jo
     (stop, thread)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_endpoint_answers_and_readiness_follows_the_global_link() {
+/// A client with an HTTP server, its Global accepted and greeted.
+struct Running {
+    server: Server,
+    http: HttpServer,
+    addr: SocketAddr,
+    stop: StopHandle,
+    thread: std::thread::JoinHandle<()>,
+    global: Conn,
+}
+
+async fn running() -> Running {
     let mut server = Server::bind().await;
     let http = HttpServer::start("127.0.0.1:0".parse().expect("addr"))
         .await
         .expect("binds");
     let addr = http.addr();
     let (stop, thread) = run_with_http(server.url("/global"), &http);
-    let mut global = server.accept().await;
+    let global = server.accept().await;
     global.send(json!({"type": "hello"}));
+    Running {
+        server,
+        http,
+        addr,
+        stop,
+        thread,
+        global,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_endpoint_answers_and_readiness_follows_the_global_link() {
+    let Running {
+        mut server,
+        http: _http,
+        addr,
+        stop,
+        thread,
+        mut global,
+    } = running().await;
     global.send(json!({"type": "team.join", "team_id": 7}));
     global.expect("team.connect").await;
     global.send(json!({"type": "team.connect", "team_id": 7, "ws_url": server.url("/t/7")}));
@@ -133,14 +162,14 @@ async fn every_endpoint_answers_and_readiness_follows_the_global_link() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_pass_promtool_and_openmetrics_is_served_on_request() {
-    let mut server = Server::bind().await;
-    let http = HttpServer::start("127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("binds");
-    let addr = http.addr();
-    let (stop, thread) = run_with_http(server.url("/global"), &http);
-    let global = server.accept().await;
-    global.send(json!({"type": "hello"}));
+    let Running {
+        server: _server,
+        http: _http,
+        addr,
+        stop,
+        thread,
+        global,
+    } = running().await;
     global.send(json!({"type": "bogus"}));
     get_until(addr, "/fleet", |_, v| v["bad_global"]["unknown_type"] == 1).await;
     let (status, metrics) = get(addr, "/metrics").await;
