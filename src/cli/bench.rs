@@ -276,14 +276,13 @@ pub fn run(args: &BenchArgs, format: LogFormat) -> ExitCode {
         .rate
         .map(|_| Arc::new(Mutex::new(Latencies::default())));
     // Publishing is measured on its own: latency mode reads the tap itself.
-    let publisher = match args.client.publish.start(&runtime) {
-        Ok(Some(_)) if latencies.is_some() => {
-            return usage_error("--publish and --rate: latency is measured without publishing");
-        }
-        Ok(publisher) => publisher,
+    if latencies.is_some() && args.client.publish.requested() {
+        return usage_error("--publish and --rate: latency is measured without publishing");
+    }
+    let publishing = match args.client.publish.start(&runtime, &mut config, None) {
+        Ok(publishing) => publishing,
         Err(code) => return code,
     };
-    config.tap = publisher.as_ref().and_then(|(p, _)| p.tap());
     if let Some(book) = &latencies {
         let (tap, mut receiver) = tap::tap(64 << 20);
         config.tap = Some(tap);
@@ -318,8 +317,8 @@ pub fn run(args: &BenchArgs, format: LogFormat) -> ExitCode {
         &runtime,
         &mut [&mut probe],
     );
-    let published = match publisher {
-        Some((publisher, within)) => super::publish::finish(&runtime, publisher, within).is_ok(),
+    let published = match publishing {
+        Some(publishing) => publishing.finish(&runtime).is_ok(),
         None => true,
     };
     let verdict: Verdict = child.verdict(Duration::from_secs(30));

@@ -424,14 +424,10 @@ pub fn connect(global_url: String, args: &ClientArgs) -> ExitCode {
         Ok(http) => http,
         Err(code) => return code,
     };
-    let publisher = match args.publish.start(&runtime) {
-        Ok(publisher) => publisher,
+    let publishing = match args.publish.start(&runtime, &mut config, http.as_ref()) {
+        Ok(publishing) => publishing,
         Err(code) => return code,
     };
-    config.tap = publisher.as_ref().and_then(|(p, _)| p.tap());
-    if let (Some(http), Some((publisher, _))) = (&http, &publisher) {
-        http.watch_publisher(publisher.watch());
-    }
     let mut telemetry = http.as_ref().map(HttpServer::telemetry);
     let mut sidecars: Vec<&mut dyn runtime::Sidecar> = Vec::new();
     if let Some(persistence) = persistence.as_mut() {
@@ -447,8 +443,8 @@ pub fn connect(global_url: String, args: &ClientArgs) -> ExitCode {
         Ok(_) => ExitCode::SUCCESS,
         Err(code) => code,
     };
-    if let Some((publisher, within)) = publisher
-        && let Err(failed) = super::publish::finish(&runtime, publisher, within)
+    if let Some(publishing) = publishing
+        && let Err(failed) = publishing.finish(&runtime)
         && code == ExitCode::SUCCESS
     {
         code = failed;

@@ -341,14 +341,14 @@ pub fn run(args: &DemoArgs, format: LogFormat) -> ExitCode {
         Err(code) => return code,
     };
     config.seed = args.client.seed.unwrap_or(args.sim.sim_seed);
-    let publisher = match args.client.publish.start(&runtime) {
-        Ok(publisher) => publisher,
+    let publishing = match args
+        .client
+        .publish
+        .start(&runtime, &mut config, http.as_ref())
+    {
+        Ok(publishing) => publishing,
         Err(code) => return code,
     };
-    config.tap = publisher.as_ref().and_then(|(p, _)| p.tap());
-    if let (Some(http), Some((publisher, _))) = (&http, &publisher) {
-        http.watch_publisher(publisher.watch());
-    }
     let mut recorder = match args.client.recorder(&config) {
         Ok(recorder) => recorder,
         Err(code) => return code,
@@ -397,10 +397,8 @@ pub fn run(args: &DemoArgs, format: LogFormat) -> ExitCode {
     }
     let outcome = run_client(config, args.client.report, &runtime, &mut sidecars);
     progress.display.finish();
-    let published = match publisher {
-        Some((publisher, within)) => {
-            super::publish::finish(&runtime, publisher, within).map(|_| ())
-        }
+    let published = match publishing {
+        Some(publishing) => publishing.finish(&runtime).map(|_| ()),
         None => Ok(()),
     };
     drop(watchdog);

@@ -6,9 +6,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
+use switchboard::http::HttpServer;
 use switchboard::publish::{
     Discard, PublishConfig, PublishStats, Publisher, Retention, StreamSettings,
 };
+use switchboard::runtime::RunConfig;
 use tracing::info;
 
 use super::{byte_size, byte_size_or_zero, duration, duration_or_zero, human, usage_error};
@@ -98,42 +100,62 @@ impl PublishArgs {
         Ok(Some(config))
     }
 
-    /// Starts the publisher, if asked for. Must be called with the tokio
+    /// Whether `--publish` was given.
+    pub fn requested(&self) -> bool {
+        self.publish.is_some()
+    }
+
+    /// Starts the publisher, if asked for, and hands it `config`'s tap (and
+    /// `http`'s `/metrics`, if serving). Must be called with the tokio
     /// runtime the run uses; a NATS that is not up yet is waited for.
     pub fn start(
         &self,
         runtime: &tokio::runtime::Runtime,
-    ) -> Result<Option<(Publisher, Duration)>, ExitCode> {
-        let Some(config) = self.config()? else {
+        config: &mut RunConfig,
+        http: Option<&HttpServer>,
+    ) -> Result<Option<Publishing>, ExitCode> {
+        let Some(publish) = self.config()? else {
             return Ok(None);
         };
         let publisher = runtime
-            .block_on(Publisher::start(&config))
-            .map_err(|e| usage_error(format!("--publish {}: {e}", config.url)))?;
-        info!(url = %config.url, stream = %config.stream.name,
-              subjects = %config.stream.subjects(), run = publisher.run_id(),
+            .block_on(Publisher::start(&publish))
+            .map_err(|e| usage_error(format!("--publish {}: {e}", publish.url)))?;
+        info!(url = %publish.url, stream = %publish.stream.name,
+              subjects = %publish.stream.subjects(), run = publisher.run_id(),
               "publishing to NATS JetStream");
-        Ok(Some((publisher, config.drain_timeout)))
+        config.tap = publisher.tap();
+        if let Some(http) = http {
+            http.watch_publisher(publisher.watch());
+        }
+        Ok(Some(Publishing {
+            publisher,
+            drain: publish.drain_timeout,
+        }))
     }
 }
 
-/// After the run: drains what is left (within `within`), says what was
-/// published on stderr, and fails the exit if any record never reached NATS.
-pub fn finish(
-    runtime: &tokio::runtime::Runtime,
+/// A publisher running beside the client.
+pub struct Publishing {
     publisher: Publisher,
-    within: Duration,
-) -> Result<PublishStats, ExitCode> {
-    let stats = runtime.block_on(publisher.finish(within));
-    eprintln!("{}", line(&stats));
-    if stats.waiting > 0 {
-        eprintln!(
-            "error: {} records never reached NATS within --publish-drain-timeout",
-            stats.waiting
-        );
-        return Err(ExitCode::FAILURE);
+    drain: Duration,
+}
+
+impl Publishing {
+    /// After the run: drains what is left (within the drain timeout), says
+    /// what was published on stderr, and fails the exit if any record never
+    /// reached NATS.
+    pub fn finish(self, runtime: &tokio::runtime::Runtime) -> Result<PublishStats, ExitCode> {
+        let stats = runtime.block_on(self.publisher.finish(self.drain));
+        eprintln!("{}", line(&stats));
+        if stats.waiting > 0 {
+            eprintln!(
+                "error: {} records never reached NATS within --publish-drain-timeout",
+                stats.waiting
+            );
+            return Err(ExitCode::FAILURE);
+        }
+        Ok(stats)
     }
-    Ok(stats)
 }
 
 /// The closing line.
