@@ -86,7 +86,7 @@ fn finish(mut child: Child) -> (bool, Value, String) {
 
 /// One sample of `/metrics`: name (with labels) → value.
 fn metrics(base: &str) -> BTreeMap<String, f64> {
-    let body = ureq_get(&format!("{base}/metrics"));
+    let body = http_get(&format!("{base}/metrics"));
     body.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| {
@@ -97,7 +97,7 @@ fn metrics(base: &str) -> BTreeMap<String, f64> {
 }
 
 /// A plain HTTP/1.0 GET over a TCP socket (the test needs nothing more).
-fn ureq_get(url: &str) -> String {
+fn http_get(url: &str) -> String {
     use std::io::Write;
     let rest = url.strip_prefix("http://").expect("http URL");
     let (host, path) = rest.split_once('/').map_or((rest, "/"), |(h, p)| (h, p));
@@ -301,7 +301,7 @@ async fn nats_dying_mid_run_pauses_the_sockets_within_the_buffer_and_loses_nothi
         poll_metrics(&base, "some records stored", |m| {
             get(m, "switchboard_publish_acknowledged_total{how=\"stored\"}") >= 50.0
         });
-        let exposition = ureq_get(&format!("{base}/metrics"));
+        let exposition = http_get(&format!("{base}/metrics"));
         assert!(exposition.contains("switchboard_publish_buffer_used_bytes"));
         switchboard::testkit::promtool::assert_promtool_accepts(&exposition);
         let port = nats.kill();
