@@ -88,6 +88,7 @@ fn a_short_soak_reports_every_figure_and_verifies() {
     assert!(value("longest disconnect:").ends_with(')') || value("longest disconnect:") == "none");
     assert!(value("client RSS at 1s 500ms:").ends_with("MiB"));
     assert!(value("client RSS at end:").contains("after warm-up"));
+    assert!(value("client RSS max since 1s 500ms:").ends_with("MiB"));
     assert!(number(value("descriptors open at end:")) > 0);
     assert!(report.contains("\nverified: 12 teams"), "{report}");
     assert!(report.contains("not observed"), "{report}");

@@ -96,6 +96,9 @@ struct Vitals {
     started: Instant,
     warm_up: Duration,
     at_warm_up: Option<u64>,
+    /// The most seen from the warm-up on: a rise that falls back by the
+    /// end shows here, not in the two end points.
+    peak_after_warm_up: Option<u64>,
     last: Option<u64>,
     sampled: Option<Instant>,
 }
@@ -106,6 +109,7 @@ impl Vitals {
             started: Instant::now(),
             warm_up: run_for.map_or(WARM_UP, |d| WARM_UP.min(d / 2)),
             at_warm_up: None,
+            peak_after_warm_up: None,
             last: None,
             sampled: None,
         }
@@ -123,6 +127,9 @@ impl Vitals {
         self.last = rss_bytes();
         if self.at_warm_up.is_none() && now.duration_since(self.started) >= self.warm_up {
             self.at_warm_up = self.last;
+        }
+        if self.at_warm_up.is_some() {
+            self.peak_after_warm_up = self.peak_after_warm_up.max(self.last);
         }
     }
 }
@@ -217,6 +224,12 @@ fn soak_report(
         vitals
             .last
             .map_or_else(|| "n/a".to_owned(), |b| format!("{}{growth}", mib(b))),
+    );
+    line(
+        &format!("client RSS max since {warm}:"),
+        vitals
+            .peak_after_warm_up
+            .map_or_else(|| "n/a".to_owned(), mib),
     );
     line(
         "descriptors open at end:",
