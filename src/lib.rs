@@ -14,6 +14,7 @@
 //! - [`core`]: the deterministic core, a bevy_ecs world stepped on a fixed
 //!   tick. No I/O, no clock, no unseeded randomness.
 //! - [`report`]: the final report, table or JSON.
+//! - [`redact`]: URLs with their credentials masked, for every output.
 //!
 //! The I/O side:
 //! - [`transport`]: tokio + tungstenite sockets, one task per socket.
@@ -40,6 +41,7 @@ pub mod protocol;
 pub mod publish;
 pub mod reader;
 pub mod record;
+pub mod redact;
 pub mod report;
 pub mod runtime;
 pub mod sim;
