@@ -1105,3 +1105,114 @@ fn a_secure_global_never_opens_a_plaintext_team_url_and_team_hosts_are_enforced(
         vec!["wss://a.teams.example/t/1".to_owned()]
     );
 }
+
+/// Events take effect in the order they arrived, across connections: a team
+/// that leaves on its own socket and is announced again on Global a moment
+/// later (a reinstall) ends up joined and reconnected, even when both land
+/// in one step.
+#[test]
+fn a_team_that_leaves_on_its_socket_and_rejoins_on_global_in_one_step_reconnects() {
+    let mut peer = Peer::with_teams(17, &[T1]);
+    let first = peer.team_conn(T1);
+    peer.message(T1, "one props");
+    peer.team_says(T1, TeamServerEvent::TeamLeft { team_id: T1 });
+    peer.global_says(GlobalServerEvent::TeamJoin { team_id: T1 });
+    peer.step();
+    assert_eq!(closes(&peer.commands), vec![first], "the old socket closes");
+    assert_eq!(
+        team(&peer, T1).link,
+        LinkState::Closing {
+            conn: first,
+            deadline: team_deadline(&peer),
+            after: AfterClose::Rejoin
+        },
+        "the later join wins over the earlier leave"
+    );
+    peer.closed(first, CloseReason::Local);
+    peer.step();
+    assert_eq!(peer.requests(), vec![T1, T1], "asked again for its URL");
+    peer.connect_team(T1);
+    let t = team(&peer, T1);
+    assert!(t.connected);
+    assert_ne!(peer.team_conn(T1), first);
+    assert_eq!(t.counters.message_count, 1);
+    snapshot(
+        "a_team_that_leaves_on_its_socket_and_rejoins_on_global_in_one_step_reconnects",
+        &peer,
+    );
+}
+
+/// The mirror: Global announces the team (a duplicate: it is joined), then
+/// its socket says it left. The leave came last, so the team is out.
+#[test]
+fn a_join_then_a_leave_on_the_socket_in_one_step_leaves_the_team_out() {
+    let mut peer = Peer::with_teams(18, &[T1]);
+    let first = peer.team_conn(T1);
+    peer.global_says(GlobalServerEvent::TeamJoin { team_id: T1 });
+    peer.team_says(T1, TeamServerEvent::TeamLeft { team_id: T1 });
+    peer.step();
+    peer.closed(first, CloseReason::Local);
+    peer.step();
+    peer.advance(Duration::from_secs(5));
+    assert_eq!(team(&peer, T1).link, LinkState::Left);
+    assert_eq!(peer.requests(), vec![T1], "never asked for again");
+    snapshot(
+        "a_join_then_a_leave_on_the_socket_in_one_step_leaves_the_team_out",
+        &peer,
+    );
+}
+
+/// Hundreds of teams leave on their sockets and are announced again on
+/// Global at once, interleaved: those whose old socket is still closing,
+/// those whose socket already closed in the same step, and those announced
+/// a step later. Every one of them is reconnected.
+#[test]
+fn hundreds_of_teams_leaving_and_rejoining_at_once_all_reconnect() {
+    const TEAMS: u64 = 300;
+    let mut peer = Peer::connected_fleet(&switchboard::testkit::test_config(), 19, TEAMS);
+    let first: Vec<ConnId> = (1..=TEAMS).map(|id| peer.team_conn(TeamId(id))).collect();
+    for id in 1..=TEAMS {
+        let team = TeamId(id);
+        peer.team_says(team, TeamServerEvent::TeamLeft { team_id: team });
+        match id % 3 {
+            // Announced again while its old socket is still open.
+            0 => peer.global_says(GlobalServerEvent::TeamJoin { team_id: team }),
+            // The old socket ends first, then the announcement.
+            1 => {
+                peer.closed(first[id as usize - 1], CloseReason::Remote { code: 1000 });
+                peer.global_says(GlobalServerEvent::TeamJoin { team_id: team });
+            }
+            // Announced in the next step.
+            _ => {}
+        }
+    }
+    peer.step();
+    for id in (1..=TEAMS).filter(|id| id % 3 == 2) {
+        peer.global_says(GlobalServerEvent::TeamJoin {
+            team_id: TeamId(id),
+        });
+    }
+    for id in (1..=TEAMS).filter(|id| id % 3 != 1) {
+        peer.closed(first[id as usize - 1], CloseReason::Local);
+    }
+    peer.step();
+    peer.step_until("every team asked for again", |peer| {
+        peer.requests().len() as u64 == 2 * TEAMS
+    });
+    for id in 1..=TEAMS {
+        peer.global_says(GlobalServerEvent::TeamConnect {
+            team_id: TeamId(id),
+            ws_url: format!("ws://sim/t/{id}/again"),
+        });
+    }
+    peer.step();
+    for id in 1..=TEAMS {
+        let conn = peer.team_conn(TeamId(id));
+        assert_ne!(conn, first[id as usize - 1], "team {id} has a new socket");
+        peer.push(NetEvent::Opened { conn });
+    }
+    peer.step();
+    let summary = peer.core.summary();
+    assert_eq!(summary.connected, TEAMS, "every team is back: {summary:?}");
+    assert_eq!(summary.left, 0);
+}

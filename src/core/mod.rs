@@ -29,7 +29,7 @@ use global_link::GlobalLink;
 use links::{Beat, StateDeadline};
 use resources::{
     Clock, Connections, GlobalInbox, Jitter, LogLimiter, NetInbox, Outbox, PendingHealthchecks,
-    Shutdown, ShutdownCause, Stats, TeamInbox, TeamIndex, UrlRequests,
+    Routed, Shutdown, ShutdownCause, Stats, TeamInbox, TeamIndex, UrlRequests,
 };
 use snapshot::{SavedTeam, Snapshot, TeamSnapshot};
 use systems::heartbeat::PingIds;
@@ -38,12 +38,11 @@ use timers::Timers;
 /// The phases of one tick, in order.
 #[derive(SystemSet, Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CoreSystems {
-    /// Take events off the bridge and route them.
+    /// Take events off the bridge and apply them in arrival order, Global
+    /// and team alike.
     Ingest,
-    /// Keep the Global link up; act on Global events; start a shutdown.
+    /// The Global link's own deadlines; start a shutdown asked for locally.
     Global,
-    /// Act on team socket events and frames.
-    Traffic,
     /// Pings and pong timeouts.
     Heartbeat,
     /// State deadlines and `team.connect` requests.
@@ -122,6 +121,7 @@ impl Core {
         world.init_resource::<Connections>();
         world.init_resource::<TeamIndex>();
         world.init_resource::<UrlRequests>();
+        world.init_resource::<Routed>();
         world.init_resource::<GlobalInbox>();
         world.init_resource::<TeamInbox>();
         world.init_resource::<PendingHealthchecks>();
@@ -138,6 +138,8 @@ impl Core {
         world.init_resource::<lifecycle::Transitions>();
         world.init_resource::<lifecycle::TeamEvents>();
         let changed_teams = world.register_system(systems::restore::changed_teams);
+        let handlers = systems::ingest::RouteHandlers::register(&mut world);
+        world.insert_resource(handlers);
         Ok(Core {
             world,
             schedule: build_schedule(),
@@ -485,13 +487,12 @@ impl Core {
 }
 
 fn build_schedule() -> Schedule {
-    use systems::{global, healthcheck, heartbeat, ingest, reconnect, shutdown, traffic};
+    use systems::{global, healthcheck, heartbeat, ingest, reconnect, shutdown};
     let mut schedule = Schedule::new(Tick);
     schedule.configure_sets(
         (
             CoreSystems::Ingest,
             CoreSystems::Global,
-            CoreSystems::Traffic,
             CoreSystems::Heartbeat,
             CoreSystems::Reconnect,
             CoreSystems::Emit,
@@ -499,16 +500,12 @@ fn build_schedule() -> Schedule {
             .chain(),
     );
     schedule.add_systems((
-        ingest::route_net_events.in_set(CoreSystems::Ingest),
-        (
-            global::admit_joined_teams,
-            global::handle_global_events,
-            global::run_global_deadlines,
-            shutdown::begin_shutdown,
-        )
+        (ingest::route_net_events, ingest::apply_in_arrival_order)
+            .chain()
+            .in_set(CoreSystems::Ingest),
+        (global::run_global_deadlines, shutdown::begin_shutdown)
             .chain()
             .in_set(CoreSystems::Global),
-        traffic::handle_team_events.in_set(CoreSystems::Traffic),
         heartbeat::send_pings_and_check_pongs.in_set(CoreSystems::Heartbeat),
         (reconnect::expire_deadlines, reconnect::request_team_urls)
             .chain()

@@ -190,11 +190,25 @@ impl UrlRequests {
     }
 }
 
-/// Events routed to the Global lifecycle this tick, in arrival order.
+/// Where an ingested event goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// To the Global lifecycle.
+    Global,
+    /// To this team's traffic.
+    Team(Entity),
+}
+
+/// This step's events, routed, in arrival order across every connection:
+/// applied in that order, a run of same-route events at a time.
+#[derive(Resource, Default)]
+pub struct Routed(pub Vec<(Route, crate::bridge::NetEvent)>);
+
+/// The run of consecutive Global events being applied now.
 #[derive(Resource, Default)]
 pub struct GlobalInbox(pub Vec<crate::bridge::NetEvent>);
 
-/// Events routed to team traffic this tick, in arrival order.
+/// The run of consecutive team events being applied now.
 #[derive(Resource, Default)]
 pub struct TeamInbox(pub Vec<(Entity, crate::bridge::NetEvent)>);
 

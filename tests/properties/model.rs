@@ -42,8 +42,8 @@ struct Live {
     opened: bool,
     /// Its terminal event was ingested this step. It is forgotten after
     /// the step's commands: those were decided in the same tick, some
-    /// (Global events are acted on before team events) before the core
-    /// looked at the terminal event.
+    /// (those of events that arrived before it) before the core looked at
+    /// the terminal event.
     ended: bool,
 }
 
@@ -187,12 +187,14 @@ impl Model {
         self.check(core, commands)
     }
 
-    /// One tick's ingested events, in the order the core acts on them:
-    /// Global's first, then the teams' (each in arrival order). Ordering
-    /// across sockets is the core's to choose: nothing orders two sockets.
+    /// One step's ingested events, in arrival order across every
+    /// connection: the order the core must act on them in.
     fn ingest_batch(&mut self, batch: Vec<(NetEvent, Counted)>) -> Result<(), String> {
-        let mut global = Vec::new();
-        let mut teams = Vec::new();
+        // Teams whose socket Global closed this step (`team.left`): a later
+        // `team.left` on that socket finds it closing.
+        let mut left_on_global = BTreeSet::new();
+        // Sockets that said `team.left` this step: closing since.
+        let mut closing = BTreeSet::new();
         for (event, counted) in batch {
             let conn = event.conn();
             let Some(live) = self.conns.get(&conn).copied().filter(|l| !l.ended) else {
@@ -207,17 +209,13 @@ impl Model {
                     _ => {}
                 }
             }
-            match live.kind {
-                ConnKind::Global => global.push((event, live)),
-                ConnKind::Team(team) => teams.push((event, counted, team, live)),
-            }
-        }
-        let mut left_on_global = BTreeSet::new();
-        for (event, live) in global {
-            self.on_global(event, live, &mut left_on_global);
-        }
-        let mut closing = BTreeSet::new();
-        for (event, counted, team, live) in teams {
+            let team = match live.kind {
+                ConnKind::Global => {
+                    self.on_global(event, live, &mut left_on_global);
+                    continue;
+                }
+                ConnKind::Team(team) => team,
+            };
             if let Some((for_team, n, props)) = counted {
                 // Every message a socket read before its terminal event
                 // counts, the core having given up on the socket or not.
@@ -226,13 +224,12 @@ impl Model {
                 c.1 += props;
                 self.seen.messages += n;
             }
-            let conn = event.conn();
             let NetEvent::Received { frame, .. } = event else {
                 continue;
             };
             // `team.left` on a team's open socket (not one we gave up on or
             // already closed) is the team leaving — unless Global's events
-            // this tick already closed it, or the run is ending.
+            // before it this step already closed it, or the run is ending.
             if let Inbound::Team(Ok(TeamControl::TeamLeft { team_id })) = *frame
                 && team_id == team
                 && !live.aborted

@@ -32,8 +32,9 @@ pub struct GlobalLifecycle<'w, 's> {
     links: Links<'w>,
 }
 
-/// Spawns an entity for every team id seen for the first time in this tick's
-/// `team.join`s, so the lifecycle system can treat every join alike. A new
+/// Spawns an entity for every team id seen for the first time in this run
+/// of Global events' `team.join`s, so the lifecycle system can treat every
+/// join alike. A new
 /// team beyond `max_teams` is refused: counted, logged at a bounded rate.
 ///
 /// An exclusive system: it spawns straight into the world, where a command
@@ -89,7 +90,8 @@ pub fn admit_joined_teams(world: &mut World) {
     }
 }
 
-/// Acts on this tick's Global events, in arrival order.
+/// Acts on a run of Global events, in arrival order (see
+/// [`apply_in_arrival_order`](super::ingest::apply_in_arrival_order)).
 pub fn handle_global_events(mut inbox: ResMut<GlobalInbox>, mut lc: GlobalLifecycle) {
     // Taken, not drained: a burst must not leave its capacity behind.
     for event in std::mem::take(&mut inbox.0) {

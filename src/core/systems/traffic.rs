@@ -8,7 +8,9 @@ use crate::core::components::{AfterClose, Counters, Health, Link, LinkState, Tea
 use crate::core::links::Links;
 use crate::core::resources::{LogLimiter, Stats, TeamInbox};
 
-/// Acts on this tick's team events in arrival order. Cost: O(events).
+/// Acts on a run of team events in arrival order (see
+/// [`apply_in_arrival_order`](super::ingest::apply_in_arrival_order)).
+/// Cost: O(events).
 pub fn handle_team_events(
     mut inbox: ResMut<TeamInbox>,
     mut stats: ResMut<Stats>,
