@@ -113,6 +113,11 @@ impl Text {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// Whether `other` is a clone of this text (one buffer, held once).
+    pub fn shares_buffer(&self, other: &Text) -> bool {
+        self.0.as_ptr() == other.0.as_ptr() && self.0.len() == other.0.len()
+    }
 }
 
 impl From<String> for Text {

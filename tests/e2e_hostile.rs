@@ -35,7 +35,9 @@ async fn a_global_that_stops_reading_is_dropped_after_the_pong_timeout() {
         global.send(json!({"type": "team.join", "team_id": team_id}));
     }
     global.deaf();
-    for _ in 0..20 {
+    // Five replies (~13.5 MB): within the unsent-bytes budget, so it is the
+    // write stall, not the budget, that drops this Global.
+    for _ in 0..5 {
         global.send(json!({"type": "healthcheck"}));
     }
     // Our replies cannot drain: the client drops this Global and opens
@@ -53,6 +55,50 @@ async fn a_global_that_stops_reading_is_dropped_after_the_pong_timeout() {
         .to_owned();
     assert!(error.contains("stalled: peer not reading"), "{error}");
     drop(global);
+}
+
+/// A Global that asks for a healthcheck every few milliseconds and reads none
+/// of the replies: each reply is a new buffer, so they pile up in the
+/// socket's queue. Past the unsent-bytes budget (16 MiB) the Global is
+/// dropped as not reading, long before the write stall (a minute here) or
+/// the queue's frame count (1,024) would notice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthcheck_replies_to_a_global_that_reads_none_are_bounded_in_bytes() {
+    let mut server = Server::bind().await;
+    let client = start(server.url("/global"), |c| {
+        c.core.pong_timeout = Duration::from_secs(60);
+        c.core.max_requests_in_flight = 1;
+    });
+    let global = server.accept().await;
+    global.send(json!({"type": "hello"}));
+    // ~600 KB a reply.
+    for team_id in 1..=10_000u64 {
+        global.send(json!({"type": "team.join", "team_id": team_id}));
+    }
+    global.deaf();
+    let pacing = tokio::spawn(async move {
+        // 900 requests, below the frame-count bound, over 2.7 s or more:
+        // even a driver slowed to a step every 50 ms answers them with
+        // dozens of distinct replies (all of them would be ~540 MB).
+        for _ in 0..900 {
+            global.send(json!({"type": "healthcheck"}));
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+        global
+    });
+    let second = server.accept().await;
+    assert_eq!(second.path, "/global");
+    second.send(json!({"type": "hello"}));
+    second.send(json!({"type": "goodbye"}));
+    let outcome = client.finish().await;
+    let error = outcome
+        .snapshot
+        .global
+        .last_error()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(error.contains("outbound queue overflow"), "{error}");
+    drop(pacing.await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -27,7 +27,22 @@ pub(crate) enum Outgoing {
 #[derive(Default)]
 struct Inner {
     queue: VecDeque<Outgoing>,
+    /// Bytes held by the queued texts, each buffer once.
+    unsent: usize,
     end: Option<CloseReason>,
+}
+
+impl Inner {
+    /// What queuing `item` adds to `unsent`: nothing for a clone of the
+    /// text queued just before it (one healthcheck reply answering a burst
+    /// of requests is held once).
+    fn cost(&self, item: &Outgoing) -> usize {
+        match (item, self.queue.back()) {
+            (Outgoing::Text(text), Some(Outgoing::Text(last))) if text.shares_buffer(last) => 0,
+            (Outgoing::Text(text), _) => text.len(),
+            _ => 0,
+        }
+    }
 }
 
 /// A socket's mailbox.
@@ -42,19 +57,23 @@ pub(crate) struct Mailbox {
     ended: AtomicBool,
     waker: AtomicWaker,
     capacity: usize,
+    max_unsent: usize,
 }
 
 /// Why a frame could not be queued.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum PostError {
-    /// The queue is full: the peer is not reading.
+    /// The queue is full, in frames or in bytes: the peer is not reading.
     Full,
     /// The task ended.
     Ended,
 }
 
 impl Mailbox {
-    pub(crate) fn new(capacity: usize) -> Arc<Mailbox> {
+    /// A mailbox for at most `capacity` frames and, beyond the first text
+    /// queued, `max_unsent` bytes of text (or twice the text being queued,
+    /// if larger: two of the largest replies always fit).
+    pub(crate) fn new(capacity: usize, max_unsent: usize) -> Arc<Mailbox> {
         Arc::new(Mailbox {
             inner: Mutex::new(Inner::default()),
             posted: AtomicBool::new(false),
@@ -62,6 +81,7 @@ impl Mailbox {
             ended: AtomicBool::new(false),
             waker: AtomicWaker::new(),
             capacity,
+            max_unsent,
         })
     }
 
@@ -86,6 +106,12 @@ impl Mailbox {
             if inner.queue.len() >= self.capacity {
                 return Err(PostError::Full);
             }
+            let cost = inner.cost(&item);
+            let budget = self.max_unsent.max(cost.saturating_mul(2));
+            if inner.unsent > 0 && inner.unsent.saturating_add(cost) > budget {
+                return Err(PostError::Full);
+            }
+            inner.unsent += cost;
             inner.queue.push_back(item);
         }
         self.notify();
@@ -125,6 +151,12 @@ impl Mailbox {
         }
         let mut inner = self.lock();
         let item = inner.queue.pop_front();
+        if let Some(Outgoing::Text(text)) = &item {
+            let shared = matches!(inner.queue.front(), Some(Outgoing::Text(next)) if next.shares_buffer(text));
+            if !shared {
+                inner.unsent = inner.unsent.saturating_sub(text.len());
+            }
+        }
         if !inner.queue.is_empty() {
             // More to take: keep the flag up for the next call.
             self.posted.store(true, Ordering::Release);
@@ -144,7 +176,7 @@ mod tests {
 
     #[test]
     fn frames_come_out_in_order_and_the_first_end_asked_for_is_kept() {
-        let mailbox = Mailbox::new(2);
+        let mailbox = Mailbox::new(2, 1024);
         let waker = futures_util::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
         assert!(mailbox.poll_take(&mut cx).is_none());
@@ -161,5 +193,44 @@ mod tests {
         );
         mailbox.close();
         assert_eq!(mailbox.post(Outgoing::Probe), Err(PostError::Ended));
+    }
+
+    fn text(len: usize) -> Text {
+        Text::from("x".repeat(len))
+    }
+
+    #[test]
+    fn unsent_text_is_bounded_in_bytes_and_a_shared_reply_is_held_once() {
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mailbox = Mailbox::new(1024, 1000);
+        // One reply answering a burst of requests: one buffer, held once.
+        let reply = text(400);
+        for _ in 0..100 {
+            mailbox.post(Outgoing::Text(reply.clone())).expect("shared");
+        }
+        // A new reply per request, never read: refused past the budget.
+        mailbox
+            .post(Outgoing::Text(text(400)))
+            .expect("800 bytes held");
+        assert_eq!(
+            mailbox.post(Outgoing::Text(text(400))),
+            Err(PostError::Full)
+        );
+        // Reading frees the room again.
+        for _ in 0..100 {
+            assert!(matches!(
+                mailbox.poll_take(&mut cx),
+                Some(Outgoing::Text(_))
+            ));
+        }
+        mailbox.post(Outgoing::Text(text(400))).expect("room again");
+        // A text above the budget still fits into an empty queue, and one
+        // more like it: the largest reply is never refused for its size.
+        let big = Mailbox::new(1024, 1000);
+        big.post(Outgoing::Text(text(5000))).expect("empty queue");
+        big.post(Outgoing::Text(text(5000)))
+            .expect("twice the largest");
+        assert_eq!(big.post(Outgoing::Text(text(5000))), Err(PostError::Full));
     }
 }

@@ -45,6 +45,13 @@ pub struct TransportConfig {
     /// Global's queue also has room for every `team.connect` the core may
     /// send in one tick (its in-flight cap), on top of this.
     pub outbound_queue: usize,
+    /// Bytes of text queued per socket and not yet written before the peer
+    /// is deemed not reading (a shared healthcheck reply counts once; twice
+    /// the text being queued, if larger, so two of the largest replies
+    /// always fit). A Global that asks for healthchecks and reads none of
+    /// the replies is dropped once this much waits, not when the write
+    /// stalls for a pong timeout: that took ~500 MiB at 10,000 teams.
+    pub max_unsent_bytes: usize,
     /// Most bytes held in partially received messages, over all sockets: a
     /// socket that would take the total past it is dropped.
     pub max_partial_bytes: usize,
@@ -59,6 +66,7 @@ impl Default for TransportConfig {
             max_message_size: 1 << 20,
             read_buffer_size: 4 * 1024,
             outbound_queue: 1024,
+            max_unsent_bytes: 16 << 20,
             max_partial_bytes: 64 << 20,
             tls: None,
         }
@@ -127,6 +135,7 @@ pub struct Transport {
     runtime: Handle,
     events: EventSender,
     outbound_queue: usize,
+    max_unsent_bytes: usize,
     /// Extra room on Global's queue: the core's in-flight request cap.
     global_burst: usize,
     stall: Duration,
@@ -156,6 +165,7 @@ impl Transport {
             runtime,
             events,
             outbound_queue: config.outbound_queue,
+            max_unsent_bytes: config.max_unsent_bytes,
             global_burst: core.max_requests_in_flight,
             stall: core.pong_timeout,
             dial: Arc::new(dial::DialConfig {
@@ -181,7 +191,7 @@ impl Transport {
                     crate::bridge::ConnKind::Global => self.outbound_queue + self.global_burst,
                     crate::bridge::ConnKind::Team(_) => self.outbound_queue,
                 };
-                let mailbox = Mailbox::new(capacity);
+                let mailbox = Mailbox::new(capacity, self.max_unsent_bytes);
                 self.runtime.spawn(connection::run(connection::Task {
                     conn,
                     kind,
