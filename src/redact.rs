@@ -65,12 +65,16 @@ fn find_scheme(text: &str) -> Option<usize> {
 }
 
 fn push_url(out: &mut String, url: &str) {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        out.push_str(url);
-        return;
+    // Without a scheme (a server's malformed `ws_url`), the same shape
+    // is assumed: authority, path, query.
+    let rest = match url.split_once("://") {
+        Some((scheme, rest)) => {
+            out.push_str(scheme);
+            out.push_str("://");
+            rest
+        }
+        None => url,
     };
-    out.push_str(scheme);
-    out.push_str("://");
     let rest = rest.split('#').next().unwrap_or_default();
     let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, after) = rest.split_at(authority_end);
@@ -120,6 +124,7 @@ mod tests {
         assert_eq!(url("ws://host/path?abcdef"), "ws://host/path?***");
         assert_eq!(url("ws://127.0.0.1:9/global"), "ws://127.0.0.1:9/global");
         assert_eq!(url("not a url"), "not a url");
+        assert_eq!(url("u:p@host/t?token=x"), "***@host/t?token=***");
     }
 
     #[test]

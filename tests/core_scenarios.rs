@@ -1216,3 +1216,25 @@ fn hundreds_of_teams_leaving_and_rejoining_at_once_all_reconnect() {
     assert_eq!(summary.connected, TEAMS, "every team is back: {summary:?}");
     assert_eq!(summary.left, 0);
 }
+
+/// A refused `ws_url` is kept as the team's last error (served over HTTP)
+/// with its credentials masked.
+#[test]
+fn a_refused_ws_url_is_kept_without_its_credentials() {
+    let mut config = switchboard::testkit::test_config();
+    config.global_url = "wss://sim/global".into();
+    let mut peer = Peer::with_config(&config, 21);
+    peer.open_global();
+    peer.join(T1);
+    peer.global_says(GlobalServerEvent::TeamConnect {
+        team_id: T1,
+        ws_url: "ws://bot:hunter2@sim/team/1?token=SECRET".into(),
+    });
+    peer.step();
+    let error = team(&peer, T1).health.last_error.unwrap_or_default();
+    assert!(error.contains("ws://***@sim/team/1?token=***"), "{error}");
+    assert!(
+        !error.contains("hunter2") && !error.contains("SECRET"),
+        "{error}"
+    );
+}

@@ -109,3 +109,60 @@ fn a_foreign_state_file_stops_the_start_with_one_line_and_is_left_alone() {
         "untouched"
     );
 }
+
+/// Credentials in URLs never leave the process: a Global URL with a
+/// password and a token, and a team URL the client refuses (a malformed
+/// one, with both), appear in no log line and no report, masked instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_in_urls_appear_in_no_log_and_no_report() {
+    let mut server = Server::bind().await;
+    let global_url = format!(
+        "ws://bot:globalpass@{}/global?token=GLOBALTOKEN",
+        server.addr
+    );
+    let child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["connect", &global_url])
+        .args(["--status-interval", "0s", "--report", "json"])
+        .args(["--state", "none"])
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("binary starts");
+
+    let mut global = server.accept().await;
+    global.send(json!({"type": "hello"}));
+    global.send(json!({"type": "team.join", "team_id": 1}));
+    global.expect("team.connect").await;
+    // Whitespace makes it malformed: refused, kept as the team's last
+    // error, logged at WARN, and asked for again.
+    let ws_url = format!("ws://user:teampass@{}/t?token=TEAMTOKEN x", server.addr);
+    global.send(json!({"type": "team.connect", "team_id": 1, "ws_url": ws_url}));
+    global.expect("team.connect").await;
+    global.send(json!({"type": "goodbye"}));
+    assert_eq!(global.closed_by_client().await, Some(1000));
+
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .expect("join")
+        .expect("output");
+    assert!(output.status.success(), "exit status {}", output.status);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let report: Value = serde_json::from_str(&stdout).expect("JSON report");
+    assert_eq!(report["teams"][0]["id"], 1);
+    let logged = |what: &str| {
+        stderr
+            .lines()
+            .any(|l| l.contains(what) && l.contains("token=***"))
+    };
+    assert!(logged("starting"), "the start is logged, masked: {stderr}");
+    assert!(
+        logged("unusable ws_url"),
+        "the refusal is logged, masked: {stderr}"
+    );
+    for secret in ["globalpass", "GLOBALTOKEN", "teampass", "TEAMTOKEN"] {
+        assert!(!stdout.contains(secret), "{secret} in the report: {stdout}");
+        assert!(!stderr.contains(secret), "{secret} in the logs: {stderr}");
+    }
+}

@@ -371,7 +371,7 @@ pub fn run_client(
     sidecars: &mut [&mut dyn runtime::Sidecar],
 ) -> Result<runtime::RunOutcome, ExitCode> {
     raise_fd_limit();
-    info!(seed = config.seed, url = %config.core.global_url, "starting");
+    info!(seed = config.seed, url = %switchboard::redact::Redacted(&config.core.global_url), "starting");
     let stop = StopHandle::new();
     runtime.spawn(watch_signals(stop.clone()));
     let outcome = match runtime::run(&config, runtime.handle().clone(), &stop, sidecars) {

@@ -120,7 +120,7 @@ impl PublishArgs {
         let publisher = runtime
             .block_on(Publisher::start(&publish))
             .map_err(|e| usage_error(format!("--publish {}: {e}", publish.url)))?;
-        info!(url = %publish.url, stream = %publish.stream.name,
+        info!(url = %switchboard::redact::Redacted(&publish.url), stream = %publish.stream.name,
               subjects = %publish.stream.subjects(), run = publisher.run_id(),
               "publishing to NATS JetStream");
         config.tap = publisher.tap();

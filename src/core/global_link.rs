@@ -200,7 +200,7 @@ impl GlobalLink {
         let conn = links.open_global();
         let deadline = links.now() + links.settings().connect_timeout;
         self.state = GlobalState::Connecting { conn, deadline };
-        info!(%conn, url = %links.settings().global_url, "opening Global link");
+        info!(%conn, url = %crate::redact::Redacted(&links.settings().global_url), "opening Global link");
     }
 
     /// The attempt `conn` opened.
@@ -268,7 +268,7 @@ impl GlobalLink {
         }
         let delay = links.backoff_delay(self.attempts);
         self.attempts = self.attempts.saturating_add(1);
-        self.last_error = Some(clip(error, MAX_ERROR_LEN));
+        self.last_error = Some(clip(&crate::redact::text(error), MAX_ERROR_LEN));
         self.state = GlobalState::Backoff {
             until: links.now() + delay,
         };

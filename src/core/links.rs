@@ -350,7 +350,8 @@ impl Links<'_> {
         }
         let delay = self.backoff_delay(health.attempts);
         health.attempts = health.attempts.saturating_add(1);
-        health.last_error = Some(clip(error, MAX_ERROR_LEN));
+        // Served over HTTP and reported: never with a URL's credentials.
+        health.last_error = Some(clip(&crate::redact::text(error), MAX_ERROR_LEN));
         health.pings_in_flight.clear();
         debug!(
             ?entity,

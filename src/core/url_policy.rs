@@ -112,7 +112,10 @@ impl TeamUrlPolicy {
     pub fn admit(&self, ws_url: &str) -> Result<String, TeamUrlError> {
         let url = normalize_ws_url(ws_url)?;
         if self.global_secure && !self.allow_insecure && url.starts_with("ws://") {
-            return Err(TeamUrlError::Downgrade(crate::protocol::clip(&url, 128)));
+            return Err(TeamUrlError::Downgrade(crate::protocol::clip(
+                &crate::redact::url(&url),
+                128,
+            )));
         }
         if !self.hosts.is_empty() {
             let rest = url.split_once("://").map_or("", |(_, rest)| rest);

@@ -281,7 +281,10 @@ pub fn clip(text: &str, max: usize) -> String {
 /// (schemes are case-insensitive); anything else is an error.
 pub fn normalize_ws_url(url: &str) -> Result<String, UrlError> {
     let Some((scheme, rest)) = url.split_once("://") else {
-        return Err(UrlError::NoScheme(clip(url, MAX_ECHOED_URL)));
+        return Err(UrlError::NoScheme(clip(
+            &crate::redact::url(url),
+            MAX_ECHOED_URL,
+        )));
     };
     let scheme = match scheme.to_ascii_lowercase().as_str() {
         "ws" | "http" => "ws",
@@ -291,7 +294,10 @@ pub fn normalize_ws_url(url: &str) -> Result<String, UrlError> {
     let host_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let bad_char = |c: char| c.is_whitespace() || c.is_control();
     if host_end == 0 || rest.chars().any(bad_char) {
-        return Err(UrlError::Malformed(clip(url, MAX_ECHOED_URL)));
+        return Err(UrlError::Malformed(clip(
+            &crate::redact::url(url),
+            MAX_ECHOED_URL,
+        )));
     }
     Ok(format!("{scheme}://{rest}"))
 }
