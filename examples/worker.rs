@@ -58,6 +58,10 @@ struct Args {
     /// (default: run until killed).
     #[arg(long, value_parser = humantime::parse_duration)]
     exit_when_idle: Option<Duration>,
+    /// On exit, also list the message ids (`Nats-Msg-Id`) it processed, so
+    /// a check can tell a doubled record from a missed one.
+    #[arg(long)]
+    report_ids: bool,
 }
 
 /// What this worker has seen.
@@ -67,6 +71,8 @@ struct Worker {
     per_team: BTreeMap<u64, u64>,
     words: u64,
     events: BTreeMap<String, u64>,
+    /// Message ids processed, kept only with `--report-ids`.
+    ids: Option<Vec<String>>,
 }
 
 impl Worker {
@@ -117,7 +123,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             },
         )
         .await?;
-    let mut worker = Worker::default();
+    let mut worker = Worker {
+        ids: args.report_ids.then(Vec::new),
+        ..Worker::default()
+    };
     let mut idle_since = Instant::now();
     let mut last_line = Instant::now();
     loop {
@@ -132,6 +141,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             let message = message?;
             let payload: Value = serde_json::from_slice(&message.payload).unwrap_or(Value::Null);
             worker.process(message.subject.as_str(), &payload);
+            if let Some(ids) = worker.ids.as_mut() {
+                let id = message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+                    .map(|v| v.as_str().to_owned())
+                    .unwrap_or_default();
+                ids.push(id);
+            }
             // Acknowledged only once processed: a crash before this line
             // means redelivery, never loss.
             message.double_ack().await?;
@@ -161,6 +179,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                     "messages": worker.messages,
                     "per_team": per_team,
                     "events": worker.events,
+                    "ids": worker.ids,
                 })
             );
             return Ok(());

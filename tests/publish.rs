@@ -168,7 +168,43 @@ fn assert_stream_matches(stored: &[Stored], report: &Value) {
             stored.iter().any(|s| s.subject == connected),
             "team {id} connected"
         );
+        assert_lifecycle(stored, id, team);
     }
+}
+
+/// A team's lifecycle records, in stream order, follow its link's history:
+/// joined first; connected only from joined or dropped; dropped only from
+/// connected, once for every reconnect the report counts; the run ends
+/// with stopped, or left for a team that left (a left team is not stopped).
+fn assert_lifecycle(stored: &[Stored], id: u64, team: &Value) {
+    let prefix = format!("switchboard.teams.{id}.");
+    let kinds: Vec<&str> = stored
+        .iter()
+        .filter_map(|s| s.subject.strip_prefix(&prefix))
+        .filter(|kind| *kind != "message")
+        .collect();
+    let mut previous: Option<&str> = None;
+    for &kind in &kinds {
+        let allowed = matches!(
+            (previous, kind),
+            (None | Some("left"), "joined")
+                | (Some("joined" | "dropped"), "connected")
+                | (Some("connected"), "dropped")
+                | (Some("joined" | "connected" | "dropped"), "left" | "stopped")
+        );
+        assert!(allowed, "team {id}: {kind} after {previous:?} in {kinds:?}");
+        previous = Some(kind);
+    }
+    assert!(
+        matches!(previous, Some("stopped" | "left")),
+        "team {id} ends stopped, or left: {kinds:?}"
+    );
+    let dropped = kinds.iter().filter(|k| **k == "dropped").count() as u64;
+    assert_eq!(
+        Some(dropped),
+        team["reconnects"].as_u64(),
+        "team {id}: one dropped per reconnect counted: {kinds:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -228,6 +264,31 @@ async fn every_counted_message_is_stored_once_in_order_through_chaos() {
             a["per_team"][&id].as_u64().unwrap_or(0) + b["per_team"][&id].as_u64().unwrap_or(0);
         assert_eq!(Some(seen), team["messages"].as_u64(), "team {id}: {a} {b}");
     }
+    // Each record went to exactly one worker, both took a share, and
+    // together they took the stream: the ids, not only the sums, agree.
+    let ids = |w: &Value| -> Vec<String> {
+        w["ids"]
+            .as_array()
+            .expect("ids reported")
+            .iter()
+            .map(|id| id.as_str().expect("id").to_owned())
+            .collect()
+    };
+    let (ids_a, ids_b) = (ids(&a), ids(&b));
+    assert!(
+        !ids_a.is_empty() && !ids_b.is_empty(),
+        "both workers took a share: {} and {}",
+        ids_a.len(),
+        ids_b.len()
+    );
+    let mut taken: Vec<&String> = ids_a.iter().chain(&ids_b).collect();
+    taken.sort();
+    let before = taken.len();
+    taken.dedup();
+    assert_eq!(taken.len(), before, "a record processed twice");
+    let mut stored_ids: Vec<&String> = stored.iter().map(|s| &s.msg_id).collect();
+    stored_ids.sort();
+    assert_eq!(taken, stored_ids, "the workers took exactly the stream");
     eprintln!(
         "worker a: {} messages, worker b: {}",
         a["messages"], b["messages"]
@@ -254,6 +315,7 @@ fn worker(url: &str, name: &str) -> Child {
             "16",
             "--exit-when-idle",
             "2s",
+            "--report-ids",
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

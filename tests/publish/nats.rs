@@ -101,8 +101,16 @@ pub async fn read_stream(url: &str, stream: &str) -> Vec<Stored> {
     let (first, last) = (info.state.first_sequence, info.state.last_sequence);
     let mut out = Vec::new();
     for seq in first..=last {
-        let Ok(message) = stream.get_raw_message(seq).await else {
-            continue;
+        let message = match stream.get_raw_message(seq).await {
+            Ok(message) => message,
+            // A sequence removed from the stream: a gap, not a failure.
+            Err(e)
+                if e.kind()
+                    == async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound =>
+            {
+                continue;
+            }
+            Err(e) => panic!("reading stream sequence {seq}: {e}"),
         };
         let msg_id = message
             .headers
