@@ -63,6 +63,7 @@ async fn three_of(fault: Fault, scenario: Scenario) {
         injected: 3,
         survived: 3,
         not_observed: 0,
+        not_recovered: 0,
     };
     assert_eq!(verdict.fault(fault), all_survived, "{verdict}");
     assert_eq!(verdict.injected(), 3, "only {}: {verdict}", fault.name());

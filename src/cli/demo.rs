@@ -166,10 +166,14 @@ fn soak_report(
             thousands(verdict.props)
         ),
     );
+    let failed = match verdict.not_recovered() {
+        0 => String::new(),
+        n => format!(", {} not recovered", thousands(n)),
+    };
     line(
         "faults:",
         format!(
-            "{} injected, {} survived, {} not observed (by kind below)",
+            "{} injected, {} survived, {} not observed{failed} (by kind below)",
             thousands(verdict.injected()),
             thousands(verdict.survived()),
             thousands(verdict.not_observed())
