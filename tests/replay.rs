@@ -219,6 +219,7 @@ async fn a_run_stopped_locally_mid_flight_replays_byte_for_byte() {
         rate: 200.0,
         join_over: Duration::from_millis(200),
         max_duration: Duration::from_secs(600),
+        recovery_wait: Scenario::recovery_wait_for(&client_config(String::new()).core),
         ..Scenario::default()
     };
     let outcome = live(&path, scenario, Chaos::level(2.0), 5, Some(2_000)).await;
