@@ -6,10 +6,11 @@
 
 use std::time::Duration;
 
+use switchboard::runtime::RunConfig;
 use switchboard::sim::{
     Chaos, Fault, FaultCount, Scenario, Schedule, SimConfig, SimServer, Verdict,
 };
-use switchboard::testkit::client::start;
+use switchboard::testkit::client::{config, start};
 
 fn scenario(teams: u64) -> Scenario {
     Scenario {
@@ -22,8 +23,19 @@ fn scenario(teams: u64) -> Scenario {
         max_duration: Duration::from_secs(60),
         oversize_bytes: 128 * 1024,
         slow_read_for: Duration::from_millis(800),
+        recovery_wait: Scenario::recovery_wait_for(&client_config(String::new()).core),
         ..Scenario::default()
     }
+}
+
+/// The client's configuration: pings fast enough to catch a zombie in a
+/// run of seconds.
+fn client_config(global_url: String) -> RunConfig {
+    let mut c = config(global_url);
+    c.core.ping_interval = Duration::from_millis(300);
+    c.core.pong_timeout = Duration::from_millis(400);
+    c.transport.max_message_size = 64 * 1024;
+    c
 }
 
 /// Runs the library's client against a simulator playing `schedule` (and
@@ -40,10 +52,10 @@ async fn run(scenario: Scenario, schedule: Schedule, seed: u64) -> Verdict {
     .await
     .expect("simulator starts");
     let client = start(server.global_url(), |c| {
-        c.seed = seed;
-        c.core.ping_interval = Duration::from_millis(300);
-        c.core.pong_timeout = Duration::from_millis(400);
-        c.transport.max_message_size = 64 * 1024;
+        *c = RunConfig {
+            seed,
+            ..client_config(c.core.global_url.clone())
+        };
     });
     let mut verdict = server.verdict().await;
     let outcome = client.finish().await;
@@ -63,6 +75,7 @@ async fn three_of(fault: Fault, scenario: Scenario) {
         injected: 3,
         survived: 3,
         not_observed: 0,
+        not_recovered: 0,
     };
     assert_eq!(verdict.fault(fault), all_survived, "{verdict}");
     assert_eq!(verdict.injected(), 3, "only {}: {verdict}", fault.name());

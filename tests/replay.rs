@@ -15,7 +15,7 @@ use switchboard::protocol::{TeamId, TeamServerEvent};
 use switchboard::record::{
     RecordOptions, Recorder, ReplayEnd, ReplayError, ReplayOptions, Replayed, replay,
 };
-use switchboard::runtime::{self, RunEnd, RunOutcome, Sidecar, Step, StopHandle};
+use switchboard::runtime::{self, RunConfig, RunEnd, RunOutcome, Sidecar, Step, StopHandle};
 use switchboard::sim::{Chaos, Scenario, SimConfig, SimServer};
 use switchboard::testkit::client::config;
 use switchboard::testkit::server::DEADLINE;
@@ -40,6 +40,15 @@ fn replay_all(path: &Path) -> Result<Replayed, ReplayError> {
 // ---------------------------------------------------------------------------
 // Live runs over real sockets.
 
+/// The live runs' client: pings fast enough to catch a zombie in seconds.
+fn client_config(global_url: String) -> RunConfig {
+    let mut config = config(global_url);
+    config.core.ping_interval = Duration::from_millis(300);
+    config.core.pong_timeout = Duration::from_millis(400);
+    config.transport.max_message_size = 64 * 1024;
+    config
+}
+
 /// The library's runtime against a simulator with chaos on, recorded to
 /// `path`; with `stop_at`, stopped locally once the simulator has written
 /// that many messages.
@@ -59,11 +68,8 @@ async fn live(
     })
     .await
     .expect("simulator binds");
-    let mut config = config(server.global_url());
+    let mut config = client_config(server.global_url());
     config.seed = seed;
-    config.core.ping_interval = Duration::from_millis(300);
-    config.core.pong_timeout = Duration::from_millis(400);
-    config.transport.max_message_size = 64 * 1024;
     let mut recorder = Recorder::create(options(path), &config.core, seed).expect("recorder");
     let stop = StopHandle::new();
     let thread = {
@@ -155,6 +161,7 @@ async fn a_live_chaos_run_replays_to_the_same_snapshot_byte_for_byte() {
         max_duration: Duration::from_secs(60),
         oversize_bytes: 128 * 1024,
         slow_read_for: Duration::from_millis(800),
+        recovery_wait: Scenario::recovery_wait_for(&client_config(String::new()).core),
         ..Scenario::default()
     };
     let outcome = live(&path, scenario, Chaos::level(4.0), 11, None).await;
@@ -212,6 +219,7 @@ async fn a_run_stopped_locally_mid_flight_replays_byte_for_byte() {
         rate: 200.0,
         join_over: Duration::from_millis(200),
         max_duration: Duration::from_secs(600),
+        recovery_wait: Scenario::recovery_wait_for(&client_config(String::new()).core),
         ..Scenario::default()
     };
     let outcome = live(&path, scenario, Chaos::level(2.0), 5, Some(2_000)).await;

@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use switchboard::Config;
 use switchboard::sim::{Chaos, Scenario, Schedule, SimConfig, SimServer, Verdict};
 
 const TEAMS: u64 = 20;
@@ -27,6 +28,7 @@ async fn simulator() -> SimServer {
             join_over: Duration::from_millis(100),
             healthcheck_every: Duration::from_millis(200),
             max_duration: Duration::from_secs(60),
+            recovery_wait: Scenario::recovery_wait_for(&timings()),
             ..Scenario::default()
         },
         chaos: Chaos::none(),
@@ -37,13 +39,28 @@ async fn simulator() -> SimServer {
     .expect("simulator binds")
 }
 
+/// The client's timings (the simulator waits for a recovery this slow).
+fn timings() -> Config {
+    Config {
+        ping_interval: Duration::from_secs(1),
+        pong_timeout: Duration::from_secs(1),
+        backoff_min: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(200),
+        ..Config::default()
+    }
+}
+
 fn client(url: &str, state: &Path) -> Child {
+    let t = timings();
+    let flag = |d: Duration| humantime::format_duration(d).to_string();
     Command::new(env!("CARGO_BIN_EXE_switchboard"))
         .args(["connect", url, "--state"])
         .arg(state)
         .args(["--state-interval", &format!("{STATE_INTERVAL_MS}ms")])
-        .args(["--ping-interval", "1s", "--pong-timeout", "1s"])
-        .args(["--backoff-min", "20ms", "--backoff-max", "200ms"])
+        .args(["--ping-interval", &flag(t.ping_interval)])
+        .args(["--pong-timeout", &flag(t.pong_timeout)])
+        .args(["--backoff-min", &flag(t.backoff_min)])
+        .args(["--backoff-max", &flag(t.backoff_max)])
         .args(["--status-interval", "0s", "--report", "json"])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())

@@ -1,8 +1,9 @@
 //! The simulator's own rules, driven by a small scripted client written
 //! here (not the library's): a client that restarts mid-run is neither a
 //! fault nor an error; one that restarts and forgets its counts is caught;
-//! one that leaves a healthcheck unanswered is caught; an impossible
-//! scenario is refused before anything binds.
+//! one that leaves a healthcheck unanswered is caught; one that never
+//! brings a team back fails the run, with its fault "not recovered"; an
+//! impossible scenario is refused before anything binds.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -10,8 +11,10 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
+use switchboard::protocol::TeamId;
 use switchboard::sim::{
-    Chaos, Scenario, ScenarioError, Schedule, SimConfig, SimError, SimServer, Verdict,
+    Chaos, Fault, Scenario, ScenarioError, Schedule, SimConfig, SimError, SimServer, Trigger,
+    Verdict,
 };
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
@@ -41,11 +44,15 @@ fn quick(teams: u64) -> Scenario {
 }
 
 async fn start(scenario: Scenario) -> SimServer {
+    start_with(scenario, Schedule::none()).await
+}
+
+async fn start_with(scenario: Scenario, schedule: Schedule) -> SimServer {
     SimServer::start(SimConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         scenario,
         chaos: Chaos::none(),
-        schedule: Schedule::none(),
+        schedule,
         seed: 3,
     })
     .await
@@ -297,6 +304,35 @@ async fn a_healthcheck_left_unanswered_is_a_violation() {
             .mismatches
             .iter()
             .any(|m| m.contains("unanswered after 500ms on a Global still open")),
+        "{verdict}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_team_still_down_after_the_wait_fails_the_run_and_its_fault_is_not_recovered() {
+    // This client never pings, so it never finds the zombie: team 1 is
+    // still down when the recovery wait runs out. The problems and the
+    // fault table must say the same: a failure, not "not observed".
+    let zombie = Trigger {
+        team: TeamId(1),
+        after: 10,
+        fault: Fault::Zombie,
+    };
+    let server = start_with(quick(2), Schedule(vec![zombie])).await;
+    let verdict = run(server, Script::default()).await;
+    assert!(!verdict.verified, "{verdict}");
+    assert!(
+        verdict
+            .mismatches
+            .iter()
+            .any(|m| m.contains("not recovered") && m.contains("team 1") && m.contains("zombie")),
+        "{verdict}"
+    );
+    let count = verdict.fault(Fault::Zombie);
+    assert_eq!(count.injected, 1, "{verdict}");
+    assert_eq!(count.survived + count.not_observed, 0, "{verdict}");
+    assert!(
+        !verdict.not_observed_why.contains_key(&Fault::Zombie),
         "{verdict}"
     );
 }

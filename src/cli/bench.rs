@@ -233,6 +233,13 @@ fn sim_args(args: &BenchArgs) -> Result<SimArgs, String> {
         "--join-over=1ms".into(),
         "--healthcheck-every=50ms".into(),
         format!("--idle-for={}", args.idle),
+        // The simulator waits as long as this client may take to recover.
+        format!(
+            "--recovery-wait={}",
+            humantime::format_duration(switchboard::sim::Scenario::recovery_wait_for(
+                &args.client.core(String::new(), Config::default())
+            ))
+        ),
     ];
     if args.rate.is_some() {
         flags.push("--stamp".into());

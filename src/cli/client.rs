@@ -174,19 +174,14 @@ pub enum ReportFormat {
 }
 
 impl ClientArgs {
-    /// The run's configuration: flags given, else `base` (the service or
-    /// the demo defaults).
-    pub fn run_config(&self, global_url: String, base: Config) -> Result<RunConfig, ExitCode> {
+    /// The core's configuration: flags given, else `base` (not yet
+    /// validated). Its timings also tell a simulator how long this client
+    /// may take to recover.
+    pub fn core(&self, global_url: String, base: Config) -> Config {
         let or = |flag: Option<humantime::Duration>, default: Duration| {
             flag.map_or(default, Duration::from)
         };
-        let seed = self.seed.unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64)
-                ^ u64::from(std::process::id())
-        });
-        let core = Config {
+        Config {
             global_url,
             tick: self.tick.into(),
             ping_interval: or(self.ping_interval, base.ping_interval),
@@ -201,7 +196,19 @@ impl ClientArgs {
             allow_insecure_team_urls: self.allow_insecure_team_urls,
             team_hosts: self.team_hosts.clone(),
             ..base
-        };
+        }
+    }
+
+    /// The run's configuration: flags given, else `base` (the service or
+    /// the demo defaults).
+    pub fn run_config(&self, global_url: String, base: Config) -> Result<RunConfig, ExitCode> {
+        let seed = self.seed.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+                ^ u64::from(std::process::id())
+        });
+        let core = self.core(global_url, base);
         if let Err(error) = core.validate() {
             return Err(usage_error(error));
         }

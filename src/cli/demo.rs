@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use switchboard::Config;
 use switchboard::report::Report;
-use switchboard::sim::{ProgressHandle, SimConfig, SimServer, Verdict, thousands};
+use switchboard::sim::{ProgressHandle, Scenario, SimConfig, SimServer, Verdict, thousands};
 
 use super::client::{ClientArgs, run_client};
 use super::logging::{self, Audience, LogFormat, Progress};
@@ -166,10 +166,14 @@ fn soak_report(
             thousands(verdict.props)
         ),
     );
+    let failed = match verdict.not_recovered() {
+        0 => String::new(),
+        n => format!(", {} not recovered", thousands(n)),
+    };
     line(
         "faults:",
         format!(
-            "{} injected, {} survived, {} not observed (by kind below)",
+            "{} injected, {} survived, {} not observed{failed} (by kind below)",
             thousands(verdict.injected()),
             thousands(verdict.survived()),
             thousands(verdict.not_observed())
@@ -295,10 +299,23 @@ impl Drop for Watchdog {
     }
 }
 
+/// The scenario the simulator plays: the flags, with a recovery wait that
+/// covers this demo's client (its own timings, not connect's), unless
+/// --recovery-wait was given.
+fn scenario_args(args: &DemoArgs) -> SimArgs {
+    let mut sim = args.sim.clone();
+    if sim.recovery_wait.is_none() {
+        let client = args.client.core(String::new(), Config::demo());
+        sim.recovery_wait = Some(Scenario::recovery_wait_for(&client).into());
+    }
+    sim
+}
+
 /// Runs the demo.
 pub fn run(args: &DemoArgs, format: LogFormat) -> ExitCode {
     let listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    let sim_config = args.sim.config(listen);
+    let sim_args = scenario_args(args);
+    let sim_config = sim_args.config(listen);
     if let Err(error) = sim_config.validate() {
         return usage_error(error);
     }
@@ -317,7 +334,7 @@ pub fn run(args: &DemoArgs, format: LogFormat) -> ExitCode {
     let mut telemetry = http.as_ref().map(switchboard::http::HttpServer::telemetry);
     let separate = args.sim_process || args.sim.duration.is_some();
     let (simulator, url, progress) = if separate {
-        match SimChild::spawn(&args.sim, format) {
+        match SimChild::spawn(&sim_args, format) {
             Ok(child) => {
                 let url = child.global_url().to_owned();
                 (Simulator::Child(child), url, None)
@@ -437,5 +454,49 @@ pub fn run(args: &DemoArgs, format: LogFormat) -> ExitCode {
         Ok(_) if verdict.verified => ExitCode::SUCCESS,
         Ok(_) => ExitCode::FAILURE,
         Err(code) => code,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Probe {
+        #[command(flatten)]
+        demo: DemoArgs,
+    }
+
+    fn recovery_wait(argv: &[&str]) -> (Duration, Vec<String>) {
+        let args = Probe::parse_from(std::iter::once("probe").chain(argv.iter().copied())).demo;
+        let sim = scenario_args(&args);
+        let listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        (sim.config(listen).scenario.recovery_wait, sim.to_args())
+    }
+
+    #[test]
+    fn the_simulator_waits_as_long_as_the_demos_client_may_take_to_recover() {
+        let (wait, _) = recovery_wait(&[]);
+        assert_eq!(wait, Scenario::recovery_wait_for(&Config::demo()));
+        let slow = Config {
+            ping_interval: Duration::from_secs(40),
+            pong_timeout: Duration::from_secs(20),
+            connect_timeout: Duration::from_secs(3),
+            ..Config::demo()
+        };
+        let (wait, flags) = recovery_wait(&[
+            "--ping-interval=40s",
+            "--pong-timeout=20s",
+            "--connect-timeout=3s",
+        ]);
+        assert_eq!(wait, Scenario::recovery_wait_for(&slow));
+        assert!(wait > Duration::from_secs(60), "{wait:?}");
+        // A simulator in a child process is told the same.
+        let told = format!("--recovery-wait={}", humantime::format_duration(wait));
+        assert!(flags.contains(&told), "{told} not in {flags:?}");
+        // One given on the command line is kept.
+        let (wait, _) = recovery_wait(&["--ping-interval=40s", "--recovery-wait=5s"]);
+        assert_eq!(wait, Duration::from_secs(5));
     }
 }

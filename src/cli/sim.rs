@@ -10,7 +10,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
-use switchboard::sim::{Chaos, Fault, Scenario, Schedule, SimConfig, SimServer, Verdict};
+use switchboard::sim::{
+    Chaos, Fault, PLAY_BUDGET, Scenario, Schedule, SimConfig, SimServer, Verdict,
+};
 use tracing::info;
 
 use super::client::raise_fd_limit;
@@ -53,13 +55,25 @@ fn fault_help() -> String {
     )
 }
 
-/// The help line of `--max-duration`: both defaults come from the library.
+/// The help line of `--max-duration`: the budget comes from the library.
 fn max_duration_help() -> String {
     format!(
         "The whole run (streaming, recovery, final check, goodbye) must be over by then \
-         [default: {}, or --duration plus {}]",
-        human(Scenario::default_max_duration(None)),
-        human(Scenario::default_max_duration(None))
+         [default: {} of streaming, past --duration if given, plus the recovery wait, \
+         final check and goodbye]",
+        human(PLAY_BUDGET)
+    )
+}
+
+/// The help line of `--recovery-wait`: the default comes from the client's.
+fn recovery_wait_help() -> String {
+    format!(
+        "Longest wait, once chaos is off, for every team to be back; a team still not back \
+         fails the run. It must cover the client's ping interval, pong timeout, backoff max, \
+         request and connect timeouts [default: {}, which covers connect's defaults; demo: \
+         derived from its client's timings, {} with its defaults]",
+        human(Scenario::default().recovery_wait),
+        human(Scenario::recovery_wait_for(&switchboard::Config::demo()))
     )
 }
 
@@ -103,6 +117,8 @@ pub struct SimArgs {
     faults: Vec<(Fault, f64)>,
     #[arg(long, value_parser = duration, help = max_duration_help())]
     max_duration: Option<humantime::Duration>,
+    #[arg(long, value_parser = duration, help = recovery_wait_help())]
+    pub recovery_wait: Option<humantime::Duration>,
     /// Seed for the simulator's decisions (and the client's jitter in the demo).
     #[arg(long, default_value_t = 1)]
     pub sim_seed: u64,
@@ -124,24 +140,28 @@ impl SimArgs {
             chaos.0.insert(fault, rate);
         }
         let run_for = self.duration.map(Duration::from);
+        let mut scenario = Scenario {
+            teams: self.teams,
+            messages: self.messages,
+            run_for,
+            rate: self.rate,
+            props_fraction: self.props,
+            join_over: self.join_over.into(),
+            healthcheck_every: self.healthcheck_every.into(),
+            leave_fraction: self.leave,
+            idle_for: self.idle_for.into(),
+            stamp: self.stamp,
+            ..Scenario::default()
+        };
+        if let Some(wait) = self.recovery_wait {
+            scenario.recovery_wait = wait.into();
+        }
+        scenario.max_duration = self
+            .max_duration
+            .map_or_else(|| scenario.default_max_duration(), Into::into);
         SimConfig {
             listen,
-            scenario: Scenario {
-                teams: self.teams,
-                messages: self.messages,
-                run_for,
-                rate: self.rate,
-                props_fraction: self.props,
-                join_over: self.join_over.into(),
-                healthcheck_every: self.healthcheck_every.into(),
-                leave_fraction: self.leave,
-                max_duration: self
-                    .max_duration
-                    .map_or_else(|| Scenario::default_max_duration(run_for), Into::into),
-                idle_for: self.idle_for.into(),
-                stamp: self.stamp,
-                ..Scenario::default()
-            },
+            scenario,
             chaos,
             schedule: Schedule::none(),
             seed: self.sim_seed,
@@ -171,6 +191,9 @@ impl SimArgs {
         }
         if let Some(d) = self.max_duration {
             args.push(format!("--max-duration={d}"));
+        }
+        if let Some(d) = self.recovery_wait {
+            args.push(format!("--recovery-wait={d}"));
         }
         args.extend(
             self.faults
@@ -481,6 +504,7 @@ mod tests {
             "--fault=zombie=0.25",
             "--fault=delayed-hello=0.5",
             "--max-duration=5m",
+            "--recovery-wait=45s",
             "--sim-seed=42",
         ])
         .sim;
@@ -499,8 +523,25 @@ mod tests {
         assert_eq!(config.scenario.run_for, Some(Duration::from_secs(600)));
         assert_eq!(
             config.scenario.max_duration,
-            Scenario::default_max_duration(Some(Duration::from_secs(600)))
+            Duration::from_secs(600) + PLAY_BUDGET + config.scenario.ending()
         );
         assert_eq!(config.validate(), Ok(()));
+    }
+
+    #[test]
+    fn the_recovery_wait_covers_connect_by_default_and_moves_the_max_duration() {
+        let listen = "127.0.0.1:0".parse().unwrap();
+        let plain = Probe::parse_from(["probe"]).sim.config(listen).scenario;
+        assert_eq!(
+            plain.recovery_wait,
+            Scenario::recovery_wait_for(&switchboard::Config::default())
+        );
+        let long = Probe::parse_from(["probe", "--recovery-wait=10m"])
+            .sim
+            .config(listen)
+            .scenario;
+        assert_eq!(long.recovery_wait, Duration::from_secs(600));
+        assert_eq!(long.max_duration, PLAY_BUDGET + long.ending());
+        assert_eq!(long.validate(), Ok(()));
     }
 }

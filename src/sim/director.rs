@@ -80,3 +80,65 @@ fn verdict(ledger: &Ledger, mut mismatches: Vec<String>, duration: Duration) -> 
         timing: ledger.timing.figures(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::TeamId;
+    use crate::sim::faults::Fault;
+    use crate::sim::survival::Recovery;
+    use crate::sim::truth::TeamTruth;
+
+    #[test]
+    fn the_problems_and_the_fault_table_come_from_one_judgement() {
+        let mut ledger = Ledger::new(1, Vec::new());
+        // Seven teams down with a zombie pending; team 8 back, its
+        // team-close waiting on a reply that never came.
+        for id in 1..=8 {
+            let joined = TeamTruth {
+                joined: true,
+                ..TeamTruth::default()
+            };
+            ledger.teams.insert(TeamId(id), joined);
+            let fault = if id == 8 {
+                Fault::TeamClose
+            } else {
+                Fault::Zombie
+            };
+            ledger.injected(
+                fault,
+                Recovery::Reconnect {
+                    team: TeamId(id),
+                    before: 0,
+                    back_at: None,
+                },
+            );
+        }
+        let (ctl, _rx) = tokio::sync::mpsc::unbounded_channel();
+        ledger.global_opened(100, ctl.clone());
+        ledger.team_socket_opened(TeamId(8), 101, ctl);
+        let problems = ledger.recovery_ran_out(Duration::from_secs(30));
+        ledger.close_the_books();
+        let v = verdict(&ledger, problems, Duration::ZERO);
+        assert!(!v.verified);
+        let text = v.to_string();
+        assert!(
+            text.contains("not recovered 30s after chaos: team 1 joined=true sockets=0, fault zombie not recovered"),
+            "{text}"
+        );
+        assert!(text.contains("2 more teams"), "{text}");
+        assert!(!text.contains("team 8"), "{text}");
+        // The table says what the problems say: every zombie not recovered,
+        // none "not observed"; the team that was back ran out with the run.
+        let zombie = v.fault(Fault::Zombie);
+        assert_eq!((zombie.injected, zombie.not_recovered), (7, 7));
+        assert_eq!((zombie.survived, zombie.not_observed), (0, 0));
+        assert!(!v.not_observed_why.contains_key(&Fault::Zombie), "{text}");
+        assert_eq!(v.fault(Fault::TeamClose).not_observed, 1);
+        assert!(text.contains("not recovered"), "{text}");
+        assert!(
+            text.contains("zombie                   7        0            0             7"),
+            "{text}"
+        );
+    }
+}

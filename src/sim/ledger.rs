@@ -360,6 +360,66 @@ impl Ledger {
         }
     }
 
+    /// Teams the client has not yet set right after chaos (see
+    /// [`TeamTruth::owes_recovery`]).
+    pub fn not_back(&self) -> Vec<TeamId> {
+        self.teams
+            .iter()
+            .filter(|(_, t)| t.owes_recovery())
+            .map(|(&id, _)| id)
+            .collect()
+    }
+
+    /// The recovery wait (`wait`) ran out. One judgement makes both the
+    /// problems and the fault table: every team not back, and the Global if
+    /// it is down, is a problem, and every fault still waiting on one of
+    /// them counts "not recovered" (never "not observed").
+    pub fn recovery_ran_out(&mut self, wait: Duration) -> Vec<String> {
+        /// Teams named one by one; the rest are counted.
+        const NAMED: usize = 5;
+        let wait = humantime::format_duration(wait);
+        let not_back = self.not_back();
+        let mut problems = Vec::new();
+        for (i, &team) in not_back.iter().enumerate() {
+            let faults = self.survival.team_not_recovered(team);
+            if i >= NAMED {
+                continue;
+            }
+            let Some(t) = self.teams.get(&team) else {
+                continue;
+            };
+            let waiting_on = if faults.is_empty() {
+                String::new()
+            } else {
+                let names: Vec<&str> = faults.iter().map(|f| f.name()).collect();
+                format!(", fault {} not recovered", names.join(", "))
+            };
+            problems.push(format!(
+                "not recovered {wait} after chaos: team {team} joined={} sockets={}{waiting_on} \
+                 (last events: {})",
+                t.joined,
+                t.open_sockets,
+                t.history_line()
+            ));
+        }
+        if not_back.len() > NAMED {
+            problems.push(format!(
+                "not recovered {wait} after chaos: {} more teams",
+                not_back.len() - NAMED
+            ));
+        }
+        if self.global.is_none() {
+            let drops = match self.survival.global_not_recovered().len() {
+                0 => String::new(),
+                n => format!(", fault global-drop not recovered ({n})"),
+            };
+            problems.push(format!(
+                "not recovered {wait} after chaos: Global down{drops}"
+            ));
+        }
+        problems
+    }
+
     /// The run is over: teams still without a socket count their outage so
     /// far, and recoveries still pending were not observed.
     pub fn close_the_books(&mut self) {

@@ -54,7 +54,7 @@ use tokio::task::JoinHandle;
 
 pub use faults::{Chaos, Fault};
 use ledger::Ledger;
-pub use scenario::{MAX_OVERSIZE, MAX_RUN, MAX_TEAMS, Scenario, ScenarioError};
+pub use scenario::{MAX_OVERSIZE, MAX_RUN, MAX_TEAMS, PLAY_BUDGET, Scenario, ScenarioError};
 pub use schedule::{Schedule, Trigger};
 pub use team_socket::max_rate;
 pub use verdict::{Disconnect, FaultCount, TeamCount, Verdict, thousands};

@@ -1,13 +1,14 @@
-//! The run's second phase: chaos off, every joined team given time to get
-//! its socket back, then the final check — the client's healthcheck must
-//! converge on exactly the truth.
+//! The run's second phase: chaos off, every joined team given the recovery
+//! wait (which must cover the client's own timings) to get its socket back,
+//! then the final check — the client's healthcheck must converge on
+//! exactly the truth. What is still not back when the wait runs out is
+//! judged once, by the ledger, for both the problems and the fault table.
 
 use std::time::{Duration, Instant};
 
 use super::Shared;
 use super::ask::ask_healthcheck;
 use super::truth;
-use crate::protocol::TeamId;
 
 /// How often recovery looks again.
 const POLL: Duration = Duration::from_millis(50);
@@ -19,35 +20,19 @@ pub(super) async fn recover(shared: &Shared) -> Vec<String> {
     shared.lock().chaos_on = false;
     let back_until = Instant::now() + shared.scenario.recovery_wait;
     loop {
-        let (waiting, global_up) = {
+        let back = {
             let ledger = shared.lock();
-            let waiting: Vec<TeamId> = ledger
-                .teams
-                .iter()
-                .filter(|(_, t)| {
-                    (t.joined && !t.connected()) || (!t.joined && t.open_sockets > 0) || t.paused
-                })
-                .map(|(&id, _)| id)
-                .collect();
-            (waiting, ledger.global.is_some())
+            ledger.not_back().is_empty() && ledger.global.is_some()
         };
-        if waiting.is_empty() && global_up {
+        if back {
             break;
         }
         if Instant::now() > back_until {
-            let ledger = shared.lock();
-            for team in waiting.iter().take(5) {
-                let t = &ledger.teams[team];
-                mismatches.push(format!(
-                    "not recovered after chaos: team {team} joined={} sockets={} (last events: {})",
-                    t.joined,
-                    t.open_sockets,
-                    t.history_line()
-                ));
-            }
-            if !global_up {
-                mismatches.push("not recovered after chaos: Global down".into());
-            }
+            mismatches.extend(
+                shared
+                    .lock()
+                    .recovery_ran_out(shared.scenario.recovery_wait),
+            );
             break;
         }
         tokio::time::sleep(POLL).await;

@@ -6,6 +6,7 @@ use std::time::Duration;
 use super::faults::{Chaos, Fault};
 use super::schedule::Schedule;
 use super::team_socket::max_rate;
+use crate::Config;
 
 /// What the simulated run looks like.
 #[derive(Clone, Debug, PartialEq)]
@@ -44,7 +45,9 @@ pub struct Scenario {
     pub slow_read_for: Duration,
     /// How long a delayed `hello` is held back.
     pub delayed_hello_for: Duration,
-    /// Longest wait, once chaos is off, for every team to be back.
+    /// Longest wait, once chaos is off, for every team to be back: it must
+    /// cover the client's own timings ([`Scenario::recovery_wait_for`]), or
+    /// a slow but correct recovery is failed as "not recovered".
     pub recovery_wait: Duration,
     /// Longest wait, after that, for an exact healthcheck.
     pub final_check_wait: Duration,
@@ -60,8 +63,10 @@ pub struct Scenario {
 }
 
 impl Default for Scenario {
+    /// `switchboard sim`'s defaults: a recovery wait that covers
+    /// `switchboard connect`'s defaults, a max duration that fits it.
     fn default() -> Self {
-        Scenario {
+        let mut scenario = Scenario {
             teams: 50,
             messages: 200,
             run_for: None,
@@ -73,18 +78,24 @@ impl Default for Scenario {
             leave_fraction: 0.1,
             leave_on_global: 0.5,
             rejoin_fraction: 0.5,
-            max_duration: Duration::from_secs(120),
+            max_duration: Duration::ZERO,
             oversize_bytes: 2 << 20,
             slow_read_for: Duration::from_millis(1500),
             delayed_hello_for: Duration::from_millis(300),
-            recovery_wait: Duration::from_secs(20),
+            recovery_wait: Scenario::recovery_wait_for(&Config::default()),
             final_check_wait: Duration::from_secs(10),
             goodbye_wait: Duration::from_secs(10),
             idle_for: Duration::ZERO,
             stamp: false,
-        }
+        };
+        scenario.max_duration = scenario.default_max_duration();
+        scenario
     }
 }
+
+/// How long play may last by default in message mode, or past the
+/// duration in duration mode, before the run is cut short.
+pub const PLAY_BUDGET: Duration = Duration::from_secs(120);
 
 /// Most teams a scenario may have (each is a socket; past this the plan
 /// alone would take memory for nothing a machine can serve).
@@ -192,11 +203,36 @@ pub enum ScenarioError {
 }
 
 impl Scenario {
-    /// The max duration when none is given: two minutes, past the
-    /// duration in duration mode.
-    pub fn default_max_duration(run_for: Option<Duration>) -> Duration {
-        let margin = Scenario::default().max_duration;
-        run_for.map_or(margin, |d| d.saturating_add(margin))
+    /// The max duration when none is given: [`PLAY_BUDGET`] of play (past
+    /// the duration in duration mode), then the ending.
+    pub fn default_max_duration(&self) -> Duration {
+        let play = self
+            .run_for
+            .map_or(PLAY_BUDGET, |d| d.saturating_add(PLAY_BUDGET));
+        play.saturating_add(self.ending())
+    }
+
+    /// The recovery wait that covers a client with these timings: one
+    /// recovery with every timer on its path run out (a silent socket
+    /// pinged and declared dead, the longest backoff, the `team.connect`
+    /// answer, the handshake), plus a quarter for ticks and a loaded
+    /// machine, in whole seconds. Shorter, and a client that recovers as
+    /// configured can be failed for the simulator's own impatience.
+    pub fn recovery_wait_for(client: &Config) -> Duration {
+        let path = [
+            client.ping_interval,
+            client.pong_timeout,
+            client.backoff_max,
+            client.request_timeout,
+            client.connect_timeout,
+        ]
+        .into_iter()
+        .fold(Duration::ZERO, Duration::saturating_add);
+        let wait = path.saturating_add(path / 4);
+        Duration::from_secs(
+            wait.as_secs()
+                .saturating_add(u64::from(wait.subsec_nanos() > 0)),
+        )
     }
 
     /// The longest the phases after streaming (recovery, final check,
@@ -388,8 +424,40 @@ mod tests {
             run_for: Some(Duration::from_secs(600)),
             ..Scenario::default()
         };
-        long.max_duration = Scenario::default_max_duration(long.run_for);
+        long.max_duration = long.default_max_duration();
         assert_eq!(long.validate(), Ok(()));
+    }
+
+    #[test]
+    fn the_recovery_wait_covers_every_timer_on_the_clients_recovery_path() {
+        for client in [Config::default(), Config::demo()] {
+            let path = client.ping_interval
+                + client.pong_timeout
+                + client.backoff_max
+                + client.request_timeout
+                + client.connect_timeout;
+            let wait = Scenario::recovery_wait_for(&client);
+            assert!(wait > path, "{wait:?} does not cover {path:?}");
+        }
+        assert_eq!(
+            Scenario::default().recovery_wait,
+            Scenario::recovery_wait_for(&Config::default())
+        );
+        // Absurd timings saturate instead of overflowing.
+        let forever = Config {
+            ping_interval: Duration::MAX,
+            ..Config::default()
+        };
+        assert_eq!(
+            Scenario::recovery_wait_for(&forever),
+            Duration::from_secs(u64::MAX)
+        );
+    }
+
+    #[test]
+    fn the_default_max_duration_leaves_play_its_budget_after_the_ending() {
+        let scenario = Scenario::default();
+        assert_eq!(scenario.max_duration, PLAY_BUDGET + scenario.ending());
     }
 
     #[test]

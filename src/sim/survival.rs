@@ -2,7 +2,9 @@
 //! injected, gets a [`Recovery`]: what the simulator must itself observe
 //! the client do before it calls the fault survived. The events that can
 //! settle one (sockets opening and closing, requests, healthcheck replies,
-//! leaves) are fed in by the ledger; whatever is still waiting when the run
+//! leaves) are fed in by the ledger. A fault whose team (or Global) is still
+//! not back when the recovery wait runs out is "not recovered", a failure
+//! named among the problems; whatever else is still waiting when the run
 //! ends, or can no longer be observed (its socket closed for another
 //! reason, its team left), is counted "not observed", never survived.
 
@@ -334,6 +336,34 @@ impl Survival {
         });
     }
 
+    /// The recovery wait ran out with `team` still not back: what it was
+    /// waiting for was not recovered (a failure, never "not observed").
+    /// Returns those faults, for the problem that names the team.
+    pub fn team_not_recovered(&mut self, team: TeamId) -> Vec<Fault> {
+        self.not_recovered(|r| r.team() == Some(team))
+    }
+
+    /// The recovery wait ran out with no Global connection: the drops it
+    /// was waiting to see survived were not recovered.
+    pub fn global_not_recovered(&mut self) -> Vec<Fault> {
+        self.not_recovered(|r| matches!(r, Recovery::NewGlobal { .. }))
+    }
+
+    fn not_recovered(&mut self, which: impl Fn(&Recovery) -> bool) -> Vec<Fault> {
+        let counts = &mut self.counts;
+        let mut failed = Vec::new();
+        self.pending.retain(|w| {
+            if which(&w.recovery) {
+                counts.entry(w.fault).or_default().not_recovered += 1;
+                failed.push(w.fault);
+                false
+            } else {
+                true
+            }
+        });
+        failed
+    }
+
     /// The run is over: whatever is still waiting was not observed.
     pub fn finish(&mut self) {
         self.give_up("the run ended first", |_| true);
@@ -563,6 +593,30 @@ mod tests {
         assert_eq!(counts(&s, Fault::SlowReader), (1, 0, 0));
         reply(&mut s, &teams, 1, until, 30, 30);
         assert_eq!(counts(&s, Fault::SlowReader), (1, 1, 0));
+    }
+
+    #[test]
+    fn a_team_still_down_when_the_wait_runs_out_is_not_recovered_never_not_observed() {
+        let mut s = Survival::default();
+        let zombie = |team| Recovery::Reconnect {
+            team,
+            before: 3,
+            back_at: None,
+        };
+        s.inject(Fault::Zombie, zombie(T));
+        s.inject(Fault::Zombie, zombie(TeamId(2)));
+        s.inject(Fault::GlobalDrop, Recovery::NewGlobal { dropped: 1 });
+        assert_eq!(s.team_not_recovered(T), vec![Fault::Zombie]);
+        assert_eq!(s.global_not_recovered(), vec![Fault::GlobalDrop]);
+        s.finish();
+        let zombies = s.counts()[&Fault::Zombie];
+        assert_eq!((zombies.survived, zombies.not_observed), (0, 1));
+        assert_eq!(zombies.not_recovered, 1);
+        assert_eq!(s.counts()[&Fault::GlobalDrop].not_recovered, 1);
+        // Only team 2's zombie, which the wait did not judge, ran out with
+        // the run.
+        assert_eq!(s.why_not()[&Fault::Zombie]["the run ended first"], 1);
+        assert!(!s.why_not().contains_key(&Fault::GlobalDrop));
     }
 
     #[test]

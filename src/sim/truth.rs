@@ -90,6 +90,13 @@ impl TeamTruth {
         self.open_sockets > 0 && !self.zombie
     }
 
+    /// Whether the server still waits for the client to set this team
+    /// right after chaos: joined without a usable socket, left but still
+    /// holding one, or paused before a reset.
+    pub fn owes_recovery(&self) -> bool {
+        (self.joined && !self.connected()) || (!self.joined && self.open_sockets > 0) || self.paused
+    }
+
     /// The id of its live socket.
     pub fn socket_id(&self) -> Option<u64> {
         self.socket.as_ref().map(|(id, _)| *id)

@@ -12,7 +12,8 @@ use crate::protocol::TeamId;
 use crate::report::Report;
 
 /// How often one fault kind was injected, and what became of it.
-/// `injected == survived + not_observed` once the run is over.
+/// `injected == survived + not_observed + not_recovered` once the run is
+/// over.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FaultCount {
     /// Times injected.
@@ -22,6 +23,10 @@ pub struct FaultCount {
     /// Times the recovery could not be observed (the team left, the socket
     /// closed for another reason, the run ended first).
     pub not_observed: u64,
+    /// Times the client had still not recovered when the recovery wait ran
+    /// out: a failure, and its team is among the problems.
+    #[serde(default)]
+    pub not_recovered: u64,
 }
 
 /// The longest time a team was without a socket.
@@ -129,6 +134,11 @@ impl Verdict {
         self.faults.values().map(|f| f.not_observed).sum()
     }
 
+    /// Faults the client had not recovered from when the wait ran out.
+    pub fn not_recovered(&self) -> u64 {
+        self.faults.values().map(|f| f.not_recovered).sum()
+    }
+
     /// The count for one kind (zero if it never fired).
     pub fn fault(&self, fault: Fault) -> FaultCount {
         self.faults.get(&fault).copied().unwrap_or_default()
@@ -217,12 +227,17 @@ impl fmt::Display for Verdict {
                 write!(f, "\n  - {m}")?;
             }
         }
+        // The last column only when the client failed some recovery.
+        let failed = self.not_recovered() > 0;
         if !self.faults.is_empty() {
             write!(
                 f,
                 "\n  {:<17} {:>8} {:>8} {:>12}",
                 "fault", "injected", "survived", "not observed"
             )?;
+            if failed {
+                write!(f, " {:>13}", "not recovered")?;
+            }
         }
         for (fault, count) in &self.faults {
             write!(
@@ -233,6 +248,9 @@ impl fmt::Display for Verdict {
                 count.survived,
                 count.not_observed
             )?;
+            if failed {
+                write!(f, " {:>13}", count.not_recovered)?;
+            }
         }
         for (fault, reasons) in &self.not_observed_why {
             let reasons: Vec<String> = reasons
@@ -335,6 +353,7 @@ mod tests {
                 injected: 2,
                 survived: 1,
                 not_observed: 1,
+                not_recovered: 0,
             },
         );
         v.not_observed_why.insert(
