@@ -67,7 +67,9 @@
 //! - Restarts: starting a recording at `FILE` keeps the one already there
 //!   (with its segments) as `FILE.previous` (`FILE.previous.1`, …),
 //!   replacing the one kept before: a service restarted after a crash does
-//!   not erase the recording of the crash. Disk use is thus at most twice
+//!   not erase the recording of the crash. Every segment is a file the recorder
+//!   creates (`O_EXCL`, mode 0600): something other than a regular file at
+//!   `FILE` (a symlink, a device, a pipe) is refused, never written through. Disk use is thus at most twice
 //!   `(keep + 1) × max_bytes`, plus one line per segment.
 //! - Replay reads one line at a time (at most [`replay::MAX_LINE`] bytes):
 //!   memory is the core's plus one line.

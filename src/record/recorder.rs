@@ -61,9 +61,19 @@ pub enum RecordError {
         /// Why.
         source: std::io::Error,
     },
-    /// Rotation renames files, so it needs a regular file.
-    #[error("cannot rotate {0}: not a regular file (drop --record-max-bytes)")]
-    Rotation(PathBuf),
+    /// Something other than a regular file is at the path: the recorder
+    /// writes only files it creates, so it never writes through a link (a
+    /// planted one would overwrite its target with URLs and tokens) or into
+    /// a device or pipe it did not make.
+    #[error(
+        "cannot record to {path}: it is {kind}, not a regular file; the recorder writes only files it creates (name a new path)"
+    )]
+    NotAFile {
+        /// The path.
+        path: PathBuf,
+        /// What is there.
+        kind: &'static str,
+    },
 }
 
 /// What the recorder wrote, for logs and tests.
@@ -157,8 +167,11 @@ impl Recorder {
             path: path.clone(),
             source,
         };
-        if options.max_bytes.is_some() && segments::is_special(&options.path) {
-            return Err(RecordError::Rotation(options.path));
+        if let Some(kind) = segments::special(&options.path) {
+            return Err(RecordError::NotAFile {
+                path: options.path,
+                kind,
+            });
         }
         if segments::keep_previous(&options.path).map_err(io)? {
             info!(
@@ -410,11 +423,14 @@ impl Sidecar for Recorder {
     }
 }
 
-/// Creates (or truncates) a segment, readable by its owner only: it holds
-/// the Global URL and every team URL the server handed out.
+/// Creates a segment, readable by its owner only: it holds the Global URL
+/// and every team URL the server handed out. Whatever was at `path` has
+/// been moved away (kept as `FILE.previous`, or rotated), so the file must
+/// be new: `create_new` (`O_EXCL`) never follows a symlink and never opens
+/// a file someone else made, even one planted since.
 fn create(path: &Path) -> std::io::Result<File> {
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     options.open(path)
