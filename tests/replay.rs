@@ -752,6 +752,51 @@ fn corrupt_recordings_are_errors_naming_the_line() {
     bad_at(&path, mid + 1, "time goes back");
 }
 
+/// What no recorder writes is refused at once, however it is dressed:
+/// an idle run of a trillion steps (it once replayed for hours), and a
+/// 128 MiB line of numbers (it once took 4.3 GB to parse; here the binary
+/// runs with 1 GiB of address space and still answers in one line).
+#[test]
+fn hostile_lines_are_refused_quickly_in_bounded_memory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_, lines) = recorded(dir.path());
+    let header = &lines[0];
+
+    let idle = format!("{header}\n[1000000000000,1000000000000,1000000000000]\n");
+    let path = write(dir.path(), "idle.rec", &idle);
+    bad_at(&path, 2, "a recorder writes at most");
+    // A jump to the end of time (it overflowed the core's arithmetic).
+    let jump = format!("{header}\n[1,1000,1]\n[2,18446744073709551615,\"stop\"]\n");
+    let path = write(dir.path(), "jump.rec", &jump);
+    bad_at(&path, 3, "past a century");
+
+    let mut long = Vec::with_capacity(130 << 20);
+    long.extend_from_slice(header.as_bytes());
+    long.extend_from_slice(b"\n[1");
+    while long.len() < 128 << 20 {
+        long.extend_from_slice(b",1000000000000");
+    }
+    long.extend_from_slice(b"]\n");
+    let path = dir.path().join("long.rec");
+    std::fs::write(&path, &long).expect("write");
+    drop(long);
+    bad_at(&path, 2, "no recorder writes one");
+
+    let mut command = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+    command.args(["replay", path.to_str().expect("utf-8")]);
+    // SAFETY: only an async-signal-safe setrlimit runs between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+            rlimit::setrlimit(rlimit::Resource::AS, 1 << 30, 1 << 30)
+        });
+    }
+    let out = command.output().expect("binary runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("long.rec:2: "), "{err}");
+}
+
 #[test]
 fn a_truncated_recording_is_incomplete_at_the_cut_and_replays_up_to_it() {
     let dir = tempfile::tempdir().expect("tempdir");

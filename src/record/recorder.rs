@@ -330,21 +330,8 @@ impl Sidecar for Recorder {
         if events.is_empty() && !stop {
             // Idle steps still run timers, so each is kept, but a run of
             // them with equal time advances is one line.
-            match &mut self.idle {
-                Some((idle, step)) if *step == dt => {
-                    idle.count += 1;
-                    idle.tick = self.tick;
-                    idle.now = now;
-                }
-                _ => {
-                    self.flush_idle(core);
-                    let idle = Idle {
-                        tick: self.tick,
-                        now,
-                        count: 1,
-                    };
-                    self.idle = Some((idle, dt));
-                }
+            if let Some(ended) = coalesce(&mut self.idle, dt, self.tick, now) {
+                self.send(core, Msg::Idle(ended), 0);
             }
             return;
         }
@@ -434,6 +421,30 @@ fn create(path: &Path) -> std::io::Result<File> {
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     options.open(path)
+}
+
+/// Adds an idle step (a time advance of `dt` ms, reaching `tick` at `now`)
+/// to the run of them being coalesced into one line; returns the run it
+/// had to end (another advance, or a line full at [`line::MAX_IDLE_RUN`]).
+fn coalesce(idle: &mut Option<(Idle, u64)>, dt: u64, tick: u64, now: u64) -> Option<Idle> {
+    match idle {
+        Some((run, step)) if *step == dt && run.count < line::MAX_IDLE_RUN => {
+            run.count += 1;
+            run.tick = tick;
+            run.now = now;
+            None
+        }
+        _ => idle
+            .replace((
+                Idle {
+                    tick,
+                    now,
+                    count: 1,
+                },
+                dt,
+            ))
+            .map(|(run, _)| run),
+    }
 }
 
 /// A name for this recording, unique enough to tell runs apart.
@@ -718,6 +729,25 @@ mod tests {
         }
         // Every step handed over before the overflow was replayed.
         assert_eq!(replayed.steps, ran - 1);
+    }
+
+    /// A long idle stretch is cut into lines replay accepts.
+    #[test]
+    fn an_idle_run_is_cut_at_the_most_a_line_holds() {
+        let mut idle = None;
+        assert_eq!(coalesce(&mut idle, 10, 1, 10), None);
+        assert_eq!(coalesce(&mut idle, 10, 2, 20), None);
+        // Another time advance ends the run.
+        let ended = coalesce(&mut idle, 30, 3, 50).expect("ended");
+        assert_eq!((ended.tick, ended.now, ended.count), (2, 20, 2));
+        // A full line too.
+        if let Some((run, _)) = &mut idle {
+            run.count = line::MAX_IDLE_RUN - 1;
+        }
+        assert_eq!(coalesce(&mut idle, 30, 4, 80), None);
+        let full = coalesce(&mut idle, 30, 5, 110).expect("full");
+        assert_eq!((full.tick, full.count), (4, line::MAX_IDLE_RUN));
+        assert_eq!(idle.map(|(run, _)| run.count), Some(1));
     }
 
     #[test]
