@@ -5,7 +5,8 @@
 //! waits on a write, and a write never waits on reading; nothing is locked.
 //!
 //! It reports exactly one terminal event, and before it hands over whatever
-//! it had read: when the core aborts it too.
+//! it had read: when the core aborts it too. Should the task panic, a guard
+//! ([`LastWord`]) still reports the link closed.
 
 use std::future::Future;
 use std::pin::Pin;
