@@ -103,7 +103,8 @@ impl Sidecar for Persistence {
     }
 
     fn next_wake(&self) -> Option<Instant> {
-        self.dirty.then_some(self.last + self.interval)
+        // An interval past the clock's range means no wake-up, not a panic.
+        self.last.checked_add(self.interval).filter(|_| self.dirty)
     }
 
     fn finish(&mut self, core: &mut Core, _end: &RunEnd, deadline: Instant) {

@@ -5,8 +5,8 @@
 //! (copy-on-write B-trees, checksummed commit slots), so after a crash the
 //! file holds exactly the last committed transaction; only a lost disk loses
 //! counts. The file is stamped with a format marker, a schema version and the
-//! Global URL it belongs to, and [`Store::open`] refuses anything else rather
-//! than overwrite or repair it.
+//! Global URL it belongs to (redacted: no credential on disk), and
+//! [`Store::open`] refuses anything else rather than overwrite or repair it.
 //!
 //! Disk I/O stays off the caller's thread: [`StoreWriter`] takes the latest
 //! value of each changed team and commits them from its own OS thread at most
@@ -28,6 +28,7 @@ use redb::{
 use tracing::warn;
 
 use crate::protocol::TeamId;
+use crate::redact;
 
 /// The value of the `format` key: what says this redb file is ours.
 const FORMAT_MARKER: &str = "switchboard team counters";
@@ -84,7 +85,8 @@ pub enum StoreError {
         /// The version the file carries.
         found: u64,
     },
-    /// The file keeps the counts of another Global API.
+    /// The file keeps the counts of another Global API (both URLs shown
+    /// redacted, as they are compared).
     #[error("state file {}: belongs to Global URL {found}, not {expected}", path.display())]
     OtherGlobal {
         /// The file.
@@ -187,9 +189,6 @@ impl Store {
         // Check the stamp read-only first, so that a file we refuse is left
         // byte for byte as it was: a writable open rewrites the header.
         let clean = probe(path, global_url)?;
-        if !clean {
-            warn!(path = %path.display(), "state file was not closed cleanly; recovering its last commit");
-        }
         // The integrity check verifies every page's checksum, so a damaged
         // file is refused here rather than panicking redb later. With every
         // commit two-phase, a bad primary commit slot is an error, never a
@@ -208,6 +207,11 @@ impl Store {
         let txn = store.begin_read()?;
         check_stamp(path, &txn, global_url)?;
         drop(txn);
+        // Said only now that it is true: a file that cannot be recovered
+        // is refused above, in the error, and never called recovered.
+        if !clean {
+            warn!(path = %path.display(), "state file was not closed cleanly; recovered its last commit");
+        }
         Ok(store)
     }
 
@@ -327,12 +331,20 @@ fn probe(path: &Path, global_url: &str) -> Result<bool, StoreError> {
 /// meanwhile. The file is built and stamped under a temporary name and
 /// hard-linked into place, so `path` is never seen half-made: a crash here
 /// cannot leave an unstamped database that the next start would refuse.
+/// Folders it creates are 0700 and the file 0600: the counts are the
+/// operator's business only.
 fn create(path: &Path, global_url: &str) -> Result<(), StoreError> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
     };
-    fs::create_dir_all(dir).map_err(|e| io_error(path, "create folder", e))?;
+    let mut folders = fs::DirBuilder::new();
+    folders.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut folders, 0o700);
+    folders
+        .create(dir)
+        .map_err(|e| io_error(path, "create folder", e))?;
     let mut temp_name = std::ffi::OsString::from(".");
     temp_name.push(path.file_name().unwrap_or_default());
     temp_name.push(format!(".{}.creating", std::process::id()));
@@ -355,6 +367,15 @@ fn create(path: &Path, global_url: &str) -> Result<(), StoreError> {
 fn create_stamped(temp: &Path, path: &Path, global_url: &str) -> Result<(), StoreError> {
     // A leftover from a crashed creation by a process with our pid.
     let _ = fs::remove_file(temp);
+    // Made empty and 0600 first (never through a link planted since): redb
+    // initialises an empty file and keeps its mode.
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options
+        .open(temp)
+        .map_err(|e| io_error(path, "create file", e))?;
     let db = Builder::new()
         .set_cache_size(CACHE_BYTES)
         .create(temp)
@@ -366,7 +387,9 @@ fn create_stamped(temp: &Path, path: &Path, global_url: &str) -> Result<(), Stor
             let mut meta = txn.open_table(META)?;
             meta.insert(KEY_FORMAT, FORMAT_MARKER)?;
             meta.insert(KEY_VERSION, SCHEMA_VERSION.to_string().as_str())?;
-            meta.insert(KEY_GLOBAL_URL, global_url)?;
+            // Redacted: no secret on disk, and a rotated token (or
+            // password) still finds its counts.
+            meta.insert(KEY_GLOBAL_URL, redact::url(global_url).as_str())?;
             txn.open_table(TEAMS)?;
         }
         txn.commit()?;
@@ -416,12 +439,15 @@ fn check_stamp(path: &Path, txn: &ReadTransaction, global_url: &str) -> Result<(
     if version < SCHEMA_VERSION {
         return Err(corrupt(format!("unknown schema version {version}")));
     }
+    // Compared redacted: files written before the stamp was redacted hold
+    // the URL whole, and must still open (and never be quoted whole).
     let found = get(KEY_GLOBAL_URL)?.ok_or_else(|| corrupt("no Global URL".into()))?;
-    if found != global_url {
+    let (found, expected) = (redact::url(&found), redact::url(global_url));
+    if found != expected {
         return Err(StoreError::OtherGlobal {
             path: path.to_owned(),
             found,
-            expected: global_url.to_owned(),
+            expected,
         });
     }
     match txn.open_table(TEAMS) {
@@ -948,6 +974,46 @@ mod tests {
             Path::new("/home/u/.local/state/switchboard").join(&name)
         );
         assert_eq!(state_path(None, Some("".into()), url), PathBuf::from(&name));
+    }
+
+    /// What `tracing` logs while `f` runs on this thread.
+    fn logged<T>(f: impl FnOnce() -> T) -> (T, String) {
+        #[derive(Clone, Default)]
+        struct Buffer(Arc<Mutex<Vec<u8>>>);
+        impl io::Write for Buffer {
+            fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let out = tracing::subscriber::with_default(subscriber, f);
+        let text = String::from_utf8_lossy(&buffer.0.lock().unwrap()).into_owned();
+        (out, text)
+    }
+
+    #[test]
+    fn a_truncated_state_file_is_refused_and_never_said_to_be_recovered() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let url = "ws://127.0.0.1:8080/global";
+        let store = Store::open(&path, url).unwrap();
+        store.save(&[team(1, 2, 3)]).unwrap();
+        drop(store);
+        let good = fs::read(&path).unwrap();
+        fs::write(&path, &good[..good.len() / 2]).unwrap();
+        let (opened, log) = logged(|| Store::open(&path, url));
+        let error = opened.expect_err("a truncated file is refused");
+        assert!(error.to_string().contains("refusing"), "{error}");
+        assert!(!log.contains("recover"), "{log}");
     }
 
     #[test]

@@ -166,3 +166,40 @@ async fn credentials_in_urls_appear_in_no_log_and_no_report() {
         assert!(!stderr.contains(secret), "{secret} in the logs: {stderr}");
     }
 }
+
+/// A duration past any sane timer (here, one that overflows the clock) is
+/// refused on the command line with one line and exit 2, for every
+/// duration flag of `connect`; it once reached a socket task and panicked
+/// it. (`--give-up-after 2s`: a build that took it would exit 1, not hang.)
+#[test]
+fn every_duration_flag_refuses_an_absurd_value_with_one_line() {
+    for flag in [
+        "--tick",
+        "--ping-interval",
+        "--pong-timeout",
+        "--backoff-min",
+        "--backoff-max",
+        "--connect-timeout",
+        "--request-timeout",
+        "--close-timeout",
+        "--status-interval",
+        "--state-interval",
+        "--give-up-after",
+    ] {
+        let mut args = vec!["connect", "ws://127.0.0.1:9/global", "--state", "none"];
+        if flag != "--give-up-after" {
+            args.extend(["--give-up-after", "2s"]);
+        }
+        args.extend([flag, "18446744073709551615s"]);
+        let output = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .args(&args)
+            .env("RUST_LOG", "error")
+            .output()
+            .expect("binary runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{flag}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{flag}: {stderr}");
+        assert!(stderr.contains(flag), "{flag}: {stderr}");
+        assert!(stderr.contains("at most"), "{flag}: {stderr}");
+    }
+}

@@ -349,3 +349,35 @@ async fn a_tick_of_requests_larger_than_the_outbound_queue_does_not_drop_global(
         "Global never dropped"
     );
 }
+
+/// A pong timeout past the clock's range (a library user's `Duration::MAX`)
+/// is the socket's stall limit too: a message that arrives in pieces must
+/// not overflow its deadline (that panicked the socket's task), and the
+/// link carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stall_limit_past_the_clocks_range_never_overflows() {
+    let mut server = Server::bind().await;
+    let client = start(server.url("/global"), |c| {
+        c.core.pong_timeout = Duration::MAX;
+    });
+    let (mut global, team) = connect_one(&mut server, 1).await;
+    let frame = |text: &str| {
+        let mut bytes = vec![0x81, u8::try_from(text.len()).expect("short")];
+        bytes.extend_from_slice(text.as_bytes());
+        bytes
+    };
+    let one = frame(r#"{"type":"message","text":"one"}"#);
+    let two = frame(r#"{"type":"message","text":"two"}"#);
+    // One whole message and the start of the next, in one write: once the
+    // first is counted, the partial one has been read and its deadline set.
+    let (head, tail) = two.split_at(10);
+    team.send_bytes([one.as_slice(), head].concat());
+    healthcheck_until(&mut global, |r| r["stats"][0]["message_count"] == 1).await;
+    team.send_bytes(tail.to_vec());
+    healthcheck_until(&mut global, |r| {
+        r["stats"][0]["message_count"] == 2 && r["stats"][0]["connected"] == true
+    })
+    .await;
+    let outcome = goodbye(global, client).await;
+    assert_eq!(outcome.report.teams[0].reconnects, 0);
+}

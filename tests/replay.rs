@@ -536,11 +536,16 @@ fn a_start_rotated_away_is_refused_naming_the_oldest_segment() {
 #[test]
 fn a_failing_disk_stops_the_recording_visibly_and_the_run_goes_on() {
     let dir = tempfile::tempdir().expect("tempdir");
-    // Every write to /dev/full fails (ENOSPC); the link is ours, so even a
-    // rename would stay in the temporary directory.
+    // Rotation fails: the segment name it must free is taken by a folder,
+    // as any I/O error the writer meets.
     let path = dir.path().join("full.rec");
-    std::os::unix::fs::symlink("/dev/full", &path).expect("symlink");
-    let mut s = Scripted::new(options(&path), &[]);
+    let rotating = RecordOptions {
+        path: path.clone(),
+        max_bytes: Some(1),
+        keep: 1,
+    };
+    let mut s = Scripted::new(rotating, &[]);
+    std::fs::create_dir(dir.path().join("full.rec.1")).expect("mkdir");
     s.step(); // the core asks for Global
     let global = s.peer.global_conn();
     s.peer.push(NetEvent::Opened { conn: global });
@@ -565,21 +570,68 @@ fn a_failing_disk_stops_the_recording_visibly_and_the_run_goes_on() {
     let (_, last) = s.finish(RunEnd::Forced);
     assert!(Instant::now() < deadline, "finish is bounded");
     assert!(last.clock.tick > 0);
-    // Rotation is refused up front on something that is not a file.
-    let refused = Recorder::create(
-        RecordOptions {
-            path: path.clone(),
-            max_bytes: Some(1 << 20),
-            keep: 1,
-        },
-        &test_config(),
-        1,
-    );
-    assert!(refused.is_err());
-    assert_eq!(
-        std::fs::read_link(&path).expect("still a link"),
-        Path::new("/dev/full")
-    );
+}
+
+/// A symlink planted at FILE (in a shared folder, say) must not make the
+/// recorder overwrite its target with the run's URLs and tokens: the start
+/// is refused, in one line and exit 2, and both the link and its target
+/// are left as they were. Refused rather than replaced: the operator named
+/// a path that is not what they think it is, and should know.
+#[test]
+fn a_symlink_at_the_recording_path_is_refused_and_its_target_untouched() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let victim = dir.path().join("victim.txt");
+    std::fs::write(&victim, "precious\n").expect("write");
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let link = dir.path().join("run.rec");
+    std::os::unix::fs::symlink(&victim, &link).expect("symlink");
+    let untouched = || {
+        assert_eq!(
+            std::fs::read_to_string(&victim).expect("read"),
+            "precious\n"
+        );
+        let mode = std::fs::metadata(&victim)
+            .expect("stat")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o644);
+        assert_eq!(std::fs::read_link(&link).expect("still a link"), victim);
+        assert!(!dir.path().join("run.rec.previous").exists());
+    };
+
+    for max_bytes in [None, Some(1 << 20)] {
+        let refused = Recorder::create(
+            RecordOptions {
+                path: link.clone(),
+                max_bytes,
+                keep: 1,
+            },
+            &test_config(),
+            1,
+        );
+        let error = refused.err().expect("refused").to_string();
+        assert!(error.contains("a symbolic link"), "{error}");
+        untouched();
+    }
+
+    // The binary: one line, exit 2, before any connection (the port is
+    // closed; the old behaviour gave up on it after 2 s and exited 1).
+    let (code, out, err) = switchboard(&[
+        "connect",
+        "ws://127.0.0.1:9/global",
+        "--state",
+        "none",
+        "--give-up-after",
+        "2s",
+        "--record",
+        link.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(out.is_empty(), "{out}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("a symbolic link"), "{err}");
+    untouched();
 }
 
 // ---------------------------------------------------------------------------
@@ -706,6 +758,51 @@ fn corrupt_recordings_are_errors_naming_the_line() {
     let back = serde_json::to_string(&step).expect("json");
     let path = write(dir.path(), "time.rec", &with(mid, Some(&back)));
     bad_at(&path, mid + 1, "time goes back");
+}
+
+/// What no recorder writes is refused at once, however it is dressed:
+/// an idle run of a trillion steps (it once replayed for hours), and a
+/// 128 MiB line of numbers (it once took 4.3 GB to parse; here the binary
+/// runs with 1 GiB of address space and still answers in one line).
+#[test]
+fn hostile_lines_are_refused_quickly_in_bounded_memory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_, lines) = recorded(dir.path());
+    let header = &lines[0];
+
+    let idle = format!("{header}\n[1000000000000,1000000000000,1000000000000]\n");
+    let path = write(dir.path(), "idle.rec", &idle);
+    bad_at(&path, 2, "a recorder writes at most");
+    // A jump to the end of time (it overflowed the core's arithmetic).
+    let jump = format!("{header}\n[1,1000,1]\n[2,18446744073709551615,\"stop\"]\n");
+    let path = write(dir.path(), "jump.rec", &jump);
+    bad_at(&path, 3, "past a century");
+
+    let mut long = Vec::with_capacity(130 << 20);
+    long.extend_from_slice(header.as_bytes());
+    long.extend_from_slice(b"\n[1");
+    while long.len() < 128 << 20 {
+        long.extend_from_slice(b",1000000000000");
+    }
+    long.extend_from_slice(b"]\n");
+    let path = dir.path().join("long.rec");
+    std::fs::write(&path, &long).expect("write");
+    drop(long);
+    bad_at(&path, 2, "no recorder writes one");
+
+    let mut command = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+    command.args(["replay", path.to_str().expect("utf-8")]);
+    // SAFETY: only an async-signal-safe setrlimit runs between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+            rlimit::setrlimit(rlimit::Resource::AS, 1 << 30, 1 << 30)
+        });
+    }
+    let out = command.output().expect("binary runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("long.rec:2: "), "{err}");
 }
 
 #[test]

@@ -465,3 +465,56 @@ fn measure_loss_window() {
         stats.max_commit,
     );
 }
+
+/// The state file holds no credential and is the operator's alone: the
+/// folders it creates are 0700, the file 0600; the Global URL is stamped
+/// redacted, so a rotated token or password still opens the counts, and a
+/// file stamped whole by an older build still opens too.
+#[test]
+fn the_state_file_is_private_and_holds_no_credential() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a/b/state.redb");
+    let url = "wss://bot:hunter2@global.example/api?token=s3cret";
+    let store = Store::open(&path, url).unwrap();
+    store.save(&[team(1, 5, 2)]).unwrap();
+    drop(store);
+    assert_eq!(mode(&dir.path().join("a")), 0o700);
+    assert_eq!(mode(&dir.path().join("a/b")), 0o700);
+    assert_eq!(mode(&path), 0o600);
+    let bytes = std::fs::read(&path).unwrap();
+    for secret in ["hunter2", "s3cret"] {
+        assert!(
+            !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "{secret} is on disk"
+        );
+    }
+    // Rotated credentials: the same counts.
+    let rotated = "wss://bot:new-password@global.example/api?token=n3w";
+    let store = Store::open(&path, rotated).unwrap();
+    assert_eq!(store.load().unwrap(), [team(1, 5, 2)]);
+    drop(store);
+    // Another Global is still refused, and the refusal quotes no secret.
+    let error = refused(&path, "wss://bot:hunter2@other.example/api?token=s3cret");
+    let text = error.to_string();
+    assert!(matches!(error, StoreError::OtherGlobal { .. }), "{text}");
+    assert!(
+        !text.contains("hunter2") && !text.contains("s3cret"),
+        "{text}"
+    );
+
+    // A file an older build stamped with the whole URL.
+    let db = redb::Database::open(&path).unwrap();
+    let txn = db.begin_write().unwrap();
+    {
+        let mut meta = txn
+            .open_table(redb::TableDefinition::<&str, &str>::new("switchboard_meta"))
+            .unwrap();
+        meta.insert("global_url", url).unwrap();
+    }
+    txn.commit().unwrap();
+    drop(db);
+    let store = Store::open(&path, rotated).unwrap();
+    assert_eq!(store.load().unwrap(), [team(1, 5, 2)]);
+}

@@ -14,7 +14,7 @@ use switchboard::store::Store;
 use switchboard::transport::TransportConfig;
 use tracing::{info, warn};
 
-use super::{byte_size, duration, duration_or_zero, human, usage_error};
+use super::{byte_size, duration, duration_or_zero, human, span, usage_error};
 
 /// The help line of a timing flag whose default differs in the demo: both
 /// values come from the library's two configs.
@@ -66,7 +66,7 @@ pub struct ClientArgs {
           default_value = "10s")]
     status_interval: humantime::Duration,
     /// Exit 1 when Global stays unreachable this long (default: retry forever).
-    #[arg(long, env = "SWITCHBOARD_GIVE_UP_AFTER", value_parser = duration)]
+    #[arg(long, env = "SWITCHBOARD_GIVE_UP_AFTER", value_parser = span)]
     give_up_after: Option<humantime::Duration>,
     /// Final report format on stdout.
     #[arg(long, env = "SWITCHBOARD_REPORT", default_value = "table")]

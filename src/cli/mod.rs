@@ -132,20 +132,51 @@ fn tokio_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
         })
 }
 
-/// A human duration (`300ms`, `15s`) that is at least 1ms.
+/// The longest timer a flag may set (a tick, ping, timeout, backoff,
+/// interval): a day. Longer is a slip (a pong timeout of a day already
+/// means "never"), and every deadline computed from one stays far from
+/// the clock's overflow.
+const MAX_TIMER: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// The longest span a flag may set that is not a timer but how long a run
+/// lasts or a record is kept (`--give-up-after`, `--duration`,
+/// `--max-duration`, `--publish-max-age`): a year.
+const MAX_SPAN: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+/// A human duration (`300ms`, `15s`) from 1ms to [`MAX_TIMER`].
 fn duration(text: &str) -> Result<humantime::Duration, String> {
-    let d = humantime::parse_duration(text).map_err(|e| format!("{e} (try 300ms or 15s)"))?;
-    if d < Duration::from_millis(1) {
-        return Err("must be at least 1ms".into());
-    }
-    Ok(d.into())
+    at_least_1ms(text, MAX_TIMER)
 }
 
-/// A human duration that may be zero (for "off").
+/// A human duration from 0 (for "off") to [`MAX_TIMER`].
 fn duration_or_zero(text: &str) -> Result<humantime::Duration, String> {
-    humantime::parse_duration(text)
-        .map(Into::into)
-        .map_err(|e| format!("{e} (try 0s, 300ms or 15s)"))
+    parse_duration(text, MAX_TIMER)
+}
+
+/// A human duration from 1ms to [`MAX_SPAN`].
+fn span(text: &str) -> Result<humantime::Duration, String> {
+    at_least_1ms(text, MAX_SPAN)
+}
+
+/// A human duration from 0 (for "no limit") to [`MAX_SPAN`].
+fn span_or_zero(text: &str) -> Result<humantime::Duration, String> {
+    parse_duration(text, MAX_SPAN)
+}
+
+fn at_least_1ms(text: &str, max: Duration) -> Result<humantime::Duration, String> {
+    let d = parse_duration(text, max)?;
+    if Duration::from(d) < Duration::from_millis(1) {
+        return Err("must be at least 1ms".into());
+    }
+    Ok(d)
+}
+
+fn parse_duration(text: &str, max: Duration) -> Result<humantime::Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| format!("{e} (try 300ms or 15s)"))?;
+    if d > max {
+        return Err(format!("must be at most {}", human(max)));
+    }
+    Ok(d.into())
 }
 
 /// How a default duration reads in `--help`.
@@ -218,6 +249,13 @@ mod tests {
             duration_or_zero("0s").map(Duration::from),
             Ok(Duration::ZERO)
         );
+        // Capped: a day for timers, a year for spans; beyond, one line.
+        assert!(duration("24h").is_ok() && duration("25h").is_err());
+        assert!(duration_or_zero("2days").is_err());
+        assert!(span("365days").is_ok() && span("366days").is_err());
+        assert!(span_or_zero("0s").is_ok());
+        let huge = duration("18446744073709551615s").expect_err("refused");
+        assert!(huge.contains("at most 1day"), "{huge}");
     }
 
     #[test]

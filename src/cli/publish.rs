@@ -13,7 +13,9 @@ use switchboard::publish::{
 use switchboard::runtime::RunConfig;
 use tracing::info;
 
-use super::{byte_size, byte_size_or_zero, duration, duration_or_zero, human, usage_error};
+use super::{
+    byte_size, byte_size_or_zero, duration, duration_or_zero, human, span_or_zero, usage_error,
+};
 
 fn defaults() -> PublishConfig {
     PublishConfig::new(String::new())
@@ -54,7 +56,7 @@ pub struct PublishArgs {
           requires = "publish")]
     publish_max_bytes: usize,
     /// Oldest record kept in the stream (0s: no limit).
-    #[arg(long, env = "SWITCHBOARD_PUBLISH_MAX_AGE", value_parser = duration_or_zero,
+    #[arg(long, env = "SWITCHBOARD_PUBLISH_MAX_AGE", value_parser = span_or_zero,
           default_value_t = human(StreamSettings::default().max_age.unwrap_or_default()),
           requires = "publish")]
     publish_max_age: humantime::Duration,

@@ -16,7 +16,7 @@ use switchboard::sim::{
 use tracing::info;
 
 use super::client::raise_fd_limit;
-use super::{LogFormat, duration, duration_or_zero, human, usage_error};
+use super::{LogFormat, duration, duration_or_zero, human, span, usage_error};
 
 /// How the verdict is printed.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,7 +90,7 @@ pub struct SimArgs {
     /// client's first connection) instead of --messages each, e.g.
     /// `--duration 10m --teams 2000 --chaos all` for a soak. In the demo it
     /// implies --sim-process and prints the soak report.
-    #[arg(long, value_parser = duration)]
+    #[arg(long, value_parser = span)]
     pub duration: Option<humantime::Duration>,
     /// Messages per second per team.
     #[arg(long, default_value_t = Scenario::default().rate)]
@@ -115,7 +115,7 @@ pub struct SimArgs {
     pub chaos: f64,
     #[arg(long = "fault", value_parser = fault_rate, help = fault_help())]
     faults: Vec<(Fault, f64)>,
-    #[arg(long, value_parser = duration, help = max_duration_help())]
+    #[arg(long, value_parser = span, help = max_duration_help())]
     max_duration: Option<humantime::Duration>,
     #[arg(long, value_parser = duration, help = recovery_wait_help())]
     pub recovery_wait: Option<humantime::Duration>,

@@ -17,6 +17,23 @@ pub const VERSION: u64 = 1;
 /// The key that makes a line a segment header (its value is the version).
 const MAGIC: &str = "switchboard_recording";
 
+/// The most idle steps one line holds: the recorder starts a new line past
+/// it (11 minutes of 10 ms ticks; a year idle costs about 50,000 lines of
+/// 30 bytes), and replay refuses a longer run, so a line's replay time is
+/// bounded (65,536 core steps).
+pub const MAX_IDLE_RUN: u64 = 1 << 16;
+
+/// The latest core time a step may reach, in ms: a century. No recorded
+/// run lasts that long, and the core's ms arithmetic (a time plus a
+/// timer) stays far from overflow; a line past it is refused.
+pub const MAX_NOW_MS: u64 = 100 * 365 * 24 * 60 * 60 * 1000;
+
+/// The most JSON values a step line may hold: far above a recorded step
+/// (`max_events_per_tick`, 65,536 by default, of a few values each) and a
+/// bound on what parsing one builds (at most 32 bytes a value, 128 MiB),
+/// whatever the line's length. Counted before anything is built.
+pub const MAX_STEP_VALUES: usize = 1 << 22;
+
 /// The first line of every segment.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -143,31 +160,89 @@ pub fn write_idle(out: &mut Vec<u8>, idle: Idle) {
     let _ = writeln!(out, "[{},{},{}]", idle.tick, idle.now, idle.count);
 }
 
-/// Parses one line (without its newline).
+/// Which kind of object line this is; every other key is skipped unread.
+#[derive(Deserialize)]
+struct Kind<'a> {
+    #[serde(rename = "switchboard_recording", borrow, default)]
+    magic: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow, default)]
+    end: Option<&'a serde_json::value::RawValue>,
+}
+
+/// Parses one line (without its newline). What it builds is bounded by
+/// the line's length (headers and end lines are read straight into their
+/// types) and, for a step line, by [`MAX_STEP_VALUES`].
 pub fn parse(bytes: &[u8]) -> Result<Line, String> {
-    let value: Value =
-        serde_json::from_slice(bytes).map_err(|e| format!("not a JSON value: {e}"))?;
-    match value {
-        Value::Array(items) => parse_step(&items),
-        Value::Object(ref object) if object.contains_key(MAGIC) => {
-            match object.get(MAGIC).and_then(Value::as_u64) {
-                Some(VERSION) => {}
-                Some(other) => {
-                    return Err(format!(
-                        "format version {other}; this build reads version {VERSION}"
-                    ));
-                }
-                None => return Err(format!("`{MAGIC}` is not a version number")),
+    let not_json = |e: serde_json::Error| format!("not a JSON value: {e}");
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'[') => {
+            if values_over(bytes, MAX_STEP_VALUES) {
+                return Err(format!(
+                    "a step line of more than {MAX_STEP_VALUES} JSON values: no recorder writes one"
+                ));
             }
-            serde_json::from_value(value)
-                .map(|header| Line::Header(Box::new(header)))
-                .map_err(|e| format!("bad segment header: {e}"))
+            match serde_json::from_slice(bytes).map_err(not_json)? {
+                Value::Array(items) => parse_step(&items),
+                _ => Err("neither a step, a header nor an end line".into()),
+            }
         }
-        Value::Object(ref object) if object.contains_key("end") => serde_json::from_value(value)
-            .map(Line::End)
-            .map_err(|e| format!("bad end line: {e}")),
-        _ => Err("neither a step, a header nor an end line".into()),
+        Some(b'{') => {
+            let kind: Kind<'_> = serde_json::from_slice(bytes).map_err(not_json)?;
+            if let Some(magic) = kind.magic {
+                match serde_json::from_str::<u64>(magic.get()) {
+                    Ok(VERSION) => {}
+                    Ok(other) => {
+                        return Err(format!(
+                            "format version {other}; this build reads version {VERSION}"
+                        ));
+                    }
+                    Err(_) => return Err(format!("`{MAGIC}` is not a version number")),
+                }
+                serde_json::from_slice(bytes)
+                    .map(|header| Line::Header(Box::new(header)))
+                    .map_err(|e| format!("bad segment header: {e}"))
+            } else if kind.end.is_some() {
+                serde_json::from_slice(bytes)
+                    .map(Line::End)
+                    .map_err(|e| format!("bad end line: {e}"))
+            } else {
+                Err("neither a step, a header nor an end line".into())
+            }
+        }
+        _ => match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+            Err(e) => Err(not_json(e)),
+            Ok(_) => Err("neither a step, a header nor an end line".into()),
+        },
     }
+}
+
+/// Whether the JSON text `bytes` holds more than `max` values, counted
+/// without parsing: every value but the first follows a `,` or `:` or
+/// opens a container. Stops counting at `max`.
+fn values_over(bytes: &[u8], max: usize) -> bool {
+    let (mut values, mut in_string, mut escaped) = (1usize, false, false);
+    for &b in bytes {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b',' | b':' | b'[' | b'{' => {
+                values += 1;
+                if values > max {
+                    return true;
+                }
+            }
+            _ => {}
+        }
+    }
+    false
 }
 
 fn parse_step(items: &[Value]) -> Result<Line, String> {
@@ -179,6 +254,11 @@ fn parse_step(items: &[Value]) -> Result<Line, String> {
     };
     let tick = number(0, "tick")?;
     let now = number(1, "time")?;
+    if now > MAX_NOW_MS {
+        return Err(format!(
+            "time {now}ms is past a century ({MAX_NOW_MS}ms): no recorder writes it"
+        ));
+    }
     match items.get(2) {
         None => Err("a step line with no input and no idle count".into()),
         Some(Value::Number(_)) => {
@@ -188,6 +268,11 @@ fn parse_step(items: &[Value]) -> Result<Line, String> {
             let count = number(2, "idle count")?;
             if count == 0 {
                 return Err("an idle line of zero steps".into());
+            }
+            if count > MAX_IDLE_RUN {
+                return Err(format!(
+                    "an idle line of {count} steps: a recorder writes at most {MAX_IDLE_RUN} a line"
+                ));
             }
             Ok(Line::Idle(Idle { tick, now, count }))
         }
@@ -304,6 +389,14 @@ mod tests {
     }
 
     #[test]
+    fn values_are_counted_outside_strings_only() {
+        assert!(!values_over(b"[1,2,3]", 4));
+        assert!(values_over(b"[1,2,3]", 3));
+        assert!(!values_over(br#"[1,"a,b:[{\",c",{"k":2}]"#, 6));
+        assert!(values_over(br#"[1,"a,b:[{\",c",{"k":2}]"#, 5));
+    }
+
+    #[test]
     fn malformed_lines_say_what_is_wrong() {
         for (text, says) in [
             ("[1,10]", "no input"),
@@ -317,6 +410,10 @@ mod tests {
             ),
             ("{\"end\":\"maybe\",\"tick\":1,\"now\":1}", "bad end line"),
             ("{\"x\":1}", "neither"),
+            ("[1,10,65537]", "at most 65536 a line"),
+            ("[1,18446744073709551615,1]", "past a century"),
+            ("[1,10,1,2,3]", "more than three"),
+            ("7", "neither"),
             ("[1,10,[\"o\"", "not a JSON value"),
         ] {
             let error = parse(text.as_bytes()).expect_err(text);

@@ -29,7 +29,8 @@
 //!   `T` ms; `"stop"` when the driver asked for a local shutdown just
 //!   before it; then the events it ingested, in order (see [`codec`]).
 //! - Idle steps: `[K,T,N]`: `N` steps with no input, each advancing time by
-//!   the same whole number of ms, the last ending at tick `K`, time `T`.
+//!   the same whole number of ms, the last ending at tick `K`, time `T`;
+//!   at most [`line::MAX_IDLE_RUN`] a line (a longer run takes several).
 //! - The last line: `{"end":"complete","tick":K,"now":T,"stop":true?,"run_end":…,"snapshot_fnv1a":HEX}`
 //!   (`stop`: a local stop after the last step; the digest is
 //!   [`line::digest`] of the live final snapshot, which replay checks), or
@@ -67,10 +68,17 @@
 //! - Restarts: starting a recording at `FILE` keeps the one already there
 //!   (with its segments) as `FILE.previous` (`FILE.previous.1`, …),
 //!   replacing the one kept before: a service restarted after a crash does
-//!   not erase the recording of the crash. Disk use is thus at most twice
+//!   not erase the recording of the crash. Every segment is a file the recorder
+//!   creates (`O_EXCL`, mode 0600): something other than a regular file at
+//!   `FILE` (a symlink, a device, a pipe) is refused, never written through. Disk use is thus at most twice
 //!   `(keep + 1) × max_bytes`, plus one line per segment.
-//! - Replay reads one line at a time (at most [`replay::MAX_LINE`] bytes):
-//!   memory is the core's plus one line.
+//! - Replay reads one line at a time (at most [`replay::MAX_LINE`] bytes,
+//!   a longer one refused once that much is read): memory is the core's
+//!   plus one line, and what parsing it builds is bounded too (headers are
+//!   read straight into their types; a step line holds at most
+//!   [`line::MAX_STEP_VALUES`] values, counted first). Time per line is
+//!   bounded by [`line::MAX_IDLE_RUN`] steps, and no step may take the core
+//!   past [`line::MAX_NOW_MS`]: what no recorder writes is refused.
 
 pub mod codec;
 pub mod line;

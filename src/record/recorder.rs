@@ -61,9 +61,19 @@ pub enum RecordError {
         /// Why.
         source: std::io::Error,
     },
-    /// Rotation renames files, so it needs a regular file.
-    #[error("cannot rotate {0}: not a regular file (drop --record-max-bytes)")]
-    Rotation(PathBuf),
+    /// Something other than a regular file is at the path: the recorder
+    /// writes only files it creates, so it never writes through a link (a
+    /// planted one would overwrite its target with URLs and tokens) or into
+    /// a device or pipe it did not make.
+    #[error(
+        "cannot record to {path}: it is {kind}, not a regular file; the recorder writes only files it creates (name a new path)"
+    )]
+    NotAFile {
+        /// The path.
+        path: PathBuf,
+        /// What is there.
+        kind: &'static str,
+    },
 }
 
 /// What the recorder wrote, for logs and tests.
@@ -157,8 +167,11 @@ impl Recorder {
             path: path.clone(),
             source,
         };
-        if options.max_bytes.is_some() && segments::is_special(&options.path) {
-            return Err(RecordError::Rotation(options.path));
+        if let Some(kind) = segments::special(&options.path) {
+            return Err(RecordError::NotAFile {
+                path: options.path,
+                kind,
+            });
         }
         if segments::keep_previous(&options.path).map_err(io)? {
             info!(
@@ -317,21 +330,8 @@ impl Sidecar for Recorder {
         if events.is_empty() && !stop {
             // Idle steps still run timers, so each is kept, but a run of
             // them with equal time advances is one line.
-            match &mut self.idle {
-                Some((idle, step)) if *step == dt => {
-                    idle.count += 1;
-                    idle.tick = self.tick;
-                    idle.now = now;
-                }
-                _ => {
-                    self.flush_idle(core);
-                    let idle = Idle {
-                        tick: self.tick,
-                        now,
-                        count: 1,
-                    };
-                    self.idle = Some((idle, dt));
-                }
+            if let Some(ended) = coalesce(&mut self.idle, dt, self.tick, now) {
+                self.send(core, Msg::Idle(ended), 0);
             }
             return;
         }
@@ -410,14 +410,41 @@ impl Sidecar for Recorder {
     }
 }
 
-/// Creates (or truncates) a segment, readable by its owner only: it holds
-/// the Global URL and every team URL the server handed out.
+/// Creates a segment, readable by its owner only: it holds the Global URL
+/// and every team URL the server handed out. Whatever was at `path` has
+/// been moved away (kept as `FILE.previous`, or rotated), so the file must
+/// be new: `create_new` (`O_EXCL`) never follows a symlink and never opens
+/// a file someone else made, even one planted since.
 fn create(path: &Path) -> std::io::Result<File> {
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     options.open(path)
+}
+
+/// Adds an idle step (a time advance of `dt` ms, reaching `tick` at `now`)
+/// to the run of them being coalesced into one line; returns the run it
+/// had to end (another advance, or a line full at [`line::MAX_IDLE_RUN`]).
+fn coalesce(idle: &mut Option<(Idle, u64)>, dt: u64, tick: u64, now: u64) -> Option<Idle> {
+    match idle {
+        Some((run, step)) if *step == dt && run.count < line::MAX_IDLE_RUN => {
+            run.count += 1;
+            run.tick = tick;
+            run.now = now;
+            None
+        }
+        _ => idle
+            .replace((
+                Idle {
+                    tick,
+                    now,
+                    count: 1,
+                },
+                dt,
+            ))
+            .map(|(run, _)| run),
+    }
 }
 
 /// A name for this recording, unique enough to tell runs apart.
@@ -702,6 +729,25 @@ mod tests {
         }
         // Every step handed over before the overflow was replayed.
         assert_eq!(replayed.steps, ran - 1);
+    }
+
+    /// A long idle stretch is cut into lines replay accepts.
+    #[test]
+    fn an_idle_run_is_cut_at_the_most_a_line_holds() {
+        let mut idle = None;
+        assert_eq!(coalesce(&mut idle, 10, 1, 10), None);
+        assert_eq!(coalesce(&mut idle, 10, 2, 20), None);
+        // Another time advance ends the run.
+        let ended = coalesce(&mut idle, 30, 3, 50).expect("ended");
+        assert_eq!((ended.tick, ended.now, ended.count), (2, 20, 2));
+        // A full line too.
+        if let Some((run, _)) = &mut idle {
+            run.count = line::MAX_IDLE_RUN - 1;
+        }
+        assert_eq!(coalesce(&mut idle, 30, 4, 80), None);
+        let full = coalesce(&mut idle, 30, 5, 110).expect("full");
+        assert_eq!((full.tick, full.count), (4, line::MAX_IDLE_RUN));
+        assert_eq!(idle.map(|(run, _)| run.count), Some(1));
     }
 
     #[test]

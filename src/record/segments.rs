@@ -36,10 +36,20 @@ pub fn previous(base: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Whether `base` is something other than a regular file (a device, a
-/// pipe, a symlink): never renamed, so never rotated.
-pub fn is_special(base: &Path) -> bool {
-    std::fs::symlink_metadata(base).is_ok_and(|m| !m.file_type().is_file())
+/// What is at `base` when it is something other than a regular file (a
+/// symlink, a device, a pipe, a folder), which is never renamed, written
+/// or recorded to; `None` when nothing is there or a regular file is.
+pub fn special(base: &Path) -> Option<&'static str> {
+    let kind = std::fs::symlink_metadata(base).ok()?.file_type();
+    if kind.is_file() {
+        None
+    } else if kind.is_symlink() {
+        Some("a symbolic link")
+    } else if kind.is_dir() {
+        Some("a folder")
+    } else {
+        Some("a device, pipe or socket")
+    }
 }
 
 /// Makes room for a new recording at `base`: the one there (with its
@@ -48,7 +58,7 @@ pub fn is_special(base: &Path) -> bool {
 /// erase the recording of the crash. Returns whether one was kept. A
 /// `base` that is not a regular file is left alone.
 pub fn keep_previous(base: &Path) -> io::Result<bool> {
-    if is_special(base) {
+    if special(base).is_some() {
         return Ok(false);
     }
     let previous = previous(base);
@@ -183,7 +193,7 @@ mod tests {
         // A symlink (to a device, say) is never moved.
         let link = dir.path().join("link.rec");
         std::os::unix::fs::symlink(&previous, &link).expect("symlink");
-        assert!(is_special(&link));
+        assert_eq!(special(&link), Some("a symbolic link"));
         assert!(!keep_previous(&link).expect("left alone"));
         assert!(std::fs::symlink_metadata(&link).is_ok());
         assert!(!segments_moved(&link));

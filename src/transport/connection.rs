@@ -5,7 +5,8 @@
 //! waits on a write, and a write never waits on reading; nothing is locked.
 //!
 //! It reports exactly one terminal event, and before it hands over whatever
-//! it had read: when the core aborts it too.
+//! it had read: when the core aborts it too. Should the task panic, a guard
+//! ([`LastWord`]) still reports the link closed.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -232,17 +233,20 @@ impl Connection {
         Ok(())
     }
 
-    /// The earliest of the stall deadlines, if any.
+    /// The earliest of the stall deadlines, if any. A stall limit past the
+    /// clock's range (the pong timeout comes from configuration) is no
+    /// deadline, never an overflow.
     fn deadline(&self) -> Option<(Instant, &'static str)> {
         let write = self
             .write_blocked_since
-            .map(|t| (t + self.stall, CloseReason::PEER_NOT_READING));
-        let partial = self.socket.get_ref().partial_since().map(|t| {
-            (
-                Instant::from_std(t) + self.stall,
-                CloseReason::MESSAGE_INCOMPLETE,
-            )
-        });
+            .and_then(|t| t.checked_add(self.stall))
+            .map(|at| (at, CloseReason::PEER_NOT_READING));
+        let partial = self
+            .socket
+            .get_ref()
+            .partial_since()
+            .and_then(|t| Instant::from_std(t).checked_add(self.stall))
+            .map(|at| (at, CloseReason::MESSAGE_INCOMPLETE));
         match (write, partial) {
             (Some(w), Some(p)) => Some(if w.0 <= p.0 { w } else { p }),
             (w, p) => w.or(p),
@@ -305,6 +309,55 @@ impl Connection {
     }
 }
 
+/// A task's terminal event, said even if the task never gets to say it: a
+/// panic in a socket task (a bug) unwinds through this guard's `drop`,
+/// which reports the link closed (or the open failed), so the core
+/// re-requests it instead of counting a dead link as connected. A task
+/// dropped unfinished (its runtime shutting down) says so the same way.
+struct LastWord {
+    conn: ConnId,
+    events: EventSender,
+    mailbox: Arc<Mailbox>,
+    /// `Opened` went out: the terminal event is `Closed`, not `OpenFailed`.
+    opened: bool,
+    /// The task reported its own terminal event.
+    said: bool,
+}
+
+impl LastWord {
+    /// The task reported its terminal event itself.
+    fn said(mut self) {
+        self.said = true;
+    }
+}
+
+impl Drop for LastWord {
+    fn drop(&mut self) {
+        if self.said {
+            return;
+        }
+        let why = if std::thread::panicking() {
+            "the socket task panicked"
+        } else {
+            "the socket task was dropped"
+        };
+        let conn = self.conn;
+        let event = if self.opened {
+            NetEvent::Closed {
+                conn,
+                reason: CloseReason::Error(why.into()),
+            }
+        } else {
+            NetEvent::OpenFailed {
+                conn,
+                error: why.into(),
+            }
+        };
+        let _ = self.events.send_final(event);
+        self.mailbox.close();
+    }
+}
+
 /// Everything a connection task starts with.
 pub(crate) struct Task {
     pub conn: ConnId,
@@ -330,6 +383,13 @@ pub(crate) async fn run(task: Task) {
         events,
         tap,
     } = task;
+    let mut last_word = LastWord {
+        conn,
+        events: events.clone(),
+        mailbox: mailbox.clone(),
+        opened: false,
+        said: false,
+    };
     // Boxed: the handshake's state is kilobytes, and would otherwise stay
     // inline in this task for the socket's whole life.
     let dialing = Box::pin(async { dial(&url, &config).await });
@@ -343,13 +403,16 @@ pub(crate) async fn run(task: Task) {
         Err(error) => {
             let _ = events.send_final(NetEvent::OpenFailed { conn, error });
             mailbox.close();
-            return;
+            return last_word.said();
         }
     };
     if events.send_final(NetEvent::Opened { conn }).is_err() {
         mailbox.close();
-        return;
+        return last_word.said();
     }
+    last_word.opened = true;
+    #[cfg(test)]
+    tests::inject_panic(&url);
     let mut connection = Connection {
         socket,
         reader: Reader::new(conn, kind),
@@ -370,10 +433,64 @@ pub(crate) async fn run(task: Task) {
     };
     let reason = std::future::poll_fn(|cx| connection.poll_end(cx)).await;
     connection.finish(conn, reason);
+    last_word.said();
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
+    use crate::testkit::client::start;
+    use crate::testkit::server::Server;
+
+    /// A socket task opened on a URL ending so panics right after `Opened`:
+    /// the fault hook for the panic guard's test.
+    const PANIC_PATH: &str = "/panic-after-open";
+
+    pub(super) fn inject_panic(url: &str) {
+        if url.ends_with(PANIC_PATH) {
+            panic!("injected fault: a socket task panics");
+        }
+    }
+
+    /// A panicking socket task must not leave its team looking connected:
+    /// the guard reports it closed, and the core asks for it again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_socket_task_that_panics_gets_its_team_re_requested() {
+        let mut server = Server::bind().await;
+        let client = start(server.url("/global"), |_| {});
+        let mut global = server.accept().await;
+        global.send(json!({"type": "hello"}));
+        global.send(json!({"type": "team.join", "team_id": 1}));
+        global.expect("team.connect").await;
+        let url = server.url(&format!("/team/1{PANIC_PATH}"));
+        global.send(json!({"type": "team.connect", "team_id": 1, "ws_url": url}));
+        let _doomed = server.accept().await;
+        // Asked again (within the server's deadline, or `expect` fails).
+        let again = global.expect("team.connect").await;
+        assert_eq!(again["team_id"], 1);
+        let url = server.url("/team/1");
+        global.send(json!({"type": "team.connect", "team_id": 1, "ws_url": url}));
+        let team = server.accept().await;
+        team.send(json!({"type": "hello"}));
+        team.send(json!({"type": "message", "text": "after the panic"}));
+        let started = std::time::Instant::now();
+        loop {
+            global.send(json!({"type": "healthcheck"}));
+            let reply = global.expect("healthcheck").await;
+            if reply["stats"][0]["message_count"] == 1 && reply["stats"][0]["connected"] == true {
+                break;
+            }
+            assert!(
+                started.elapsed() < crate::testkit::server::DEADLINE,
+                "{reply}"
+            );
+        }
+        global.send(json!({"type": "goodbye"}));
+        let outcome = client.finish().await;
+        assert_eq!(outcome.report.teams[0].reconnects, 1);
+    }
+
     /// Per-socket memory is per-team memory: ten thousand of these stay
     /// resident. Most of it is the websocket layer's own state.
     #[test]
