@@ -2,9 +2,10 @@
 //! text), `/healthz`,
 //! `/readyz`, `/fleet` and `/teams` (JSON), `/teams/{id}`, and a live
 //! status page at `/`. Served by axum on the tokio runtime the sockets
-//! already use; it reads what the [`Telemetry`] sidecar publishes and asks
-//! the driver for the rest (see [`view`]).
+//! already use, from what the [`Telemetry`] sidecar publishes (see
+//! [`view`]): no answer is made on the core's thread.
 
+pub mod book;
 mod metrics;
 pub mod view;
 
@@ -18,10 +19,10 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
-use tokio::sync::oneshot;
 
+use crate::core::snapshot::TeamSnapshot;
 use crate::protocol::TeamId;
-use view::{Request, Shared};
+use view::Shared;
 pub use view::{Telemetry, View};
 
 /// How long a handler waits for the driver to answer.
@@ -33,6 +34,8 @@ const STATUS_PAGE: &str = include_str!("status.html");
 struct AppState {
     shared: Arc<Shared>,
     registry: prometheus_client::registry::Registry,
+    /// `/teams` rendered once per published version, for every poller.
+    teams_json: tokio::sync::Mutex<(u64, bytes::Bytes)>,
 }
 
 /// A running HTTP server.
@@ -52,6 +55,7 @@ impl HttpServer {
         let state = Arc::new(AppState {
             registry: metrics::registry(&shared),
             shared: shared.clone(),
+            teams_json: tokio::sync::Mutex::new((0, bytes::Bytes::from_static(b"[]"))),
         });
         let router = Router::new()
             .route("/", get(status_page))
@@ -103,13 +107,6 @@ fn answer(status: StatusCode, body: serde_json::Value) -> Response {
     (status, Json(body)).into_response()
 }
 
-/// Asks the driver and waits, bounded, for its answer.
-async fn ask<T>(shared: &Shared, make: impl FnOnce(oneshot::Sender<T>) -> Request) -> Option<T> {
-    let (tx, rx) = oneshot::channel();
-    shared.ask(make(tx))?;
-    tokio::time::timeout(ANSWER_WITHIN, rx).await.ok()?.ok()
-}
-
 async fn status_page() -> Html<&'static str> {
     Html(STATUS_PAGE)
 }
@@ -137,7 +134,7 @@ async fn metrics_text(
 /// The driver loop is alive: it answered a wake-up within the deadline.
 /// (A tick is no proof: the driver sleeps when nothing is due.)
 async fn healthz(State(state): State<Arc<AppState>>) -> Response {
-    match ask(&state.shared, Request::Alive).await {
+    match state.shared.driver_alive(ANSWER_WITHIN).await {
         Some(wakes) => answer(StatusCode::OK, json!({"ok": true, "driver_wakes": wakes})),
         None => answer(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -185,26 +182,40 @@ async fn fleet(State(state): State<Arc<AppState>>) -> Json<Arc<View>> {
     Json(state.shared.view())
 }
 
+/// Every team, one line each, by id: rendered once per publication
+/// whoever asks, on an I/O thread.
 async fn teams(State(state): State<Arc<AppState>>) -> Response {
-    match ask(&state.shared, Request::Teams).await {
-        Some(lines) => Json(lines).into_response(),
+    let pages = state.shared.pages();
+    let mut cached = state.teams_json.lock().await;
+    if cached.0 != pages.version {
+        match serde_json::to_vec(&pages.lines()) {
+            Ok(json) => *cached = (pages.version, json.into()),
+            Err(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        }
+    }
+    let json = cached.1.clone();
+    drop(cached);
+    ([(header::CONTENT_TYPE, "application/json")], json).into_response()
+}
+
+/// One team with its history, as last published.
+async fn team(State(state): State<Arc<AppState>>, Path(id): Path<u64>) -> Response {
+    match state.shared.pages().team(TeamId(id)) {
+        Some(team) => Json(redacted(&team)).into_response(),
         None => answer(
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({"why": "the driver did not answer in time"}),
+            StatusCode::NOT_FOUND,
+            json!({"why": format!("team {id} never joined")}),
         ),
     }
 }
 
-async fn team(State(state): State<Arc<AppState>>, Path(id): Path<u64>) -> Response {
-    match ask(&state.shared, |tx| Request::Team(TeamId(id), tx)).await {
-        Some(Some(team)) => Json(team).into_response(),
-        Some(None) => answer(
-            StatusCode::NOT_FOUND,
-            json!({"why": format!("team {id} never joined")}),
-        ),
-        None => answer(
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({"why": "the driver did not answer in time"}),
-        ),
+/// A team view with every URL in it masked: its errors may quote a refused
+/// `ws_url` with its token, and this is served without authentication.
+fn redacted(team: &TeamSnapshot) -> TeamSnapshot {
+    let mut team = team.clone();
+    let texts = team.health.last_error.iter_mut();
+    for text in texts.chain(team.history.0.iter_mut().filter_map(|e| e.reason.as_mut())) {
+        *text = crate::redact::text(text);
     }
+    team
 }
