@@ -6,7 +6,9 @@
 //! [`view`]): no answer is made on the core's thread.
 
 pub mod book;
+pub mod host;
 mod metrics;
+pub mod serve;
 pub mod view;
 
 use std::net::SocketAddr;
@@ -22,6 +24,7 @@ use serde_json::json;
 
 use crate::core::snapshot::TeamSnapshot;
 use crate::protocol::TeamId;
+pub use serve::{ConnStats, Limits};
 use view::Shared;
 pub use view::{Telemetry, View};
 
@@ -38,17 +41,33 @@ struct AppState {
     teams_json: tokio::sync::Mutex<(u64, bytes::Bytes)>,
 }
 
+/// How a server bounds its connections and which names it answers to.
+#[derive(Clone, Debug, Default)]
+pub struct HttpOptions {
+    /// Connection cap and timeouts.
+    pub limits: Limits,
+    /// Names allowed in `Host` besides this machine's own (see [`host`]).
+    pub allow_hosts: Vec<String>,
+}
+
 /// A running HTTP server.
 pub struct HttpServer {
     addr: SocketAddr,
     shared: Arc<Shared>,
+    slots: Arc<serve::Slots>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl HttpServer {
+    /// Binds `addr` and serves on the current tokio runtime with the
+    /// default [`HttpOptions`].
+    pub async fn start(addr: SocketAddr) -> std::io::Result<HttpServer> {
+        HttpServer::start_with(addr, HttpOptions::default()).await
+    }
+
     /// Binds `addr` and serves on the current tokio runtime. Give
     /// [`HttpServer::telemetry`] to the run as a sidecar.
-    pub async fn start(addr: SocketAddr) -> std::io::Result<HttpServer> {
+    pub async fn start_with(addr: SocketAddr, options: HttpOptions) -> std::io::Result<HttpServer> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let shared = Shared::new();
@@ -66,12 +85,26 @@ impl HttpServer {
             .route("/teams", get(teams))
             .route("/teams/{id}", get(team))
             .with_state(state);
-        let task = tokio::spawn(async move {
-            if let Err(error) = axum::serve(listener, router).await {
-                tracing::warn!(%error, "HTTP server stopped");
-            }
-        });
-        Ok(HttpServer { addr, shared, task })
+        let slots = Arc::new(serve::Slots::default());
+        let hosts = Arc::new(host::Hosts::new(&options.allow_hosts));
+        let task = tokio::spawn(serve::accept_loop(
+            listener,
+            router,
+            options.limits,
+            hosts,
+            slots.clone(),
+        ));
+        Ok(HttpServer {
+            addr,
+            shared,
+            slots,
+            task,
+        })
+    }
+
+    /// Its connections now and over its life.
+    pub fn connections(&self) -> ConnStats {
+        self.slots.stats()
     }
 
     /// Where it listens.
