@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use switchboard::TeamId;
-use switchboard::http::HttpServer;
+use switchboard::http::{ConnStats, HttpOptions, HttpServer, Limits};
 use switchboard::runtime::{self, StopHandle};
 use switchboard::testkit::client::config;
 use switchboard::testkit::server::{Conn, DEADLINE, Server};
@@ -498,4 +498,246 @@ async fn measure_the_core_under_http_load() {
     stop.stop();
     let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     drop((server, http));
+}
+
+// ---------------------------------------------------------------------------
+// What a peer can hold: slow heads, idle connections, the connection cap.
+
+/// An HTTP server with `limits` and `allow_hosts`.
+async fn server_with(limits: Limits, allow_hosts: &[&str]) -> HttpServer {
+    let options = HttpOptions {
+        limits,
+        allow_hosts: allow_hosts.iter().map(|h| (*h).to_owned()).collect(),
+    };
+    HttpServer::start_with("127.0.0.1:0".parse().expect("addr"), options)
+        .await
+        .expect("binds")
+}
+
+/// A connection that sent half a request head and nothing more.
+async fn slow_head(addr: SocketAddr) -> tokio::net::TcpStream {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nX-Slow: ").as_bytes())
+        .await
+        .expect("write");
+    stream
+}
+
+/// Reads until the server closes; what it sent. Panics if it never closes.
+async fn until_closed(stream: &mut tokio::net::TcpStream) -> String {
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(DEADLINE, stream.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "the server never closed the connection");
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// The server's connections once `done` holds for them.
+async fn connections_until(http: &HttpServer, done: impl Fn(ConnStats) -> bool) -> ConnStats {
+    let started = Instant::now();
+    loop {
+        let now = http.connections();
+        if done(now) {
+            return now;
+        }
+        assert!(started.elapsed() < DEADLINE, "never: {now:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heads_that_never_finish_and_idle_connections_are_closed_after_the_header_timeout() {
+    let limits = Limits {
+        header_timeout: Duration::from_millis(300),
+        ..Limits::default()
+    };
+    let http = server_with(limits, &[]).await;
+    let addr = http.addr();
+    let mut slow = Vec::new();
+    for _ in 0..20 {
+        slow.push(slow_head(addr).await);
+    }
+    // Kept alive after an answer, then silent.
+    let mut idle =
+        tokio::io::BufReader::new(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+    let (status, _) = get_kept_alive(&mut idle, addr, "/fleet")
+        .await
+        .expect("answered");
+    assert_eq!(status, 200);
+    for stream in &mut slow {
+        until_closed(stream).await;
+    }
+    until_closed(idle.get_mut()).await;
+    connections_until(&http, |c| c.open == 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_cap_the_oldest_waiting_connection_makes_room_and_healthz_answers() {
+    let limits = Limits {
+        max_connections: 4,
+        ..Limits::default()
+    };
+    let http = server_with(limits, &[]).await;
+    let addr = http.addr();
+    let mut server = Server::bind().await;
+    let (stop, thread) = run_with_http(server.url("/global"), &http);
+    let global = server.accept().await;
+    let mut slow = Vec::new();
+    for _ in 0..4 {
+        slow.push(slow_head(addr).await);
+        let opened = slow.len();
+        connections_until(&http, |c| c.open == opened).await;
+    }
+    let (status, body) = get(addr, "/healthz").await;
+    assert_eq!(status, 200, "{body}");
+    // The oldest slow head made room; the others are still open.
+    until_closed(&mut slow[0]).await;
+    let now = connections_until(&http, |c| c.open == 3).await;
+    assert_eq!(now.evicted, 1, "{now:?}");
+    stop.stop();
+    tokio::task::spawn_blocking(move || thread.join())
+        .await
+        .expect("join")
+        .expect("no panic");
+    drop(global);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_cap_with_every_connection_being_answered_a_new_one_is_refused() {
+    use switchboard::runtime::Sidecar;
+    use switchboard::testkit::Peer;
+    let limits = Limits {
+        max_connections: 4,
+        ..Limits::default()
+    };
+    let http = server_with(limits, &[]).await;
+    let addr = http.addr();
+    // A driver that never wakes: each /healthz waits for it, busy.
+    let mut peer = Peer::new(7);
+    let mut telemetry = http.telemetry();
+    let wake = peer.core.doorbell().waker();
+    telemetry.start(&mut peer.core, &wake);
+    let waiting: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(async move { get(addr, "/healthz").await }))
+        .collect();
+    connections_until(&http, |c| c.busy == 4).await;
+    let mut refused = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET /fleet HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    // The server may close before the write lands.
+    let _ = refused.write_all(request.as_bytes()).await;
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(DEADLINE, refused.read_to_end(&mut got)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "refused, not answered: {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    assert_eq!(http.connections().refused, 1);
+    for waiting in waiting {
+        let (status, _) = waiting.await.expect("answered");
+        assert_eq!(status, 503);
+    }
+    drop(peer);
+}
+
+// ---------------------------------------------------------------------------
+// What a web page or a stranger can read.
+
+/// One GET with a chosen `Host`; the status and body.
+async fn get_as(addr: SocketAddr, host: &str, path: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let response = until_closed(&mut stream).await;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, body.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_this_machines_names_and_allowed_hosts_are_answered() {
+    let http = server_with(Limits::default(), &["status.example"]).await;
+    let addr = http.addr();
+    let port = addr.port();
+    for host in [
+        format!("localhost:{port}"),
+        format!("127.0.0.1:{port}"),
+        "status.example".to_owned(),
+    ] {
+        let (status, body) = get_as(addr, &host, "/fleet").await;
+        assert_eq!(status, 200, "{host}: {body}");
+    }
+    // A DNS-rebinding page: its own name, pointed at 127.0.0.1.
+    for host in [format!("rebound.example:{port}"), "localhost:1".to_owned()] {
+        let (status, body) = get_as(addr, &host, "/teams/1").await;
+        assert_eq!(status, 421, "{host}: {body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_team_view_never_shows_the_credentials_of_a_refused_url() {
+    use switchboard::bridge::NetEvent;
+    use switchboard::protocol::GlobalServerEvent;
+    use switchboard::runtime::{Sidecar, Step};
+    use switchboard::testkit::Peer;
+    let http = server_with(Limits::default(), &[]).await;
+    let addr = http.addr();
+    let secret_url = "ws://bot:hunter2@127.0.0.1:9/team?token=s3cret";
+    let mut peer = Peer::new(7);
+    peer.open_global();
+    peer.join(TeamId(5));
+    peer.global_says(GlobalServerEvent::TeamConnect {
+        team_id: TeamId(5),
+        ws_url: secret_url.to_owned(),
+    });
+    peer.step();
+    let conn = peer.team_conn(TeamId(5));
+    peer.push(NetEvent::OpenFailed {
+        conn,
+        error: format!("connect {secret_url}: connection refused"),
+    });
+    peer.step();
+    let mut telemetry = http.telemetry();
+    let wake = peer.core.doorbell().waker();
+    telemetry.start(&mut peer.core, &wake);
+    let step = Step {
+        at: Instant::now(),
+        took: Duration::ZERO,
+        team_events: &[],
+    };
+    telemetry.after_step(&mut peer.core, &step);
+    let (status, body) = get(addr, "/teams/5").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("127.0.0.1:9"),
+        "the error is still told: {body}"
+    );
+    for secret in ["hunter2", "s3cret"] {
+        assert!(!body.contains(secret), "{secret} served: {body}");
+    }
+}
+
+#[test]
+fn http_on_a_non_loopback_address_is_refused_unless_asked_for() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args([
+            "connect",
+            "ws://127.0.0.1:9/global",
+            "--state",
+            "none",
+            "--give-up-after",
+            "1s",
+            "--http",
+            "0.0.0.0:0",
+        ])
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("--http-public"), "{stderr}");
 }
