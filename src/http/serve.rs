@@ -155,15 +155,15 @@ pub(crate) async fn accept_loop(
     slots: Arc<Slots>,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let mut warned: Option<Instant> = None;
-    let mut told = ConnStats::default();
+    let mut accept_warned: Option<Instant> = None;
+    let mut cap = CapWarning::default();
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(error) => {
-                if warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
+                if accept_warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
                     tracing::warn!(%error, "HTTP: cannot accept a connection");
-                    warned = Some(Instant::now());
+                    accept_warned = Some(Instant::now());
                 }
                 tokio::time::sleep(ACCEPT_PAUSE).await;
                 continue;
@@ -179,40 +179,61 @@ pub(crate) async fn accept_loop(
             }
             Err(_) => None,
         };
-        let Some(permit) = permit else {
-            slots.refused.fetch_add(1, Ordering::Relaxed);
-            drop(stream);
-            continue;
-        };
-        let now = slots.stats();
-        if (now.evicted, now.refused) != (told.evicted, told.refused)
-            && warned.is_none_or(|at| at.elapsed() >= WARN_EVERY)
-        {
+        match permit {
+            Some(permit) => {
+                let slot = slots.add();
+                let (router, hosts, slots) = (router.clone(), hosts.clone(), slots.clone());
+                tokio::spawn(serve(stream, slot, router, limits, hosts, slots, permit));
+            }
+            None => {
+                slots.refused.fetch_add(1, Ordering::Relaxed);
+                drop(stream);
+            }
+        }
+        cap.maybe_warn(&slots, limits.max_connections);
+    }
+}
+
+/// Warns about the cap at most every [`WARN_EVERY`], with the counts since
+/// the last warning.
+#[derive(Default)]
+struct CapWarning {
+    at: Option<Instant>,
+    evicted: u64,
+    refused: u64,
+}
+
+impl CapWarning {
+    fn maybe_warn(&mut self, slots: &Slots, max_connections: usize) {
+        let evicted = slots.evicted.load(Ordering::Relaxed);
+        let refused = slots.refused.load(Ordering::Relaxed);
+        let news = (evicted, refused) != (self.evicted, self.refused);
+        if news && self.at.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
             tracing::warn!(
-                max_connections = limits.max_connections,
-                closed_to_make_room = now.evicted - told.evicted,
-                refused = now.refused - told.refused,
+                max_connections,
+                closed_to_make_room = evicted - self.evicted,
+                refused = refused - self.refused,
                 "HTTP: connection cap reached"
             );
-            told = now;
-            warned = Some(Instant::now());
+            *self = CapWarning {
+                at: Some(Instant::now()),
+                evicted,
+                refused,
+            };
         }
-        let service = router.clone();
-        let (hosts, slots) = (hosts.clone(), slots.clone());
-        tokio::spawn(serve(stream, service, limits, hosts, slots, permit));
     }
 }
 
 /// Serves one connection until it ends, times out or is told to make room.
 async fn serve(
     stream: TcpStream,
+    (id, busy, evicted): (u64, Arc<AtomicUsize>, oneshot::Receiver<()>),
     router: Router,
     limits: Limits,
     hosts: Arc<Hosts>,
     slots: Arc<Slots>,
     permit: OwnedSemaphorePermit,
 ) {
-    let (id, busy, evicted) = slots.add();
     let local = stream.local_addr().ok();
     let moved = Arc::new(AtomicU64::new(0));
     let epoch = Instant::now();
