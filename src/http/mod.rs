@@ -1,9 +1,10 @@
 //! Operating switchboard over HTTP: `/metrics` (Prometheus or OpenMetrics
 //! text), `/healthz`,
 //! `/readyz`, `/fleet` and `/teams` (JSON), `/teams/{id}`, and a live
-//! status page at `/`. Served by axum on the tokio runtime the sockets
-//! already use, from what the [`Telemetry`] sidecar publishes (see
-//! [`view`]): no answer is made on the core's thread.
+//! status page at `/`. Routed by axum and served by hyper on the tokio
+//! runtime the sockets already use, within the bounds of [`serve`] and to
+//! the names of [`host`], from what the [`Telemetry`] sidecar publishes
+//! (see [`view`]): no answer is made on the core's thread.
 
 pub mod book;
 pub mod host;
