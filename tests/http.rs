@@ -3,10 +3,13 @@
 //! the Global link down and back up.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use switchboard::http::HttpServer;
+use switchboard::TeamId;
+use switchboard::http::{ConnStats, HttpOptions, HttpServer, Limits};
 use switchboard::runtime::{self, StopHandle};
 use switchboard::testkit::client::config;
 use switchboard::testkit::server::{Conn, DEADLINE, Server};
@@ -15,7 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// One HTTP/1.1 GET; the status and the body.
 async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.expect("write");
     let mut response = Vec::new();
     tokio::time::timeout(DEADLINE, stream.read_to_end(&mut response))
@@ -189,12 +192,10 @@ async fn metrics_pass_promtool_and_openmetrics_is_served_on_request() {
     switchboard::testkit::promtool::assert_promtool_accepts(&metrics);
     // A scraper that asks for OpenMetrics gets it.
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    stream
-        .write_all(
-            b"GET /metrics HTTP/1.1\r\nHost: t\r\nAccept: application/openmetrics-text\r\nConnection: close\r\n\r\n",
-        )
-        .await
-        .expect("write");
+    let request = format!(
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nAccept: application/openmetrics-text\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.expect("write");
     let mut response = String::new();
     stream.read_to_string(&mut response).await.expect("read");
     assert!(
@@ -211,4 +212,532 @@ async fn metrics_pass_promtool_and_openmetrics_is_served_on_request() {
         .expect("join")
         .expect("no panic");
     drop(global);
+}
+
+// ---------------------------------------------------------------------------
+// The core under HTTP load.
+
+/// One GET on a kept-alive connection; the status and the body's length.
+async fn get_kept_alive(
+    stream: &mut tokio::io::BufReader<tokio::net::TcpStream>,
+    addr: SocketAddr,
+    path: &str,
+) -> std::io::Result<(u16, usize)> {
+    use tokio::io::AsyncBufReadExt;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    stream.get_mut().write_all(request.as_bytes()).await?;
+    let mut line = String::new();
+    stream.read_line(&mut line).await?;
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no status in {line:?}")))?;
+    let mut length = 0usize;
+    loop {
+        line.clear();
+        if stream.read_line(&mut line).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        if line == "\r\n" {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            length = value.trim().parse().unwrap_or(0);
+        }
+    }
+    let mut body = vec![0; length];
+    stream.read_exact(&mut body).await?;
+    Ok((status, length))
+}
+
+/// What the driver did, seen from a sidecar after each step.
+#[derive(Clone, Copy, Debug, Default)]
+struct Pulse {
+    steps: u64,
+    pongs: u64,
+    rtt_sum_ms: u64,
+    open: u64,
+}
+
+/// Load: `clients` keep-alive clients GET `/teams` in a loop until
+/// `halt`, counting the answers in `served`.
+fn hammer(
+    addr: SocketAddr,
+    clients: usize,
+    halt: Arc<AtomicBool>,
+    served: Arc<AtomicU64>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..clients)
+        .map(|_| {
+            let (halt, served) = (halt.clone(), served.clone());
+            tokio::spawn(async move {
+                let Ok(stream) = tokio::net::TcpStream::connect(addr).await else {
+                    return;
+                };
+                let mut stream = tokio::io::BufReader::new(stream);
+                while !halt.load(Ordering::Relaxed) {
+                    match get_kept_alive(&mut stream, addr, "/teams").await {
+                        Ok((200, _)) => {
+                            served.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(_) => {}
+                        Err(_) => break,
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+/// A simulator streaming to `teams` teams, the client pinging every
+/// `ping` with the HTTP server's telemetry, and the driver's pulse.
+async fn fleet_under_watch(
+    teams: u64,
+    ping: Duration,
+) -> (
+    switchboard::sim::SimServer,
+    HttpServer,
+    Arc<Mutex<Pulse>>,
+    StopHandle,
+    std::thread::JoinHandle<()>,
+) {
+    use switchboard::sim::{Chaos, Scenario, Schedule, SimConfig, SimServer};
+    let server = SimServer::start(SimConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        scenario: Scenario {
+            teams,
+            run_for: Some(Duration::from_secs(3600)),
+            max_duration: Duration::from_secs(7200),
+            rate: 1.0,
+            leave_fraction: 0.0,
+            healthcheck_every: Duration::from_secs(1),
+            ..Scenario::default()
+        },
+        chaos: Chaos::none(),
+        schedule: Schedule::none(),
+        seed: 3,
+    })
+    .await
+    .expect("simulator binds");
+    let http = HttpServer::start("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("binds");
+    let pulse = Arc::new(Mutex::new(Pulse::default()));
+    let stop = StopHandle::new();
+    let mut telemetry = http.telemetry();
+    let handle = tokio::runtime::Handle::current();
+    let mut config = config(server.global_url());
+    config.core.tick = Duration::from_millis(10);
+    config.core.ping_interval = ping;
+    config.core.pong_timeout = Duration::from_secs(30);
+    let thread = {
+        let stop = stop.clone();
+        let pulse = pulse.clone();
+        std::thread::spawn(move || {
+            let mut watch = move |core: &switchboard::Core| {
+                let rtt = &core.stats().rtt;
+                if let Ok(mut p) = pulse.lock() {
+                    *p = Pulse {
+                        steps: core.steps(),
+                        pongs: rtt.count(),
+                        rtt_sum_ms: rtt.sum_ms,
+                        open: core.fleet().in_state("open"),
+                    };
+                }
+            };
+            let _ = runtime::run(&config, handle, &stop, &mut [&mut telemetry, &mut watch]);
+        })
+    };
+    let started = Instant::now();
+    while pulse.lock().expect("pulse").open < teams {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "teams never all connected"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (server, http, pulse, stop, thread)
+}
+
+/// While 32 keep-alive clients poll `/teams` as fast as they are answered,
+/// the core keeps stepping and its pings keep being answered: HTTP puts no
+/// work on its thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_core_keeps_stepping_and_answering_pongs_while_clients_hammer_teams() {
+    let teams = 300;
+    let (server, http, pulse, stop, thread) =
+        fleet_under_watch(teams, Duration::from_millis(200)).await;
+    let halt = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicU64::new(0));
+    let clients = hammer(http.addr(), 32, halt.clone(), served.clone());
+    let started = Instant::now();
+    while served.load(Ordering::Relaxed) < 64 {
+        assert!(started.elapsed() < DEADLINE, "/teams never answered");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // From here on, under load.
+    let before = *pulse.lock().expect("pulse");
+    let loaded = served.load(Ordering::Relaxed);
+    loop {
+        let now = *pulse.lock().expect("pulse");
+        if now.steps > before.steps + 100
+            && now.pongs >= before.pongs + teams
+            && served.load(Ordering::Relaxed) > loaded + 64
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "under load the core stalled: {before:?} then {now:?}, {} answers",
+            served.load(Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    halt.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.await.expect("client");
+    }
+    stop.stop();
+    tokio::task::spawn_blocking(move || thread.join())
+        .await
+        .expect("join")
+        .expect("no panic");
+    drop((server, http));
+}
+
+/// Every answer comes from what was published: with the driver stalled
+/// (the sidecar published once, then nothing calls it again), `/teams`,
+/// `/teams/{id}` and `/fleet` answer at once with what it published, and
+/// `/healthz` says the driver does not answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn teams_are_served_from_the_published_view_while_the_driver_is_stalled() {
+    use switchboard::runtime::{Sidecar, Step};
+    use switchboard::testkit::Peer;
+    let http = HttpServer::start("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("binds");
+    let addr = http.addr();
+    let mut peer = Peer::new(7);
+    peer.open_global();
+    peer.join(TeamId(1));
+    peer.connect_team(TeamId(1));
+    peer.message(TeamId(1), "props to you");
+    peer.step();
+    let mut telemetry = http.telemetry();
+    let wake = peer.core.doorbell().waker();
+    telemetry.start(&mut peer.core, &wake);
+    let step = Step {
+        at: Instant::now(),
+        took: Duration::ZERO,
+        team_events: &[],
+    };
+    telemetry.after_step(&mut peer.core, &step);
+    // The driver stalls here: nothing calls the sidecar again.
+
+    let (status, body) = get(addr, "/teams").await;
+    assert_eq!(status, 200, "{body}");
+    let teams: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(teams[0]["id"], 1, "{body}");
+    assert_eq!(teams[0]["messages"], 1, "{body}");
+    let (status, body) = get(addr, "/teams/1").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = get(addr, "/teams/2").await;
+    assert_eq!(status, 404);
+    let (status, body) = get(addr, "/fleet").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = get(addr, "/healthz").await;
+    assert_eq!(status, 503, "{body}");
+    drop(peer);
+}
+
+/// Measures the core's step rate and pong round trip at 2,000 teams, quiet
+/// and with 32 keep-alive clients polling `/teams` (`TEAMS`, `SECS`,
+/// `PING_MS` to change): `cargo test --test http -- --ignored --nocapture measure`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: prints numbers, asserts nothing about them"]
+async fn measure_the_core_under_http_load() {
+    let env = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let teams = env("TEAMS", 2000);
+    let secs = env("SECS", 20);
+    let ping = Duration::from_millis(env("PING_MS", 5000));
+    let (server, http, pulse, stop, thread) = fleet_under_watch(teams, ping).await;
+    let window = Duration::from_secs(secs);
+    let sample = || *pulse.lock().expect("pulse");
+    let report = |what: &str, a: Pulse, b: Pulse, served: u64| {
+        let pongs = b.pongs - a.pongs;
+        println!(
+            "{what}: {teams} teams, {secs}s: {} steps ({:.1}/s), {pongs} pongs, mean pong rtt {:.1} ms, /teams answered {served}",
+            b.steps - a.steps,
+            (b.steps - a.steps) as f64 / secs as f64,
+            (b.rtt_sum_ms - a.rtt_sum_ms) as f64 / pongs.max(1) as f64,
+        );
+    };
+    let a = sample();
+    tokio::time::sleep(window).await;
+    let b = sample();
+    report("quiet", a, b, 0);
+    let halt = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicU64::new(0));
+    let clients = hammer(http.addr(), 32, halt.clone(), served.clone());
+    let a = sample();
+    tokio::time::sleep(window).await;
+    let b = sample();
+    halt.store(true, Ordering::Relaxed);
+    for client in clients {
+        let _ = client.await;
+    }
+    report("32 clients on /teams", a, b, served.load(Ordering::Relaxed));
+    stop.stop();
+    let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    drop((server, http));
+}
+
+// ---------------------------------------------------------------------------
+// What a peer can hold: slow heads, idle connections, the connection cap.
+
+/// An HTTP server with `limits` and `allow_hosts`.
+async fn server_with(limits: Limits, allow_hosts: &[&str]) -> HttpServer {
+    let options = HttpOptions {
+        limits,
+        allow_hosts: allow_hosts.iter().map(|h| (*h).to_owned()).collect(),
+    };
+    HttpServer::start_with("127.0.0.1:0".parse().expect("addr"), options)
+        .await
+        .expect("binds")
+}
+
+/// A connection that sent half a request head and nothing more.
+async fn slow_head(addr: SocketAddr) -> tokio::net::TcpStream {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nX-Slow: ").as_bytes())
+        .await
+        .expect("write");
+    stream
+}
+
+/// Reads until the server closes; what it sent. Panics if it never closes.
+async fn until_closed(stream: &mut tokio::net::TcpStream) -> String {
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(DEADLINE, stream.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "the server never closed the connection");
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// The server's connections once `done` holds for them.
+async fn connections_until(http: &HttpServer, done: impl Fn(ConnStats) -> bool) -> ConnStats {
+    let started = Instant::now();
+    loop {
+        let now = http.connections();
+        if done(now) {
+            return now;
+        }
+        assert!(started.elapsed() < DEADLINE, "never: {now:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heads_that_never_finish_and_idle_connections_are_closed_after_the_header_timeout() {
+    let limits = Limits {
+        header_timeout: Duration::from_millis(300),
+        ..Limits::default()
+    };
+    let http = server_with(limits, &[]).await;
+    let addr = http.addr();
+    let mut slow = Vec::new();
+    for _ in 0..20 {
+        slow.push(slow_head(addr).await);
+    }
+    // Kept alive after an answer, then silent.
+    let mut idle =
+        tokio::io::BufReader::new(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+    let (status, _) = get_kept_alive(&mut idle, addr, "/fleet")
+        .await
+        .expect("answered");
+    assert_eq!(status, 200);
+    for stream in &mut slow {
+        until_closed(stream).await;
+    }
+    until_closed(idle.get_mut()).await;
+    connections_until(&http, |c| c.open == 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_cap_the_oldest_waiting_connection_makes_room_and_healthz_answers() {
+    let limits = Limits {
+        max_connections: 4,
+        ..Limits::default()
+    };
+    let http = server_with(limits, &[]).await;
+    let addr = http.addr();
+    let mut server = Server::bind().await;
+    let (stop, thread) = run_with_http(server.url("/global"), &http);
+    let global = server.accept().await;
+    let mut slow = Vec::new();
+    for _ in 0..4 {
+        slow.push(slow_head(addr).await);
+        let opened = slow.len();
+        connections_until(&http, |c| c.open == opened).await;
+    }
+    let (status, body) = get(addr, "/healthz").await;
+    assert_eq!(status, 200, "{body}");
+    // The oldest slow head made room; the others are still open.
+    until_closed(&mut slow[0]).await;
+    let now = connections_until(&http, |c| c.open == 3).await;
+    assert_eq!(now.evicted, 1, "{now:?}");
+    stop.stop();
+    tokio::task::spawn_blocking(move || thread.join())
+        .await
+        .expect("join")
+        .expect("no panic");
+    drop(global);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_cap_with_every_connection_being_answered_a_new_one_is_refused() {
+    use switchboard::runtime::Sidecar;
+    use switchboard::testkit::Peer;
+    let limits = Limits {
+        max_connections: 4,
+        ..Limits::default()
+    };
+    let http = server_with(limits, &[]).await;
+    let addr = http.addr();
+    // A driver that never wakes: each /healthz waits for it, busy.
+    let mut peer = Peer::new(7);
+    let mut telemetry = http.telemetry();
+    let wake = peer.core.doorbell().waker();
+    telemetry.start(&mut peer.core, &wake);
+    let waiting: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(async move { get(addr, "/healthz").await }))
+        .collect();
+    connections_until(&http, |c| c.busy == 4).await;
+    let mut refused = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET /fleet HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    // The server may close before the write lands.
+    let _ = refused.write_all(request.as_bytes()).await;
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(DEADLINE, refused.read_to_end(&mut got)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "refused, not answered: {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    assert_eq!(http.connections().refused, 1);
+    for waiting in waiting {
+        let (status, _) = waiting.await.expect("answered");
+        assert_eq!(status, 503);
+    }
+    drop(peer);
+}
+
+// ---------------------------------------------------------------------------
+// What a web page or a stranger can read.
+
+/// One GET with a chosen `Host`; the status and body.
+async fn get_as(addr: SocketAddr, host: &str, path: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let response = until_closed(&mut stream).await;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, body.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_this_machines_names_and_allowed_hosts_are_answered() {
+    let http = server_with(Limits::default(), &["status.example"]).await;
+    let addr = http.addr();
+    let port = addr.port();
+    for host in [
+        format!("localhost:{port}"),
+        format!("127.0.0.1:{port}"),
+        "status.example".to_owned(),
+    ] {
+        let (status, body) = get_as(addr, &host, "/fleet").await;
+        assert_eq!(status, 200, "{host}: {body}");
+    }
+    // A DNS-rebinding page: its own name, pointed at 127.0.0.1.
+    for host in [format!("rebound.example:{port}"), "localhost:1".to_owned()] {
+        let (status, body) = get_as(addr, &host, "/teams/1").await;
+        assert_eq!(status, 421, "{host}: {body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_team_view_never_shows_the_credentials_of_a_refused_url() {
+    use switchboard::bridge::NetEvent;
+    use switchboard::protocol::GlobalServerEvent;
+    use switchboard::runtime::{Sidecar, Step};
+    use switchboard::testkit::Peer;
+    let http = server_with(Limits::default(), &[]).await;
+    let addr = http.addr();
+    let secret_url = "ws://bot:hunter2@127.0.0.1:9/team?token=s3cret";
+    let mut peer = Peer::new(7);
+    peer.open_global();
+    peer.join(TeamId(5));
+    peer.global_says(GlobalServerEvent::TeamConnect {
+        team_id: TeamId(5),
+        ws_url: secret_url.to_owned(),
+    });
+    peer.step();
+    let conn = peer.team_conn(TeamId(5));
+    peer.push(NetEvent::OpenFailed {
+        conn,
+        error: format!("connect {secret_url}: connection refused"),
+    });
+    peer.step();
+    let mut telemetry = http.telemetry();
+    let wake = peer.core.doorbell().waker();
+    telemetry.start(&mut peer.core, &wake);
+    let step = Step {
+        at: Instant::now(),
+        took: Duration::ZERO,
+        team_events: &[],
+    };
+    telemetry.after_step(&mut peer.core, &step);
+    let (status, body) = get(addr, "/teams/5").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("127.0.0.1:9"),
+        "the error is still told: {body}"
+    );
+    for secret in ["hunter2", "s3cret"] {
+        assert!(!body.contains(secret), "{secret} served: {body}");
+    }
+}
+
+#[test]
+fn http_on_a_non_loopback_address_is_refused_unless_asked_for() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args([
+            "connect",
+            "ws://127.0.0.1:9/global",
+            "--state",
+            "none",
+            "--give-up-after",
+            "1s",
+            "--http",
+            "0.0.0.0:0",
+        ])
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("--http-public"), "{stderr}");
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use switchboard::Config;
-use switchboard::http::HttpServer;
+use switchboard::http::{HttpOptions, HttpServer, Limits};
 use switchboard::persistence::Persistence;
 use switchboard::record::{RecordOptions, Recorder};
 use switchboard::report::Report;
@@ -126,6 +126,21 @@ pub struct ClientArgs {
     /// demo: 127.0.0.1 on a free port].
     #[arg(long, env = "SWITCHBOARD_HTTP")]
     http: Option<String>,
+    /// Serve HTTP on an address other machines can reach (it has no
+    /// authentication); without it, a non-loopback --http is refused.
+    #[arg(long, env = "SWITCHBOARD_HTTP_PUBLIC")]
+    http_public: bool,
+    /// Also answer HTTP requests whose Host is this name (`name` or
+    /// `name:port`); repeatable. Default: localhost, loopback addresses
+    /// and the address a request came in on; others get 421.
+    #[arg(long = "http-allow-host", value_name = "HOST")]
+    http_allow_hosts: Vec<String>,
+    /// Most HTTP connections at once, never more than 1/8 of the open-files
+    /// limit (the rest is the team sockets'). Beyond it, the oldest
+    /// connection waiting for a request is closed to make room.
+    #[arg(long, env = "SWITCHBOARD_HTTP_MAX_CONNECTIONS",
+          default_value_t = Limits::default().max_connections)]
+    http_max_connections: usize,
     #[command(flatten)]
     pub publish: super::publish::PublishArgs,
 }
@@ -282,10 +297,34 @@ impl ClientArgs {
             None if default_on => std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
             None => return Ok(None),
         };
+        if !addr.ip().is_loopback() && !self.http_public {
+            return Err(usage_error(format!(
+                "--http {addr}: reachable from other machines, and HTTP has no authentication; \
+                 add --http-public to mean it"
+            )));
+        }
+        if self.http_max_connections == 0 {
+            return Err(usage_error("--http-max-connections: at least 1"));
+        }
+        let max_connections = http_connection_budget(self.http_max_connections, open_files_limit());
+        if max_connections < self.http_max_connections {
+            warn!(
+                asked = self.http_max_connections,
+                max_connections,
+                "HTTP: connection cap lowered to its share of the open-files limit"
+            );
+        }
+        let options = HttpOptions {
+            limits: Limits {
+                max_connections,
+                ..Limits::default()
+            },
+            allow_hosts: self.http_allow_hosts.clone(),
+        };
         let server = runtime
-            .block_on(HttpServer::start(addr))
+            .block_on(HttpServer::start_with(addr, options))
             .map_err(|e| usage_error(format!("--http {addr}: {e}")))?;
-        info!(url = %server.url(), "HTTP: metrics, health, teams, status page");
+        info!(url = %server.url(), max_connections, "HTTP: metrics, health, teams, status page");
         Ok(Some(server))
     }
 
@@ -312,6 +351,24 @@ pub(super) fn raise_fd_limit() {
         Ok(limit) => info!(limit, "open-files limit"),
         Err(error) => warn!(%error, "could not raise the open-files limit"),
     }
+}
+
+/// The open-files limit, raised as far as allowed (raising is idempotent).
+fn open_files_limit() -> Option<u64> {
+    rlimit::increase_nofile_limit(u64::MAX).ok()
+}
+
+/// HTTP may hold at most this fraction (1/N) of the open-files limit: the
+/// rest is the team sockets' (and the state file's, the recorder's, NATS's).
+const HTTP_SHARE_OF_DESCRIPTORS: u64 = 8;
+
+/// HTTP's connection cap: as asked, but never above its share of the
+/// open-files limit, so HTTP can never take the team sockets' descriptors.
+fn http_connection_budget(asked: usize, open_files: Option<u64>) -> usize {
+    let share = open_files.map_or(usize::MAX, |limit| {
+        usize::try_from(limit / HTTP_SHARE_OF_DESCRIPTORS).unwrap_or(usize::MAX)
+    });
+    asked.min(share).max(1)
 }
 
 /// SIGINT/SIGTERM: the first asks for a graceful shutdown, the second for
@@ -459,4 +516,18 @@ pub fn connect(global_url: String, args: &ClientArgs) -> ExitCode {
     // A DNS lookup still running on a blocking thread must not hold the exit.
     runtime.shutdown_background();
     code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_takes_at_most_its_share_of_the_open_files_limit() {
+        // The issue's host: 256 descriptors; HTTP keeps to 32 of them.
+        assert_eq!(http_connection_budget(64, Some(256)), 32);
+        assert_eq!(http_connection_budget(64, Some(1 << 20)), 64);
+        assert_eq!(http_connection_budget(64, None), 64);
+        assert_eq!(http_connection_budget(64, Some(3)), 1);
+    }
 }

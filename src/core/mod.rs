@@ -484,6 +484,45 @@ impl Core {
             finished: self.is_finished(),
         }
     }
+
+    /// Teams whose link, counts, health or history changed since `since`
+    /// (a mark this returned earlier; `Tick::default()` for every team),
+    /// and the mark to pass next time: for a view of the teams kept
+    /// current by what changed, beside the run (the HTTP side). It reads
+    /// each team's change ticks, a compare per team: call it once per
+    /// publication, not per tick. Reading leaves the core as it was.
+    pub fn teams_changed_since(
+        &mut self,
+        since: bevy_ecs::change_detection::Tick,
+    ) -> (
+        Vec<crate::protocol::TeamId>,
+        bevy_ecs::change_detection::Tick,
+    ) {
+        // Every change made from now on is stamped after `now`.
+        let now = self.world.increment_change_tick();
+        let mut teams = self.world.query::<(
+            &Team,
+            Ref<Link>,
+            Ref<Counters>,
+            Ref<Health>,
+            Ref<lifecycle::History>,
+        )>();
+        let changed = teams
+            .iter(&self.world)
+            .filter(|(_, link, counters, health, history)| {
+                [
+                    link.last_changed(),
+                    counters.last_changed(),
+                    health.last_changed(),
+                    history.last_changed(),
+                ]
+                .into_iter()
+                .any(|at| at.is_newer_than(since, now))
+            })
+            .map(|(team, ..)| team.id)
+            .collect();
+        (changed, now)
+    }
 }
 
 fn build_schedule() -> Schedule {

@@ -1,11 +1,15 @@
 //! Operating switchboard over HTTP: `/metrics` (Prometheus or OpenMetrics
 //! text), `/healthz`,
 //! `/readyz`, `/fleet` and `/teams` (JSON), `/teams/{id}`, and a live
-//! status page at `/`. Served by axum on the tokio runtime the sockets
-//! already use; it reads what the [`Telemetry`] sidecar publishes and asks
-//! the driver for the rest (see [`view`]).
+//! status page at `/`. Routed by axum and served by hyper on the tokio
+//! runtime the sockets already use, within the bounds of [`serve`] and to
+//! the names of [`host`], from what the [`Telemetry`] sidecar publishes
+//! (see [`view`]): no answer is made on the core's thread.
 
+pub mod book;
+pub mod host;
 mod metrics;
+pub mod serve;
 pub mod view;
 
 use std::net::SocketAddr;
@@ -18,10 +22,11 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
-use tokio::sync::oneshot;
 
+use crate::core::snapshot::TeamSnapshot;
 use crate::protocol::TeamId;
-use view::{Request, Shared};
+pub use serve::{ConnStats, Limits};
+use view::Shared;
 pub use view::{Telemetry, View};
 
 /// How long a handler waits for the driver to answer.
@@ -33,25 +38,44 @@ const STATUS_PAGE: &str = include_str!("status.html");
 struct AppState {
     shared: Arc<Shared>,
     registry: prometheus_client::registry::Registry,
+    /// `/teams` rendered once per published version, for every poller.
+    teams_json: tokio::sync::Mutex<(u64, bytes::Bytes)>,
+}
+
+/// How a server bounds its connections and which names it answers to.
+#[derive(Clone, Debug, Default)]
+pub struct HttpOptions {
+    /// Connection cap and timeouts.
+    pub limits: Limits,
+    /// Names allowed in `Host` besides this machine's own (see [`host`]).
+    pub allow_hosts: Vec<String>,
 }
 
 /// A running HTTP server.
 pub struct HttpServer {
     addr: SocketAddr,
     shared: Arc<Shared>,
+    slots: Arc<serve::Slots>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl HttpServer {
+    /// Binds `addr` and serves on the current tokio runtime with the
+    /// default [`HttpOptions`].
+    pub async fn start(addr: SocketAddr) -> std::io::Result<HttpServer> {
+        HttpServer::start_with(addr, HttpOptions::default()).await
+    }
+
     /// Binds `addr` and serves on the current tokio runtime. Give
     /// [`HttpServer::telemetry`] to the run as a sidecar.
-    pub async fn start(addr: SocketAddr) -> std::io::Result<HttpServer> {
+    pub async fn start_with(addr: SocketAddr, options: HttpOptions) -> std::io::Result<HttpServer> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let shared = Shared::new();
         let state = Arc::new(AppState {
             registry: metrics::registry(&shared),
             shared: shared.clone(),
+            teams_json: tokio::sync::Mutex::new((0, bytes::Bytes::from_static(b"[]"))),
         });
         let router = Router::new()
             .route("/", get(status_page))
@@ -62,12 +86,26 @@ impl HttpServer {
             .route("/teams", get(teams))
             .route("/teams/{id}", get(team))
             .with_state(state);
-        let task = tokio::spawn(async move {
-            if let Err(error) = axum::serve(listener, router).await {
-                tracing::warn!(%error, "HTTP server stopped");
-            }
-        });
-        Ok(HttpServer { addr, shared, task })
+        let slots = Arc::new(serve::Slots::default());
+        let hosts = Arc::new(host::Hosts::new(&options.allow_hosts));
+        let task = tokio::spawn(serve::accept_loop(
+            listener,
+            router,
+            options.limits,
+            hosts,
+            slots.clone(),
+        ));
+        Ok(HttpServer {
+            addr,
+            shared,
+            slots,
+            task,
+        })
+    }
+
+    /// Its connections now and over its life.
+    pub fn connections(&self) -> ConnStats {
+        self.slots.stats()
     }
 
     /// Where it listens.
@@ -103,13 +141,6 @@ fn answer(status: StatusCode, body: serde_json::Value) -> Response {
     (status, Json(body)).into_response()
 }
 
-/// Asks the driver and waits, bounded, for its answer.
-async fn ask<T>(shared: &Shared, make: impl FnOnce(oneshot::Sender<T>) -> Request) -> Option<T> {
-    let (tx, rx) = oneshot::channel();
-    shared.ask(make(tx))?;
-    tokio::time::timeout(ANSWER_WITHIN, rx).await.ok()?.ok()
-}
-
 async fn status_page() -> Html<&'static str> {
     Html(STATUS_PAGE)
 }
@@ -137,7 +168,7 @@ async fn metrics_text(
 /// The driver loop is alive: it answered a wake-up within the deadline.
 /// (A tick is no proof: the driver sleeps when nothing is due.)
 async fn healthz(State(state): State<Arc<AppState>>) -> Response {
-    match ask(&state.shared, Request::Alive).await {
+    match state.shared.driver_alive(ANSWER_WITHIN).await {
         Some(wakes) => answer(StatusCode::OK, json!({"ok": true, "driver_wakes": wakes})),
         None => answer(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -185,26 +216,40 @@ async fn fleet(State(state): State<Arc<AppState>>) -> Json<Arc<View>> {
     Json(state.shared.view())
 }
 
+/// Every team, one line each, by id: rendered once per publication
+/// whoever asks, on an I/O thread.
 async fn teams(State(state): State<Arc<AppState>>) -> Response {
-    match ask(&state.shared, Request::Teams).await {
-        Some(lines) => Json(lines).into_response(),
+    let pages = state.shared.pages();
+    let mut cached = state.teams_json.lock().await;
+    if cached.0 != pages.version {
+        match serde_json::to_vec(&pages.lines()) {
+            Ok(json) => *cached = (pages.version, json.into()),
+            Err(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        }
+    }
+    let json = cached.1.clone();
+    drop(cached);
+    ([(header::CONTENT_TYPE, "application/json")], json).into_response()
+}
+
+/// One team with its history, as last published.
+async fn team(State(state): State<Arc<AppState>>, Path(id): Path<u64>) -> Response {
+    match state.shared.pages().team(TeamId(id)) {
+        Some(team) => Json(redacted(&team)).into_response(),
         None => answer(
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({"why": "the driver did not answer in time"}),
+            StatusCode::NOT_FOUND,
+            json!({"why": format!("team {id} never joined")}),
         ),
     }
 }
 
-async fn team(State(state): State<Arc<AppState>>, Path(id): Path<u64>) -> Response {
-    match ask(&state.shared, |tx| Request::Team(TeamId(id), tx)).await {
-        Some(Some(team)) => Json(team).into_response(),
-        Some(None) => answer(
-            StatusCode::NOT_FOUND,
-            json!({"why": format!("team {id} never joined")}),
-        ),
-        None => answer(
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({"why": "the driver did not answer in time"}),
-        ),
+/// A team view with every URL in it masked: its errors may quote a refused
+/// `ws_url` with its token, and this is served without authentication.
+fn redacted(team: &TeamSnapshot) -> TeamSnapshot {
+    let mut team = team.clone();
+    let texts = team.health.last_error.iter_mut();
+    for text in texts.chain(team.history.0.iter_mut().filter_map(|e| e.reason.as_mut())) {
+        *text = crate::redact::text(text);
     }
+    team
 }

@@ -1,12 +1,13 @@
 //! What the HTTP side knows of the running client, and how it learns it.
 //!
 //! The [`Telemetry`] sidecar runs on the driver's thread. After a step (at
-//! most every [`PUBLISH_EVERY`]) it publishes a [`View`]: fleet totals,
-//! counters, the Global link, all O(1) to build. Anything that costs a scan
-//! of the teams (`/teams`, `/teams/{id}`) or needs the driver's attention
-//! (`/healthz`) is a [`Request`] a handler queues and rings the driver for;
-//! the sidecar answers it on the driver's next wake. The core thread never
-//! waits on HTTP, and an idle fleet is woken only by someone asking.
+//! most every [`PUBLISH_EVERY`]) it publishes a [`View`] (fleet totals,
+//! counters, the Global link, all O(1) to build) and the teams that changed
+//! (see [`super::book`]). Every HTTP answer is made on the I/O threads from
+//! what was published: no request ever puts work on the core's thread, so
+//! however many clients poll, the core steps as if none did. Only
+//! `/healthz` rings the driver, to see it wake (one counter, shared by any
+//! number of callers); an idle fleet is woken only by someone asking.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -14,20 +15,18 @@ use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::histogram::Histogram;
 use serde::Serialize;
-use tokio::sync::oneshot;
+use tokio::sync::watch;
+
+use super::book::{Book, Pages, REFRESH_PER_PUBLISH};
 
 use crate::bridge::Wake;
 use crate::core::Core;
 use crate::core::components::LinkState;
 use crate::core::resources::RttHistogram;
-use crate::protocol::TeamId;
 use crate::runtime::{RunEnd, Sidecar, Step};
 
 /// The least time between two published views.
 pub const PUBLISH_EVERY: Duration = Duration::from_millis(100);
-
-/// Requests queued for the driver at once; a handler beyond it gets 503.
-const MAX_REQUESTS: usize = 64;
 
 /// Step (tick) duration buckets, in seconds.
 const STEP_BUCKETS: [f64; 10] = [
@@ -122,7 +121,8 @@ impl View {
             global_state: global.state().name(),
             global_ready: global.ready_conn().is_some(),
             global_connects: global.connects(),
-            global_error: global.last_error().map(str::to_owned),
+            // Served without authentication: never a credential.
+            global_error: global.last_error().map(crate::redact::text),
             request_timeout_ms: core.settings().request_timeout,
             overruns,
             finished: core.is_finished(),
@@ -130,42 +130,14 @@ impl View {
     }
 }
 
-/// One team, as the status page's grid shows it.
-#[derive(Clone, Debug, Serialize)]
-pub struct TeamLine {
-    /// The team.
-    pub id: TeamId,
-    /// Its link state.
-    pub state: &'static str,
-    /// Whether its socket is open.
-    pub connected: bool,
-    /// Messages counted.
-    pub messages: u64,
-    /// Of those, with props.
-    pub props: u64,
-    /// Links lost and re-requested.
-    pub reconnects: u64,
-    /// Last round trip, ms.
-    pub rtt_ms: Option<u64>,
-}
-
-/// What a handler asks of the driver.
-pub enum Request {
-    /// Prove the driver loop is alive.
-    Alive(oneshot::Sender<u64>),
-    /// Every team, one line each.
-    Teams(oneshot::Sender<Vec<TeamLine>>),
-    /// One team with its history.
-    Team(TeamId, oneshot::Sender<Option<crate::TeamSnapshot>>),
-}
-
-/// What the HTTP handlers and the sidecar share.
+/// What the HTTP handlers and the sidecar share. The driver only ever
+/// swaps a pointer under a lock a reader holds for a pointer copy: it never
+/// waits on a handler.
 pub struct Shared {
     view: RwLock<Arc<View>>,
-    requests: (
-        crossbeam_channel::Sender<Request>,
-        crossbeam_channel::Receiver<Request>,
-    ),
+    pages: RwLock<Arc<Pages>>,
+    /// Counts the driver's wake-ups; `/healthz` rings and waits for it to move.
+    alive: watch::Sender<u64>,
     wake: std::sync::OnceLock<Wake>,
     /// Step durations, observed on the driver's thread (atomic, cheap).
     pub step_seconds: Histogram,
@@ -175,11 +147,27 @@ pub struct Shared {
     pub publish: std::sync::OnceLock<crate::publish::PublishWatch>,
 }
 
+/// Reads a published pointer, whatever a panicking writer left.
+fn read<T>(slot: &RwLock<Arc<T>>) -> Arc<T> {
+    slot.read()
+        .map(|v| v.clone())
+        .unwrap_or_else(|p| p.into_inner().clone())
+}
+
+/// Swaps a published pointer.
+fn write<T>(slot: &RwLock<Arc<T>>, value: Arc<T>) {
+    match slot.write() {
+        Ok(mut slot) => *slot = value,
+        Err(p) => *p.into_inner() = value,
+    }
+}
+
 impl Shared {
     pub(crate) fn new() -> Arc<Shared> {
         Arc::new(Shared {
             view: RwLock::new(Arc::new(View::default())),
-            requests: crossbeam_channel::bounded(MAX_REQUESTS),
+            pages: RwLock::new(Arc::new(Pages::default())),
+            alive: watch::Sender::new(0),
             wake: std::sync::OnceLock::new(),
             step_seconds: Histogram::new(STEP_BUCKETS),
             started: Instant::now(),
@@ -189,33 +177,36 @@ impl Shared {
 
     /// The last published view.
     pub fn view(&self) -> Arc<View> {
-        self.view
-            .read()
-            .map(|v| v.clone())
-            .unwrap_or_else(|p| p.into_inner().clone())
+        read(&self.view)
     }
 
-    fn publish(&self, view: View) {
-        let view = Arc::new(view);
-        match self.view.write() {
-            Ok(mut slot) => *slot = view,
-            Err(p) => *p.into_inner() = view,
-        }
+    /// The teams as of the last publication.
+    pub fn pages(&self) -> Arc<Pages> {
+        read(&self.pages)
     }
 
-    /// Queues a request for the driver and wakes it. `None` when too many
-    /// wait (the driver is behind) or no run is attached yet.
-    pub(crate) fn ask(&self, request: Request) -> Option<()> {
+    fn publish(&self, view: View, pages: Pages) {
+        write(&self.view, Arc::new(view));
+        write(&self.pages, Arc::new(pages));
+    }
+
+    /// Wakes the driver and waits, at most `within`, for it to show it is
+    /// alive; how many times it has woken. `None` if no run is attached or
+    /// it did not answer in time. Any number of callers share one wake-up.
+    pub(crate) async fn driver_alive(&self, within: Duration) -> Option<u64> {
         let wake = self.wake.get()?;
-        self.requests.0.try_send(request).ok()?;
+        let mut alive = self.alive.subscribe();
+        let seen = *alive.borrow_and_update();
         wake.wake();
-        Some(())
+        let woke = tokio::time::timeout(within, alive.wait_for(|&n| n > seen));
+        woke.await.ok()?.ok().map(|n| *n)
     }
 }
 
 /// The sidecar that feeds the HTTP side.
 pub struct Telemetry {
     shared: Arc<Shared>,
+    book: Book,
     last: Option<Instant>,
     tick: Duration,
     overruns: u64,
@@ -229,6 +220,7 @@ impl Telemetry {
     pub(crate) fn new(shared: Arc<Shared>) -> Telemetry {
         Telemetry {
             shared,
+            book: Book::default(),
             last: None,
             tick: Duration::from_millis(10),
             overruns: 0,
@@ -237,43 +229,22 @@ impl Telemetry {
         }
     }
 
+    /// Tells `/healthz` the driver is awake, and publishes when due: O(1)
+    /// plus the teams that changed (at most [`REFRESH_PER_PUBLISH`]).
     fn serve(&mut self, core: &mut Core) {
         self.alive += 1;
-        let mut asked = false;
-        while let Ok(request) = self.shared.requests.1.try_recv() {
-            asked = true;
-            match request {
-                Request::Alive(reply) => {
-                    let _ = reply.send(self.alive);
-                }
-                Request::Teams(reply) => {
-                    let lines = core
-                        .snapshot()
-                        .teams
-                        .into_iter()
-                        .map(|t| TeamLine {
-                            id: t.id,
-                            state: t.link.name(),
-                            connected: t.connected,
-                            messages: t.counters.message_count,
-                            props: t.counters.props_count,
-                            reconnects: t.health.reconnects,
-                            rtt_ms: t.health.rtt_ms,
-                        })
-                        .collect();
-                    let _ = reply.send(lines);
-                }
-                Request::Team(id, reply) => {
-                    let _ = reply.send(core.team(id));
-                }
-            }
+        self.shared.alive.send_replace(self.alive);
+        let due = self.last.is_none_or(|at| at.elapsed() >= PUBLISH_EVERY);
+        if due && (self.last.is_none() || self.dirty || self.book.behind()) {
+            self.publish(core, REFRESH_PER_PUBLISH);
         }
-        // Whoever asked sees fresh totals too.
-        if asked || self.last.is_none_or(|at| at.elapsed() >= PUBLISH_EVERY) {
-            self.shared.publish(View::of(core, self.overruns));
-            self.last = Some(Instant::now());
-            self.dirty = false;
-        }
+    }
+
+    fn publish(&mut self, core: &mut Core, refresh: usize) {
+        let pages = self.book.refresh(core, refresh);
+        self.shared.publish(View::of(core, self.overruns), pages);
+        self.last = Some(Instant::now());
+        self.dirty = false;
     }
 }
 
@@ -298,12 +269,13 @@ impl Sidecar for Telemetry {
     }
 
     fn next_wake(&self) -> Option<Instant> {
-        self.dirty
+        (self.dirty || self.book.behind())
             .then(|| self.last.map(|at| at + PUBLISH_EVERY))
             .flatten()
     }
 
     fn finish(&mut self, core: &mut Core, _end: &RunEnd, _deadline: Instant) {
-        self.shared.publish(View::of(core, self.overruns));
+        // The last word is complete: every team that changed.
+        self.publish(core, usize::MAX);
     }
 }
