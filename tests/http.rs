@@ -54,13 +54,22 @@ async fn get_until(addr: SocketAddr, path: &str, done: impl Fn(u16, &Value) -> b
 
 /// The runtime against `url` with the HTTP server's telemetry as a sidecar.
 fn run_with_http(url: String, http: &HttpServer) -> (StopHandle, std::thread::JoinHandle<()>) {
+    run_with_http_and(url, http, |_| {})
+}
+
+fn run_with_http_and(
+    url: String,
+    http: &HttpServer,
+    tweak: impl FnOnce(&mut runtime::RunConfig) + Send + 'static,
+) -> (StopHandle, std::thread::JoinHandle<()>) {
     let stop = StopHandle::new();
     let mut telemetry = http.telemetry();
     let handle = tokio::runtime::Handle::current();
     let thread = {
         let stop = stop.clone();
         std::thread::spawn(move || {
-            let config = config(url);
+            let mut config = config(url);
+            tweak(&mut config);
             let _ = runtime::run(&config, handle, &stop, &mut [&mut telemetry]);
         })
     };
@@ -161,6 +170,40 @@ async fn every_endpoint_answers_and_readiness_follows_the_global_link() {
         .expect("join")
         .expect("no panic");
     drop((team, global, again));
+}
+
+/// Not ready while a team has waited for its URL longer than the request
+/// timeout: a Global that never answers `team.connect`, one request in
+/// flight at a time, three teams queued behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_fails_while_a_team_waits_for_its_url_past_the_request_timeout() {
+    let mut server = Server::bind().await;
+    let http = HttpServer::start("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("binds");
+    let addr = http.addr();
+    let (stop, thread) = run_with_http_and(server.url("/global"), &http, |c| {
+        c.core.max_requests_in_flight = 1;
+        c.core.request_timeout = Duration::from_millis(200);
+    });
+    let global = server.accept().await;
+    global.send(json!({"type": "hello"}));
+    get_until(addr, "/readyz", |s, _| s == 200).await;
+    for team_id in 1..=3 {
+        global.send(json!({"type": "team.join", "team_id": team_id}));
+    }
+    let waiting = get_until(addr, "/readyz", |s, _| s == 503).await;
+    assert!(
+        waiting["why"]
+            .as_str()
+            .is_some_and(|w| w.contains("waited") && w.contains("request timeout")),
+        "{waiting}"
+    );
+    stop.stop();
+    tokio::task::spawn_blocking(move || thread.join())
+        .await
+        .expect("join")
+        .expect("driver thread");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
