@@ -142,3 +142,59 @@ fn empty_and_impossible_scenarios_are_refused_with_one_line() {
         assert!(output.stdout.is_empty(), "{args:?}");
     }
 }
+
+/// The README's claim that RSS stays flat under churn, asserted: a soak
+/// with every fault kind at eight times its rate over 300 teams, whose
+/// client RSS at the end is within 10% of its RSS at warm-up (half the
+/// run), with reconnects seen.
+#[test]
+fn rss_stays_within_ten_percent_of_its_warm_size_under_churn() {
+    let child = switchboard()
+        .args([
+            "demo",
+            "--teams",
+            "300",
+            "--rate",
+            "20",
+            "--duration",
+            "16s",
+        ])
+        // Eight times the default fault rates: ~400 reconnects, half of
+        // them after warm-up.
+        .args(["--chaos", "8", "--sim-seed", "5"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("binary starts");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output()));
+    let output = rx
+        .recv_timeout(DEADLINE)
+        .expect("the demo ends")
+        .expect("output");
+    let stdout = String::from_utf8(output.stdout).expect("utf-8");
+    assert!(output.status.success(), "exit {}:\n{stdout}", output.status);
+    let line = |key: &str| -> &str {
+        stdout
+            .lines()
+            .find_map(|l| l.trim_start().strip_prefix(key))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("{key} missing from:\n{stdout}"))
+    };
+    let reconnects: u64 = line("client reconnects:")
+        .replace(',', "")
+        .parse()
+        .expect("a count");
+    assert!(reconnects > 0, "no churn to measure:\n{stdout}");
+    // "31.5 MiB (+0.1 MiB, +0.4% after warm-up)"
+    let end = line("client RSS at end:");
+    let growth: f64 = end
+        .split_once(", ")
+        .and_then(|(_, rest)| rest.split_once('%'))
+        .and_then(|(pct, _)| pct.trim_start_matches('+').parse().ok())
+        .unwrap_or_else(|| panic!("no growth figure in {end:?}"));
+    assert!(
+        growth <= 10.0,
+        "RSS grew {growth}% after warm-up under churn ({reconnects} reconnects):\n{stdout}"
+    );
+}
