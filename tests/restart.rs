@@ -238,6 +238,8 @@ async fn after_kill_9_counts_resume_short_by_at_most_one_interval_plus_one_commi
         let counted = tokio::task::spawn_blocking(move || counted_now(&base))
             .await
             .expect("join");
+        assert_eq!(counted.len() as u64, TEAMS, "every team in /teams");
+        assert!(counted.values().all(|&n| n > 0), "counting: {counted:?}");
         signal(&first, "-KILL");
         let _ = report(first).await;
         // What the killed run left durable, read as the restart reads it.
