@@ -20,21 +20,54 @@ fn text_header(len: u64) -> Vec<u8> {
     header
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_global_that_stops_reading_is_dropped_after_the_pong_timeout() {
+/// A client whose Global (with `pong_timeout`) greets, announces `teams`
+/// teams and then stops reading; the server, that Global, and the client.
+async fn deaf_global_with(
+    teams: u64,
+    pong_timeout: Duration,
+) -> (
+    Server,
+    switchboard::testkit::server::Conn,
+    switchboard::testkit::client::Client,
+) {
     let mut server = Server::bind().await;
     let client = start(server.url("/global"), |c| {
-        c.core.pong_timeout = Duration::from_millis(500);
+        c.core.pong_timeout = pong_timeout;
         c.core.max_requests_in_flight = 1;
     });
     let global = server.accept().await;
     global.send(json!({"type": "hello"}));
-    // Enough teams that a few healthcheck replies overflow every socket
-    // buffer between us (~2.7 MB each).
-    for team_id in 1..=40_000u64 {
+    for team_id in 1..=teams {
         global.send(json!({"type": "team.join", "team_id": team_id}));
     }
     global.deaf();
+    (server, global, client)
+}
+
+/// The Global the client opens after dropping the first: greeted and told
+/// goodbye; the run's last Global error.
+async fn next_global_then_last_error(
+    server: &mut Server,
+    client: switchboard::testkit::client::Client,
+) -> String {
+    let second = server.accept().await;
+    assert_eq!(second.path, "/global");
+    second.send(json!({"type": "hello"}));
+    second.send(json!({"type": "goodbye"}));
+    let outcome = client.finish().await;
+    outcome
+        .snapshot
+        .global
+        .last_error()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_global_that_stops_reading_is_dropped_after_the_pong_timeout() {
+    // Enough teams that a few healthcheck replies overflow every socket
+    // buffer between us (~2.7 MB each).
+    let (mut server, global, client) = deaf_global_with(40_000, Duration::from_millis(500)).await;
     // Five replies (~13.5 MB): within the unsent-bytes budget, so it is the
     // write stall, not the budget, that drops this Global.
     for _ in 0..5 {
@@ -42,17 +75,7 @@ async fn a_global_that_stops_reading_is_dropped_after_the_pong_timeout() {
     }
     // Our replies cannot drain: the client drops this Global and opens
     // another, instead of waiting on the write for ever.
-    let second = server.accept().await;
-    assert_eq!(second.path, "/global");
-    second.send(json!({"type": "hello"}));
-    second.send(json!({"type": "goodbye"}));
-    let outcome = client.finish().await;
-    let error = outcome
-        .snapshot
-        .global
-        .last_error()
-        .unwrap_or_default()
-        .to_owned();
+    let error = next_global_then_last_error(&mut server, client).await;
     assert!(error.contains("stalled: peer not reading"), "{error}");
     drop(global);
 }
@@ -64,18 +87,8 @@ async fn a_global_that_stops_reading_is_dropped_after_the_pong_timeout() {
 /// the queue's frame count (1,024) would notice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthcheck_replies_to_a_global_that_reads_none_are_bounded_in_bytes() {
-    let mut server = Server::bind().await;
-    let client = start(server.url("/global"), |c| {
-        c.core.pong_timeout = Duration::from_secs(60);
-        c.core.max_requests_in_flight = 1;
-    });
-    let global = server.accept().await;
-    global.send(json!({"type": "hello"}));
     // ~600 KB a reply.
-    for team_id in 1..=10_000u64 {
-        global.send(json!({"type": "team.join", "team_id": team_id}));
-    }
-    global.deaf();
+    let (mut server, global, client) = deaf_global_with(10_000, Duration::from_secs(60)).await;
     let pacing = tokio::spawn(async move {
         // 900 requests, below the frame-count bound, over 2.7 s or more:
         // even a driver slowed to a step every 50 ms answers them with
@@ -86,17 +99,7 @@ async fn healthcheck_replies_to_a_global_that_reads_none_are_bounded_in_bytes() 
         }
         global
     });
-    let second = server.accept().await;
-    assert_eq!(second.path, "/global");
-    second.send(json!({"type": "hello"}));
-    second.send(json!({"type": "goodbye"}));
-    let outcome = client.finish().await;
-    let error = outcome
-        .snapshot
-        .global
-        .last_error()
-        .unwrap_or_default()
-        .to_owned();
+    let error = next_global_then_last_error(&mut server, client).await;
     assert!(error.contains("outbound queue overflow"), "{error}");
     drop(pacing.await);
 }

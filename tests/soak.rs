@@ -43,16 +43,17 @@ fn pid_in(line: &str) -> Option<u32> {
         .ok()
 }
 
-#[test]
-fn a_short_soak_reports_every_figure_and_verifies() {
+/// Runs the demo in duration mode with `args`, bounded by [`DEADLINE`];
+/// asserts it succeeded and returns its pid and standard output.
+fn soak(args: &[&str]) -> (u32, String) {
     let child = switchboard()
-        .args(["demo", "--teams", "12", "--rate", "20", "--duration", "3s"])
-        .args(["--chaos", "all", "--sim-seed", "5"])
+        .arg("demo")
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("binary starts");
-    let demo = child.id();
+    let pid = child.id();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || tx.send(child.wait_with_output()));
     let output = rx
@@ -61,6 +62,23 @@ fn a_short_soak_reports_every_figure_and_verifies() {
         .expect("output");
     let stdout = String::from_utf8(output.stdout).expect("utf-8");
     assert!(output.status.success(), "exit {}:\n{stdout}", output.status);
+    (pid, stdout)
+}
+
+#[test]
+fn a_short_soak_reports_every_figure_and_verifies() {
+    let (demo, stdout) = soak(&[
+        "--teams",
+        "12",
+        "--rate",
+        "20",
+        "--duration",
+        "3s",
+        "--chaos",
+        "all",
+        "--sim-seed",
+        "5",
+    ]);
     let report = stdout
         .split_once("soak report:")
         .map(|(_, r)| r)
@@ -149,31 +167,20 @@ fn empty_and_impossible_scenarios_are_refused_with_one_line() {
 /// run), with reconnects seen.
 #[test]
 fn rss_stays_within_ten_percent_of_its_warm_size_under_churn() {
-    let child = switchboard()
-        .args([
-            "demo",
-            "--teams",
-            "300",
-            "--rate",
-            "20",
-            "--duration",
-            "16s",
-        ])
-        // Eight times the default fault rates: ~400 reconnects, half of
-        // them after warm-up.
-        .args(["--chaos", "8", "--sim-seed", "5"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("binary starts");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || tx.send(child.wait_with_output()));
-    let output = rx
-        .recv_timeout(DEADLINE)
-        .expect("the demo ends")
-        .expect("output");
-    let stdout = String::from_utf8(output.stdout).expect("utf-8");
-    assert!(output.status.success(), "exit {}:\n{stdout}", output.status);
+    // Eight times the default fault rates: ~400 reconnects, half of them
+    // after warm-up.
+    let (_, stdout) = soak(&[
+        "--teams",
+        "300",
+        "--rate",
+        "20",
+        "--duration",
+        "16s",
+        "--chaos",
+        "8",
+        "--sim-seed",
+        "5",
+    ]);
     let line = |key: &str| -> &str {
         stdout
             .lines()
