@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use switchboard::protocol::TeamId;
 use switchboard::runtime::{self, StopHandle};
-use switchboard::testkit::client::{config, start};
+use switchboard::testkit::client::{config, join, start};
 use switchboard::testkit::server::{DEADLINE, Server};
 
 /// A text frame header announcing `len` bytes, unmasked (server to client).
@@ -203,14 +203,26 @@ async fn an_idle_fleet_does_not_wake_the_driver() {
     }
     // The window in which nothing is due: the Global probe comes after a
     // quiet ping interval, pings after 60s. Count the steps in it.
+    // The sleep is the window measured, not a wait for something to happen:
+    // a slower machine only makes it longer, still far inside 60s.
     let before = steps.load(Ordering::Relaxed);
+    let window = Instant::now();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle_steps = steps.load(Ordering::Relaxed) - before;
     assert!(idle_steps <= 2, "{idle_steps} steps while idle");
+    assert!(window.elapsed() < Duration::from_secs(30), "window overran");
+    // The counter is live: work wakes the driver (counted after the step
+    // that answered, hence polled).
+    global.send(json!({"type": "healthcheck"}));
+    global.expect("healthcheck").await;
+    let woke = Instant::now();
+    while steps.load(Ordering::Relaxed) == before + idle_steps {
+        assert!(woke.elapsed() < DEADLINE, "no step counted after work came");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     global.send(json!({"type": "goodbye"}));
-    let outcome = tokio::task::spawn_blocking(move || thread.join())
+    let outcome = join(thread, || stop.force())
         .await
-        .expect("join")
         .expect("no panic")
         .expect("run ok");
     assert!(matches!(outcome.end, runtime::RunEnd::Finished(_)));
