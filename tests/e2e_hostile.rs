@@ -161,6 +161,36 @@ async fn partial_messages_past_their_budget_drop_the_socket_that_passes_it() {
     drop(team);
 }
 
+/// RFC 6455 requires failing a connection whose text frame is not UTF-8
+/// (docs/PROTOCOL.md): the team socket is dropped and asked for again,
+/// while bad JSON in valid UTF-8 is only counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_text_frame_that_is_not_utf8_drops_the_team_socket() {
+    let mut server = Server::bind().await;
+    let client = start(server.url("/global"), |_| {});
+    let mut global = server.accept().await;
+    global.send(json!({"type": "hello"}));
+    global.send(json!({"type": "team.join", "team_id": 1}));
+    global.expect("team.connect").await;
+    global.send(json!({"type": "team.connect", "team_id": 1, "ws_url": server.url("/t/1")}));
+    let team = server.accept().await;
+    team.send(json!({"type": "hello"}));
+    // A whole, unfragmented text frame: a quoted string with a lone
+    // continuation byte and an overlong encoding in it.
+    let body: &[u8] = b"{\"type\":\"message\",\"text\":\"\x80\xc0\xaf\"}";
+    let mut frame = vec![0x81, body.len() as u8];
+    frame.extend_from_slice(body);
+    team.send_bytes(frame);
+    global.expect("team.connect").await;
+    global.send(json!({"type": "goodbye"}));
+    let outcome = client.finish().await;
+    let t = &outcome.snapshot.teams[0];
+    let error = t.health.last_error.clone().unwrap_or_default();
+    assert!(error.to_lowercase().contains("utf-8"), "{error}");
+    assert_eq!(t.counters.message_count, 0, "{t:?}");
+    drop(team);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_fleet_does_not_wake_the_driver() {
     let mut server = Server::bind().await;
