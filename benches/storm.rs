@@ -63,13 +63,17 @@ fn main() {
     let figures = scenario::hello_and_drop(TEAMS, &config, Duration::from_secs(30));
     print(&figures, None);
     let envelope = scenario::envelope(&config, 30);
+    let floor = scenario::floor(&config, TEAMS, 30);
     println!(
-        "  hello-and-drop requests by 5/10/30 s: {}/{}/{} (full-jitter envelope {:.0}/{:.0}/{:.0})",
+        "  hello-and-drop requests by 5/10/30 s: {}/{}/{} (full-jitter envelope {:.0}/{:.0}/{:.0}, floor {}/{}/{})",
         figures.requests_by_second[4],
         figures.requests_by_second[9],
         figures.requests_by_second[29],
         envelope[5] * TEAMS as f64,
         envelope[10] * TEAMS as f64,
         envelope[30] * TEAMS as f64,
+        floor[5] * TEAMS,
+        floor[10] * TEAMS,
+        floor[30] * TEAMS,
     );
 }

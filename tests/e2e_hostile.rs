@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use switchboard::protocol::TeamId;
 use switchboard::runtime::{self, StopHandle};
-use switchboard::testkit::client::{config, start};
+use switchboard::testkit::client::{config, join, start};
 use switchboard::testkit::server::{DEADLINE, Server};
 
 /// A text frame header announcing `len` bytes, unmasked (server to client).
@@ -164,6 +164,36 @@ async fn partial_messages_past_their_budget_drop_the_socket_that_passes_it() {
     drop(team);
 }
 
+/// RFC 6455 requires failing a connection whose text frame is not UTF-8
+/// (docs/PROTOCOL.md): the team socket is dropped and asked for again,
+/// while bad JSON in valid UTF-8 is only counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_text_frame_that_is_not_utf8_drops_the_team_socket() {
+    let mut server = Server::bind().await;
+    let client = start(server.url("/global"), |_| {});
+    let mut global = server.accept().await;
+    global.send(json!({"type": "hello"}));
+    global.send(json!({"type": "team.join", "team_id": 1}));
+    global.expect("team.connect").await;
+    global.send(json!({"type": "team.connect", "team_id": 1, "ws_url": server.url("/t/1")}));
+    let team = server.accept().await;
+    team.send(json!({"type": "hello"}));
+    // A whole, unfragmented text frame: a quoted string with a lone
+    // continuation byte and an overlong encoding in it.
+    let body: &[u8] = b"{\"type\":\"message\",\"text\":\"\x80\xc0\xaf\"}";
+    let mut frame = vec![0x81, body.len() as u8];
+    frame.extend_from_slice(body);
+    team.send_bytes(frame);
+    global.expect("team.connect").await;
+    global.send(json!({"type": "goodbye"}));
+    let outcome = client.finish().await;
+    let t = &outcome.snapshot.teams[0];
+    let error = t.health.last_error.clone().unwrap_or_default();
+    assert!(error.to_lowercase().contains("utf-8"), "{error}");
+    assert_eq!(t.counters.message_count, 0, "{t:?}");
+    drop(team);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_fleet_does_not_wake_the_driver() {
     let mut server = Server::bind().await;
@@ -206,14 +236,26 @@ async fn an_idle_fleet_does_not_wake_the_driver() {
     }
     // The window in which nothing is due: the Global probe comes after a
     // quiet ping interval, pings after 60s. Count the steps in it.
+    // The sleep is the window measured, not a wait for something to happen:
+    // a slower machine only makes it longer, still far inside 60s.
     let before = steps.load(Ordering::Relaxed);
+    let window = Instant::now();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle_steps = steps.load(Ordering::Relaxed) - before;
     assert!(idle_steps <= 2, "{idle_steps} steps while idle");
+    assert!(window.elapsed() < Duration::from_secs(30), "window overran");
+    // The counter is live: work wakes the driver (counted after the step
+    // that answered, hence polled).
+    global.send(json!({"type": "healthcheck"}));
+    global.expect("healthcheck").await;
+    let woke = Instant::now();
+    while steps.load(Ordering::Relaxed) == before + idle_steps {
+        assert!(woke.elapsed() < DEADLINE, "no step counted after work came");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     global.send(json!({"type": "goodbye"}));
-    let outcome = tokio::task::spawn_blocking(move || thread.join())
+    let outcome = join(thread, || stop.force())
         .await
-        .expect("join")
         .expect("no panic")
         .expect("run ok");
     assert!(matches!(outcome.end, runtime::RunEnd::Finished(_)));

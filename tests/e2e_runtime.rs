@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use switchboard::runtime::{RunEnd, RunOutcome};
-use switchboard::testkit::client::{Client, start};
+use switchboard::testkit::client::{Client, join, start};
 use switchboard::testkit::server::{Conn, DEADLINE, Server};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -232,9 +232,9 @@ async fn unreachable_global_gives_up_only_when_asked() {
     let client = start(format!("ws://{addr}/global"), |c| {
         c.give_up_after = Some(Duration::from_millis(300));
     });
-    let result = tokio::task::spawn_blocking(move || client.thread.join())
+    let stop = client.stop.clone();
+    let result = join(client.thread, || stop.force())
         .await
-        .expect("join")
         .expect("no panic");
     match result.map(|outcome| outcome.end) {
         Ok(RunEnd::GaveUp { last_error, .. }) => assert!(!last_error.is_empty()),

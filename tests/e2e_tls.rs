@@ -91,7 +91,8 @@ async fn tls_server() -> (u16, String) {
     (port, cert_pem)
 }
 
-fn config(port: u16, transport: TransportConfig) -> RunConfig {
+/// `give_up_after` ends the run if Global stays unreachable that long.
+fn config(port: u16, transport: TransportConfig, give_up_after: Option<Duration>) -> RunConfig {
     RunConfig {
         core: Config {
             global_url: format!("wss://localhost:{port}/global"),
@@ -103,7 +104,7 @@ fn config(port: u16, transport: TransportConfig) -> RunConfig {
         transport,
         seed: 1,
         status_interval: None,
-        give_up_after: Some(Duration::from_millis(500)),
+        give_up_after,
         tap: None,
     }
 }
@@ -130,6 +131,9 @@ async fn wss_works_with_a_trusted_certificate() {
             tls: Some(tls),
             ..TransportConfig::default()
         },
+        // The run ends with the server's goodbye; a give-up here would only
+        // fail a slow handshake on a loaded machine. DEADLINE bounds it.
+        None,
     );
     let handle = tokio::runtime::Handle::current();
     let run = tokio::task::spawn_blocking(move || {
@@ -148,7 +152,13 @@ async fn wss_works_with_a_trusted_certificate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wss_refuses_an_untrusted_certificate() {
     let (port, _) = tls_server().await;
-    let config = config(port, TransportConfig::default());
+    // Refused at every attempt: it gives up once Global has been out of
+    // reach this long, however slow the machine.
+    let config = config(
+        port,
+        TransportConfig::default(),
+        Some(Duration::from_millis(500)),
+    );
     let handle = tokio::runtime::Handle::current();
     let run = tokio::task::spawn_blocking(move || {
         runtime::run(&config, handle, &StopHandle::new(), &mut [])

@@ -64,14 +64,17 @@ fn a_mass_drop_of_team_sockets_retries_within_the_backoff() {
 /// every team's backoff grow to its cap, not a retry storm. Requests by
 /// every second stay within 10% above the full-jitter envelope (the
 /// expectation if every failure were instant; 1,000 independent teams
-/// stay within a few percent of it).
+/// stay within a few percent of it), and at or above the floor of the
+/// slowest retries the backoff bounds allow: the client keeps retrying.
 #[test]
 fn a_server_that_greets_and_hangs_up_sees_the_backoff_grow() {
     let config = scenario::config();
-    let teams = 1_000;
+    let teams: u64 = 1_000;
     let run = Duration::from_secs(30);
     let figures = scenario::hello_and_drop(teams, &config, run);
     let envelope = scenario::envelope(&config, 30);
+    let floor = scenario::floor(&config, teams, 30);
+    assert_eq!(figures.requests_by_second.len(), 30);
     for (second, &seen) in figures.requests_by_second.iter().enumerate() {
         let allowed = 1.1 * teams as f64 * envelope[second + 1];
         assert!(
@@ -79,7 +82,15 @@ fn a_server_that_greets_and_hangs_up_sees_the_backoff_grow() {
             "{seen} requests by {}s, envelope {allowed:.0}: {figures:#?}",
             second + 1
         );
+        let needed = teams * floor[second + 1];
+        assert!(
+            seen as u64 >= needed,
+            "{seen} requests by {}s, floor {needed}: {figures:#?}",
+            second + 1
+        );
     }
+    // The floor is not vacuous: by the end it asks for several retries.
+    assert!(floor[30] >= 5, "floor {floor:?}");
     assert!(figures.handshakes <= figures.requests);
     assert!(figures.peak_in_flight <= config.max_requests_in_flight);
 }

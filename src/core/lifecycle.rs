@@ -183,10 +183,12 @@ impl Fleet {
 pub(crate) fn tell_transitions(
     mut transitions: ResMut<Transitions>,
     mut events: ResMut<TeamEvents>,
+    mut visits: ResMut<super::resources::Visits>,
     mut teams: Query<(&Team, &mut History)>,
 ) {
     // Taken, not drained: a burst must not leave its capacity behind.
     for t in std::mem::take(&mut transitions.0) {
+        visits.0 += 1;
         let Ok((team, mut history)) = teams.get_mut(t.entity) else {
             continue;
         };

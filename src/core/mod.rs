@@ -127,6 +127,7 @@ impl Core {
         world.init_resource::<PendingHealthchecks>();
         world.init_resource::<Shutdown>();
         world.init_resource::<Stats>();
+        world.init_resource::<resources::Visits>();
         world.init_resource::<LogLimiter>();
         world.init_resource::<GlobalLink>();
         world.init_resource::<PingIds>();
@@ -425,6 +426,12 @@ impl Core {
     pub fn timers_fired(&self) -> u64 {
         self.world.resource::<Timers<Beat>>().popped()
             + self.world.resource::<Timers<StateDeadline>>().popped()
+    }
+
+    /// Team entities the schedule's systems looked up or iterated over the
+    /// run (see [`resources::Visits`]).
+    pub fn entities_visited(&self) -> u64 {
+        self.world.resource::<resources::Visits>().0
     }
 
     /// Run-wide counters.

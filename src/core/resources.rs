@@ -236,6 +236,13 @@ pub struct Shutdown {
     pub begun: bool,
 }
 
+/// Team entities the schedule's systems looked up or iterated, over the
+/// run: shows what a tick costs in entities touched, so a system that scans
+/// every team each tick cannot hide (see `tests/idle_cost.rs`). Not part
+/// of [`Stats`]: it is a cost, not something that happened to a link.
+#[derive(Resource, Default)]
+pub struct Visits(pub u64);
+
 /// Run-wide counters: what arrived, what was bad, what was ignored.
 #[derive(Resource, Default, Clone, Debug, Serialize)]
 pub struct Stats {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::Config;
 use crate::runtime::{self, RunConfig, RunError, RunOutcome, StopHandle};
+use crate::testkit::server::DEADLINE;
 use crate::transport::TransportConfig;
 
 /// The library's runtime on its own thread, as the binary runs it.
@@ -51,15 +52,44 @@ pub fn start(global_url: String, tweak: impl FnOnce(&mut RunConfig)) -> Client {
 }
 
 impl Client {
-    /// Waits for the run to end.
+    /// Waits for the run to end, at most [`DEADLINE`].
     ///
     /// # Panics
-    /// If the driver panicked or the run did not start.
+    /// If the driver panicked, the run did not start, or it did not end
+    /// within the deadline (asked to stop, then left behind: the test fails
+    /// instead of hanging).
     pub async fn finish(self) -> RunOutcome {
-        tokio::task::spawn_blocking(move || self.thread.join())
+        let stop = self.stop.clone();
+        join(self.thread, || stop.force())
             .await
-            .expect("join")
             .expect("no panic")
             .expect("run ok")
+    }
+}
+
+/// Joins a thread from async code, waiting at most [`DEADLINE`]: a thread
+/// that does not end fails the test instead of hanging it. On the deadline,
+/// `give_up` runs first (to ask the thread to stop), then this panics; the
+/// thread is left to the process's exit. Not `spawn_blocking`: a runtime
+/// waits for its blocking tasks when it shuts down, so a stuck join would
+/// hang the test anyway.
+///
+/// # Panics
+/// If the thread did not end within [`DEADLINE`].
+pub async fn join<T: Send + 'static>(
+    thread: JoinHandle<T>,
+    give_up: impl FnOnce(),
+) -> std::thread::Result<T> {
+    let (done, joined) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(thread.join());
+    });
+    match tokio::time::timeout(DEADLINE, joined).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) => panic!("the joining thread ended without a result"),
+        Err(_) => {
+            give_up();
+            panic!("thread still running after {DEADLINE:?}");
+        }
     }
 }

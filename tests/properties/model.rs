@@ -67,6 +67,14 @@ pub struct Seen {
     /// Most requests for one team the server held at once (one the core
     /// gave up on after `request_timeout` still waits at the server).
     pub held_per_team: usize,
+    /// Crashes after which the new core restored teams from the store.
+    pub crash_restores: u64,
+    /// Steps checked after a `goodbye` was acted on.
+    pub after_goodbye: u64,
+    /// Teams seen backing off, summed over checks.
+    pub backing_off: u64,
+    /// Most links one core declared dead for want of a pong.
+    pub pong_timeouts: u64,
 }
 
 /// The reference model.
@@ -480,6 +488,8 @@ impl Model {
     /// Every rule, after a step.
     fn check(&mut self, core: &Core, commands: &[NetCommand]) -> Result<(), String> {
         let now = core.now().as_millis() as u64;
+        self.seen.after_goodbye += u64::from(self.goodbye);
+        self.seen.pong_timeouts = self.seen.pong_timeouts.max(core.stats().dead_links);
         ensure!(
             core.shutdown_cause().is_some() == self.goodbye,
             "the core's shutdown ({:?}) disagrees with goodbye ingested ({})",
@@ -553,6 +563,7 @@ impl Model {
                 );
                 self.seen.connected += 1;
             }
+            self.seen.backing_off += u64::from(matches!(state, LinkState::Backoff { .. }));
             ensure!(
                 matches!(state, LinkState::Requesting { .. })
                     == self.outstanding.contains_key(&s.id),
@@ -699,6 +710,9 @@ impl Model {
     /// checks that the store, fed only what `changed_teams` handed over,
     /// holds exactly what the core knew.
     pub fn restarted(&mut self, core: &Core, clean: bool) -> Result<(), String> {
+        if !clean && !core.restored().is_empty() {
+            self.seen.crash_restores += 1;
+        }
         if clean {
             let ids: Vec<TeamId> = self.store.keys().copied().collect();
             let expected: Vec<TeamId> = self.admitted.iter().copied().collect();

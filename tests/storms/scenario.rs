@@ -421,3 +421,33 @@ pub fn envelope(config: &Config, seconds: usize) -> Vec<f64> {
     }
     expected
 }
+
+/// The floor under [`envelope`]: requests every one of `teams` teams has
+/// surely sent by each whole second up to `seconds`, if each failure is
+/// answered at once. Every jitter draw is taken at its ceiling
+/// (`min(backoff_max, backoff_min·2^i)`) and every cycle pays the most the
+/// scripted server and the core can add: a wait for a free request slot
+/// (a wave for each full wave of other teams ahead), the round trip and its
+/// reading tick, the dial, and a tick each to read the open, read the drop
+/// and send the retry. A client that stops retrying, or backs off further
+/// than its configured bounds, falls below it.
+pub fn floor(config: &Config, teams: u64, seconds: usize) -> Vec<u64> {
+    let (min, max) = (ms(config.backoff_min), ms(config.backoff_max));
+    let slot_wait = ms(wave(config)) * (waves(teams, config.max_requests_in_flight) - 1);
+    let cycle = slot_wait + ms(wave(config)) + ms(DIAL) + 3 * ms(config.tick);
+    let mut floor = vec![0u64; seconds + 1];
+    // Request `k` (0-based) has surely gone out by `sent` ms.
+    let mut sent = cycle;
+    let mut k = 0u32;
+    while let Some(from) = usize::try_from(sent.div_ceil(1000))
+        .ok()
+        .filter(|&second| second <= seconds)
+    {
+        for n in &mut floor[from..] {
+            *n = u64::from(k) + 1;
+        }
+        sent += min.saturating_mul(1u64 << k.min(32)).min(max) + cycle;
+        k += 1;
+    }
+    floor
+}

@@ -12,7 +12,7 @@ use crate::core::global_link::{GlobalDue, GlobalLink};
 use crate::core::lifecycle::{Fleet, History};
 use crate::core::links::Links;
 use crate::core::resources::{
-    GlobalInbox, LogLimiter, PendingHealthchecks, Shutdown, ShutdownCause, Stats, TeamIndex,
+    GlobalInbox, LogLimiter, PendingHealthchecks, Shutdown, ShutdownCause, Stats, TeamIndex, Visits,
 };
 use crate::protocol::{GlobalServerEvent, TeamId, clip};
 
@@ -28,6 +28,7 @@ pub struct GlobalLifecycle<'w, 's> {
     stats: ResMut<'w, Stats>,
     limiter: ResMut<'w, LogLimiter>,
     index: Res<'w, TeamIndex>,
+    visits: ResMut<'w, Visits>,
     teams: Query<'w, 's, TeamParts>,
     links: Links<'w>,
 }
@@ -178,6 +179,7 @@ impl GlobalLifecycle<'_, '_> {
             abort,
         );
         for entity in self.links.requests_in_flight() {
+            self.visits.0 += 1;
             if let Ok((_, mut link, _)) = self.teams.get_mut(entity) {
                 self.links.requeue(entity, &mut link);
             }
@@ -193,9 +195,12 @@ impl GlobalLifecycle<'_, '_> {
             stats,
             limiter,
             index,
+            visits,
             teams,
             links,
         } = self;
+        // At most one team looked up per event.
+        visits.0 += 1;
         let now = links.now();
         let mut ignore = |stats: &mut Stats, why: &'static str, team: TeamId| {
             *stats.ignored.entry(why).or_default() += 1;

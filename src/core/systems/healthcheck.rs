@@ -6,7 +6,7 @@ use bevy_ecs::prelude::*;
 use crate::bridge::{NetCommand, Text};
 use crate::core::components::{Counters, Link, LinkState};
 use crate::core::global_link::GlobalLink;
-use crate::core::resources::{Outbox, PendingHealthchecks, Stats, TeamIndex};
+use crate::core::resources::{Outbox, PendingHealthchecks, Stats, TeamIndex, Visits};
 use crate::protocol::{GlobalClientEvent, TeamStats, encode};
 
 /// Longest line one team can take in a reply: every number at its widest
@@ -54,6 +54,7 @@ pub fn answer_healthchecks(
     teams: Query<(&Link, &Counters)>,
     mut outbox: ResMut<Outbox>,
     mut stats: ResMut<Stats>,
+    mut visits: ResMut<Visits>,
 ) {
     if pending.0.is_empty() {
         return;
@@ -68,7 +69,10 @@ pub fn answer_healthchecks(
         }
         let text = reply
             .get_or_insert_with(|| {
-                let stats = team_stats(&index, |e| teams.get(e).ok().map(|(l, c)| (l.state, *c)));
+                let stats = team_stats(&index, |e| {
+                    visits.0 += 1;
+                    teams.get(e).ok().map(|(l, c)| (l.state, *c))
+                });
                 Text::from(encode(&GlobalClientEvent::Healthcheck {
                     stats: stats.into(),
                 }))

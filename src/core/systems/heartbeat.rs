@@ -6,7 +6,7 @@ use tracing::warn;
 
 use crate::core::components::{Health, Link, LinkState, MAX_PINGS_IN_FLIGHT, Team};
 use crate::core::links::{Beat, Links};
-use crate::core::resources::{LogLimiter, Stats};
+use crate::core::resources::{LogLimiter, Stats, Visits};
 
 /// Source of fresh ping ids, unique across all teams for the whole run.
 #[derive(Resource, Default)]
@@ -23,11 +23,13 @@ pub fn send_pings_and_check_pongs(
     mut ids: ResMut<PingIds>,
     mut stats: ResMut<Stats>,
     mut limiter: ResMut<LogLimiter>,
+    mut visits: ResMut<Visits>,
     mut teams: Query<(&Team, &mut Link, &mut Health)>,
     mut links: Links,
 ) {
     let now = links.now();
     while let Some(due) = links.pop_due_beat() {
+        visits.0 += 1;
         let Ok((team, mut link, mut health)) = teams.get_mut(due.entity) else {
             continue;
         };
@@ -71,6 +73,7 @@ pub fn send_pings_and_check_pongs(
         }
     }
     links.sweep_beats(|due| {
+        visits.0 += 1;
         teams
             .get(due.entity)
             .is_ok_and(|(_, l, _)| l.epoch == due.epoch)

@@ -8,12 +8,17 @@ use crate::core::components::{Health, Link, LinkState, Team};
 use crate::core::config::Settings;
 use crate::core::global_link::GlobalLink;
 use crate::core::links::Links;
-use crate::core::resources::{Shutdown, UrlRequests};
+use crate::core::resources::{Shutdown, UrlRequests, Visits};
 
 /// Fires due state deadlines. A deadline counts only if the link is still in
 /// the state (same epoch) that set it. Cost: O(due timers).
-pub fn expire_deadlines(mut teams: Query<(&mut Link, &mut Health)>, mut links: Links) {
+pub fn expire_deadlines(
+    mut visits: ResMut<Visits>,
+    mut teams: Query<(&mut Link, &mut Health)>,
+    mut links: Links,
+) {
     while let Some(due) = links.pop_due_deadline() {
+        visits.0 += 1;
         let Ok((mut link, mut health)) = teams.get_mut(due.entity) else {
             continue;
         };
@@ -42,6 +47,7 @@ pub fn expire_deadlines(mut teams: Query<(&mut Link, &mut Health)>, mut links: L
         }
     }
     links.sweep_deadlines(|due| {
+        visits.0 += 1;
         teams
             .get(due.entity)
             .is_ok_and(|(l, _)| l.epoch == due.epoch)
@@ -69,6 +75,7 @@ pub fn request_channel(
 pub fn request_team_urls(
     global: Res<GlobalLink>,
     shutdown: Res<Shutdown>,
+    mut visits: ResMut<Visits>,
     mut teams: Query<(&Team, &mut Link)>,
     mut links: Links,
 ) {
@@ -76,6 +83,7 @@ pub fn request_team_urls(
         return;
     };
     while let Some(entity) = links.next_to_request() {
+        visits.0 += 1;
         if let Ok((team, mut link)) = teams.get_mut(entity)
             && matches!(link.state, LinkState::NeedsUrl)
         {

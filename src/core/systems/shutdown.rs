@@ -6,12 +6,13 @@ use bevy_ecs::prelude::*;
 use crate::core::components::{AfterClose, Health, Link, LinkState};
 use crate::core::global_link::GlobalLink;
 use crate::core::links::Links;
-use crate::core::resources::Shutdown;
+use crate::core::resources::{Shutdown, Visits};
 
 /// Once a shutdown is asked for, closes every team socket with a normal
 /// close and stops every team that has none. Runs its full scan once.
 pub fn begin_shutdown(
     mut shutdown: ResMut<Shutdown>,
+    mut visits: ResMut<Visits>,
     mut teams: Query<(Entity, &mut Link, &mut Health)>,
     mut links: Links,
 ) {
@@ -20,6 +21,7 @@ pub fn begin_shutdown(
     }
     shutdown.begun = true;
     for (entity, mut link, mut health) in &mut teams {
+        visits.0 += 1;
         health.connected_at_shutdown = matches!(link.state, LinkState::Open { .. });
         // A team that left stays `left`: the report must tell the two apart.
         if link.state != LinkState::Left {

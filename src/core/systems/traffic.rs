@@ -6,7 +6,7 @@ use tracing::{debug, info, warn};
 use crate::bridge::{Inbound, NetEvent, TeamControl};
 use crate::core::components::{AfterClose, Counters, Health, Link, LinkState, Team};
 use crate::core::links::Links;
-use crate::core::resources::{LogLimiter, Stats, TeamInbox};
+use crate::core::resources::{LogLimiter, Stats, TeamInbox, Visits};
 
 /// Acts on a run of team events in arrival order (see
 /// [`apply_in_arrival_order`](super::ingest::apply_in_arrival_order)).
@@ -15,6 +15,7 @@ pub fn handle_team_events(
     mut inbox: ResMut<TeamInbox>,
     mut stats: ResMut<Stats>,
     mut limiter: ResMut<LogLimiter>,
+    mut visits: ResMut<Visits>,
     mut teams: Query<(&Team, &mut Link, &mut Counters, &mut Health)>,
     mut links: Links,
 ) {
@@ -22,6 +23,7 @@ pub fn handle_team_events(
     // Taken, not drained: a burst (10,000 sockets opening) must not leave
     // its capacity behind for the rest of the run.
     for (entity, event) in std::mem::take(&mut inbox.0) {
+        visits.0 += 1;
         let Ok((team, mut link, mut counters, mut health)) = teams.get_mut(entity) else {
             continue;
         };
