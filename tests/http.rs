@@ -455,9 +455,23 @@ async fn the_core_keeps_stepping_and_answering_pongs_while_clients_hammer_teams(
 /// (the sidecar published once, then nothing calls it again), `/teams`,
 /// `/teams/{id}` and `/fleet` answer at once with what it published, and
 /// `/healthz` says the driver does not answer.
+/// Publishes `peer`'s core to `http` once, as the driver's sidecar does
+/// after a step, and never again: a driver that stalled there.
+fn publish_once(http: &HttpServer, peer: &mut switchboard::testkit::Peer) {
+    use switchboard::runtime::{Sidecar, Step};
+    let mut telemetry = http.telemetry();
+    let wake = peer.core.doorbell().waker();
+    telemetry.start(&mut peer.core, &wake);
+    let step = Step {
+        at: Instant::now(),
+        took: Duration::ZERO,
+        team_events: &[],
+    };
+    telemetry.after_step(&mut peer.core, &step);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn teams_are_served_from_the_published_view_while_the_driver_is_stalled() {
-    use switchboard::runtime::{Sidecar, Step};
     use switchboard::testkit::Peer;
     let http = HttpServer::start("127.0.0.1:0".parse().expect("addr"))
         .await
@@ -469,15 +483,7 @@ async fn teams_are_served_from_the_published_view_while_the_driver_is_stalled() 
     peer.connect_team(TeamId(1));
     peer.message(TeamId(1), "props to you");
     peer.step();
-    let mut telemetry = http.telemetry();
-    let wake = peer.core.doorbell().waker();
-    telemetry.start(&mut peer.core, &wake);
-    let step = Step {
-        at: Instant::now(),
-        took: Duration::ZERO,
-        team_events: &[],
-    };
-    telemetry.after_step(&mut peer.core, &step);
+    publish_once(&http, &mut peer);
     // The driver stalls here: nothing calls the sidecar again.
 
     let (status, body) = get(addr, "/teams").await;
@@ -725,7 +731,6 @@ async fn only_this_machines_names_and_allowed_hosts_are_answered() {
 async fn a_team_view_never_shows_the_credentials_of_a_refused_url() {
     use switchboard::bridge::NetEvent;
     use switchboard::protocol::GlobalServerEvent;
-    use switchboard::runtime::{Sidecar, Step};
     use switchboard::testkit::Peer;
     let http = server_with(Limits::default(), &[]).await;
     let addr = http.addr();
@@ -744,15 +749,7 @@ async fn a_team_view_never_shows_the_credentials_of_a_refused_url() {
         error: format!("connect {secret_url}: connection refused"),
     });
     peer.step();
-    let mut telemetry = http.telemetry();
-    let wake = peer.core.doorbell().waker();
-    telemetry.start(&mut peer.core, &wake);
-    let step = Step {
-        at: Instant::now(),
-        took: Duration::ZERO,
-        team_events: &[],
-    };
-    telemetry.after_step(&mut peer.core, &step);
+    publish_once(&http, &mut peer);
     let (status, body) = get(addr, "/teams/5").await;
     assert_eq!(status, 200, "{body}");
     assert!(
