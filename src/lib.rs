@@ -10,13 +10,14 @@
 //! - [`reader`]: one connection's read side without the socket: frames in,
 //!   bridge events out (messages batched in runs).
 //! - [`bridge`]: [`NetEvent`] in, [`NetCommand`] out: the only contract
-//!   between the core and the network; credit-bounded.
+//!   between the core and the network; plain data.
 //! - [`core`]: the deterministic core, a bevy_ecs world stepped on a fixed
 //!   tick. No I/O, no clock, no unseeded randomness.
 //! - [`report`]: the final report, table or JSON.
 //! - [`redact`]: URLs with their credentials masked, for every output.
 //!
 //! The I/O side:
+//! - [`inbox`]: the credit-bounded channel from socket tasks to the driver.
 //! - [`transport`]: tokio + tungstenite sockets, one task per socket.
 //! - [`runtime`]: the driver joining core and transport on its own thread,
 //!   asleep when nothing is due; sidecars run beside it.
@@ -36,6 +37,7 @@
 pub mod bridge;
 pub mod core;
 pub mod http;
+pub mod inbox;
 pub mod persistence;
 pub mod protocol;
 pub mod publish;

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use tracing::{error, info, warn};
 
-use crate::bridge::Wake;
 use crate::core::Core;
 use crate::core::snapshot::SavedTeam;
+use crate::inbox::Wake;
 use crate::runtime::{RunEnd, Sidecar, Step};
 use crate::store::{Store, StoreError, StoreWriter, WriterStats};
 

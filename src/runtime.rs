@@ -6,8 +6,9 @@
 //! `start + k·tick`), so its behaviour is the fixed-tick model whatever the
 //! driver does. But the driver does not wake for ticks in which nothing is
 //! due: when the core has no work pending it sleeps until the core's next
-//! deadline, or until an event arrives (the bridge's doorbell), whichever is
-//! first; then it runs the ticks owed in one step. While events keep coming
+//! deadline, or until an event arrives (the inbox's doorbell), whichever is
+//! first; then it hands the core a batch of events and runs the ticks owed
+//! in one step. While events keep coming
 //! it steps once per grid tick. An idle fleet therefore costs no CPU at all,
 //! and an event waits at most one tick.
 
@@ -18,11 +19,12 @@ use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
 use tracing::{info, warn};
 
-use crate::bridge::Wake;
+use crate::bridge::NetEvent;
 use crate::core::config::{Config, ConfigError};
 use crate::core::lifecycle::TeamEvent;
 use crate::core::resources::ShutdownCause;
 use crate::core::{Core, Summary};
+use crate::inbox::{self, Doorbell, EventReceiver, Wake};
 use crate::report::Report;
 use crate::tap::Tap;
 use crate::transport::{Transport, TransportConfig};
@@ -157,6 +159,9 @@ pub struct Step<'a> {
     pub took: Duration,
     /// Team lifecycle events of the step, in order.
     pub team_events: &'a [TeamEvent],
+    /// Events left waiting in the inbox for the next step (beyond this
+    /// step's batch).
+    pub inbox_depth: usize,
 }
 
 /// Something that runs beside the driver on its thread: it sees the core
@@ -197,145 +202,254 @@ pub fn run(
     stop: &StopHandle,
     sidecars: &mut [&mut dyn Sidecar],
 ) -> Result<RunOutcome, RunError> {
-    let mut core = Core::new(&config.core, config.seed)?;
-    let doorbell = core.doorbell();
-    let wake = doorbell.waker();
-    stop.attach(wake.clone());
-    for sidecar in sidecars.iter_mut() {
-        sidecar.start(&mut core, &wake);
-    }
-    let mut transport = Transport::new(
-        runtime,
-        core.event_sender(),
-        &config.transport,
-        &config.core,
-        config.tap.clone(),
-    );
-    let tick = core.tick();
-    let start = Instant::now();
-    let mut grid = Grid {
-        start,
-        tick,
-        done: 0,
-    };
-    let mut overruns = 0u64;
-    let mut last_overrun_log: Option<Instant> = None;
-    let mut status = StatusLine::new(config.status_interval, start);
-    let mut last_sweep = start;
-    let mut global_down_since: Option<Instant> = Some(start);
-    let mut shutdown_at: Option<Instant> = None;
-    // Past this, a shutdown stops waiting for close handshakes.
-    let shutdown_limit = config.core.close_timeout * 2 + Duration::from_secs(1);
+    let mut driver = Driver::new(config, runtime, stop, sidecars)?;
+    let end = driver.drive(stop, sidecars);
+    Ok(driver.finish(end, sidecars))
+}
 
-    let end = loop {
-        if stop.is_forced() {
-            break RunEnd::Forced;
+/// The driver's state between steps: the core, the inbox it feeds the core
+/// from, the sockets, and the wall clock's bookkeeping.
+struct Driver<'a> {
+    config: &'a RunConfig,
+    core: Core,
+    /// Events from the socket tasks, handed to the core a batch per step.
+    inbox: EventReceiver,
+    doorbell: Doorbell,
+    /// The batch being handed over (kept to reuse its allocation).
+    batch: Vec<NetEvent>,
+    transport: Transport,
+    start: Instant,
+    grid: Grid,
+    overruns: Overruns,
+    status: StatusLine,
+    last_sweep: Instant,
+    global_down_since: Option<Instant>,
+    shutdown_at: Option<Instant>,
+}
+
+impl<'a> Driver<'a> {
+    fn new(
+        config: &'a RunConfig,
+        runtime: Handle,
+        stop: &StopHandle,
+        sidecars: &mut [&mut dyn Sidecar],
+    ) -> Result<Driver<'a>, RunError> {
+        let mut core = Core::new(&config.core, config.seed)?;
+        let (events, inbox) = inbox::channel();
+        // Taken on this thread: the one a ring or a wake unparks.
+        let doorbell = inbox.doorbell();
+        let wake = doorbell.waker();
+        stop.attach(wake.clone());
+        for sidecar in sidecars.iter_mut() {
+            sidecar.start(&mut core, &wake);
         }
-        if stop.is_stopped() && core.shutdown_cause().is_none() {
-            info!("stop requested: closing every connection");
-            core.shutdown();
-        }
-        let owed = grid.owed(Instant::now());
-        if owed > 0 {
-            let began = Instant::now();
-            core.step_ticks(owed);
-            grid.done += owed;
-            for command in core.drain_commands() {
-                transport.execute(command);
+        let transport = Transport::new(
+            runtime,
+            events,
+            &config.transport,
+            &config.core,
+            config.tap.clone(),
+        );
+        let tick = core.tick();
+        let start = Instant::now();
+        Ok(Driver {
+            config,
+            core,
+            inbox,
+            doorbell,
+            batch: Vec::new(),
+            transport,
+            start,
+            grid: Grid {
+                start,
+                tick,
+                done: 0,
+            },
+            overruns: Overruns::default(),
+            status: StatusLine::new(config.status_interval, start),
+            last_sweep: start,
+            global_down_since: Some(start),
+            shutdown_at: None,
+        })
+    }
+
+    /// Steps on the grid, and sleeps between, until the run ends.
+    fn drive(&mut self, stop: &StopHandle, sidecars: &mut [&mut dyn Sidecar]) -> RunEnd {
+        loop {
+            if stop.is_forced() {
+                return RunEnd::Forced;
             }
-            let took = began.elapsed();
-            let team_events = core.drain_team_events();
-            if let Some(tap) = &config.tap {
-                for event in &team_events {
-                    tap.team_event(event.clone());
+            if stop.is_stopped() && self.core.shutdown_cause().is_none() {
+                info!("stop requested: closing every connection");
+                self.core.shutdown();
+            }
+            let owed = self.grid.owed(Instant::now());
+            if owed > 0 {
+                self.step(owed, sidecars);
+            } else {
+                for sidecar in sidecars.iter_mut() {
+                    sidecar.on_wake(&mut self.core);
                 }
             }
-            let step = Step {
-                at: began,
-                took,
-                team_events: &team_events,
+            if self.core.is_finished() {
+                return RunEnd::Finished(
+                    self.core.shutdown_cause().unwrap_or(ShutdownCause::Local),
+                );
+            }
+            let now = Instant::now();
+            let wake_by = match self.wall_clock_limits(now, sidecars) {
+                Ok(wake_by) => wake_by,
+                Err(end) => return end,
             };
-            for sidecar in sidecars.iter_mut() {
-                sidecar.after_step(&mut core, &step);
+            self.status.maybe_log(&self.core, now);
+            if now.duration_since(self.last_sweep) >= Duration::from_secs(1) {
+                self.transport.sweep();
+                self.last_sweep = now;
             }
-            if took > tick {
-                overruns += 1;
-                if last_overrun_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-                    warn!(
-                        took_ms = took.as_millis() as u64,
-                        overruns, "step overran its tick"
-                    );
-                    last_overrun_log = Some(Instant::now());
-                }
-            }
-        } else {
-            for sidecar in sidecars.iter_mut() {
-                sidecar.on_wake(&mut core);
+            self.sleep(wake_by);
+        }
+    }
+
+    /// Hands the core one batch from the inbox, runs the `owed` ticks in one
+    /// step, executes its commands and shows the step to the sidecars.
+    fn step(&mut self, owed: u64, sidecars: &mut [&mut dyn Sidecar]) {
+        let began = Instant::now();
+        let core = &mut self.core;
+        let batch = &mut self.batch;
+        self.inbox
+            .drain(core.settings().max_events_per_tick, |event| {
+                batch.push(event)
+            });
+        core.handle_all(batch.drain(..));
+        core.step_ticks(owed);
+        self.grid.done += owed;
+        for command in core.drain_commands() {
+            self.transport.execute(command);
+        }
+        let took = began.elapsed();
+        let team_events = core.drain_team_events();
+        if let Some(tap) = &self.config.tap {
+            for event in &team_events {
+                tap.team_event(event.clone());
             }
         }
-        let now = Instant::now();
-        if core.is_finished() {
-            break RunEnd::Finished(core.shutdown_cause().unwrap_or(ShutdownCause::Local));
+        let step = Step {
+            at: began,
+            took,
+            team_events: &team_events,
+            inbox_depth: self.inbox.len(),
+        };
+        for sidecar in sidecars.iter_mut() {
+            sidecar.after_step(core, &step);
         }
-        // The wall-clock limits, each also a reason to wake.
-        let mut wake_by: Option<Instant> = status.next();
+        if took > self.grid.tick {
+            self.overruns.note(took);
+        }
+    }
+
+    /// The wall-clock limits (status line, sidecars, a shutdown's bound,
+    /// giving up on Global): the earliest is a reason to wake; one that has
+    /// passed ends the run.
+    fn wall_clock_limits(
+        &mut self,
+        now: Instant,
+        sidecars: &[&mut dyn Sidecar],
+    ) -> Result<Option<Instant>, RunEnd> {
+        let mut wake_by: Option<Instant> = self.status.next();
         for sidecar in sidecars.iter() {
             wake_by = earliest(wake_by, sidecar.next_wake());
         }
-        if let Some(cause) = core.shutdown_cause() {
-            let limit = *shutdown_at.get_or_insert(now) + shutdown_limit;
+        if let Some(cause) = self.core.shutdown_cause() {
+            // Past this, a shutdown stops waiting for close handshakes.
+            let limit = *self.shutdown_at.get_or_insert(now)
+                + self.config.core.close_timeout * 2
+                + Duration::from_secs(1);
             if now >= limit {
                 warn!("shutdown took too long; dropping the remaining sockets");
-                break RunEnd::ShutdownTimedOut(cause);
+                return Err(RunEnd::ShutdownTimedOut(cause));
             }
             wake_by = earliest(wake_by, Some(limit));
-        } else if let Some(limit) = config.give_up_after {
-            if core.global().ready_conn().is_some() {
-                global_down_since = None;
+        } else if let Some(limit) = self.config.give_up_after {
+            if self.core.global().ready_conn().is_some() {
+                self.global_down_since = None;
             } else {
-                let since = *global_down_since.get_or_insert(now);
+                let since = *self.global_down_since.get_or_insert(now);
                 if now >= since + limit {
-                    break RunEnd::GaveUp {
+                    return Err(RunEnd::GaveUp {
                         down_for: now.duration_since(since),
-                        last_error: core.global().last_error().unwrap_or("no answer").to_owned(),
-                    };
+                        last_error: self
+                            .core
+                            .global()
+                            .last_error()
+                            .unwrap_or("no answer")
+                            .to_owned(),
+                    });
                 }
                 wake_by = earliest(wake_by, Some(since + limit));
             }
         }
-        status.maybe_log(&core, now);
-        if now.duration_since(last_sweep) >= Duration::from_secs(1) {
-            transport.sweep();
-            last_sweep = now;
-        }
-        if core.has_pending_work() {
+        Ok(wake_by)
+    }
+
+    /// Sleeps until the next step is due.
+    fn sleep(&self, wake_by: Option<Instant>) {
+        if self.core.has_pending_work() || !self.inbox.is_empty() {
             // Work for the next grid tick: sleep until it, woken early only
             // by a stop (events arriving meanwhile wait for the tick).
-            let next = grid.at(grid.done + 1);
+            let next = self.grid.at(self.grid.done + 1);
             if let Some(left) = next.checked_duration_since(Instant::now()) {
                 std::thread::park_timeout(left);
             }
         } else {
             // Idle: sleep until the core's next deadline, an event, or a
             // wall-clock limit, whichever is first.
-            let deadline = core.next_deadline().map(|d| grid.at_or_after(d));
-            doorbell.wait(earliest(deadline, wake_by));
+            let deadline = self.core.next_deadline().map(|d| self.grid.at_or_after(d));
+            self.doorbell.wait(earliest(deadline, wake_by));
         }
-    };
-    transport.abort_all();
-    let finish_by = Instant::now() + FINISH_LIMIT;
-    for sidecar in sidecars.iter_mut() {
-        sidecar.finish(&mut core, &end, finish_by);
     }
-    let snapshot = core.snapshot();
-    Ok(RunOutcome {
-        end,
-        report: Report::from_snapshot(&snapshot),
-        steps: snapshot.clock.tick,
-        snapshot,
-        overruns,
-        elapsed: start.elapsed(),
-    })
+
+    /// Drops what is left of the sockets, lets the sidecars finish, and
+    /// takes the report.
+    fn finish(mut self, end: RunEnd, sidecars: &mut [&mut dyn Sidecar]) -> RunOutcome {
+        self.transport.abort_all();
+        let finish_by = Instant::now() + FINISH_LIMIT;
+        for sidecar in sidecars.iter_mut() {
+            sidecar.finish(&mut self.core, &end, finish_by);
+        }
+        let snapshot = self.core.snapshot();
+        RunOutcome {
+            end,
+            report: Report::from_snapshot(&snapshot),
+            steps: snapshot.clock.tick,
+            snapshot,
+            overruns: self.overruns.count,
+            elapsed: self.start.elapsed(),
+        }
+    }
+}
+
+/// Steps that took longer than a tick, logged at most every 10 s.
+#[derive(Default)]
+struct Overruns {
+    count: u64,
+    last_log: Option<Instant>,
+}
+
+impl Overruns {
+    fn note(&mut self, took: Duration) {
+        self.count += 1;
+        if self
+            .last_log
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
+        {
+            warn!(
+                took_ms = took.as_millis() as u64,
+                overruns = self.count,
+                "step overran its tick"
+            );
+            self.last_log = Some(Instant::now());
+        }
+    }
 }
 
 /// How long sidecars get, together, to finish (save, publish) at the end.

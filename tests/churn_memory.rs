@@ -65,9 +65,7 @@ impl Harness {
             .flatten()
             .collect();
         events.extend(reader.flush());
-        for event in events {
-            self.core.push(event).expect("room on the bridge");
-        }
+        self.core.handle_all(events);
     }
 
     fn step(&mut self) {
@@ -78,7 +76,7 @@ impl Harness {
             match command {
                 NetCommand::Open { conn, kind, .. } => {
                     self.readers.insert(conn, Reader::new(conn, kind));
-                    self.core.push(NetEvent::Opened { conn }).expect("room");
+                    self.core.handle(NetEvent::Opened { conn });
                     match kind {
                         ConnKind::Global => {
                             self.global = Some(conn);
@@ -121,12 +119,10 @@ impl Harness {
 
     fn end(&mut self, conn: ConnId) {
         if self.readers.remove(&conn).is_some() {
-            self.core
-                .push(NetEvent::Closed {
-                    conn,
-                    reason: CloseReason::Reset,
-                })
-                .expect("room");
+            self.core.handle(NetEvent::Closed {
+                conn,
+                reason: CloseReason::Reset,
+            });
         }
     }
 

@@ -460,12 +460,13 @@ async fn the_core_keeps_stepping_and_answering_pongs_while_clients_hammer_teams(
 fn publish_once(http: &HttpServer, peer: &mut switchboard::testkit::Peer) {
     use switchboard::runtime::{Sidecar, Step};
     let mut telemetry = http.telemetry();
-    let wake = peer.core.doorbell().waker();
+    let wake = switchboard::inbox::Wake::unattached();
     telemetry.start(&mut peer.core, &wake);
     let step = Step {
         at: Instant::now(),
         took: Duration::ZERO,
         team_events: &[],
+        inbox_depth: 0,
     };
     telemetry.after_step(&mut peer.core, &step);
 }
@@ -664,7 +665,7 @@ async fn at_the_cap_with_every_connection_being_answered_a_new_one_is_refused() 
     // A driver that never wakes: each /healthz waits for it, busy.
     let mut peer = Peer::new(7);
     let mut telemetry = http.telemetry();
-    let wake = peer.core.doorbell().waker();
+    let wake = switchboard::inbox::Wake::unattached();
     telemetry.start(&mut peer.core, &wake);
     let waiting: Vec<_> = (0..4)
         .map(|_| tokio::spawn(async move { get(addr, "/healthz").await }))

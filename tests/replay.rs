@@ -259,6 +259,7 @@ fn step_info() -> Step<'static> {
         at: Instant::now(),
         took: Duration::ZERO,
         team_events: &[],
+        inbox_depth: 0,
     }
 }
 
@@ -268,7 +269,7 @@ impl Scripted {
         let mut peer = Peer::with_config(&config, 3);
         peer.core.restore(restored).expect("restore");
         let mut recorder = Recorder::create(options, &config, 3).expect("recorder");
-        let wake = peer.core.doorbell().waker();
+        let wake = switchboard::inbox::Wake::unattached();
         recorder.start(&mut peer.core, &wake);
         let snapshots = vec![json(&peer.core.snapshot())];
         Scripted {

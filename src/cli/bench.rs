@@ -166,7 +166,7 @@ impl Probe {
 }
 
 impl Sidecar for Probe {
-    fn start(&mut self, core: &mut Core, _wake: &switchboard::bridge::Wake) {
+    fn start(&mut self, core: &mut Core, _wake: &switchboard::inbox::Wake) {
         if self.latencies.is_some() {
             core.set_recording(true);
         }

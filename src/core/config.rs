@@ -38,8 +38,9 @@ pub struct Config {
     /// Global reconnect with thousands of teams, requests go out in waves
     /// instead of one flood.
     pub max_requests_in_flight: usize,
-    /// Most inbound events taken from the bridge in one tick; the rest wait
-    /// for the next tick, so one tick's work stays bounded.
+    /// The driver's batch: most events it hands the core for one step; the
+    /// rest wait in its inbox for the next, so one step's work stays
+    /// bounded. (The core applies whatever it is handed.)
     pub max_events_per_tick: usize,
     /// Most teams the client keeps: a `team.join` for a new team beyond it
     /// is refused (logged and counted), so a hostile Global cannot grow the
@@ -136,7 +137,7 @@ pub struct Settings {
     pub close_timeout: u64,
     /// Request slots.
     pub max_requests_in_flight: usize,
-    /// Events per tick.
+    /// The driver's batch of events per step.
     pub max_events_per_tick: usize,
     /// Teams kept at most.
     pub max_teams: usize,

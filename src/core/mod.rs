@@ -1,8 +1,10 @@
 //! The deterministic core: a bevy_ecs `World` plus one `Schedule`, stepped on
 //! a fixed tick. It does no I/O, never reads a clock and uses only the seeded
-//! RNG it is built with: events go in ([`Core::push`]), time goes in
-//! ([`Core::step`]), commands come out ([`Core::drain_commands`]). Same
-//! events, same seed → the same commands and the same [`Snapshot`].
+//! RNG it is built with: events go in ([`Core::handle`], a call that cannot
+//! fail), time goes in ([`Core::step`]), commands come out
+//! ([`Core::drain_commands`]). Same events, same seed → the same commands
+//! and the same [`Snapshot`]. How events reach the driver (a channel, a
+//! recording, a script, another machine) is the driver's business.
 
 pub mod components;
 pub mod config;
@@ -20,7 +22,7 @@ use std::time::Duration;
 use bevy_ecs::prelude::*;
 use bevy_ecs::schedule::ScheduleLabel;
 
-use crate::bridge::{Doorbell, EventSender, NetCommand, NetEvent, TrySendError, event_channel};
+use crate::bridge::{NetCommand, NetEvent};
 use crate::protocol::TeamStats;
 use bevy_ecs::system::RunSystemOnce;
 use components::{Counters, Health, Link, LinkState, Team};
@@ -28,7 +30,7 @@ use config::{Config, ConfigError, Settings};
 use global_link::GlobalLink;
 use links::{Beat, StateDeadline};
 use resources::{
-    Clock, Connections, GlobalInbox, Jitter, LogLimiter, NetInbox, Outbox, PendingHealthchecks,
+    Arrived, Clock, Connections, GlobalInbox, Jitter, LogLimiter, Outbox, PendingHealthchecks,
     Routed, Shutdown, ShutdownCause, Stats, TeamInbox, TeamIndex, UrlRequests,
 };
 use snapshot::{SavedTeam, Snapshot, TeamSnapshot};
@@ -38,8 +40,8 @@ use timers::Timers;
 /// The phases of one tick, in order.
 #[derive(SystemSet, Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CoreSystems {
-    /// Take events off the bridge and apply them in arrival order, Global
-    /// and team alike.
+    /// Apply the events handed over since the last step, in arrival order,
+    /// Global and team alike.
     Ingest,
     /// The Global link's own deadlines; start a shutdown asked for locally.
     Global,
@@ -101,7 +103,6 @@ pub struct StepLimit(pub u64);
 pub struct Core {
     world: World,
     schedule: Schedule,
-    events: EventSender,
     /// Registered once, so it remembers what it already reported.
     changed_teams: bevy_ecs::system::SystemId<(), Vec<SavedTeam>>,
 }
@@ -111,12 +112,11 @@ impl Core {
     /// which asks for the Global link to be opened.
     pub fn new(config: &Config, seed: u64) -> Result<Core, ConfigError> {
         let settings: Settings = config.validate()?;
-        let (events, receiver) = event_channel();
         let mut world = World::new();
         world.insert_resource(settings);
         world.insert_resource(Clock::default());
         world.insert_resource(Jitter(fastrand::Rng::with_seed(seed)));
-        world.insert_resource(NetInbox(receiver));
+        world.init_resource::<Arrived>();
         world.init_resource::<Outbox>();
         world.init_resource::<Connections>();
         world.init_resource::<TeamIndex>();
@@ -144,7 +144,6 @@ impl Core {
         Ok(Core {
             world,
             schedule: build_schedule(),
-            events,
             changed_teams,
         })
     }
@@ -198,19 +197,17 @@ impl Core {
             .unwrap_or_default()
     }
 
-    /// A sender for the transport: events it sends reach the next tick.
-    pub fn event_sender(&self) -> EventSender {
-        self.events.clone()
+    /// Hands over one event: the next step applies it, after every event
+    /// handed over before it, whichever connection each came from. The
+    /// core keeps what it is given until that step; the driver decides
+    /// how much to hand over per step.
+    pub fn handle(&mut self, event: NetEvent) {
+        self.world.resource_mut::<Arrived>().0.push(event);
     }
 
-    /// What a driver sleeps on: rung when an event arrives.
-    pub fn doorbell(&self) -> Doorbell {
-        self.world.resource::<NetInbox>().0.doorbell()
-    }
-
-    /// Queues one inbound event for the next tick.
-    pub fn push(&mut self, event: NetEvent) -> Result<(), TrySendError> {
-        self.events.try_send(event)
+    /// Hands over a batch of events, in order (see [`Core::handle`]).
+    pub fn handle_all(&mut self, events: impl IntoIterator<Item = NetEvent>) {
+        self.world.resource_mut::<Arrived>().0.extend(events);
     }
 
     /// Advances the clock by one tick and runs the schedule.
@@ -278,9 +275,9 @@ impl Core {
         std::mem::take(&mut self.world.resource_mut::<lifecycle::TeamEvents>().0)
     }
 
-    /// Events waiting on the bridge for the next step.
+    /// Events handed over and not yet applied (the next step applies them).
     pub fn pending_events(&self) -> usize {
-        self.world.resource::<NetInbox>().0.len()
+        self.world.resource::<Arrived>().0.len()
     }
 
     /// `team.connect` requests awaiting an answer.
@@ -379,7 +376,7 @@ impl Core {
     }
 
     /// Whether a step at the current instant would do anything: events
-    /// wait on the bridge, a request may go out, a shutdown waits to begin,
+    /// were handed over, a request may go out, a shutdown waits to begin,
     /// or a deadline has come.
     pub fn has_pending_work(&self) -> bool {
         let now = self.world.resource::<Clock>().now;
@@ -390,7 +387,7 @@ impl Core {
             self.world.resource::<UrlRequests>(),
             self.world.resource::<Settings>(),
         );
-        !self.world.resource::<NetInbox>().0.is_empty()
+        !self.world.resource::<Arrived>().0.is_empty()
             || (shutdown.cause.is_some() && !shutdown.begun)
             || requests.is_some()
             || self

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use bevy_ecs::prelude::*;
 use serde::Serialize;
 
-use crate::bridge::{ConnId, EventReceiver, NetCommand};
+use crate::bridge::{ConnId, NetCommand, NetEvent};
 use crate::protocol::TeamId;
 
 /// Core time. Advanced only by the driver (or a test), never read from the OS.
@@ -31,18 +31,20 @@ impl Jitter {
     }
 }
 
-/// Inbound side of the bridge, drained by the ingest system.
-#[derive(Resource)]
-pub struct NetInbox(pub EventReceiver);
+/// Events handed to the core (`Core::handle`) and not yet applied: the
+/// next step applies all of them, in this order. The driver bounds it: it
+/// hands over one batch per step.
+#[derive(Resource, Default)]
+pub struct Arrived(pub Vec<NetEvent>);
 
-/// Events taken from the bridge, kept (when recording) for the flight
+/// Events applied, kept (when recording) for the flight
 /// recorder: what the core ingested, in order, step by step.
 #[derive(Resource, Default)]
 pub struct Recorded {
     /// Whether events are kept.
     pub on: bool,
     /// Kept since the last drain.
-    pub events: Vec<crate::bridge::NetEvent>,
+    pub events: Vec<NetEvent>,
 }
 
 /// The teams restored before the first step, kept for the recorder.
@@ -246,7 +248,7 @@ pub struct Visits(pub u64);
 /// Run-wide counters: what arrived, what was bad, what was ignored.
 #[derive(Resource, Default, Clone, Debug, Serialize)]
 pub struct Stats {
-    /// Network events taken from the bridge.
+    /// Network events applied.
     pub events: u64,
     /// Events about connections that had already ended, or that the core
     /// had given up on (other than messages).

@@ -199,7 +199,7 @@ impl prometheus_client::collector::Collector for ViewCollector {
         gauge(
             &mut e,
             "bridge_depth",
-            "Events waiting on the bridge for the next step",
+            "Events waiting in the driver's inbox beyond the last step's batch",
             None,
             v.bridge_depth as i64,
         )?;

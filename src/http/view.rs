@@ -19,10 +19,10 @@ use tokio::sync::watch;
 
 use super::book::{Book, Pages, REFRESH_PER_PUBLISH};
 
-use crate::bridge::Wake;
 use crate::core::Core;
 use crate::core::components::LinkState;
 use crate::core::resources::RttHistogram;
+use crate::inbox::Wake;
 use crate::runtime::{RunEnd, Sidecar, Step};
 
 /// The least time between two published views.
@@ -72,7 +72,7 @@ pub struct View {
     pub requests_in_flight: usize,
     /// How long the longest-waiting team has waited to send its request, ms.
     pub url_backlog_ms: Option<u64>,
-    /// Events waiting on the bridge.
+    /// Events waiting in the driver's inbox beyond the last step's batch.
     pub bridge_depth: usize,
     /// The Global link's state.
     pub global_state: &'static str,
@@ -91,7 +91,7 @@ pub struct View {
 }
 
 impl View {
-    fn of(core: &Core, overruns: u64) -> View {
+    fn of(core: &Core, overruns: u64, bridge_depth: usize) -> View {
         let fleet = core.fleet();
         let stats = core.stats();
         let global = core.global();
@@ -117,7 +117,7 @@ impl View {
             rtt: stats.rtt.clone(),
             requests_in_flight: core.requests_in_flight(),
             url_backlog_ms: core.url_backlog_age().map(|d| d.as_millis() as u64),
-            bridge_depth: core.pending_events(),
+            bridge_depth,
             global_state: global.state().name(),
             global_ready: global.ready_conn().is_some(),
             global_connects: global.connects(),
@@ -210,6 +210,8 @@ pub struct Telemetry {
     last: Option<Instant>,
     tick: Duration,
     overruns: u64,
+    /// The inbox's depth after the last step.
+    bridge_depth: usize,
     alive: u64,
     /// A step ran since the last publication: publish once the throttle
     /// allows, even if the fleet goes quiet meanwhile.
@@ -224,6 +226,7 @@ impl Telemetry {
             last: None,
             tick: Duration::from_millis(10),
             overruns: 0,
+            bridge_depth: 0,
             alive: 0,
             dirty: false,
         }
@@ -242,7 +245,8 @@ impl Telemetry {
 
     fn publish(&mut self, core: &mut Core, refresh: usize) {
         let pages = self.book.refresh(core, refresh);
-        self.shared.publish(View::of(core, self.overruns), pages);
+        self.shared
+            .publish(View::of(core, self.overruns, self.bridge_depth), pages);
         self.last = Some(Instant::now());
         self.dirty = false;
     }
@@ -260,6 +264,7 @@ impl Sidecar for Telemetry {
         if step.took > self.tick {
             self.overruns += 1;
         }
+        self.bridge_depth = step.inbox_depth;
         self.dirty = true;
         self.serve(core);
     }

@@ -17,11 +17,11 @@ use tracing::{error, info, warn};
 
 use super::line::{self, Completeness, End, Header, Idle};
 use super::{codec, segments};
-use crate::bridge::Wake;
 use crate::core::Core;
 use crate::core::config::Config;
 use crate::core::resources::ShutdownCause;
 use crate::core::snapshot::SavedTeam;
+use crate::inbox::Wake;
 use crate::runtime::{RunEnd, Sidecar, Step};
 
 /// Rotated segments kept by default (`FILE.1` … `FILE.4`).
@@ -657,6 +657,7 @@ mod tests {
             at: Instant::now(),
             took: std::time::Duration::ZERO,
             team_events: &[],
+            inbox_depth: 0,
         }
     }
 
@@ -679,7 +680,7 @@ mod tests {
 
     /// Steps with input until the recorder gives up; returns the steps run.
     fn fill(peer: &mut Peer, recorder: &mut Recorder) -> u64 {
-        let wake = peer.core.doorbell().waker();
+        let wake = crate::inbox::Wake::unattached();
         recorder.start(&mut peer.core, &wake);
         // The first step asks for Global; it opens and says hello.
         step(peer, recorder);

@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use super::line::{self, Completeness, End, Header, Idle, Line, Step};
 use super::segments;
-use crate::bridge::EventSender;
 use crate::core::Core;
 use crate::core::config::Config;
 use crate::core::snapshot::Snapshot;
@@ -256,7 +255,6 @@ pub fn replay(path: &Path, options: &ReplayOptions) -> Result<Replayed, ReplayEr
 /// The core being replayed, and where it stands.
 struct Run {
     core: Core,
-    sender: EventSender,
     config: Config,
     seed: u64,
     restored: usize,
@@ -290,7 +288,6 @@ impl Run {
         core.restore(&restored)
             .map_err(|e| lines.bad(format!("the restored teams are refused: {e}")))?;
         Ok(Run {
-            sender: core.event_sender(),
             max_events: config.max_events_per_tick,
             core,
             config,
@@ -369,13 +366,8 @@ impl Run {
             self.core.shutdown();
         }
         let n = step.events.len() as u64;
-        for event in step.events {
-            // Credit-free, as the live bridge's final events: the step
-            // takes them all (there are at most max_events_per_tick).
-            self.sender
-                .send_final(event)
-                .map_err(|_| lines.bad("the core stopped taking events"))?;
-        }
+        // The recorded step's batch, handed over as the driver did.
+        self.core.handle_all(step.events);
         self.advance(dt);
         self.events += n;
         Ok(false)

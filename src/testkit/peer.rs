@@ -221,12 +221,9 @@ impl Peer {
         new
     }
 
-    /// Queues an event for the next tick.
-    ///
-    /// # Panics
-    /// If the core's inbound channel is full.
+    /// Hands an event to the core for the next step.
     pub fn push(&mut self, event: NetEvent) {
-        self.core.push(event).expect("inbound channel has room");
+        self.core.handle(event);
     }
 
     /// The current Global connection id.

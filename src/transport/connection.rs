@@ -23,7 +23,8 @@ use tracing::debug;
 
 use super::dial::{DialConfig, Socket, dial};
 use super::mailbox::{Mailbox, Outgoing};
-use crate::bridge::{CloseReason, ConnId, ConnKind, EventSender, NetEvent};
+use crate::bridge::{CloseReason, ConnId, ConnKind, NetEvent};
+use crate::inbox::EventSender;
 use crate::reader::{Frame, Reader};
 use crate::tap::{SocketTap, Tap};
 

@@ -25,8 +25,9 @@ use std::time::Duration;
 use tokio::runtime::Handle;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use crate::bridge::{CloseReason, ConnId, EventSender, NetCommand};
+use crate::bridge::{CloseReason, ConnId, NetCommand};
 use crate::core::config::Config;
+use crate::inbox::EventSender;
 use crate::tap::Tap;
 pub use guard::PartialBudget;
 use mailbox::{Mailbox, Outgoing, PostError};

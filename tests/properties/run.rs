@@ -2,8 +2,10 @@
 //! rule after every step, then checks that the fleet recovers once the
 //! server behaves.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
+use switchboard::NetEvent;
 use switchboard::protocol::{GlobalServerEvent, TeamId};
 use switchboard::{Config, Core};
 
@@ -19,6 +21,9 @@ struct Run {
     config: Config,
     seed: u64,
     core: Core,
+    /// The driver's inbox: what the wire produced, handed to the core at
+    /// most `max_events_per_tick` per step, as the runtime does.
+    inbox: VecDeque<NetEvent>,
     wire: Wire,
     model: Model,
 }
@@ -31,26 +36,38 @@ impl Run {
             config,
             seed,
             core,
+            inbox: VecDeque::new(),
             wire: Wire::default(),
             model,
         }
     }
 
-    /// Hands what the wire produced to the core (and the model).
+    /// Puts what the wire produced in the inbox (and tells the model).
     fn hand_over(&mut self) -> Result<(), String> {
         for (event, counted) in std::mem::take(&mut self.wire.out) {
-            self.core
-                .push(event.clone())
-                .map_err(|e| format!("bridge refused an event: {e}"))?;
+            self.inbox.push_back(event.clone());
             self.model.pushed(event, counted);
         }
         Ok(())
+    }
+
+    /// Hands the core one batch from the inbox, as the runtime does before
+    /// each step.
+    fn feed(&mut self) {
+        let batch = self.inbox.len().min(self.config.max_events_per_tick);
+        self.core.handle_all(self.inbox.drain(..batch));
+    }
+
+    /// Events not yet applied: in the inbox or handed over.
+    fn waiting(&self) -> usize {
+        self.inbox.len() + self.core.pending_events()
     }
 
     /// One step of the core, then the checks, then the network's reaction.
     fn step(&mut self, how: impl FnOnce(&mut Core)) -> Result<(), String> {
         self.wire.flush_runs()?;
         self.hand_over()?;
+        self.feed();
         how(&mut self.core);
         self.after()
     }
@@ -58,7 +75,8 @@ impl Run {
     fn after(&mut self) -> Result<(), String> {
         let commands = self.core.drain_commands();
         self.core.drain_team_events();
-        self.model.after_step(&self.core, &commands)?;
+        self.model
+            .after_step(&self.core, self.waiting(), &commands)?;
         self.wire.apply(&commands);
         if self.wire.eager {
             self.wire.react()?;
@@ -73,14 +91,15 @@ impl Run {
     fn settle(&mut self) -> Result<(), String> {
         self.wire.flush_runs()?;
         self.hand_over()?;
-        if self.core.pending_events() <= self.config.max_events_per_tick {
+        if self.inbox.len() <= self.config.max_events_per_tick {
+            self.feed();
             self.core
                 .settle(SETTLE_STEPS)
                 .map_err(|e| format!("settle: {e}"))?;
             return self.after();
         }
         for _ in 0..SETTLE_STEPS {
-            if !self.core.has_pending_work() {
+            if self.inbox.is_empty() && !self.core.has_pending_work() {
                 return Ok(());
             }
             self.step(|core| core.step_by(Duration::ZERO))?;
@@ -109,6 +128,8 @@ impl Run {
         }
         let saved: Vec<_> = self.model.store.values().copied().collect();
         self.core = Core::new(&self.config, self.seed).expect("valid config");
+        // The old process's inbox died with it.
+        self.inbox.clear();
         self.core
             .restore(&saved)
             .map_err(|e| format!("restore: {e}"))?;
@@ -288,7 +309,7 @@ impl Run {
                 bound,
                 self.core.snapshot()
             );
-            let idle = self.core.pending_events() == 0 && !self.core.has_pending_work();
+            let idle = self.waiting() == 0 && !self.core.has_pending_work();
             let next = self.core.next_deadline();
             match next {
                 Some(at) if idle && at > self.core.now() => {

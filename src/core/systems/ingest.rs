@@ -1,4 +1,4 @@
-//! Ingest: take this step's events off the bridge, route each to the Global
+//! Ingest: take the events handed over for this step, route each to the Global
 //! lifecycle or to its team by connection id, and apply them in the order
 //! they arrived, whichever connection they came on.
 //!
@@ -14,25 +14,23 @@ use bevy_ecs::system::SystemId;
 use tracing::{error, trace};
 
 use crate::bridge::NetEvent;
-use crate::core::config::Settings;
 use crate::core::resources::{
-    Connections, GlobalInbox, NetInbox, Owner, Recorded, Route, Routed, Stats, TeamInbox,
+    Arrived, Connections, GlobalInbox, Owner, Recorded, Route, Routed, Stats, TeamInbox,
 };
 
-/// Drains at most `max_events_per_tick` events, in arrival order, into
-/// [`Routed`]. A connection the core gave up on (retired) is done with
+/// Takes every event handed over since the last step, in arrival order,
+/// into [`Routed`]. A connection the core gave up on (retired) is done with
 /// here: messages it had already read still go to its team, to be counted;
 /// its terminal event ends it; anything else is stale, as is every event
 /// about a connection that already ended.
 pub fn route_net_events(
-    inbox: Res<NetInbox>,
-    settings: Res<Settings>,
+    mut arrived: ResMut<Arrived>,
     mut conns: ResMut<Connections>,
     mut routed: ResMut<Routed>,
     mut stats: ResMut<Stats>,
     mut recorded: ResMut<Recorded>,
 ) {
-    inbox.0.drain(settings.max_events_per_tick, |event| {
+    for event in arrived.0.drain(..) {
         stats.events += 1;
         if recorded.on {
             recorded.events.push(event.clone());
@@ -67,7 +65,7 @@ pub fn route_net_events(
         if let Some(route) = route {
             routed.0.push((route, event));
         }
-    });
+    }
 }
 
 /// The systems that apply one run of routed events, registered once.
