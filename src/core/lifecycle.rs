@@ -1,9 +1,9 @@
 //! What happened to teams, told three ways from one record: every link
 //! transition ([`Links`](super::links::Links) notes each one) becomes an
 //! entry in the team's short [`History`], a public [`TeamEvent`] when it is
-//! one a consumer cares about (joined, connected, dropped, left), and a move
-//! in the [`Fleet`] totals, which are kept as things happen so that a
-//! summary never scans the teams.
+//! one a consumer cares about (joined, connected, dropped, left, stopped),
+//! and a move in the [`Fleet`] totals, which are kept as things happen so
+//! that a summary never scans the teams.
 
 use std::collections::VecDeque;
 

@@ -12,6 +12,7 @@ pub mod global_link;
 pub mod lifecycle;
 pub mod links;
 pub mod resources;
+pub mod saved;
 pub mod snapshot;
 pub mod systems;
 pub mod timers;
@@ -33,7 +34,8 @@ use resources::{
     Arrived, Clock, Connections, GlobalInbox, Jitter, LogLimiter, Outbox, PendingHealthchecks,
     Routed, Shutdown, ShutdownCause, Stats, TeamInbox, TeamIndex, UrlRequests,
 };
-use snapshot::{SavedTeam, Snapshot, TeamSnapshot};
+use saved::SavedTeam;
+use snapshot::{Snapshot, TeamSnapshot};
 use systems::heartbeat::PingIds;
 use timers::Timers;
 

@@ -49,7 +49,7 @@ pub struct Recorded {
 
 /// The teams restored before the first step, kept for the recorder.
 #[derive(Resource, Default)]
-pub struct Restored(pub Vec<crate::core::snapshot::SavedTeam>);
+pub struct Restored(pub Vec<crate::core::saved::SavedTeam>);
 
 /// Commands produced this tick, drained by the driver.
 #[derive(Resource, Default)]

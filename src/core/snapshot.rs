@@ -8,6 +8,10 @@ use super::global_link::GlobalLink;
 use super::resources::{Clock, Shutdown, Stats};
 use crate::protocol::TeamId;
 
+/// Saved teams are part of what a snapshot's user handles; defined below
+/// the core's resources so those can hold them.
+pub use super::saved::SavedTeam;
+
 /// The core at one instant.
 #[derive(Clone, Debug, Serialize)]
 pub struct Snapshot {
@@ -42,19 +46,4 @@ pub struct TeamSnapshot {
     pub health: Health,
     /// Its last few transitions.
     pub history: super::lifecycle::History,
-}
-
-/// What of a team survives a restart: its counts, and whether it was joined
-/// (a restart reconnects it). Written by the state store, given back to
-/// [`crate::Core::restore`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct SavedTeam {
-    /// The team.
-    pub id: TeamId,
-    /// Joined and not left: a restart reconnects it.
-    pub joined: bool,
-    /// `message` events received over the team's whole life.
-    pub message_count: u64,
-    /// Those whose text contains `props`.
-    pub props_count: u64,
 }

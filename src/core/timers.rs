@@ -32,7 +32,9 @@ pub struct Due<K> {
 /// Stale timers a heap may hold before it is swept, however few are live.
 pub const SWEEP_FLOOR: usize = 64;
 
-/// An ordered set of deadlines of one kind `K`; each system owns its own.
+/// An ordered set of deadlines of one kind `K`; `Links` is the one writer
+/// of both kinds (beats and state deadlines), beside the link states they
+/// belong to.
 #[derive(Resource)]
 pub struct Timers<K: Send + Sync + 'static> {
     heap: BinaryHeap<Reverse<Due<K>>>,

@@ -188,114 +188,121 @@ impl GlobalLifecycle<'_, '_> {
 
     /// Acts on one well-formed Global event.
     fn on_event(&mut self, event: GlobalServerEvent, conn: ConnId) {
-        let Self {
-            global,
-            shutdown,
-            pending,
-            stats,
-            limiter,
-            index,
-            visits,
-            teams,
-            links,
-        } = self;
         // At most one team looked up per event.
-        visits.0 += 1;
-        let now = links.now();
-        let mut ignore = |stats: &mut Stats, why: &'static str, team: TeamId| {
-            *stats.ignored.entry(why).or_default() += 1;
-            if limiter.allow(why, now).is_some() {
-                debug!(team_id = %team, why, "ignored Global event");
-            }
-        };
+        self.visits.0 += 1;
         match event {
-            GlobalServerEvent::Hello => global.mark_ready(),
-            GlobalServerEvent::TeamJoin { team_id } => {
-                // A server that skips `hello` but announces teams is talking.
-                global.mark_ready();
-                // A team not in the table was refused by admit_joined_teams.
-                if let Some((entity, (_, mut link, mut health))) = index
-                    .0
-                    .get(&team_id)
-                    .and_then(|&e| teams.get_mut(e).ok().map(|t| (e, t)))
-                {
-                    health.resumed = false;
-                    if !links.join(entity, &mut link) {
-                        ignore(stats, "duplicate team.join", team_id);
-                    }
-                }
-            }
-            GlobalServerEvent::TeamLeft { team_id } => {
-                match index
-                    .0
-                    .get(&team_id)
-                    .and_then(|&e| teams.get_mut(e).ok().map(|t| (e, t)))
-                {
-                    Some((entity, (_, mut link, _))) => {
-                        links.close(entity, &mut link, AfterClose::Left);
-                        if let Some(suppressed) = limiter.allow("team_left", now) {
-                            info!(team_id = %team_id, suppressed, "team left (Global)");
-                        }
-                    }
-                    None => ignore(stats, "team.left for unknown team", team_id),
-                }
-            }
-            GlobalServerEvent::TeamConnect { team_id, ws_url } => {
-                let found = index
-                    .0
-                    .get(&team_id)
-                    .and_then(|&e| teams.get_mut(e).ok().map(|t| (e, t)));
-                match found {
-                    Some((entity, (team, mut link, mut health)))
-                        if matches!(link.state, LinkState::Requesting { .. }) =>
-                    {
-                        if let Err(error) =
-                            links.connect(entity, team.id, &mut link, &mut health, &ws_url)
-                        {
-                            *stats.ignored.entry("refused ws_url").or_default() += 1;
-                            if limiter.allow("bad_ws_url", now).is_some() {
-                                warn!(team_id = %team_id, %error, "unusable ws_url; retrying");
-                            }
-                        }
-                    }
-                    _ => ignore(stats, "unrequested team.connect", team_id),
-                }
-            }
-            ref error @ GlobalServerEvent::Error {
-                ref message,
-                team_id,
-                ..
-            } => {
-                stats.server_errors += 1;
-                let failed = error.failed_team_connect();
-                if limiter.allow("server_error", now).is_some() {
-                    warn!(message = %clip(message, 200), ?team_id, ?failed, "error from Global");
-                }
-                if let Some(team_id) = failed
-                    && let Some(&entity) = index.0.get(&team_id)
-                    && let Ok((_, mut link, mut health)) = teams.get_mut(entity)
-                    && matches!(link.state, LinkState::Requesting { .. })
-                {
-                    let why = format!("team.connect refused: {}", clip(message, 120));
-                    if health.resumed {
-                        // Restored as joined, and never announced since: the
-                        // Global does not know it any more (it left while we
-                        // were down). Waiting for a join beats retrying forever.
-                        health.resumed = false;
-                        links.close(entity, &mut link, AfterClose::Left);
-                        if limiter.allow("resumed_refused", now).is_some() {
-                            info!(team_id = %team_id, "team restored from state is unknown to Global; left");
-                        }
-                    } else {
-                        links.fail(entity, &mut link, &mut health, "refused", &why, false);
-                    }
-                }
-            }
-            GlobalServerEvent::Healthcheck => pending.0.push(conn),
+            GlobalServerEvent::Hello => self.global.mark_ready(),
+            GlobalServerEvent::TeamJoin { team_id } => self.on_join(team_id),
+            GlobalServerEvent::TeamLeft { team_id } => self.on_left(team_id),
+            GlobalServerEvent::TeamConnect { team_id, ws_url } => self.on_connect(team_id, &ws_url),
+            error @ GlobalServerEvent::Error { .. } => self.on_error(&error),
+            GlobalServerEvent::Healthcheck => self.pending.0.push(conn),
             GlobalServerEvent::Goodbye => {
                 info!("goodbye from Global: ending the run");
-                shutdown.cause = Some(ShutdownCause::Goodbye);
+                self.shutdown.cause = Some(ShutdownCause::Goodbye);
             }
+        }
+    }
+
+    /// Counts an event ignored, and logs it at a bounded rate.
+    fn ignore(&mut self, why: &'static str, team: TeamId) {
+        *self.stats.ignored.entry(why).or_default() += 1;
+        if self.limiter.allow(why, self.links.now()).is_some() {
+            debug!(team_id = %team, why, "ignored Global event");
+        }
+    }
+
+    /// `team.join`: the team (admitted by `admit_joined_teams`, or refused
+    /// there and absent) asks for its URL.
+    fn on_join(&mut self, team_id: TeamId) {
+        // A server that skips `hello` but announces teams is talking.
+        self.global.mark_ready();
+        let Some(&entity) = self.index.0.get(&team_id) else {
+            return;
+        };
+        let Ok((_, mut link, mut health)) = self.teams.get_mut(entity) else {
+            return;
+        };
+        health.resumed = false;
+        if !self.links.join(entity, &mut link) {
+            self.ignore("duplicate team.join", team_id);
+        }
+    }
+
+    /// `team.left` on Global: the team's socket is closed and it stays out.
+    fn on_left(&mut self, team_id: TeamId) {
+        let found = self.index.0.get(&team_id).copied();
+        let Some((entity, Ok((_, mut link, _)))) = found.map(|e| (e, self.teams.get_mut(e))) else {
+            return self.ignore("team.left for unknown team", team_id);
+        };
+        self.links.close(entity, &mut link, AfterClose::Left);
+        if let Some(suppressed) = self.limiter.allow("team_left", self.links.now()) {
+            info!(team_id = %team_id, suppressed, "team left (Global)");
+        }
+    }
+
+    /// `team.connect`: the URL a requesting team asked for.
+    fn on_connect(&mut self, team_id: TeamId, ws_url: &str) {
+        let found = self.index.0.get(&team_id).copied();
+        let Some((entity, Ok((team, mut link, mut health)))) =
+            found.map(|e| (e, self.teams.get_mut(e)))
+        else {
+            return self.ignore("unrequested team.connect", team_id);
+        };
+        if !matches!(link.state, LinkState::Requesting { .. }) {
+            return self.ignore("unrequested team.connect", team_id);
+        }
+        if let Err(error) = self
+            .links
+            .connect(entity, team.id, &mut link, &mut health, ws_url)
+        {
+            *self.stats.ignored.entry("refused ws_url").or_default() += 1;
+            if self.limiter.allow("bad_ws_url", self.links.now()).is_some() {
+                warn!(team_id = %team_id, %error, "unusable ws_url; retrying");
+            }
+        }
+    }
+
+    /// An `error` from Global; one that refuses a `team.connect` fails that
+    /// team's request.
+    fn on_error(&mut self, error: &GlobalServerEvent) {
+        let GlobalServerEvent::Error {
+            message, team_id, ..
+        } = error
+        else {
+            return;
+        };
+        let now = self.links.now();
+        let failed = error.failed_team_connect();
+        self.stats.server_errors += 1;
+        if self.limiter.allow("server_error", now).is_some() {
+            warn!(message = %clip(message, 200), ?team_id, ?failed, "error from Global");
+        }
+        let Some(team_id) = failed else {
+            return;
+        };
+        let Some(&entity) = self.index.0.get(&team_id) else {
+            return;
+        };
+        let Ok((_, mut link, mut health)) = self.teams.get_mut(entity) else {
+            return;
+        };
+        if !matches!(link.state, LinkState::Requesting { .. }) {
+            return;
+        }
+        if health.resumed {
+            // Restored as joined, and never announced since: the Global
+            // does not know it any more (it left while we were down).
+            // Waiting for a join beats retrying forever.
+            health.resumed = false;
+            self.links.close(entity, &mut link, AfterClose::Left);
+            if self.limiter.allow("resumed_refused", now).is_some() {
+                info!(team_id = %team_id, "team restored from state is unknown to Global; left");
+            }
+        } else {
+            let why = format!("team.connect refused: {}", clip(message, 120));
+            self.links
+                .fail(entity, &mut link, &mut health, "refused", &why, false);
         }
     }
 }

@@ -7,7 +7,7 @@ use crate::core::components::{Counters, Health, Link, Team};
 use crate::core::lifecycle::History;
 use crate::core::links::Links;
 use crate::core::resources::TeamIndex;
-use crate::core::snapshot::SavedTeam;
+use crate::core::saved::SavedTeam;
 
 /// Spawns every saved team with its counts; joined ones ask for a URL as
 /// soon as Global is ready (marked `resumed` until Global confirms them).

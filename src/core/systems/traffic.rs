@@ -7,6 +7,7 @@ use crate::bridge::{Inbound, NetEvent, TeamControl};
 use crate::core::components::{AfterClose, Counters, Health, Link, LinkState, Team};
 use crate::core::links::Links;
 use crate::core::resources::{LogLimiter, Stats, TeamInbox, Visits};
+use crate::protocol::DecodeError;
 
 /// Acts on a run of team events in arrival order (see
 /// [`apply_in_arrival_order`](super::ingest::apply_in_arrival_order)).
@@ -24,100 +25,162 @@ pub fn handle_team_events(
     // its capacity behind for the rest of the run.
     for (entity, event) in std::mem::take(&mut inbox.0) {
         visits.0 += 1;
-        let Ok((team, mut link, mut counters, mut health)) = teams.get_mut(entity) else {
+        let Ok((team, link, counters, health)) = teams.get_mut(entity) else {
             continue;
         };
-        // The state is the authority on which socket is the team's. Messages
-        // from a socket the core gave up on were still received for the team.
-        if link.state.conn() != Some(event.conn()) {
-            match event {
-                NetEvent::Messages { count, props, .. } => {
-                    links.count(&mut counters, count, props);
-                    stats.late_messages += u64::from(count);
+        let mut row = Row {
+            entity,
+            team,
+            link,
+            counters,
+            health,
+        };
+        let mut around = Around {
+            stats: &mut stats,
+            limiter: &mut limiter,
+            links: &mut links,
+            now,
+        };
+        // The state is the authority on which socket is the team's.
+        if row.link.state.conn() != Some(event.conn()) {
+            around.not_the_teams_socket(&mut row, event);
+        } else if let NetEvent::Received { frame, .. } = event {
+            // Any frame, even a bad one, shows the link is alive.
+            row.health.last_activity = now;
+            match *frame {
+                Inbound::Team(decoded) => around.on_frame(&mut row, decoded),
+                Inbound::Global(_) => {
+                    *around
+                        .stats
+                        .ignored
+                        .entry("global frame on team")
+                        .or_default() += 1;
                 }
-                _ => stats.stale_events += 1,
             }
-            continue;
+        } else {
+            around.on_socket_event(&mut row, event);
         }
+    }
+}
+
+/// One team's components, borrowed for one event.
+struct Row<'a> {
+    entity: Entity,
+    team: &'a Team,
+    link: Mut<'a, Link>,
+    counters: Mut<'a, Counters>,
+    health: Mut<'a, Health>,
+}
+
+/// What an event may touch beside its team.
+struct Around<'a, 'w> {
+    stats: &'a mut Stats,
+    limiter: &'a mut LogLimiter,
+    links: &'a mut Links<'w>,
+    now: u64,
+}
+
+impl Around<'_, '_> {
+    /// An event from a socket that is no longer the team's: messages the
+    /// core gave up on were still received for the team, and count.
+    fn not_the_teams_socket(&mut self, row: &mut Row<'_>, event: NetEvent) {
+        match event {
+            NetEvent::Messages { count, props, .. } => {
+                self.links.count(&mut row.counters, count, props);
+                self.stats.late_messages += u64::from(count);
+            }
+            _ => self.stats.stale_events += 1,
+        }
+    }
+
+    /// The socket's own lifecycle, flow and message runs.
+    fn on_socket_event(&mut self, row: &mut Row<'_>, event: NetEvent) {
+        let now = self.now;
         match event {
             NetEvent::Opened { .. } => {
-                if matches!(link.state, LinkState::Connecting { .. }) {
-                    links.opened(entity, &mut link, &mut health);
-                    debug!(team_id = %team.id, "team socket open");
+                if matches!(row.link.state, LinkState::Connecting { .. }) {
+                    self.links
+                        .opened(row.entity, &mut row.link, &mut row.health);
+                    debug!(team_id = %row.team.id, "team socket open");
                 }
             }
             NetEvent::OpenFailed { error, .. } => {
-                links.fail(entity, &mut link, &mut health, "open_failed", &error, false);
+                self.links.fail(
+                    row.entity,
+                    &mut row.link,
+                    &mut row.health,
+                    "open_failed",
+                    &error,
+                    false,
+                );
             }
-            NetEvent::Alive { .. } => health.last_activity = now,
+            NetEvent::Alive { .. } => row.health.last_activity = now,
             NetEvent::Flow { paused, .. } => {
-                health.paused = paused;
-                health.last_activity = now;
+                row.health.paused = paused;
+                row.health.last_activity = now;
             }
             NetEvent::Messages { count, props, .. } => {
-                health.last_activity = now;
-                links.count(&mut counters, count, props);
+                row.health.last_activity = now;
+                self.links.count(&mut row.counters, count, props);
             }
             NetEvent::Closed { reason, .. } => {
-                if !matches!(link.state, LinkState::Closing { .. })
-                    && limiter.allow("team_drop", now).is_some()
+                if !matches!(row.link.state, LinkState::Closing { .. })
+                    && self.limiter.allow("team_drop", now).is_some()
                 {
-                    info!(team_id = %team.id, %reason, "team socket dropped; re-requesting");
+                    info!(team_id = %row.team.id, %reason, "team socket dropped; re-requesting");
                 }
                 let detail = reason.to_string();
-                links.fail(
-                    entity,
-                    &mut link,
-                    &mut health,
+                self.links.fail(
+                    row.entity,
+                    &mut row.link,
+                    &mut row.health,
                     reason.class(),
                     &detail,
                     false,
                 );
             }
-            NetEvent::Received { frame, .. } => {
-                // Any frame, even a bad one, shows the link is alive.
-                health.last_activity = now;
-                let decoded = match *frame {
-                    Inbound::Team(decoded) => decoded,
-                    Inbound::Global(_) => {
-                        *stats.ignored.entry("global frame on team").or_default() += 1;
-                        continue;
+            // Frames go to `on_frame`.
+            NetEvent::Received { .. } => {}
+        }
+    }
+
+    /// A decoded team frame (or why it could not be decoded).
+    fn on_frame(&mut self, row: &mut Row<'_>, decoded: Result<TeamControl, DecodeError>) {
+        let now = self.now;
+        let team_id = row.team.id;
+        match decoded {
+            // A hello proves the socket opened, not that the server is
+            // healthy: failures are forgiven only once the link proved
+            // stable (see the heartbeat), so a server that greets and drops
+            // at once sees the backoff grow.
+            Ok(TeamControl::Hello) => {}
+            Ok(TeamControl::Pong { unique_id }) => {
+                if let Some(rtt) = on_pong(&mut row.health, unique_id, now) {
+                    self.stats.rtt.observe(rtt);
+                }
+            }
+            Ok(TeamControl::TeamLeft { team_id: said }) if said != team_id => {
+                // Inconsistent: neither team is closed on its word.
+                row.health.bad_frames += 1;
+                *self.stats.bad_team.entry("team_left_mismatch").or_default() += 1;
+                if self.limiter.allow("team_left_mismatch", now).is_some() {
+                    warn!(%team_id, %said, "team.left for another team on this socket; ignored");
+                }
+            }
+            Ok(TeamControl::TeamLeft { .. }) => {
+                if matches!(row.link.state, LinkState::Open { .. }) {
+                    self.links
+                        .close(row.entity, &mut row.link, AfterClose::Left);
+                    if let Some(suppressed) = self.limiter.allow("team_left", now) {
+                        info!(%team_id, suppressed, "team left (team socket)");
                     }
-                };
-                match decoded {
-                    // A hello proves the socket opened, not that the server
-                    // is healthy: failures are forgiven only once the link
-                    // proved stable (see the heartbeat), so a server that
-                    // greets and drops at once sees the backoff grow.
-                    Ok(TeamControl::Hello) => {}
-                    Ok(TeamControl::Pong { unique_id }) => {
-                        if let Some(rtt) = on_pong(&mut health, unique_id, now) {
-                            stats.rtt.observe(rtt);
-                        }
-                    }
-                    Ok(TeamControl::TeamLeft { team_id }) if team_id != team.id => {
-                        // Inconsistent: neither team is closed on its word.
-                        health.bad_frames += 1;
-                        *stats.bad_team.entry("team_left_mismatch").or_default() += 1;
-                        if limiter.allow("team_left_mismatch", now).is_some() {
-                            warn!(team_id = %team.id, said = %team_id, "team.left for another team on this socket; ignored");
-                        }
-                    }
-                    Ok(TeamControl::TeamLeft { .. }) => {
-                        if matches!(link.state, LinkState::Open { .. }) {
-                            links.close(entity, &mut link, AfterClose::Left);
-                            if let Some(suppressed) = limiter.allow("team_left", now) {
-                                info!(team_id = %team.id, suppressed, "team left (team socket)");
-                            }
-                        }
-                    }
-                    Err(error) => {
-                        health.bad_frames += 1;
-                        *stats.bad_team.entry(error.class()).or_default() += 1;
-                        if let Some(suppressed) = limiter.allow("bad_team", now) {
-                            warn!(team_id = %team.id, %error, suppressed, "bad input on team socket");
-                        }
-                    }
+                }
+            }
+            Err(error) => {
+                row.health.bad_frames += 1;
+                *self.stats.bad_team.entry(error.class()).or_default() += 1;
+                if let Some(suppressed) = self.limiter.allow("bad_team", now) {
+                    warn!(%team_id, %error, suppressed, "bad input on team socket");
                 }
             }
         }
