@@ -387,7 +387,9 @@ async fn fleet_under_watch(
                         steps: core.steps(),
                         pongs: rtt.count(),
                         rtt_sum_ms: rtt.sum_ms,
-                        open: core.fleet().in_state("open"),
+                        open: core
+                            .fleet()
+                            .in_state(switchboard::core::components::LinkKind::Open),
                     };
                 }
             };

@@ -90,36 +90,88 @@ pub enum LinkState {
     Stopped,
 }
 
-impl LinkState {
-    /// Every state's name, in [`LinkState::index`] order.
-    pub const NAMES: [&'static str; 8] = [
-        "needs_url",
-        "requesting",
-        "connecting",
-        "open",
-        "backoff",
-        "closing",
-        "left",
-        "stopped",
+/// Which state a link is in, without the state's data: what fleet totals
+/// are kept by, and what outputs name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkKind {
+    /// [`LinkState::NeedsUrl`].
+    NeedsUrl,
+    /// [`LinkState::Requesting`].
+    Requesting,
+    /// [`LinkState::Connecting`].
+    Connecting,
+    /// [`LinkState::Open`].
+    Open,
+    /// [`LinkState::Backoff`].
+    Backoff,
+    /// [`LinkState::Closing`].
+    Closing,
+    /// [`LinkState::Left`].
+    Left,
+    /// [`LinkState::Stopped`].
+    Stopped,
+}
+
+impl LinkKind {
+    /// Every kind, in the order outputs list them.
+    pub const ALL: [LinkKind; 8] = [
+        LinkKind::NeedsUrl,
+        LinkKind::Requesting,
+        LinkKind::Connecting,
+        LinkKind::Open,
+        LinkKind::Backoff,
+        LinkKind::Closing,
+        LinkKind::Left,
+        LinkKind::Stopped,
     ];
 
-    /// The state's position in [`LinkState::NAMES`].
-    pub fn index(&self) -> usize {
+    /// Joined teams without an open socket: asking, connecting or backing off.
+    pub const RECONNECTING: [LinkKind; 4] = [
+        LinkKind::NeedsUrl,
+        LinkKind::Requesting,
+        LinkKind::Connecting,
+        LinkKind::Backoff,
+    ];
+
+    /// The kind's position in [`LinkKind::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The name snapshots, metrics and the HTTP views write.
+    pub fn name(self) -> &'static str {
         match self {
-            LinkState::NeedsUrl => 0,
-            LinkState::Requesting { .. } => 1,
-            LinkState::Connecting { .. } => 2,
-            LinkState::Open { .. } => 3,
-            LinkState::Backoff { .. } => 4,
-            LinkState::Closing { .. } => 5,
-            LinkState::Left => 6,
-            LinkState::Stopped => 7,
+            LinkKind::NeedsUrl => "needs_url",
+            LinkKind::Requesting => "requesting",
+            LinkKind::Connecting => "connecting",
+            LinkKind::Open => "open",
+            LinkKind::Backoff => "backoff",
+            LinkKind::Closing => "closing",
+            LinkKind::Left => "left",
+            LinkKind::Stopped => "stopped",
+        }
+    }
+}
+
+impl LinkState {
+    /// Which state this is, without its data.
+    pub fn kind(&self) -> LinkKind {
+        match self {
+            LinkState::NeedsUrl => LinkKind::NeedsUrl,
+            LinkState::Requesting { .. } => LinkKind::Requesting,
+            LinkState::Connecting { .. } => LinkKind::Connecting,
+            LinkState::Open { .. } => LinkKind::Open,
+            LinkState::Backoff { .. } => LinkKind::Backoff,
+            LinkState::Closing { .. } => LinkKind::Closing,
+            LinkState::Left => LinkKind::Left,
+            LinkState::Stopped => LinkKind::Stopped,
         }
     }
 
     /// The state's name, as snapshots and metrics write it.
     pub fn name(&self) -> &'static str {
-        Self::NAMES[self.index()]
+        self.kind().name()
     }
 
     /// The state's name, with what follows a close: for histories.

@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use bevy_ecs::prelude::*;
 use serde::Serialize;
 
-use super::components::{AfterClose, LinkState, Team};
+use super::components::{AfterClose, LinkKind, LinkState, Team};
 use crate::protocol::TeamId;
 
 /// Entries kept in a team's history.
@@ -137,9 +137,8 @@ pub struct TeamEvents(pub Vec<TeamEvent>);
 pub struct Fleet {
     /// Teams ever admitted.
     pub teams: u64,
-    /// Teams in each link state, by [`LinkState::name`] order
-    /// ([`LinkState::NAMES`]).
-    pub by_state: [u64; LinkState::NAMES.len()],
+    /// Teams in each link state, in [`LinkKind::ALL`] order.
+    pub by_state: [u64; LinkKind::ALL.len()],
     /// Messages counted over all teams.
     pub messages: u64,
     /// Of those, with props.
@@ -154,13 +153,14 @@ impl Fleet {
     /// A team was admitted (in `Left`, until its join is acted on).
     pub(crate) fn admitted(&mut self) {
         self.teams += 1;
-        self.by_state[LinkState::Left.index()] += 1;
+        self.by_state[LinkKind::Left.index()] += 1;
     }
 
     /// A link moved.
     pub(crate) fn moved(&mut self, from: LinkState, to: LinkState) {
-        self.by_state[from.index()] = self.by_state[from.index()].saturating_sub(1);
-        self.by_state[to.index()] += 1;
+        let (from, to) = (from.kind().index(), to.kind().index());
+        self.by_state[from] = self.by_state[from].saturating_sub(1);
+        self.by_state[to] += 1;
     }
 
     /// Messages were counted.
@@ -169,12 +169,9 @@ impl Fleet {
         self.props += props;
     }
 
-    /// Teams in `state` (any fields).
-    pub fn in_state(&self, name: &str) -> u64 {
-        LinkState::NAMES
-            .iter()
-            .position(|n| *n == name)
-            .map_or(0, |i| self.by_state[i])
+    /// Teams whose link is of this kind.
+    pub fn in_state(&self, kind: LinkKind) -> u64 {
+        self.by_state[kind.index()]
     }
 }
 

@@ -26,7 +26,7 @@ use bevy_ecs::schedule::ScheduleLabel;
 use crate::bridge::{NetCommand, NetEvent};
 use crate::protocol::TeamStats;
 use bevy_ecs::system::RunSystemOnce;
-use components::{Counters, Health, Link, LinkState, Team};
+use components::{Counters, Health, Link, LinkKind, LinkState, Team};
 use config::{Config, ConfigError, Settings};
 use global_link::GlobalLink;
 use links::{Beat, StateDeadline};
@@ -455,15 +455,15 @@ impl Core {
     /// Fleet totals, for status lines. O(1).
     pub fn summary(&self) -> Summary {
         let fleet = self.fleet();
-        let joined_down = ["needs_url", "requesting", "connecting", "backoff"]
+        let joined_down = LinkKind::RECONNECTING
             .iter()
-            .map(|s| fleet.in_state(s))
+            .map(|&kind| fleet.in_state(kind))
             .sum();
         Summary {
             teams: fleet.teams,
-            connected: fleet.in_state("open"),
+            connected: fleet.in_state(LinkKind::Open),
             reconnecting: joined_down,
-            left: fleet.in_state("left"),
+            left: fleet.in_state(LinkKind::Left),
             messages: fleet.messages,
             props: fleet.props,
             reconnects: fleet.reconnects,

@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use super::book::{Book, Pages, REFRESH_PER_PUBLISH};
 
 use crate::core::Core;
-use crate::core::components::LinkState;
+use crate::core::components::LinkKind;
 use crate::core::resources::RttHistogram;
 use crate::inbox::Wake;
 use crate::runtime::{RunEnd, Sidecar, Step};
@@ -95,9 +95,9 @@ impl View {
         let fleet = core.fleet();
         let stats = core.stats();
         let global = core.global();
-        let by_state = LinkState::NAMES
+        let by_state = LinkKind::ALL
             .iter()
-            .map(|&name| (name, fleet.in_state(name)))
+            .map(|&kind| (kind.name(), fleet.in_state(kind)))
             .collect();
         View {
             at: Some(Instant::now()),

@@ -218,7 +218,11 @@ impl Storm {
 
     /// Whether all `n` teams are open.
     pub fn all_open(&self, n: u64) -> bool {
-        self.peer.core.fleet().in_state("open") == n
+        self.peer
+            .core
+            .fleet()
+            .in_state(switchboard::core::components::LinkKind::Open)
+            == n
     }
 
     /// Ticks until all `n` teams are open, at most `limit` of core time.
