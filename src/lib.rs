@@ -53,7 +53,5 @@ pub mod testkit;
 pub mod transport;
 
 pub use bridge::{CloseReason, ConnId, ConnKind, Inbound, NetCommand, NetEvent, TeamControl, Text};
-pub use core::config::{Config, ConfigError};
-pub use core::snapshot::{Snapshot, TeamSnapshot};
-pub use core::{Core, CoreSystems};
+pub use core::{Config, ConfigError, Core, Snapshot, TeamSnapshot};
 pub use protocol::{DecodeError, TeamId, TeamStats};

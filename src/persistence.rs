@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
 
 use crate::core::Core;
-use crate::core::saved::SavedTeam;
+use crate::core::SavedTeam;
 use crate::inbox::Wake;
 use crate::runtime::{RunEnd, Sidecar, Step};
 use crate::store::{Store, StoreError, StoreWriter, WriterStats};

@@ -4,8 +4,8 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::core::components::LinkState;
-use crate::core::snapshot::Snapshot;
+use crate::core::LinkState;
+use crate::core::Snapshot;
 use crate::protocol::TeamId;
 
 /// One team at the end of the run.

@@ -20,9 +20,9 @@ use tokio::runtime::Handle;
 use tracing::{info, warn};
 
 use crate::bridge::NetEvent;
-use crate::core::config::{Config, ConfigError};
-use crate::core::lifecycle::TeamEvent;
-use crate::core::resources::ShutdownCause;
+use crate::core::ShutdownCause;
+use crate::core::TeamEvent;
+use crate::core::{Config, ConfigError};
 use crate::core::{Core, Summary};
 use crate::inbox::{self, Doorbell, EventReceiver, Wake};
 use crate::report::Report;
@@ -133,7 +133,7 @@ pub struct RunOutcome {
     /// The final report.
     pub report: Report,
     /// The core's final snapshot.
-    pub snapshot: crate::core::snapshot::Snapshot,
+    pub snapshot: crate::core::Snapshot,
     /// Schedule runs.
     pub steps: u64,
     /// Steps that took longer than a tick.

@@ -49,7 +49,7 @@ const CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 /// One team as the state file keeps it: the core's own record of what
 /// survives a restart.
-pub use crate::core::snapshot::SavedTeam;
+pub use crate::core::SavedTeam;
 
 /// Why the state file cannot be opened, read or written. Each displays as
 /// one line naming the file.

@@ -20,7 +20,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::PollSemaphore;
 
 use crate::bridge::ConnId;
-use crate::core::lifecycle::TeamEvent;
+use crate::core::TeamEvent;
 use crate::protocol::TeamId;
 
 /// One message taken off a team socket. Holds its share of the tap's

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use switchboard::bridge::{CLOSE_NORMAL, CloseReason, NetCommand, NetEvent};
-use switchboard::core::components::{AfterClose, LinkState};
+use switchboard::core::{AfterClose, LinkState};
 use switchboard::protocol::{
     GlobalClientEvent, GlobalServerEvent, TeamId, TeamServerEvent, TeamStats, decode_global_client,
 };
@@ -537,7 +537,7 @@ fn global_drop_reopens_and_replayed_joins_are_idempotent() {
     peer.step();
     assert!(matches!(
         peer.core.global().state(),
-        switchboard::core::global_link::GlobalState::Backoff { .. }
+        switchboard::core::GlobalState::Backoff { .. }
     ));
     assert!(team(&peer, T1).connected, "team sockets stay up meanwhile");
     assert_eq!(team(&peer, T2).link, LinkState::NeedsUrl);

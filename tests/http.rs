@@ -387,9 +387,7 @@ async fn fleet_under_watch(
                         steps: core.steps(),
                         pongs: rtt.count(),
                         rtt_sum_ms: rtt.sum_ms,
-                        open: core
-                            .fleet()
-                            .in_state(switchboard::core::components::LinkKind::Open),
+                        open: core.fleet().in_state(switchboard::core::LinkKind::Open),
                     };
                 }
             };

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use switchboard::bridge::{CloseReason, NetEvent};
-use switchboard::core::snapshot::{SavedTeam, Snapshot};
+use switchboard::core::{SavedTeam, Snapshot};
 use switchboard::protocol::{TeamId, TeamServerEvent};
 use switchboard::record::{
     RecordOptions, Recorder, ReplayEnd, ReplayError, ReplayOptions, Replayed, replay,
@@ -386,9 +386,7 @@ fn scripted(options: RecordOptions) -> (Vec<String>, Snapshot) {
     for _ in 0..3 {
         s.step();
     }
-    s.finish(RunEnd::Finished(
-        switchboard::core::resources::ShutdownCause::Local,
-    ))
+    s.finish(RunEnd::Finished(switchboard::core::ShutdownCause::Local))
 }
 
 #[test]

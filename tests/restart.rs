@@ -128,7 +128,7 @@ async fn a_graceful_restart_mid_run_keeps_every_count() {
 /// the store the binary uses, on the disk the test runs on (the build's
 /// target folder: never a tmpfs whose fsync costs nothing).
 fn measured_commit() -> Duration {
-    use switchboard::core::snapshot::SavedTeam;
+    use switchboard::core::SavedTeam;
     use switchboard::protocol::TeamId;
     use switchboard::store::Store;
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");

@@ -106,7 +106,7 @@ pub struct ClientArgs {
     /// Only open team URLs on this host (example.com, *.example.com,
     /// host:port); repeatable. Default: any host.
     #[arg(long = "team-host", value_name = "PATTERN")]
-    team_hosts: Vec<switchboard::core::url_policy::HostPattern>,
+    team_hosts: Vec<switchboard::core::HostPattern>,
     /// Record every event the core takes in, step by step, to this file
     /// (JSON Lines), for `switchboard replay FILE` to reproduce the run. A
     /// recording already there is kept as FILE.previous.

@@ -6,17 +6,30 @@
 //! and the same [`Snapshot`]. How events reach the driver (a channel, a
 //! recording, a script, another machine) is the driver's business.
 
-pub mod components;
-pub mod config;
-pub mod global_link;
-pub mod lifecycle;
-pub mod links;
-pub mod resources;
-pub mod saved;
-pub mod snapshot;
-pub mod systems;
-pub mod timers;
-pub mod url_policy;
+pub(crate) mod components;
+pub(crate) mod config;
+pub(crate) mod global_link;
+pub(crate) mod lifecycle;
+pub(crate) mod links;
+pub(crate) mod resources;
+pub(crate) mod saved;
+pub(crate) mod snapshot;
+pub(crate) mod systems;
+pub(crate) mod timers;
+pub(crate) mod url_policy;
+
+// The core's vocabulary: what its methods take and hand out. The ECS
+// inside (components as stored, resources, systems, the schedule) stays
+// private; these types are views and values.
+pub use components::{AfterClose, Counters, Health, LinkKind, LinkState};
+pub use config::{Config, ConfigError, Settings};
+pub use global_link::{GlobalLink, GlobalState};
+pub use lifecycle::{Fleet, History, HistoryEntry, Lifecycle, TeamEvent};
+pub use resources::{Clock, RttHistogram, Shutdown, ShutdownCause, Stats};
+pub use saved::SavedTeam;
+pub use snapshot::{Snapshot, TeamSnapshot};
+pub(crate) use systems::healthcheck::max_reply_bytes;
+pub use url_policy::HostPattern;
 
 use std::time::Duration;
 
@@ -26,22 +39,18 @@ use bevy_ecs::schedule::ScheduleLabel;
 use crate::bridge::{NetCommand, NetEvent};
 use crate::protocol::TeamStats;
 use bevy_ecs::system::RunSystemOnce;
-use components::{Counters, Health, Link, LinkKind, LinkState, Team};
-use config::{Config, ConfigError, Settings};
-use global_link::GlobalLink;
+use components::{Link, Team};
 use links::{Beat, StateDeadline};
 use resources::{
-    Arrived, Clock, Connections, GlobalInbox, Jitter, LogLimiter, Outbox, PendingHealthchecks,
-    Routed, Shutdown, ShutdownCause, Stats, TeamInbox, TeamIndex, UrlRequests,
+    Arrived, Connections, GlobalInbox, Jitter, LogLimiter, Outbox, PendingHealthchecks, Routed,
+    TeamInbox, TeamIndex, UrlRequests,
 };
-use saved::SavedTeam;
-use snapshot::{Snapshot, TeamSnapshot};
 use systems::heartbeat::PingIds;
 use timers::Timers;
 
-/// The phases of one tick, in order.
+/// The phases of one step, in order.
 #[derive(SystemSet, Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum CoreSystems {
+pub(crate) enum CoreSystems {
     /// Apply the events handed over since the last step, in arrival order,
     /// Global and team alike.
     Ingest,
@@ -78,7 +87,7 @@ pub struct Summary {
 
 /// The label of the core's one schedule.
 #[derive(ScheduleLabel, Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Tick;
+pub(crate) struct Tick;
 
 /// Saved teams could not be restored.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -8,10 +8,6 @@ use super::global_link::GlobalLink;
 use super::resources::{Clock, Shutdown, Stats};
 use crate::protocol::TeamId;
 
-/// Saved teams are part of what a snapshot's user handles; defined below
-/// the core's resources so those can hold them.
-pub use super::saved::SavedTeam;
-
 /// The core at one instant.
 #[derive(Clone, Debug, Serialize)]
 pub struct Snapshot {

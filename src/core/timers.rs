@@ -115,11 +115,6 @@ impl<K: Ord + Copy + Send + Sync + 'static> Timers<K> {
         self.heap.len()
     }
 
-    /// Whether no timer is held.
-    pub fn is_empty(&self) -> bool {
-        self.heap.is_empty()
-    }
-
     /// The earliest deadline, if any.
     pub fn next_at(&self) -> Option<u64> {
         self.heap.peek().map(|Reverse(d)| d.at)
@@ -164,6 +159,6 @@ mod tests {
             .map(|d| d.kind)
             .collect();
         assert_eq!(order, vec![8, 7]);
-        assert!(timers.is_empty());
+        assert_eq!(timers.len(), 0);
     }
 }

@@ -19,7 +19,7 @@ use bevy_ecs::change_detection::Tick;
 use serde::Serialize;
 
 use crate::core::Core;
-use crate::core::snapshot::TeamSnapshot;
+use crate::core::TeamSnapshot;
 use crate::protocol::TeamId;
 
 /// Teams per chunk: a changed team costs a copy of its chunk's pointers.

@@ -13,7 +13,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::{Registry, Unit};
 
 use super::view::{Shared, View};
-use crate::core::resources::RttHistogram;
+use crate::core::RttHistogram;
 use crate::publish::PublishStats;
 
 /// The registry `/metrics` encodes: the view collector and the step

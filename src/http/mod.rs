@@ -23,7 +23,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::core::snapshot::TeamSnapshot;
+use crate::core::TeamSnapshot;
 use crate::protocol::TeamId;
 pub use serve::{ConnStats, Limits};
 use view::Shared;

@@ -20,8 +20,8 @@ use tokio::sync::watch;
 use super::book::{Book, Pages, REFRESH_PER_PUBLISH};
 
 use crate::core::Core;
-use crate::core::components::LinkKind;
-use crate::core::resources::RttHistogram;
+use crate::core::LinkKind;
+use crate::core::RttHistogram;
 use crate::inbox::Wake;
 use crate::runtime::{RunEnd, Sidecar, Step};
 

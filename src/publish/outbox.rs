@@ -15,7 +15,7 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::record::{Encoded, encode_event, encode_message};
-use crate::core::lifecycle::TeamEvent;
+use crate::core::TeamEvent;
 use crate::protocol::TeamId;
 use crate::tap::{Delivery, Tapped};
 
@@ -242,7 +242,7 @@ impl Outbox {
 mod tests {
     use super::*;
     use crate::bridge::ConnId;
-    use crate::core::lifecycle::Lifecycle;
+    use crate::core::Lifecycle;
     use crate::publish::record::MessageRecord;
     use crate::tap::{SocketTap, tap};
 

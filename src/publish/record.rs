@@ -18,7 +18,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::lifecycle::{Lifecycle, TeamEvent};
+use crate::core::{Lifecycle, TeamEvent};
 use crate::protocol::TeamId;
 use crate::tap::Tapped;
 

@@ -8,8 +8,8 @@ use serde_json::Value;
 
 use super::codec;
 use crate::bridge::NetEvent;
-use crate::core::config::Config;
-use crate::core::snapshot::{SavedTeam, Snapshot};
+use crate::core::Config;
+use crate::core::{SavedTeam, Snapshot};
 
 /// The format version this build writes and reads.
 pub const VERSION: u64 = 1;

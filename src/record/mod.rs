@@ -21,7 +21,7 @@
 //! - Line 1 of a segment: its header. Segment 0's holds the run:
 //!   `{"switchboard_recording":1,"segment":0,"run":ID,"config":{…},"seed":N,"restored":[…]}`
 //!   (`config` is [`crate::Config`] as serde writes it; `restored` the
-//!   [`crate::core::snapshot::SavedTeam`]s restored before the first step).
+//!   [`crate::core::SavedTeam`]s restored before the first step).
 //!   A later segment's holds where the core stood when it began:
 //!   `{"switchboard_recording":1,"segment":S,"run":ID,"tick":K,"now":T}`.
 //! - A step with input: `[K,T,"stop"?,EVENT…]`: the step that brought the

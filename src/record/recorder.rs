@@ -17,10 +17,10 @@ use tracing::{error, info, warn};
 
 use super::line::{self, Completeness, End, Header, Idle};
 use super::{codec, segments};
+use crate::core::Config;
 use crate::core::Core;
-use crate::core::config::Config;
-use crate::core::resources::ShutdownCause;
-use crate::core::snapshot::SavedTeam;
+use crate::core::SavedTeam;
+use crate::core::ShutdownCause;
 use crate::inbox::Wake;
 use crate::runtime::{RunEnd, Sidecar, Step};
 

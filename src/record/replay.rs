@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use super::line::{self, Completeness, End, Header, Idle, Line, Step};
 use super::segments;
+use crate::core::Config;
 use crate::core::Core;
-use crate::core::config::Config;
-use crate::core::snapshot::Snapshot;
+use crate::core::Snapshot;
 use crate::report::Report;
 
 /// The longest line read: far above the largest step (`max_events_per_tick`

@@ -4,8 +4,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use crate::bridge::{CloseReason, ConnId, ConnKind, NetCommand, NetEvent};
+use crate::core::Config;
 use crate::core::Core;
-use crate::core::config::Config;
 use crate::protocol::{
     GlobalClientEvent, GlobalServerEvent, TeamClientEvent, TeamId, TeamServerEvent,
     decode_global_client, decode_team_client, encode,

@@ -26,7 +26,7 @@ use tokio::runtime::Handle;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::bridge::{CloseReason, ConnId, NetCommand};
-use crate::core::config::Config;
+use crate::core::Config;
 use crate::inbox::EventSender;
 use crate::tap::Tap;
 pub use guard::PartialBudget;
@@ -157,7 +157,7 @@ impl Transport {
         core: &Config,
         tap: Option<Tap>,
     ) -> Transport {
-        let max_outbound = crate::core::systems::healthcheck::max_reply_bytes(core.max_teams);
+        let max_outbound = crate::core::max_reply_bytes(core.max_teams);
         let tls = OnceLock::new();
         if let Some(custom) = &config.tls {
             let _ = tls.set(custom.clone());
@@ -177,11 +177,6 @@ impl Transport {
             tap,
             sockets: HashMap::new(),
         }
-    }
-
-    /// Bytes held in partially received messages right now.
-    pub fn partial_bytes(&self) -> usize {
-        self.dial.partial.held()
     }
 
     /// Carries out one command. Never blocks.
@@ -241,16 +236,6 @@ impl Transport {
     /// it at most once a second, and only when it is awake anyway.
     pub fn sweep(&mut self) {
         self.sockets.retain(|_, mailbox| !mailbox.is_ended());
-    }
-
-    /// Sockets whose tasks may still run.
-    pub fn len(&self) -> usize {
-        self.sockets.len()
-    }
-
-    /// Whether no socket is held.
-    pub fn is_empty(&self) -> bool {
-        self.sockets.is_empty()
     }
 
     /// Ends every socket at once (last resort at exit; also on drop, so no

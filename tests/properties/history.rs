@@ -8,7 +8,7 @@ use std::fmt;
 
 use proptest::prelude::*;
 use switchboard::Config;
-use switchboard::core::url_policy::HostPattern;
+use switchboard::core::HostPattern;
 use switchboard::testkit::test_config;
 
 /// Teams the histories use: few, so that joins, leaves and answers collide.

@@ -8,9 +8,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use switchboard::bridge::{ConnId, ConnKind, Inbound, NetCommand, NetEvent, TeamControl};
-use switchboard::core::components::{AfterClose, LinkState};
-use switchboard::core::global_link::GlobalState;
-use switchboard::core::snapshot::SavedTeam;
+use switchboard::core::GlobalState;
+use switchboard::core::SavedTeam;
+use switchboard::core::{AfterClose, LinkState};
 use switchboard::protocol::{
     GlobalClientEvent, GlobalServerEvent, TeamId, decode_global_client, normalize_ws_url,
 };

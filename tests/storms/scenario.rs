@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use switchboard::Config;
 use switchboard::bridge::{CloseReason, ConnId, ConnKind, NetCommand, NetEvent};
-use switchboard::core::components::LinkState;
+use switchboard::core::LinkState;
 use switchboard::protocol::{GlobalClientEvent, GlobalServerEvent, TeamId, decode_global_client};
 use switchboard::reader::Frame;
 use switchboard::testkit::Peer;
@@ -221,7 +221,7 @@ impl Storm {
         self.peer
             .core
             .fleet()
-            .in_state(switchboard::core::components::LinkKind::Open)
+            .in_state(switchboard::core::LinkKind::Open)
             == n
     }
 
