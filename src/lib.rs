@@ -15,6 +15,7 @@
 //!   tick. No I/O, no clock, no unseeded randomness.
 //! - [`report`]: the final report, table or JSON.
 //! - [`redact`]: URLs with their credentials masked, for every output.
+//! - `fnv`: the one stable hash, for names and digests kept on disk.
 //!
 //! The I/O side:
 //! - [`transport`]: tokio + tungstenite sockets, one task per socket.
@@ -35,6 +36,7 @@
 
 pub mod bridge;
 pub mod core;
+mod fnv;
 pub mod http;
 pub mod persistence;
 pub mod protocol;

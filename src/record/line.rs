@@ -303,12 +303,7 @@ fn parse_step(items: &[Value]) -> Result<Line, String> {
 /// replay on another machine can check it reached the live run's state.
 pub fn digest(snapshot: &Snapshot) -> String {
     let json = serde_json::to_vec(snapshot).unwrap_or_default();
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in json {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("{hash:016x}")
+    format!("{:016x}", crate::fnv::fnv1a_64(&json))
 }
 
 #[cfg(test)]
