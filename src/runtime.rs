@@ -331,7 +331,7 @@ pub fn run(
     Ok(RunOutcome {
         end,
         report: Report::from_snapshot(&snapshot),
-        steps: snapshot.clock.tick,
+        steps: snapshot.clock.step,
         snapshot,
         overruns,
         elapsed: start.elapsed(),

@@ -27,8 +27,8 @@ pub const MAX_LINE: usize = 256 << 20;
 /// How far to replay.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ReplayOptions {
-    /// Stop once the core reaches this tick (the snapshot's `clock.tick`).
-    pub until_tick: Option<u64>,
+    /// Stop once the core has run this many steps (`Core::steps`).
+    pub until_step: Option<u64>,
 }
 
 /// A line of one segment file.
@@ -55,10 +55,10 @@ pub enum ReplayEnd {
         /// How the live run ended.
         run_end: String,
     },
-    /// Stopped at `--until-tick`.
-    UntilTick {
-        /// The tick reached.
-        tick: u64,
+    /// Stopped at `--until-step`.
+    UntilStep {
+        /// The step reached.
+        step: u64,
     },
     /// The recording stops before the run did; everything before `at` was
     /// replayed.
@@ -201,8 +201,8 @@ pub fn replay(path: &Path, options: &ReplayOptions) -> Result<Replayed, ReplayEr
                 }
             };
             if stopped {
-                let tick = run.tick;
-                return Ok(run.finish(ReplayEnd::UntilTick { tick }, chain.len()));
+                let step = run.step;
+                return Ok(run.finish(ReplayEnd::UntilStep { step }, chain.len()));
             }
         }
         last_place = lines.place();
@@ -262,7 +262,7 @@ struct Run {
     restored: usize,
     run_id: String,
     segment: u64,
-    tick: u64,
+    step: u64,
     now: u64,
     steps: u64,
     events: u64,
@@ -298,7 +298,7 @@ impl Run {
             restored: restored.len(),
             run_id: header.run,
             segment: 0,
-            tick: 0,
+            step: 0,
             now: 0,
             steps: 0,
             events: 0,
@@ -322,10 +322,10 @@ impl Run {
                 header.segment, self.segment
             )));
         }
-        if header.tick != Some(self.tick) || header.now != Some(self.now) {
+        if header.step != Some(self.step) || header.now != Some(self.now) {
             return Err(lines.bad(format!(
-                "the segment starts at tick {:?}, time {:?}ms; the previous one ended at tick {}, {}ms",
-                header.tick, header.now, self.tick, self.now
+                "the segment starts at step {:?}, time {:?}ms; the previous one ended at step {}, {}ms",
+                header.step, header.now, self.step, self.now
             )));
         }
         self.segment = header.segment;
@@ -333,10 +333,10 @@ impl Run {
     }
 
     fn reached(&self, options: &ReplayOptions) -> bool {
-        options.until_tick.is_some_and(|until| self.tick >= until)
+        options.until_step.is_some_and(|until| self.step >= until)
     }
 
-    /// One step with input. `Ok(true)`: stopped before it (`--until-tick`).
+    /// One step with input. `Ok(true)`: stopped before it (`--until-step`).
     fn step(
         &mut self,
         step: Step,
@@ -346,10 +346,10 @@ impl Run {
         if self.reached(options) {
             return Ok(true);
         }
-        if step.tick != self.tick + 1 {
+        if step.step != self.step + 1 {
             return Err(lines.bad(format!(
-                "tick {} follows tick {}: steps are missing",
-                step.tick, self.tick
+                "step {} follows step {}: steps are missing",
+                step.step, self.step
             )));
         }
         let Some(dt) = step.now.checked_sub(self.now) else {
@@ -381,17 +381,17 @@ impl Run {
         Ok(false)
     }
 
-    /// A run of idle steps. `Ok(true)`: stopped inside it (`--until-tick`).
+    /// A run of idle steps. `Ok(true)`: stopped inside it (`--until-step`).
     fn idle(
         &mut self,
         idle: Idle,
         lines: &Lines,
         options: &ReplayOptions,
     ) -> Result<bool, ReplayError> {
-        if idle.tick != self.tick + idle.count {
+        if idle.step != self.step + idle.count {
             return Err(lines.bad(format!(
-                "{} idle steps to tick {} do not follow tick {}: steps are missing",
-                idle.count, idle.tick, self.tick
+                "{} idle steps to step {} do not follow step {}: steps are missing",
+                idle.count, idle.step, self.step
             )));
         }
         let span = idle.now.checked_sub(self.now);
@@ -416,18 +416,18 @@ impl Run {
         // here, but they must not pile up.
         self.core.drain_commands();
         self.core.drain_team_events();
-        self.tick += 1;
+        self.step += 1;
         self.now += dt;
         self.steps += 1;
     }
 
     fn end_line(&mut self, end: &End, lines: &Lines) -> Result<(), ReplayError> {
-        if end.end == Completeness::Complete && (end.tick != self.tick || end.now != self.now) {
+        if end.end == Completeness::Complete && (end.step != self.step || end.now != self.now) {
             return Err(ReplayError::Diverged {
                 at: lines.place(),
                 detail: format!(
-                    "the live run ended at tick {}, {}ms; the recording's steps reach tick {}, {}ms",
-                    end.tick, end.now, self.tick, self.now
+                    "the live run ended at step {}, {}ms; the recording's steps reach step {}, {}ms",
+                    end.step, end.now, self.step, self.now
                 ),
             });
         }
