@@ -559,7 +559,7 @@ impl Writer {
                     error!(
                         path = %self.base.display(),
                         step = step.step,
-                        "an event carries a name the recording format does not know: replay will stop at it (add it to record::codec::STATIC_NAMES)"
+                        "an event carries a name the recording format does not know: replay will stop at it (add it to protocol::reference::TYPES or FIELDS, or CloseReason::STALLS)"
                     );
                 }
                 line::write_step(&mut self.buf, step.step, step.now, step.stop, &step.events);
