@@ -975,6 +975,8 @@ fn the_binary_replays_prints_and_refuses_in_one_line() {
             && err.contains("format version 3; this build reads versions 1 to 2"),
         "{err}"
     );
+    // It is a recording, only a newer one.
+    assert!(!err.contains("not a switchboard recording"), "{err}");
 
     // Truncated: refused by default, replayed when allowed.
     let text = lines.join("\n");

@@ -175,6 +175,12 @@ struct Kind<'a> {
     end: Option<&'a serde_json::value::RawValue>,
 }
 
+/// Whether `bytes` claims to be a segment header (an object with the
+/// format's key), whatever else may be wrong with it.
+pub fn claims_header(bytes: &[u8]) -> bool {
+    serde_json::from_slice::<Kind<'_>>(bytes).is_ok_and(|kind| kind.magic.is_some())
+}
+
 /// Parses one line (without its newline). What it builds is bounded by
 /// the line's length (headers and end lines are read straight into their
 /// types) and, for a step line, by [`MAX_STEP_VALUES`].
