@@ -5,10 +5,13 @@
 //! and truncated recordings are named by file and line, never a panic; and
 //! the binary says so in one line with exit 2.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::sim_run::{scenario, simulator};
 use switchboard::bridge::{CloseReason, NetEvent};
 use switchboard::core::snapshot::{SavedTeam, Snapshot};
 use switchboard::protocol::{TeamId, TeamServerEvent};
@@ -16,8 +19,7 @@ use switchboard::record::{
     RecordOptions, Recorder, ReplayEnd, ReplayError, ReplayOptions, Replayed, replay,
 };
 use switchboard::runtime::{self, RunConfig, RunEnd, RunOutcome, Sidecar, Step, StopHandle};
-use switchboard::sim::{Chaos, Scenario, SimConfig, SimServer};
-use switchboard::testkit::client::config;
+use switchboard::sim::{Chaos, Scenario, Schedule};
 use switchboard::testkit::server::DEADLINE;
 use switchboard::testkit::{Peer, test_config};
 
@@ -40,13 +42,9 @@ fn replay_all(path: &Path) -> Result<Replayed, ReplayError> {
 // ---------------------------------------------------------------------------
 // Live runs over real sockets.
 
-/// The live runs' client: pings fast enough to catch a zombie in seconds.
+/// The live runs' client: a zombie is caught in well under a second.
 fn client_config(global_url: String) -> RunConfig {
-    let mut config = config(global_url);
-    config.core.ping_interval = Duration::from_millis(300);
-    config.core.pong_timeout = Duration::from_millis(400);
-    config.transport.max_message_size = 64 * 1024;
-    config
+    common::sim_run::client_config(global_url, Duration::from_millis(400))
 }
 
 /// The library's runtime against a simulator with chaos on, recorded to
@@ -59,15 +57,7 @@ async fn live(
     seed: u64,
     stop_at: Option<u64>,
 ) -> RunOutcome {
-    let server = SimServer::start(SimConfig {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        scenario,
-        chaos,
-        schedule: switchboard::sim::Schedule::none(),
-        seed,
-    })
-    .await
-    .expect("simulator binds");
+    let server = simulator(scenario, chaos, Schedule::none(), seed).await;
     let mut config = client_config(server.global_url());
     config.seed = seed;
     let mut recorder = Recorder::create(options(path), &config.core, seed).expect("recorder");
@@ -151,20 +141,14 @@ fn assert_same(live: &RunOutcome, replayed: &Replayed) {
 async fn a_live_chaos_run_replays_to_the_same_snapshot_byte_for_byte() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("chaos.rec");
-    let scenario = Scenario {
-        teams: 40,
-        messages: 60,
-        rate: 40.0,
-        join_over: Duration::from_millis(300),
-        healthcheck_every: Duration::from_millis(200),
-        leave_fraction: 0.2,
-        max_duration: Duration::from_secs(60),
-        oversize_bytes: 128 * 1024,
-        slow_read_for: Duration::from_millis(800),
-        recovery_wait: Scenario::recovery_wait_for(&client_config(String::new()).core),
-        ..Scenario::default()
-    };
-    let outcome = live(&path, scenario, Chaos::level(4.0), 11, None).await;
+    let outcome = live(
+        &path,
+        scenario(40, &client_config(String::new())),
+        Chaos::level(4.0),
+        11,
+        None,
+    )
+    .await;
     let seen = tags(&path);
     eprintln!("{seen:?}");
     // The run was rough: drops of several kinds, bad input on both
