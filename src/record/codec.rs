@@ -17,8 +17,8 @@
 //!
 //! The names a [`DecodeError`] and [`CloseReason::Stalled`] carry are
 //! `&'static str` in memory; decoding maps them back to the names the
-//! protocol's decoders and the transport use ([`DecodeError::known_name`],
-//! [`CloseReason::STALLS`]), and a name it does not know is an error (the
+//! protocol's decoders and the transport use (`DecodeError::known_name`,
+//! `CloseReason::STALLS`), and a name it does not know is an error (the
 //! line is named by the caller), never a leak. The classes are read with
 //! [`CloseReason::from_class`] and [`DecodeError::from_class`], a Global
 //! frame with the protocol's own decoder: no name is written twice.
