@@ -156,6 +156,8 @@ impl CloseReason {
     pub const PEER_NOT_READING: &'static str = "peer not reading";
     /// Why [`CloseReason::Stalled`]: a message was begun and not finished.
     pub const MESSAGE_INCOMPLETE: &'static str = "message left incomplete";
+    /// Every reason a [`CloseReason::Stalled`] carries.
+    pub(crate) const STALLS: [&'static str; 2] = [Self::PEER_NOT_READING, Self::MESSAGE_INCOMPLETE];
 
     /// A short, stable name for the kind of end, for counters.
     pub fn class(&self) -> &'static str {
@@ -169,6 +171,24 @@ impl CloseReason {
             CloseReason::Aborted => "aborted",
             CloseReason::Error(_) => "error",
         }
+    }
+
+    /// The reason whose [`class`](Self::class) is `class`, its detail (the
+    /// close code, what stalled, the error text) left empty for the caller
+    /// to fill in, as a decoder of recorded reasons does; `None` for a name
+    /// that is no class.
+    pub fn from_class(class: &str) -> Option<CloseReason> {
+        Some(match class {
+            "remote_close" => CloseReason::Remote { code: 0 },
+            "local_close" => CloseReason::Local,
+            "reset" => CloseReason::Reset,
+            "too_large" => CloseReason::TooLarge,
+            "overflow" => CloseReason::Overflow,
+            "stalled" => CloseReason::Stalled(""),
+            "aborted" => CloseReason::Aborted,
+            "error" => CloseReason::Error(String::new()),
+            _ => return None,
+        })
     }
 }
 

@@ -15,6 +15,7 @@
 //!   tick. No I/O, no clock, no unseeded randomness.
 //! - [`report`]: the final report, table or JSON.
 //! - [`redact`]: URLs with their credentials masked, for every output.
+//! - `fnv`: the one stable hash, for names and digests kept on disk.
 //!
 //! The I/O side:
 //! - [`inbox`]: the credit-bounded channel from socket tasks to the driver.
@@ -36,6 +37,7 @@
 
 pub mod bridge;
 pub mod core;
+mod fnv;
 pub mod http;
 pub mod inbox;
 pub mod persistence;

@@ -420,7 +420,7 @@ impl<'a> Driver<'a> {
         RunOutcome {
             end,
             report: Report::from_snapshot(&snapshot),
-            steps: snapshot.clock.tick,
+            steps: snapshot.clock.step,
             snapshot,
             overruns: self.overruns.count,
             elapsed: self.start.elapsed(),

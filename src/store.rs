@@ -566,18 +566,8 @@ fn file_name(global_url: &str) -> String {
     } else {
         slug
     };
-    let hash = fnv1a_64(global_url.as_bytes());
+    let hash = crate::fnv::fnv1a_64(global_url.as_bytes());
     format!("{slug}-{:08x}.redb", (hash >> 32) ^ (hash & 0xffff_ffff))
-}
-
-/// FNV-1a, 64-bit: written out so that file names never change with the
-/// Rust release, as `DefaultHasher` may.
-fn fnv1a_64(bytes: &[u8]) -> u64 {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    bytes
-        .iter()
-        .fold(OFFSET, |h, &b| (h ^ u64::from(b)).wrapping_mul(PRIME))
 }
 
 /// What the writer has done so far, for metrics.
@@ -930,13 +920,6 @@ mod tests {
             message_count,
             props_count,
         }
-    }
-
-    #[test]
-    fn fnv1a_matches_the_published_test_vectors() {
-        assert_eq!(fnv1a_64(b""), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(fnv1a_64(b"a"), 0xaf63_dc4c_8601_ec8c);
-        assert_eq!(fnv1a_64(b"foobar"), 0x8594_4171_f739_67e8);
     }
 
     #[test]

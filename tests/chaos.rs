@@ -4,59 +4,33 @@
 //! asserted exactly), the verdict exact, the client's own report equal to
 //! the truth, and no team may ever hold two sockets.
 
+mod common;
+
 use std::time::Duration;
 
+use common::sim_run::{client_config, simulator};
 use switchboard::runtime::RunConfig;
-use switchboard::sim::{
-    Chaos, Fault, FaultCount, Scenario, Schedule, SimConfig, SimServer, Verdict,
-};
-use switchboard::testkit::client::{config, start};
+use switchboard::sim::{Chaos, Fault, FaultCount, Scenario, Schedule, Verdict};
+use switchboard::testkit::client::start;
+
+/// A generous pong timeout keeps a loaded machine's pauses from being
+/// taken for dead links, which would add faults the schedule did not
+/// inject.
+const PONG_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn scenario(teams: u64) -> Scenario {
-    Scenario {
-        teams,
-        messages: 60,
-        rate: 40.0,
-        join_over: Duration::from_millis(300),
-        healthcheck_every: Duration::from_millis(200),
-        leave_fraction: 0.2,
-        max_duration: Duration::from_secs(60),
-        oversize_bytes: 128 * 1024,
-        slow_read_for: Duration::from_millis(800),
-        recovery_wait: Scenario::recovery_wait_for(&client_config(String::new()).core),
-        ..Scenario::default()
-    }
-}
-
-/// The client's configuration: pings fast enough to catch a zombie in a
-/// run of seconds; a generous pong timeout keeps a loaded machine's pauses
-/// from being taken for dead links, which would add faults the schedule
-/// did not inject.
-fn client_config(global_url: String) -> RunConfig {
-    let mut c = config(global_url);
-    c.core.ping_interval = Duration::from_millis(300);
-    c.core.pong_timeout = Duration::from_secs(2);
-    c.transport.max_message_size = 64 * 1024;
-    c
+    common::sim_run::scenario(teams, &client_config(String::new(), PONG_TIMEOUT))
 }
 
 /// Runs the library's client against a simulator playing `schedule` (and
 /// no rate-driven chaos); returns the verdict with the client's final
 /// report already held to the truth.
 async fn run(scenario: Scenario, schedule: Schedule, seed: u64) -> Verdict {
-    let server = SimServer::start(SimConfig {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        scenario,
-        chaos: Chaos::none(),
-        schedule,
-        seed,
-    })
-    .await
-    .expect("simulator starts");
+    let server = simulator(scenario, Chaos::none(), schedule, seed).await;
     let client = start(server.global_url(), |c| {
         *c = RunConfig {
             seed,
-            ..client_config(c.core.global_url.clone())
+            ..client_config(c.core.global_url.clone(), PONG_TIMEOUT)
         };
     });
     let mut verdict = server.verdict().await;

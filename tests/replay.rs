@@ -1,14 +1,17 @@
 //! The flight recorder: a live chaos run over real sockets, recorded and
 //! replayed into a fresh core, must end in the live run's snapshot byte for
 //! byte (a local stop mid-run too); rotated segments replay as one
-//! recording; `--until-tick` stops at the live state of that tick; corrupt
+//! recording; `--until-step` stops at the live state of that step; corrupt
 //! and truncated recordings are named by file and line, never a panic; and
 //! the binary says so in one line with exit 2.
+
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::sim_run::{scenario, simulator};
 use switchboard::bridge::{CloseReason, NetEvent};
 use switchboard::core::{SavedTeam, Snapshot};
 use switchboard::protocol::{TeamId, TeamServerEvent};
@@ -16,8 +19,7 @@ use switchboard::record::{
     RecordOptions, Recorder, ReplayEnd, ReplayError, ReplayOptions, Replayed, replay,
 };
 use switchboard::runtime::{self, RunConfig, RunEnd, RunOutcome, Sidecar, Step, StopHandle};
-use switchboard::sim::{Chaos, Scenario, SimConfig, SimServer};
-use switchboard::testkit::client::config;
+use switchboard::sim::{Chaos, Scenario, Schedule};
 use switchboard::testkit::server::DEADLINE;
 use switchboard::testkit::{Peer, test_config};
 
@@ -40,13 +42,9 @@ fn replay_all(path: &Path) -> Result<Replayed, ReplayError> {
 // ---------------------------------------------------------------------------
 // Live runs over real sockets.
 
-/// The live runs' client: pings fast enough to catch a zombie in seconds.
+/// The live runs' client: a zombie is caught in well under a second.
 fn client_config(global_url: String) -> RunConfig {
-    let mut config = config(global_url);
-    config.core.ping_interval = Duration::from_millis(300);
-    config.core.pong_timeout = Duration::from_millis(400);
-    config.transport.max_message_size = 64 * 1024;
-    config
+    common::sim_run::client_config(global_url, Duration::from_millis(400))
 }
 
 /// The library's runtime against a simulator with chaos on, recorded to
@@ -59,15 +57,7 @@ async fn live(
     seed: u64,
     stop_at: Option<u64>,
 ) -> RunOutcome {
-    let server = SimServer::start(SimConfig {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        scenario,
-        chaos,
-        schedule: switchboard::sim::Schedule::none(),
-        seed,
-    })
-    .await
-    .expect("simulator binds");
+    let server = simulator(scenario, chaos, Schedule::none(), seed).await;
     let mut config = client_config(server.global_url());
     config.seed = seed;
     let mut recorder = Recorder::create(options(path), &config.core, seed).expect("recorder");
@@ -151,20 +141,14 @@ fn assert_same(live: &RunOutcome, replayed: &Replayed) {
 async fn a_live_chaos_run_replays_to_the_same_snapshot_byte_for_byte() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("chaos.rec");
-    let scenario = Scenario {
-        teams: 40,
-        messages: 60,
-        rate: 40.0,
-        join_over: Duration::from_millis(300),
-        healthcheck_every: Duration::from_millis(200),
-        leave_fraction: 0.2,
-        max_duration: Duration::from_secs(60),
-        oversize_bytes: 128 * 1024,
-        slow_read_for: Duration::from_millis(800),
-        recovery_wait: Scenario::recovery_wait_for(&client_config(String::new()).core),
-        ..Scenario::default()
-    };
-    let outcome = live(&path, scenario, Chaos::level(4.0), 11, None).await;
+    let outcome = live(
+        &path,
+        scenario(40, &client_config(String::new())),
+        Chaos::level(4.0),
+        11,
+        None,
+    )
+    .await;
     let seen = tags(&path);
     eprintln!("{seen:?}");
     // The run was rough: drops of several kinds, bad input on both
@@ -250,7 +234,7 @@ async fn a_run_stopped_locally_mid_flight_replays_byte_for_byte() {
 struct Scripted {
     peer: Peer,
     recorder: Recorder,
-    /// The snapshot (as JSON) after each tick; index 0 is before the first.
+    /// The snapshot (as JSON) after each step; index 0 is before the first.
     snapshots: Vec<String>,
 }
 
@@ -284,13 +268,13 @@ impl Scripted {
         self.snapshots.push(json(&self.peer.core.snapshot()));
     }
 
-    /// One tick.
+    /// One step.
     fn step(&mut self) {
         self.peer.step();
         self.seen();
     }
 
-    /// One step straight to the core's next deadline (several ticks).
+    /// One step straight to the core's next deadline (several ticks of time).
     fn jump(&mut self) {
         self.peer
             .jump_to_next_deadline()
@@ -306,9 +290,9 @@ impl Scripted {
 }
 
 /// A run with a bit of everything: restored teams, joins, sockets, message
-/// runs, bad input, pings and pongs, drops of several kinds, idle ticks and
+/// runs, bad input, pings and pongs, drops of several kinds, idle steps and
 /// multi-tick jumps, a local stop mid-run. Returns the snapshot after every
-/// tick and the final one.
+/// step and the final one.
 fn scripted(options: RecordOptions) -> (Vec<String>, Snapshot) {
     let restored = [
         SavedTeam {
@@ -365,7 +349,7 @@ fn scripted(options: RecordOptions) -> (Vec<String>, Snapshot) {
         }
         s.step();
         if round % 7 == 6 {
-            // Idle ticks, then a jump over quiet time.
+            // Idle steps, then a jump over quiet time.
             for _ in 0..3 {
                 s.step();
             }
@@ -390,7 +374,7 @@ fn scripted(options: RecordOptions) -> (Vec<String>, Snapshot) {
 }
 
 #[test]
-fn a_scripted_run_replays_exactly_and_until_tick_stops_at_that_ticks_state() {
+fn a_scripted_run_replays_exactly_and_until_step_stops_at_that_steps_state() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("scripted.rec");
     let (snapshots, last) = scripted(options(&path));
@@ -409,21 +393,21 @@ fn a_scripted_run_replays_exactly_and_until_tick_stops_at_that_ticks_state() {
     ] {
         assert!(seen.contains_key(tag), "{tag} missing: {seen:?}");
     }
-    // Every tick's state, reached by stopping there.
-    let ticks = snapshots.len() as u64 - 1;
-    for tick in (0..=ticks).step_by(5).chain([1, ticks - 1]) {
+    // Every step's state, reached by stopping there.
+    let steps = snapshots.len() as u64 - 1;
+    for step in (0..=steps).step_by(5).chain([1, steps - 1]) {
         let until = replay(
             &path,
             &ReplayOptions {
-                until_tick: Some(tick),
+                until_step: Some(step),
             },
         )
         .expect("replays");
-        assert_eq!(until.snapshot.clock.tick, tick, "stopped at the tick asked");
+        assert_eq!(until.snapshot.clock.step, step, "stopped at the step asked");
         assert_eq!(
             json(&until.snapshot),
-            snapshots[tick as usize],
-            "tick {tick}"
+            snapshots[step as usize],
+            "step {step}"
         );
     }
 }
@@ -568,7 +552,7 @@ fn a_failing_disk_stops_the_recording_visibly_and_the_run_goes_on() {
     let deadline = Instant::now() + DEADLINE;
     let (_, last) = s.finish(RunEnd::Forced);
     assert!(Instant::now() < deadline, "finish is bounded");
-    assert!(last.clock.tick > 0);
+    assert!(last.clock.step > 0);
 }
 
 /// A symlink planted at FILE (in a shared folder, say) must not make the
@@ -712,7 +696,7 @@ fn corrupt_recordings_are_errors_naming_the_line() {
             with(
                 0,
                 Some(&lines[0].replacen(
-                    "\"switchboard_recording\":1",
+                    "\"switchboard_recording\":2",
                     "\"switchboard_recording\":9",
                     1,
                 )),
@@ -826,16 +810,16 @@ fn a_truncated_recording_is_incomplete_at_the_cut_and_replays_up_to_it() {
     // step line.
     let before: Vec<serde_json::Value> =
         serde_json::from_str(&lines[mid - 1]).expect("a step line");
-    assert_eq!(Some(replayed.snapshot.clock.tick), before[0].as_u64());
+    assert_eq!(Some(replayed.snapshot.clock.step), before[0].as_u64());
     // Bisecting below the cut needs no leave.
     let early = replay(
         &cut,
         &ReplayOptions {
-            until_tick: Some(3),
+            until_step: Some(3),
         },
     )
     .expect("replays");
-    assert_eq!(early.end, ReplayEnd::UntilTick { tick: 3 });
+    assert_eq!(early.end, ReplayEnd::UntilStep { step: 3 });
 
     // Cut at a line boundary: no end line.
     let offset: usize = lines[..mid].iter().map(|l| l.len() + 1).sum();
@@ -855,6 +839,55 @@ fn a_truncated_recording_is_incomplete_at_the_cut_and_replays_up_to_it() {
         1,
         "no complete header",
     );
+}
+
+/// Version 1 of the format named the step count `tick` in segment headers
+/// and end lines; such a recording (rotated, so later headers carry it
+/// too) still replays to the live state.
+#[test]
+fn a_version_1_recording_replays_to_the_live_state() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("v2.rec");
+    let (_, last) = scripted(RecordOptions {
+        path: path.clone(),
+        max_bytes: Some(2048),
+        keep: 100,
+    });
+    let mut renamed = 0;
+    for n in 0.. {
+        let suffix = if n == 0 {
+            String::new()
+        } else {
+            format!(".{n}")
+        };
+        let Ok(text) = std::fs::read_to_string(dir.path().join(format!("v2.rec{suffix}"))) else {
+            break;
+        };
+        let old: Vec<String> = text
+            .lines()
+            .map(|line| {
+                if !line.starts_with('{') {
+                    return line.to_owned();
+                }
+                renamed += usize::from(line.contains("\"step\":"));
+                line.replace("\"switchboard_recording\":2", "\"switchboard_recording\":1")
+                    .replace("\"step\":", "\"tick\":")
+            })
+            .collect();
+        write(
+            dir.path(),
+            &format!("v1.rec{suffix}"),
+            &(old.join("\n") + "\n"),
+        );
+    }
+    assert!(renamed >= 3, "headers and the end line renamed: {renamed}");
+    let replayed = replay_all(&dir.path().join("v1.rec")).expect("version 1 replays");
+    assert!(
+        matches!(replayed.end, ReplayEnd::Verified { .. }),
+        "{:?}",
+        replayed.end
+    );
+    assert_eq!(json(&replayed.snapshot), json(&last));
 }
 
 // ---------------------------------------------------------------------------
@@ -889,9 +922,10 @@ fn the_binary_replays_prints_and_refuses_in_one_line() {
     );
     assert!(err.contains("events/s"), "{err}");
 
-    let (code, out, _) = switchboard(&["replay", good, "--snapshot", "--until-tick", "4"]);
+    let (code, out, _) = switchboard(&["replay", good, "--snapshot", "--until-step", "4"]);
     assert_eq!(code, 0);
     let snapshot: serde_json::Value = serde_json::from_str(&out).expect("a JSON snapshot");
+    // The snapshot's JSON keeps the step count's old name.
     assert_eq!(snapshot["clock"]["tick"], 4);
 
     // Corrupt: one line naming the file and line, exit 2.
@@ -906,6 +940,26 @@ fn the_binary_replays_prints_and_refuses_in_one_line() {
         err.starts_with(&format!("error: {}:6: ", bad.display())),
         "{err}"
     );
+
+    // A later version of the format: one line naming it.
+    let mut newer = lines.clone();
+    newer[0] = newer[0].replacen(
+        "\"switchboard_recording\":2",
+        "\"switchboard_recording\":3",
+        1,
+    );
+    let newer = write(dir.path(), "newer.rec", &(newer.join("\n") + "\n"));
+    let (code, out, err) = switchboard(&["replay", newer.to_str().expect("utf-8")]);
+    assert_eq!(code, 2, "{err}");
+    assert!(out.is_empty(), "{out}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("newer.rec:1: ")
+            && err.contains("format version 3; this build reads versions 1 to 2"),
+        "{err}"
+    );
+    // It is a recording, only a newer one.
+    assert!(!err.contains("not a switchboard recording"), "{err}");
 
     // Truncated: refused by default, replayed when allowed.
     let text = lines.join("\n");

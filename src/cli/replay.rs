@@ -25,10 +25,10 @@ pub struct ReplayArgs {
     /// Print the core's snapshot (JSON) instead of the report.
     #[arg(long)]
     snapshot: bool,
-    /// Stop once the core reaches this tick (the snapshot's `clock.tick`,
-    /// the steps run): bisect an incident.
+    /// Stop once the core has run N steps (a step is one run of its
+    /// schedule; the snapshot's `clock.tick`): bisect an incident.
     #[arg(long, value_name = "N")]
-    until_tick: Option<u64>,
+    until_step: Option<u64>,
     /// Replay a recording that stops before its run did (the run was
     /// killed, or the recorder fell behind) up to where it stops.
     #[arg(long)]
@@ -40,7 +40,7 @@ pub struct ReplayArgs {
 pub fn run(args: &ReplayArgs) -> ExitCode {
     let started = Instant::now();
     let options = ReplayOptions {
-        until_tick: args.until_tick,
+        until_step: args.until_step,
     };
     let replayed = match replay(&args.file, &options) {
         Ok(replayed) => replayed,
@@ -73,19 +73,19 @@ pub fn run(args: &ReplayArgs) -> ExitCode {
         ReplayEnd::Verified { run_end } => {
             format!("the final snapshot is the live run's (it ended {run_end})")
         }
-        ReplayEnd::UntilTick { tick } => format!("stopped at tick {tick} (--until-tick)"),
+        ReplayEnd::UntilStep { step } => format!("stopped at step {step} (--until-step)"),
         ReplayEnd::Incomplete { at, reason } => {
             format!("incomplete: stopped at {at}: {reason}")
         }
     };
     let secs = took.as_secs_f64().max(1e-9);
     eprintln!(
-        "replayed {}: {} segment(s), {} steps, {} events, to tick {} ({}ms of core time) in {}ms ({:.0} events/s, {:.0} steps/s); {verdict}",
+        "replayed {}: {} segment(s), {} steps, {} events, to step {} ({}ms of core time) in {}ms ({:.0} events/s, {:.0} steps/s); {verdict}",
         args.file.display(),
         replayed.segments,
         replayed.steps,
         replayed.events,
-        replayed.snapshot.clock.tick,
+        replayed.snapshot.clock.step,
         replayed.snapshot.clock.now,
         took.as_millis(),
         replayed.events as f64 / secs,

@@ -163,7 +163,7 @@ impl Core {
     /// [`crate::store`]), before the first step: each comes back with its
     /// counts, and joined ones reconnect as soon as Global is ready.
     pub fn restore(&mut self, saved: &[SavedTeam]) -> Result<(), RestoreError> {
-        if self.world.resource::<Clock>().tick > 0 {
+        if self.world.resource::<Clock>().step > 0 {
             return Err(RestoreError::AlreadyRunning);
         }
         let max = self.world.resource::<Settings>().max_teams;
@@ -246,7 +246,7 @@ impl Core {
 
     fn advance(&mut self, ms: u64) {
         let mut clock = self.world.resource_mut::<Clock>();
-        clock.tick += 1;
+        clock.step += 1;
         clock.now += ms;
         self.schedule.run(&mut self.world);
     }
@@ -355,7 +355,7 @@ impl Core {
 
     /// Schedule runs so far.
     pub fn steps(&self) -> u64 {
-        self.world.resource::<Clock>().tick
+        self.world.resource::<Clock>().step
     }
 
     /// Core time since construction.

@@ -11,8 +11,11 @@ use crate::protocol::TeamId;
 /// Core time. Advanced only by the driver (or a test), never read from the OS.
 #[derive(Resource, Clone, Copy, Debug, Default, Serialize)]
 pub struct Clock {
-    /// Ticks run so far.
-    pub tick: u64,
+    /// Steps run so far (schedule runs; the tick is a step's length).
+    /// Serialised as `tick`, its name before: the snapshot's shape, and the
+    /// digests recordings hold of it, stay as they were.
+    #[serde(rename = "tick")]
+    pub step: u64,
     /// Milliseconds since the core was built.
     pub now: u64,
 }

@@ -249,6 +249,44 @@ impl DecodeError {
             DecodeError::BadField { .. } => "bad_field",
         }
     }
+
+    /// The error whose [`class`](Self::class) is `class`, its detail (the
+    /// length, the reason, the type, the event and field names) left empty
+    /// for the caller to fill in, as a decoder of recorded errors does;
+    /// `None` for a name that is no class.
+    pub fn from_class(class: &str) -> Option<DecodeError> {
+        Some(match class {
+            "binary" => DecodeError::Binary { len: 0 },
+            "not_json" => DecodeError::NotJson {
+                reason: String::new(),
+            },
+            "not_object" => DecodeError::NotObject {
+                reason: String::new(),
+            },
+            "missing_type" => DecodeError::MissingType,
+            "unknown_type" => DecodeError::UnknownType(String::new()),
+            "missing_field" => DecodeError::MissingField {
+                event: "",
+                field: "",
+            },
+            "bad_field" => DecodeError::BadField {
+                event: "",
+                field: "",
+            },
+            _ => return None,
+        })
+    }
+
+    /// The decoders' own name equal to `name`, an event `type` or a field,
+    /// as [`DecodeError::MissingField`] and [`DecodeError::BadField`] carry
+    /// it: a decoder of recorded errors gets its `&'static str` here.
+    pub(crate) fn known_name(name: &str) -> Option<&'static str> {
+        reference::TYPES
+            .iter()
+            .chain(&reference::FIELDS)
+            .find(|known| **known == name)
+            .copied()
+    }
 }
 
 /// Why a `ws_url` (or the Global URL) cannot be opened.

@@ -20,6 +20,23 @@ use super::{
 /// to make us hold (and log) an arbitrarily long string.
 pub(super) const MAX_ECHOED_TYPE: usize = 64;
 
+/// Every `type` the decoders below know, of either connection and either
+/// direction: the `event` a [`DecodeError::MissingField`] or
+/// [`DecodeError::BadField`] names is one of them (its `field` one of
+/// [`FIELDS`]).
+pub(super) const TYPES: [&str; 10] = [
+    "hello",
+    "goodbye",
+    "healthcheck",
+    "team.join",
+    "team.left",
+    "team.connect",
+    "error",
+    "message",
+    "pong",
+    "ping",
+];
+
 /// The keys [`RawFrame`] names. serde rejects a frame that gives one of
 /// them twice (and no other key), so a faster decoder must know them too.
 pub(super) const FIELDS: [&str; 8] = [

@@ -16,47 +16,19 @@
 //! | Team bad input | `["T",c,CLASS,…]`, as `G` |
 //!
 //! The names a [`DecodeError`] and [`CloseReason::Stalled`] carry are
-//! `&'static str` in memory; decoding maps them back to the known names
-//! ([`STATIC_NAMES`]), and a name it does not know is an error (the line
-//! is named by the caller), never a leak.
+//! `&'static str` in memory; decoding maps them back to the names the
+//! protocol's decoders and the transport use (`DecodeError::known_name`,
+//! `CloseReason::STALLS`), and a name it does not know is an error (the
+//! line is named by the caller), never a leak. The classes are read with
+//! [`CloseReason::from_class`] and [`DecodeError::from_class`], a Global
+//! frame with the protocol's own decoder: no name is written twice.
 
 use std::io::Write as _;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::bridge::{CloseReason, ConnId, Inbound, NetEvent, TeamControl};
-use crate::protocol::{DecodeError, GlobalServerEvent, TeamId};
-
-/// Every `&'static str` an event can carry: the event and field names of
-/// [`DecodeError::MissingField`] and [`DecodeError::BadField`] (see
-/// `protocol`'s decoders) and what a [`CloseReason::Stalled`] socket was
-/// doing (see the transport's stall deadlines). A name added there must be
-/// added here, or replay stops at the first event carrying it, saying so;
-/// the recorder logs it when it writes one.
-pub const STATIC_NAMES: &[&str] = &[
-    // Event types.
-    "hello",
-    "goodbye",
-    "healthcheck",
-    "team.join",
-    "team.left",
-    "team.connect",
-    "error",
-    "message",
-    "pong",
-    "ping",
-    // Fields.
-    "type",
-    "team_id",
-    "ws_url",
-    "text",
-    "unique_id",
-    "received_message",
-    "stats",
-    // Stalls.
-    CloseReason::PEER_NOT_READING,
-    CloseReason::MESSAGE_INCOMPLETE,
-];
+use crate::protocol::{self, DecodeError, GlobalServerEvent, TeamId};
 
 /// A value in a recording that is not an event.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -67,34 +39,41 @@ fn bad<T>(what: impl Into<String>) -> Result<T, BadEvent> {
     Err(BadEvent(what.into()))
 }
 
-/// The known static name equal to `name`.
-fn known(name: &str) -> Result<&'static str, BadEvent> {
-    STATIC_NAMES
-        .iter()
-        .find(|known| **known == name)
-        .copied()
-        .ok_or_else(|| BadEvent(format!("unknown name {name:?} (not one this build knows)")))
+fn unknown_name(name: &str) -> BadEvent {
+    BadEvent(format!("unknown name {name:?} (not one this build knows)"))
+}
+
+/// The decoders' own event or field name equal to `name`.
+fn decoder_name(name: &str) -> Result<&'static str, BadEvent> {
+    DecodeError::known_name(name).ok_or_else(|| unknown_name(name))
+}
+
+/// The transport's own stall reason equal to `what`.
+fn stall(what: &str) -> Result<&'static str, BadEvent> {
+    CloseReason::STALLS
+        .into_iter()
+        .find(|known| *known == what)
+        .ok_or_else(|| unknown_name(what))
 }
 
 /// Whether every static name `event` carries is one decoding knows.
 pub fn names_known(event: &NetEvent) -> bool {
-    let names: &[&str] = match event {
+    match event {
         NetEvent::Closed {
             reason: CloseReason::Stalled(what),
             ..
-        } => &[what],
+        } => stall(what).is_ok(),
         NetEvent::Received { frame, .. } => match &**frame {
             Inbound::Global(Err(
                 DecodeError::MissingField { event, field } | DecodeError::BadField { event, field },
             ))
             | Inbound::Team(Err(
                 DecodeError::MissingField { event, field } | DecodeError::BadField { event, field },
-            )) => &[event, field],
-            _ => &[],
+            )) => decoder_name(event).is_ok() && decoder_name(field).is_ok(),
+            _ => true,
         },
-        _ => &[],
-    };
-    names.iter().all(|name| known(name).is_ok())
+        _ => true,
+    }
 }
 
 /// Appends `event`'s encoding to `out`.
@@ -306,77 +285,59 @@ pub fn decode(value: &Value) -> Result<NetEvent, BadEvent> {
 
 fn close_reason(f: &Fields<'_>) -> Result<CloseReason, BadEvent> {
     let class = f.str(2, "the close class")?;
-    let plain = |reason: CloseReason| f.arity(3).map(|()| reason);
-    match class {
-        "remote_close" => {
+    let Some(mut reason) = CloseReason::from_class(class) else {
+        return bad(format!("unknown close class {class:?}"));
+    };
+    match &mut reason {
+        CloseReason::Remote { code } => {
             f.arity(4)?;
-            let code = u16::try_from(f.u64(3, "the close code")?)
+            *code = u16::try_from(f.u64(3, "the close code")?)
                 .or_else(|_| bad("the close code is out of range"))?;
-            Ok(CloseReason::Remote { code })
         }
-        "local_close" => plain(CloseReason::Local),
-        "reset" => plain(CloseReason::Reset),
-        "too_large" => plain(CloseReason::TooLarge),
-        "overflow" => plain(CloseReason::Overflow),
-        "aborted" => plain(CloseReason::Aborted),
-        "stalled" => {
+        CloseReason::Stalled(what) => {
             f.arity(4)?;
-            Ok(CloseReason::Stalled(known(f.str(3, "what stalled")?)?))
+            *what = stall(f.str(3, "what stalled")?)?;
         }
-        "error" => {
+        CloseReason::Error(text) => {
             f.arity(4)?;
-            Ok(CloseReason::Error(f.str(3, "the error")?.to_owned()))
+            *text = f.str(3, "the error")?.to_owned();
         }
-        other => bad(format!("unknown close class {other:?}")),
+        CloseReason::Local
+        | CloseReason::Reset
+        | CloseReason::TooLarge
+        | CloseReason::Overflow
+        | CloseReason::Aborted => f.arity(3)?,
     }
+    Ok(reason)
 }
 
 fn decode_error(f: &Fields<'_>) -> Result<DecodeError, BadEvent> {
     let class = f.str(2, "the bad-input class")?;
-    Ok(match class {
-        "binary" => {
+    let Some(mut error) = DecodeError::from_class(class) else {
+        return bad(format!("unknown bad-input class {class:?}"));
+    };
+    match &mut error {
+        DecodeError::Binary { len } => {
             f.arity(4)?;
-            DecodeError::Binary {
-                len: usize::try_from(f.u64(3, "the length")?)
-                    .or_else(|_| bad("the length is out of range"))?,
-            }
+            *len = usize::try_from(f.u64(3, "the length")?)
+                .or_else(|_| bad("the length is out of range"))?;
         }
-        "not_json" => {
+        DecodeError::NotJson { reason } | DecodeError::NotObject { reason } => {
             f.arity(4)?;
-            DecodeError::NotJson {
-                reason: f.str(3, "the reason")?.to_owned(),
-            }
+            *reason = f.str(3, "the reason")?.to_owned();
         }
-        "not_object" => {
+        DecodeError::UnknownType(kind) => {
             f.arity(4)?;
-            DecodeError::NotObject {
-                reason: f.str(3, "the reason")?.to_owned(),
-            }
+            *kind = f.str(3, "the type")?.to_owned();
         }
-        "missing_type" => {
-            f.arity(3)?;
-            DecodeError::MissingType
-        }
-        "unknown_type" => {
-            f.arity(4)?;
-            DecodeError::UnknownType(f.str(3, "the type")?.to_owned())
-        }
-        "missing_field" => {
+        DecodeError::MissingField { event, field } | DecodeError::BadField { event, field } => {
             f.arity(5)?;
-            DecodeError::MissingField {
-                event: known(f.str(3, "the event name")?)?,
-                field: known(f.str(4, "the field name")?)?,
-            }
+            *event = decoder_name(f.str(3, "the event name")?)?;
+            *field = decoder_name(f.str(4, "the field name")?)?;
         }
-        "bad_field" => {
-            f.arity(5)?;
-            DecodeError::BadField {
-                event: known(f.str(3, "the event name")?)?,
-                field: known(f.str(4, "the field name")?)?,
-            }
-        }
-        other => return bad(format!("unknown bad-input class {other:?}")),
-    })
+        DecodeError::MissingType => f.arity(3)?,
+    }
+    Ok(error)
 }
 
 fn team_control(f: &Fields<'_>) -> Result<TeamControl, BadEvent> {
@@ -398,62 +359,25 @@ fn team_control(f: &Fields<'_>) -> Result<TeamControl, BadEvent> {
     }
 }
 
-/// A Global frame as the server sent it: `{"type":…, fields}`, every field
-/// as [`GlobalServerEvent`] serialises it. Strict: an unknown type or field
+/// A Global frame as the server sent it, read by the protocol's own
+/// decoder. Strict: a field the recorder would not write for the event it
+/// decodes to (an unknown one, or a `null` the decoder takes for absent)
 /// is corruption, since the recorder wrote this object itself.
 fn global_event(value: &Value) -> Result<GlobalServerEvent, BadEvent> {
     let Some(object) = value.as_object() else {
         return bad("a Global frame is not an object");
     };
-    let Some(kind) = object.get("type").and_then(Value::as_str) else {
-        return bad("a Global frame without a type");
-    };
-    let allowed: &[&str] = match kind {
-        "team.join" | "team.left" => &["type", "team_id"],
-        "team.connect" => &["type", "team_id", "ws_url"],
-        "error" => &["type", "message", "received_message", "team_id"],
-        _ => &["type"],
-    };
-    if let Some(extra) = object.keys().find(|k| !allowed.contains(&k.as_str())) {
+    let event = protocol::decode_global(&value.to_string())
+        .or_else(|error| bad(format!("a Global frame that does not decode: {error}")))?;
+    // Every field the event has came from the object: only extras can differ.
+    let written = serde_json::to_value(&event).unwrap_or_default();
+    if let Some(extra) = object.keys().find(|key| written.get(key).is_none()) {
         return bad(format!(
-            "Global frame {kind:?} has an unexpected field {extra:?}"
+            "Global frame {:?} has a field the recorder does not write: {extra:?}",
+            written.get("type").and_then(Value::as_str).unwrap_or("?")
         ));
     }
-    let team_id = |o: &Map<String, Value>| match o.get("team_id").and_then(Value::as_u64) {
-        Some(id) => Ok(TeamId(id)),
-        None => bad(format!(
-            "Global frame {kind:?}: team_id is not a whole number"
-        )),
-    };
-    let text = |o: &Map<String, Value>, field: &str| match o.get(field).and_then(Value::as_str) {
-        Some(text) => Ok(text.to_owned()),
-        None => bad(format!("Global frame {kind:?}: {field} is not a string")),
-    };
-    Ok(match kind {
-        "hello" => GlobalServerEvent::Hello,
-        "goodbye" => GlobalServerEvent::Goodbye,
-        "healthcheck" => GlobalServerEvent::Healthcheck,
-        "team.join" => GlobalServerEvent::TeamJoin {
-            team_id: team_id(object)?,
-        },
-        "team.left" => GlobalServerEvent::TeamLeft {
-            team_id: team_id(object)?,
-        },
-        "team.connect" => GlobalServerEvent::TeamConnect {
-            team_id: team_id(object)?,
-            ws_url: text(object, "ws_url")?,
-        },
-        "error" => GlobalServerEvent::Error {
-            message: text(object, "message")?,
-            // Present means `Some`, even `null`: exactly what was kept.
-            received_message: object.get("received_message").cloned(),
-            team_id: match object.get("team_id") {
-                None => None,
-                Some(_) => Some(team_id(object)?),
-            },
-        },
-        other => return bad(format!("unknown Global frame type {other:?}")),
-    })
+    Ok(event)
 }
 
 #[cfg(test)]
@@ -541,11 +465,6 @@ mod tests {
                     "z": 1.5, "type": "team.connect", "a": [null, -3, "x"], "team_id": 9
                 })),
                 team_id: Some(TeamId(9)),
-            },
-            GlobalServerEvent::Error {
-                message: "null kept".into(),
-                received_message: Some(Value::Null),
-                team_id: None,
             },
             GlobalServerEvent::Error {
                 message: "as text".into(),
@@ -659,6 +578,9 @@ mod tests {
             r#"["g",1,{"type":"team.join"}]"#,
             r#"["g",1,{"type":"hello","extra":1}]"#,
             r#"["g",1,{"type":"nope"}]"#,
+            // The protocol reads a null as absent: no recorder writes one.
+            r#"["g",1,{"type":"error","message":"m","received_message":null}]"#,
+            r#"["g",1,{"type":"error","message":"m","team_id":null}]"#,
             r#"["t",1,"ping",3]"#,
             r#"[]"#,
         ];

@@ -11,14 +11,19 @@ use crate::bridge::NetEvent;
 use crate::core::Config;
 use crate::core::{SavedTeam, Snapshot};
 
-/// The format version this build writes and reads.
-pub const VERSION: u64 = 1;
+/// The format version this build writes.
+pub const VERSION: u64 = 2;
+
+/// The oldest version this build reads: version 1 named the step count
+/// `tick` in headers and end lines (see the [module doc](super)); its
+/// lines are otherwise version 2's.
+pub const OLDEST_READ: u64 = 1;
 
 /// The key that makes a line a segment header (its value is the version).
 const MAGIC: &str = "switchboard_recording";
 
 /// The most idle steps one line holds: the recorder starts a new line past
-/// it (11 minutes of 10 ms ticks; a year idle costs about 50,000 lines of
+/// it (11 minutes of steps at a 10 ms tick; a year idle costs about 50,000 lines of
 /// 30 bytes), and replay refuses a longer run, so a line's replay time is
 /// bounded (65,536 core steps).
 pub const MAX_IDLE_RUN: u64 = 1 << 16;
@@ -55,9 +60,9 @@ pub struct Header {
     /// (segment 0 only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restored: Option<Vec<SavedTeam>>,
-    /// The core's tick when the segment began (later segments only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tick: Option<u64>,
+    /// The core's step count when the segment began (later segments only).
+    #[serde(default, skip_serializing_if = "Option::is_none", alias = "tick")]
+    pub step: Option<u64>,
     /// The core's time, in ms, when the segment began (later segments only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub now: Option<u64>,
@@ -69,8 +74,9 @@ pub struct Header {
 pub struct End {
     /// Whether every step of the run is in the recording.
     pub end: Completeness,
-    /// The core's tick at the end (after the last recorded step).
-    pub tick: u64,
+    /// The core's step count at the end (after the last recorded step).
+    #[serde(alias = "tick")]
+    pub step: u64,
     /// The core's time at the end, in ms.
     pub now: u64,
     /// A local stop was asked after the last step, with no step after it.
@@ -97,11 +103,11 @@ pub enum Completeness {
     Incomplete,
 }
 
-/// One step with input: it brought the core to `tick` at `now`.
+/// One step with input: the `step`th, it brought the core to `now`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Step {
-    /// The core's tick after the step.
-    pub tick: u64,
+    /// The core's step count after it.
+    pub step: u64,
     /// The core's time after the step, in ms.
     pub now: u64,
     /// A local stop was asked just before the step.
@@ -111,11 +117,11 @@ pub struct Step {
 }
 
 /// `count` steps in a row with no input, each advancing time equally; the
-/// last brought the core to `tick` at `now`.
+/// last was the `step`th and brought the core to `now`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Idle {
-    /// The core's tick after the last of them.
-    pub tick: u64,
+    /// The core's step count after the last of them.
+    pub step: u64,
     /// The core's time after the last of them, in ms.
     pub now: u64,
     /// How many.
@@ -143,8 +149,8 @@ pub fn write_json(out: &mut Vec<u8>, value: &impl Serialize) {
 }
 
 /// Appends a step line.
-pub fn write_step(out: &mut Vec<u8>, tick: u64, now: u64, stop: bool, events: &[NetEvent]) {
-    let _ = write!(out, "[{tick},{now}");
+pub fn write_step(out: &mut Vec<u8>, step: u64, now: u64, stop: bool, events: &[NetEvent]) {
+    let _ = write!(out, "[{step},{now}");
     if stop {
         out.extend_from_slice(b",\"stop\"");
     }
@@ -157,7 +163,7 @@ pub fn write_step(out: &mut Vec<u8>, tick: u64, now: u64, stop: bool, events: &[
 
 /// Appends an idle line.
 pub fn write_idle(out: &mut Vec<u8>, idle: Idle) {
-    let _ = writeln!(out, "[{},{},{}]", idle.tick, idle.now, idle.count);
+    let _ = writeln!(out, "[{},{},{}]", idle.step, idle.now, idle.count);
 }
 
 /// Which kind of object line this is; every other key is skipped unread.
@@ -167,6 +173,12 @@ struct Kind<'a> {
     magic: Option<&'a serde_json::value::RawValue>,
     #[serde(borrow, default)]
     end: Option<&'a serde_json::value::RawValue>,
+}
+
+/// Whether `bytes` claims to be a segment header (an object with the
+/// format's key), whatever else may be wrong with it.
+pub fn claims_header(bytes: &[u8]) -> bool {
+    serde_json::from_slice::<Kind<'_>>(bytes).is_ok_and(|kind| kind.magic.is_some())
 }
 
 /// Parses one line (without its newline). What it builds is bounded by
@@ -190,10 +202,10 @@ pub fn parse(bytes: &[u8]) -> Result<Line, String> {
             let kind: Kind<'_> = serde_json::from_slice(bytes).map_err(not_json)?;
             if let Some(magic) = kind.magic {
                 match serde_json::from_str::<u64>(magic.get()) {
-                    Ok(VERSION) => {}
+                    Ok(OLDEST_READ..=VERSION) => {}
                     Ok(other) => {
                         return Err(format!(
-                            "format version {other}; this build reads version {VERSION}"
+                            "format version {other}; this build reads versions {OLDEST_READ} to {VERSION}"
                         ));
                     }
                     Err(_) => return Err(format!("`{MAGIC}` is not a version number")),
@@ -252,7 +264,7 @@ fn parse_step(items: &[Value]) -> Result<Line, String> {
             .and_then(Value::as_u64)
             .ok_or_else(|| format!("a step line's {what} is not a whole number"))
     };
-    let tick = number(0, "tick")?;
+    let step = number(0, "step")?;
     let now = number(1, "time")?;
     if now > MAX_NOW_MS {
         return Err(format!(
@@ -274,7 +286,7 @@ fn parse_step(items: &[Value]) -> Result<Line, String> {
                     "an idle line of {count} steps: a recorder writes at most {MAX_IDLE_RUN} a line"
                 ));
             }
-            Ok(Line::Idle(Idle { tick, now, count }))
+            Ok(Line::Idle(Idle { step, now, count }))
         }
         Some(_) => {
             let stop = items[2] == Value::String("stop".into());
@@ -289,7 +301,7 @@ fn parse_step(items: &[Value]) -> Result<Line, String> {
                 return Err("a step line with no input".into());
             }
             Ok(Line::Step(Step {
-                tick,
+                step,
                 now,
                 stop,
                 events,
@@ -303,12 +315,7 @@ fn parse_step(items: &[Value]) -> Result<Line, String> {
 /// replay on another machine can check it reached the live run's state.
 pub fn digest(snapshot: &Snapshot) -> String {
     let json = serde_json::to_vec(snapshot).unwrap_or_default();
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in json {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("{hash:016x}")
+    format!("{:016x}", crate::fnv::fnv1a_64(&json))
 }
 
 #[cfg(test)]
@@ -332,7 +339,7 @@ mod tests {
             assert_eq!(
                 parse(line(&out)),
                 Ok(Line::Step(Step {
-                    tick: 3,
+                    step: 3,
                     now: 30,
                     stop,
                     events: events.clone()
@@ -344,7 +351,7 @@ mod tests {
         assert_eq!(out, b"[4,40,\"stop\"]\n");
         assert!(matches!(parse(line(&out)), Ok(Line::Step(s)) if s.stop && s.events.is_empty()));
         let idle = Idle {
-            tick: 9,
+            step: 9,
             now: 90,
             count: 5,
         };
@@ -368,7 +375,7 @@ mod tests {
                 message_count: 10,
                 props_count: 2,
             }]),
-            tick: None,
+            step: None,
             now: None,
         };
         let mut out = Vec::new();
@@ -376,7 +383,7 @@ mod tests {
         assert_eq!(parse(line(&out)), Ok(Line::Header(Box::new(header))));
         let end = End {
             end: Completeness::Complete,
-            tick: 5,
+            step: 5,
             now: 50,
             stop: true,
             run_end: Some("Forced".into()),
@@ -386,6 +393,22 @@ mod tests {
         let mut out = Vec::new();
         write_json(&mut out, &end);
         assert_eq!(parse(line(&out)), Ok(Line::End(end)));
+    }
+
+    /// Version 1 named the step count `tick`; its headers and end lines
+    /// are read as they were written.
+    #[test]
+    fn version_1_lines_are_read() {
+        let header = r#"{"switchboard_recording":1,"segment":2,"run":"r","tick":7,"now":70}"#;
+        match parse(header.as_bytes()) {
+            Ok(Line::Header(h)) => assert_eq!((h.version, h.step, h.now), (1, Some(7), Some(70))),
+            other => panic!("{other:?}"),
+        }
+        let end = r#"{"end":"incomplete","tick":7,"now":70,"reason":"r"}"#;
+        assert!(matches!(parse(end.as_bytes()), Ok(Line::End(e)) if e.step == 7));
+        // One name or the other, not both.
+        let both = r#"{"end":"incomplete","tick":7,"step":7,"now":70}"#;
+        assert!(parse(both.as_bytes()).is_err());
     }
 
     #[test]
@@ -405,10 +428,10 @@ mod tests {
             ("[1,-10,2]", "time"),
             ("[1,10,\"stop\",[\"q\",1]]", "event 1"),
             (
-                "{\"switchboard_recording\":2,\"segment\":0,\"run\":\"r\"}",
-                "version 2",
+                "{\"switchboard_recording\":3,\"segment\":0,\"run\":\"r\"}",
+                "format version 3; this build reads versions 1 to 2",
             ),
-            ("{\"end\":\"maybe\",\"tick\":1,\"now\":1}", "bad end line"),
+            ("{\"end\":\"maybe\",\"step\":1,\"now\":1}", "bad end line"),
             ("{\"x\":1}", "neither"),
             ("[1,10,65537]", "at most 65536 a line"),
             ("[1,18446744073709551615,1]", "past a century"),

@@ -1,7 +1,7 @@
 //! The flight recorder: `--record FILE` keeps every event the core takes
 //! in, step by step, with the configuration, the seed and the restored
 //! teams, so that `switchboard replay FILE` can feed it into a fresh core,
-//! with no sockets, and reach the live run's exact state; `--until-tick`
+//! with no sockets, and reach the live run's exact state; `--until-step`
 //! stops early, to bisect an incident on a laptop.
 //!
 //! # Why replay is exact
@@ -10,32 +10,38 @@
 //! restored teams, the same events in the same steps with the same time
 //! advances, and a local stop before the same step, give the same state,
 //! byte for byte. A step with no events still runs timers (pings, pong and
-//! state deadlines, backoffs, the Global link's probes), and every step
-//! counts one tick, so every step is recorded, idle ones too; a run of idle
-//! steps that advance time equally is one line.
+//! state deadlines, backoffs, the Global link's probes) and is counted (the
+//! core's step count is part of its state), so every step is recorded, idle
+//! ones too; a run of idle steps that advance time equally is one line.
 //!
-//! # Format (version 1)
+//! # Format (version 2)
 //!
-//! JSON Lines, UTF-8, `\n`-terminated; one segment file or several.
+//! JSON Lines, UTF-8, `\n`-terminated; one segment file or several. A
+//! *step* is one run of the core's schedule; `K` below is a step count
+//! (steps run so far), `T` the core's time in ms.
 //!
 //! - Line 1 of a segment: its header. Segment 0's holds the run:
-//!   `{"switchboard_recording":1,"segment":0,"run":ID,"config":{…},"seed":N,"restored":[…]}`
+//!   `{"switchboard_recording":2,"segment":0,"run":ID,"config":{…},"seed":N,"restored":[…]}`
 //!   (`config` is [`crate::Config`] as serde writes it; `restored` the
 //!   [`crate::core::SavedTeam`]s restored before the first step).
 //!   A later segment's holds where the core stood when it began:
-//!   `{"switchboard_recording":1,"segment":S,"run":ID,"tick":K,"now":T}`.
-//! - A step with input: `[K,T,"stop"?,EVENT…]`: the step that brought the
-//!   core to tick `K` (the snapshot's `clock.tick`: steps run) and time
-//!   `T` ms; `"stop"` when the driver asked for a local shutdown just
+//!   `{"switchboard_recording":2,"segment":S,"run":ID,"step":K,"now":T}`.
+//! - A step with input: `[K,T,"stop"?,EVENT…]`: the `K`th step (the
+//!   snapshot's step count, `clock.tick` in its JSON), which brought the
+//!   core to time `T`; `"stop"` when the driver asked for a local shutdown just
 //!   before it; then the events it ingested, in order (see [`codec`]).
 //! - Idle steps: `[K,T,N]`: `N` steps with no input, each advancing time by
-//!   the same whole number of ms, the last ending at tick `K`, time `T`;
+//!   the same whole number of ms, the last being the `K`th, ending at `T`;
 //!   at most [`line::MAX_IDLE_RUN`] a line (a longer run takes several).
-//! - The last line: `{"end":"complete","tick":K,"now":T,"stop":true?,"run_end":…,"snapshot_fnv1a":HEX}`
+//! - The last line: `{"end":"complete","step":K,"now":T,"stop":true?,"run_end":…,"snapshot_fnv1a":HEX}`
 //!   (`stop`: a local stop after the last step; the digest is
 //!   [`line::digest`] of the live final snapshot, which replay checks), or
-//!   `{"end":"incomplete","tick":K,"now":T,"reason":…}` when the recording
+//!   `{"end":"incomplete","step":K,"now":T,"reason":…}` when the recording
 //!   stopped before the run did.
+//!
+//! Version 1 differed only in naming the step count `tick` in headers and
+//! end lines (`"tick":K`); this build reads it too ([`line::OLDEST_READ`]),
+//! and refuses a later version than its own in one line naming it.
 //!
 //! A message run costs about 19 bytes whatever its length, so a recording's
 //! size follows the number of runs, not of messages. Measured per million

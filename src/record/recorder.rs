@@ -27,7 +27,7 @@ use crate::runtime::{RunEnd, Sidecar, Step};
 /// Rotated segments kept by default (`FILE.1` … `FILE.4`).
 pub const DEFAULT_KEEP: usize = 4;
 
-/// Steps the queue to the writer holds: 40 s of busy 10 ms ticks.
+/// Steps the queue to the writer holds: 40 s of busy steps at a 10 ms tick.
 const QUEUE_STEPS: usize = 4096;
 
 /// Events the queue to the writer holds, over all its steps: at 40 bytes
@@ -128,8 +128,8 @@ pub struct Recorder {
     queue_events: usize,
     /// Segment 0's header went out.
     started: bool,
-    /// The core's tick and time after the last step seen.
-    tick: u64,
+    /// The core's step count and time after the last step seen.
+    step: u64,
     now: u64,
     /// The local stop has been recorded.
     stop_seen: bool,
@@ -194,7 +194,7 @@ impl Recorder {
             segment: 0,
             written: 0,
             steps_in_segment: 0,
-            tick: 0,
+            step: 0,
             now: 0,
             buf: Vec::with_capacity(4096),
             shared: shared.clone(),
@@ -209,7 +209,7 @@ impl Recorder {
             thread: None,
             queue_events,
             started: false,
-            tick: 0,
+            step: 0,
             now: 0,
             stop_seen: false,
             idle: None,
@@ -279,7 +279,7 @@ impl Recorder {
         self.idle = None;
         error!(
             path = %self.path.display(),
-            tick = self.tick,
+            step = self.step,
             "recording stopped: {why}; the run goes on unrecorded, and the file replays only up to here (it says it is incomplete)"
         );
         if let Ok(mut reason) = self.shared.abandoned.lock() {
@@ -324,13 +324,13 @@ impl Sidecar for Recorder {
         let events = core.drain_recorded();
         let now = u64::try_from(core.now().as_millis()).unwrap_or(u64::MAX);
         let dt = now.saturating_sub(self.now);
-        self.tick += 1;
+        self.step += 1;
         self.now = now;
         let stop = self.stop_asked(core);
         if events.is_empty() && !stop {
             // Idle steps still run timers, so each is kept, but a run of
             // them with equal time advances is one line.
-            if let Some(ended) = coalesce(&mut self.idle, dt, self.tick, now) {
+            if let Some(ended) = coalesce(&mut self.idle, dt, self.step, now) {
                 self.send(core, Msg::Idle(ended), 0);
             }
             return;
@@ -338,7 +338,7 @@ impl Sidecar for Recorder {
         self.flush_idle(core);
         let n = events.len();
         let step = line::Step {
-            tick: self.tick,
+            step: self.step,
             now,
             stop,
             events,
@@ -362,17 +362,17 @@ impl Sidecar for Recorder {
         if let Some(tx) = self.tx.clone() {
             let stop = self.stop_asked(core);
             let snapshot = core.snapshot();
-            if snapshot.clock.tick != self.tick {
+            if snapshot.clock.step != self.step {
                 error!(
                     path = %self.path.display(),
                     "the core ran {} steps, the recorder saw {}: the recording will not replay (every step must reach after_step)",
-                    snapshot.clock.tick,
-                    self.tick
+                    snapshot.clock.step,
+                    self.step
                 );
             }
             let msg = Msg::End(End {
                 end: Completeness::Complete,
-                tick: snapshot.clock.tick,
+                step: snapshot.clock.step,
                 now: snapshot.clock.now,
                 stop,
                 run_end: Some(format!("{end:?}")),
@@ -423,21 +423,21 @@ fn create(path: &Path) -> std::io::Result<File> {
     options.open(path)
 }
 
-/// Adds an idle step (a time advance of `dt` ms, reaching `tick` at `now`)
+/// Adds an idle step (the `step`th, a time advance of `dt` ms to `now`)
 /// to the run of them being coalesced into one line; returns the run it
 /// had to end (another advance, or a line full at [`line::MAX_IDLE_RUN`]).
-fn coalesce(idle: &mut Option<(Idle, u64)>, dt: u64, tick: u64, now: u64) -> Option<Idle> {
+fn coalesce(idle: &mut Option<(Idle, u64)>, dt: u64, step: u64, now: u64) -> Option<Idle> {
     match idle {
-        Some((run, step)) if *step == dt && run.count < line::MAX_IDLE_RUN => {
+        Some((run, each)) if *each == dt && run.count < line::MAX_IDLE_RUN => {
             run.count += 1;
-            run.tick = tick;
+            run.step = step;
             run.now = now;
             None
         }
         _ => idle
             .replace((
                 Idle {
-                    tick,
+                    step,
                     now,
                     count: 1,
                 },
@@ -468,8 +468,8 @@ struct Writer {
     segment: u64,
     written: u64,
     steps_in_segment: u64,
-    /// The core's tick and time after the last step written.
-    tick: u64,
+    /// The core's step count and time after the last step written.
+    step: u64,
     now: u64,
     buf: Vec<u8>,
     shared: Arc<Shared>,
@@ -507,14 +507,14 @@ impl Writer {
                 .unwrap_or_else(|| "the recorder stopped without an end".into());
             self.end(End {
                 end: Completeness::Incomplete,
-                tick: self.tick,
+                step: self.step,
                 now: self.now,
                 stop: false,
                 run_end: None,
                 snapshot_fnv1a: None,
                 reason: Some(format!(
-                    "{reason}: steps after tick {} are not recorded",
-                    self.tick
+                    "{reason}: steps after step {} are not recorded",
+                    self.step
                 )),
             });
         }
@@ -546,7 +546,7 @@ impl Writer {
                     config: Some(self.config.clone()),
                     seed: Some(self.seed),
                     restored: Some(restored),
-                    tick: None,
+                    step: None,
                     now: None,
                 };
                 line::write_json(&mut self.buf, &header);
@@ -558,18 +558,18 @@ impl Writer {
                     self.warned_names = true;
                     error!(
                         path = %self.base.display(),
-                        tick = step.tick,
-                        "an event carries a name the recording format does not know: replay will stop at it (add it to record::codec::STATIC_NAMES)"
+                        step = step.step,
+                        "an event carries a name the recording format does not know: replay will stop at it (add it to protocol::reference::TYPES or FIELDS, or CloseReason::STALLS)"
                     );
                 }
-                line::write_step(&mut self.buf, step.tick, step.now, step.stop, &step.events);
+                line::write_step(&mut self.buf, step.step, step.now, step.stop, &step.events);
                 drop(step.events);
-                self.write_step_line(step.tick, step.now, 1, n);
+                self.write_step_line(step.step, step.now, 1, n);
                 self.shared.queued.fetch_sub(n, Ordering::Relaxed);
             }
             Msg::Idle(idle) => {
                 line::write_idle(&mut self.buf, idle);
-                self.write_step_line(idle.tick, idle.now, idle.count, 0);
+                self.write_step_line(idle.step, idle.now, idle.count, 0);
             }
             Msg::End(end) => self.end(end),
         }
@@ -582,7 +582,7 @@ impl Writer {
         self.write_buf();
     }
 
-    fn write_step_line(&mut self, tick: u64, now: u64, steps: u64, events: usize) {
+    fn write_step_line(&mut self, step: u64, now: u64, steps: u64, events: usize) {
         if let Some(max) = self.max_bytes
             && self.steps_in_segment > 0
             && self.written + self.buf.len() as u64 > max
@@ -590,7 +590,7 @@ impl Writer {
             self.io(Writer::rotate);
         }
         self.write_buf();
-        self.tick = tick;
+        self.step = step;
         self.now = now;
         self.steps_in_segment += 1;
         self.shared.steps.fetch_add(steps, Ordering::Relaxed);
@@ -632,7 +632,7 @@ impl Writer {
             config: None,
             seed: None,
             restored: None,
-            tick: Some(self.tick),
+            step: Some(self.step),
             now: Some(self.now),
         };
         let mut buf = Vec::new();
@@ -740,14 +740,14 @@ mod tests {
         assert_eq!(coalesce(&mut idle, 10, 2, 20), None);
         // Another time advance ends the run.
         let ended = coalesce(&mut idle, 30, 3, 50).expect("ended");
-        assert_eq!((ended.tick, ended.now, ended.count), (2, 20, 2));
+        assert_eq!((ended.step, ended.now, ended.count), (2, 20, 2));
         // A full line too.
         if let Some((run, _)) = &mut idle {
             run.count = line::MAX_IDLE_RUN - 1;
         }
         assert_eq!(coalesce(&mut idle, 30, 4, 80), None);
         let full = coalesce(&mut idle, 30, 5, 110).expect("full");
-        assert_eq!((full.tick, full.count), (4, line::MAX_IDLE_RUN));
+        assert_eq!((full.step, full.count), (4, line::MAX_IDLE_RUN));
         assert_eq!(idle.map(|(run, _)| run.count), Some(1));
     }
 

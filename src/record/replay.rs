@@ -26,8 +26,8 @@ pub const MAX_LINE: usize = 256 << 20;
 /// How far to replay.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ReplayOptions {
-    /// Stop once the core reaches this tick (the snapshot's `clock.tick`).
-    pub until_tick: Option<u64>,
+    /// Stop once the core has run this many steps (`Core::steps`).
+    pub until_step: Option<u64>,
 }
 
 /// A line of one segment file.
@@ -54,10 +54,10 @@ pub enum ReplayEnd {
         /// How the live run ended.
         run_end: String,
     },
-    /// Stopped at `--until-tick`.
-    UntilTick {
-        /// The tick reached.
-        tick: u64,
+    /// Stopped at `--until-step`.
+    UntilStep {
+        /// The step reached.
+        step: u64,
     },
     /// The recording stops before the run did; everything before `at` was
     /// replayed.
@@ -144,21 +144,8 @@ pub fn replay(path: &Path, options: &ReplayOptions) -> Result<Replayed, ReplayEr
         line: 0,
     };
     for (i, segment) in chain.iter().enumerate() {
-        let newest = i + 1 == chain.len();
         let mut lines = Lines::open(segment)?;
-        let header = match lines.next()? {
-            Next::Line(bytes) => match line::parse(bytes) {
-                Ok(Line::Header(header)) => header,
-                Ok(_) => return Err(lines.bad("the first line is not a segment header")),
-                Err(reason) if run.is_none() => {
-                    return Err(lines.bad(format!("not a switchboard recording: {reason}")));
-                }
-                Err(reason) => return Err(lines.bad(reason)),
-            },
-            Next::Cut | Next::Eof => {
-                return Err(lines.bad("no complete header line: the segment is empty or cut short"));
-            }
-        };
+        let header = read_header(&mut lines, run.is_none())?;
         let run = match &mut run {
             Some(run) => {
                 run.next_segment(&header, &lines)?;
@@ -166,43 +153,9 @@ pub fn replay(path: &Path, options: &ReplayOptions) -> Result<Replayed, ReplayEr
             }
             None => run.insert(Run::start(*header, &lines)?),
         };
-        loop {
-            let bytes = match lines.next()? {
-                Next::Eof => break,
-                Next::Cut if newest => {
-                    return Ok(run.finish_incomplete(
-                        lines.place(),
-                        "the line is cut short: the recording was truncated (the run was killed, or the disk filled)",
-                        chain.len(),
-                    ));
-                }
-                Next::Cut => {
-                    return Err(
-                        lines.bad("the line is cut short, in a segment that is not the newest")
-                    );
-                }
-                Next::Line(bytes) => bytes,
-            };
-            let parsed = line::parse(bytes).map_err(|reason| lines.bad(reason))?;
-            if run.end.is_some() {
-                return Err(lines.bad("a line after the end line"));
-            }
-            let stopped = match parsed {
-                Line::Header(_) => {
-                    return Err(lines.bad("a segment header in the middle of a segment"));
-                }
-                Line::Step(step) => run.step(step, &lines, options)?,
-                Line::Idle(idle) => run.idle(idle, &lines, options)?,
-                Line::End(end) => {
-                    run.end_line(&end, &lines)?;
-                    run.end = Some((end, lines.place()));
-                    false
-                }
-            };
-            if stopped {
-                let tick = run.tick;
-                return Ok(run.finish(ReplayEnd::UntilTick { tick }, chain.len()));
-            }
+        let newest = i + 1 == chain.len();
+        if let Some(end) = run.play_segment(&mut lines, newest, options)? {
+            return Ok(run.finish(end, chain.len()));
         }
         last_place = lines.place();
     }
@@ -213,42 +166,26 @@ pub fn replay(path: &Path, options: &ReplayOptions) -> Result<Replayed, ReplayEr
             reason: "no segment".into(),
         });
     };
-    let segments = chain.len();
-    match run.end.take() {
-        None => Ok(run.finish_incomplete(
-            last_place,
-            "no end line: the run was killed, or its recorder stopped",
-            segments,
-        )),
-        Some((end, at)) => match end.end {
-            Completeness::Incomplete => {
-                let reason = end
-                    .reason
-                    .unwrap_or_else(|| "the recorder stopped early".into());
-                Ok(run.finish_incomplete(at, &reason, segments))
-            }
-            Completeness::Complete => {
-                let replayed = line::digest(&run.core.snapshot());
-                match end.snapshot_fnv1a {
-                    Some(live) if live == replayed => Ok(run.finish(
-                        ReplayEnd::Verified {
-                            run_end: end.run_end.unwrap_or_default(),
-                        },
-                        segments,
-                    )),
-                    Some(live) => Err(ReplayError::Diverged {
-                        at,
-                        detail: format!(
-                            "the final snapshot's digest is {replayed}, the live run's was {live}"
-                        ),
-                    }),
-                    None => Err(ReplayError::Bad {
-                        at,
-                        reason: "a complete end line without the live snapshot's digest".into(),
-                    }),
-                }
-            }
-        },
+    let end = run.verdict(last_place)?;
+    Ok(run.finish(end, chain.len()))
+}
+
+/// A segment's first line, its header. In the first segment read, a line
+/// that is not one means the file is no recording at all.
+fn read_header(lines: &mut Lines, first: bool) -> Result<Box<Header>, ReplayError> {
+    let bytes = match lines.next()? {
+        Next::Line(bytes) => bytes,
+        Next::Cut | Next::Eof => {
+            return Err(lines.bad("no complete header line: the segment is empty or cut short"));
+        }
+    };
+    match line::parse(bytes) {
+        Ok(Line::Header(header)) => Ok(header),
+        Ok(_) => Err(lines.bad("the first line is not a segment header")),
+        Err(reason) if first && !line::claims_header(bytes) => {
+            Err(lines.bad(format!("not a switchboard recording: {reason}")))
+        }
+        Err(reason) => Err(lines.bad(reason)),
     }
 }
 
@@ -260,7 +197,7 @@ struct Run {
     restored: usize,
     run_id: String,
     segment: u64,
-    tick: u64,
+    step: u64,
     now: u64,
     steps: u64,
     events: u64,
@@ -295,7 +232,7 @@ impl Run {
             restored: restored.len(),
             run_id: header.run,
             segment: 0,
-            tick: 0,
+            step: 0,
             now: 0,
             steps: 0,
             events: 0,
@@ -319,21 +256,109 @@ impl Run {
                 header.segment, self.segment
             )));
         }
-        if header.tick != Some(self.tick) || header.now != Some(self.now) {
+        if header.step != Some(self.step) || header.now != Some(self.now) {
             return Err(lines.bad(format!(
-                "the segment starts at tick {:?}, time {:?}ms; the previous one ended at tick {}, {}ms",
-                header.tick, header.now, self.tick, self.now
+                "the segment starts at step {:?}, time {:?}ms; the previous one ended at step {}, {}ms",
+                header.step, header.now, self.step, self.now
             )));
         }
         self.segment = header.segment;
         Ok(())
     }
 
-    fn reached(&self, options: &ReplayOptions) -> bool {
-        options.until_tick.is_some_and(|until| self.tick >= until)
+    /// Every line of a segment after its header. `Some`: the replay
+    /// ended inside it (`--until-step`, or a cut in the newest segment).
+    fn play_segment(
+        &mut self,
+        lines: &mut Lines,
+        newest: bool,
+        options: &ReplayOptions,
+    ) -> Result<Option<ReplayEnd>, ReplayError> {
+        loop {
+            let bytes = match lines.next()? {
+                Next::Eof => return Ok(None),
+                Next::Cut if newest => {
+                    return Ok(Some(ReplayEnd::Incomplete {
+                        at: lines.place(),
+                        reason: "the line is cut short: the recording was truncated (the run was killed, or the disk filled)".into(),
+                    }));
+                }
+                Next::Cut => {
+                    return Err(
+                        lines.bad("the line is cut short, in a segment that is not the newest")
+                    );
+                }
+                Next::Line(bytes) => bytes,
+            };
+            let parsed = line::parse(bytes).map_err(|reason| lines.bad(reason))?;
+            if self.play_line(parsed, lines, options)? {
+                let step = self.step;
+                return Ok(Some(ReplayEnd::UntilStep { step }));
+            }
+        }
     }
 
-    /// One step with input. `Ok(true)`: stopped before it (`--until-tick`).
+    /// One line after a header. `Ok(true)`: stopped (`--until-step`).
+    fn play_line(
+        &mut self,
+        parsed: Line,
+        lines: &Lines,
+        options: &ReplayOptions,
+    ) -> Result<bool, ReplayError> {
+        if self.end.is_some() {
+            return Err(lines.bad("a line after the end line"));
+        }
+        match parsed {
+            Line::Header(_) => Err(lines.bad("a segment header in the middle of a segment")),
+            Line::Step(step) => self.step(step, lines, options),
+            Line::Idle(idle) => self.idle(idle, lines, options),
+            Line::End(end) => {
+                self.end_line(&end, lines)?;
+                self.end = Some((end, lines.place()));
+                Ok(false)
+            }
+        }
+    }
+
+    /// How a replay of every line ended, by the end line (or its absence
+    /// at `last`): the live run's final state reached, checked by its
+    /// digest, or a recording that stops early.
+    fn verdict(&mut self, last: Place) -> Result<ReplayEnd, ReplayError> {
+        let Some((end, at)) = self.end.take() else {
+            return Ok(ReplayEnd::Incomplete {
+                at: last,
+                reason: "no end line: the run was killed, or its recorder stopped".into(),
+            });
+        };
+        if end.end == Completeness::Incomplete {
+            let reason = end
+                .reason
+                .unwrap_or_else(|| "the recorder stopped early".into());
+            return Ok(ReplayEnd::Incomplete { at, reason });
+        }
+        let replayed = line::digest(&self.core.snapshot());
+        match end.snapshot_fnv1a {
+            Some(live) if live == replayed => Ok(ReplayEnd::Verified {
+                run_end: end.run_end.unwrap_or_default(),
+            }),
+            Some(live) => Err(ReplayError::Diverged {
+                at,
+                detail: format!(
+                    "the final snapshot's digest is {replayed}, the live run's was {live}"
+                ),
+            }),
+            None => Err(ReplayError::Bad {
+                at,
+                reason: "a complete end line without the live snapshot's digest".into(),
+            }),
+        }
+    }
+
+    fn reached(&self, options: &ReplayOptions) -> bool {
+        options.until_step.is_some_and(|until| self.step >= until)
+    }
+
+    /// One step with input. `Ok(true)`: stopped before it (`--until-step`).
     fn step(
         &mut self,
         step: Step,
@@ -343,10 +368,10 @@ impl Run {
         if self.reached(options) {
             return Ok(true);
         }
-        if step.tick != self.tick + 1 {
+        if step.step != self.step + 1 {
             return Err(lines.bad(format!(
-                "tick {} follows tick {}: steps are missing",
-                step.tick, self.tick
+                "step {} follows step {}: steps are missing",
+                step.step, self.step
             )));
         }
         let Some(dt) = step.now.checked_sub(self.now) else {
@@ -373,17 +398,17 @@ impl Run {
         Ok(false)
     }
 
-    /// A run of idle steps. `Ok(true)`: stopped inside it (`--until-tick`).
+    /// A run of idle steps. `Ok(true)`: stopped inside it (`--until-step`).
     fn idle(
         &mut self,
         idle: Idle,
         lines: &Lines,
         options: &ReplayOptions,
     ) -> Result<bool, ReplayError> {
-        if idle.tick != self.tick + idle.count {
+        if idle.step != self.step + idle.count {
             return Err(lines.bad(format!(
-                "{} idle steps to tick {} do not follow tick {}: steps are missing",
-                idle.count, idle.tick, self.tick
+                "{} idle steps to step {} do not follow step {}: steps are missing",
+                idle.count, idle.step, self.step
             )));
         }
         let span = idle.now.checked_sub(self.now);
@@ -408,18 +433,18 @@ impl Run {
         // here, but they must not pile up.
         self.core.drain_commands();
         self.core.drain_team_events();
-        self.tick += 1;
+        self.step += 1;
         self.now += dt;
         self.steps += 1;
     }
 
     fn end_line(&mut self, end: &End, lines: &Lines) -> Result<(), ReplayError> {
-        if end.end == Completeness::Complete && (end.tick != self.tick || end.now != self.now) {
+        if end.end == Completeness::Complete && (end.step != self.step || end.now != self.now) {
             return Err(ReplayError::Diverged {
                 at: lines.place(),
                 detail: format!(
-                    "the live run ended at tick {}, {}ms; the recording's steps reach tick {}, {}ms",
-                    end.tick, end.now, self.tick, self.now
+                    "the live run ended at step {}, {}ms; the recording's steps reach step {}, {}ms",
+                    end.step, end.now, self.step, self.now
                 ),
             });
         }
@@ -427,11 +452,6 @@ impl Run {
             self.core.shutdown();
         }
         Ok(())
-    }
-
-    fn finish_incomplete(&self, at: Place, reason: &str, segments: usize) -> Replayed {
-        let reason = reason.to_owned();
-        self.finish(ReplayEnd::Incomplete { at, reason }, segments)
     }
 
     fn finish(&self, end: ReplayEnd, segments: usize) -> Replayed {

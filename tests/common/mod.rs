@@ -1,0 +1,5 @@
+//! Setups more than one test file uses, written once. Each test file that
+//! needs them says `mod common;`; what a file does not use is no warning.
+#![allow(dead_code)]
+
+pub mod sim_run;
