@@ -11,26 +11,16 @@ use serde_json::json;
 use switchboard::protocol::TeamId;
 use switchboard::runtime::{self, StopHandle};
 use switchboard::testkit::client::{config, join, start};
-use switchboard::testkit::server::{Conn, DEADLINE, Server};
+use switchboard::testkit::server::{DEADLINE, Server};
+
+mod common;
+use common::script::connect_one;
 
 /// A text frame header announcing `len` bytes, unmasked (server to client).
 fn text_header(len: u64) -> Vec<u8> {
     let mut header = vec![0x81, 127];
     header.extend_from_slice(&len.to_be_bytes());
     header
-}
-
-/// Greets the client's Global, announces team 1, answers its request and
-/// greets the team socket it opens: the Global and that socket.
-async fn greeted_team(server: &mut Server) -> (Conn, Conn) {
-    let mut global = server.accept().await;
-    global.send(json!({"type": "hello"}));
-    global.send(json!({"type": "team.join", "team_id": 1}));
-    global.expect("team.connect").await;
-    global.send(json!({"type": "team.connect", "team_id": 1, "ws_url": server.url("/t/1")}));
-    let team = server.accept().await;
-    team.send(json!({"type": "hello"}));
-    (global, team)
 }
 
 /// A client whose Global (with `pong_timeout`) greets, announces `teams`
@@ -124,7 +114,7 @@ async fn a_message_left_incomplete_is_dropped_after_the_pong_timeout() {
     let client = start(server.url("/global"), |c| {
         c.core.pong_timeout = Duration::from_millis(400);
     });
-    let (mut global, team) = greeted_team(&mut server).await;
+    let (mut global, team) = connect_one(&mut server, 1).await;
     let mut partial = text_header(100_000);
     partial.extend_from_slice(br#"{"type":"message","text":""#);
     team.send_bytes(partial);
@@ -149,7 +139,7 @@ async fn partial_messages_past_their_budget_drop_the_socket_that_passes_it() {
     let client = start(server.url("/global"), |c| {
         c.transport.max_partial_bytes = 1_000;
     });
-    let (mut global, team) = greeted_team(&mut server).await;
+    let (mut global, team) = connect_one(&mut server, 1).await;
     let mut partial = text_header(100_000);
     partial.extend(std::iter::repeat_n(b'x', 2_000));
     team.send_bytes(partial);
@@ -172,7 +162,7 @@ async fn partial_messages_past_their_budget_drop_the_socket_that_passes_it() {
 async fn a_text_frame_that_is_not_utf8_drops_the_team_socket() {
     let mut server = Server::bind().await;
     let client = start(server.url("/global"), |_| {});
-    let (mut global, team) = greeted_team(&mut server).await;
+    let (mut global, team) = connect_one(&mut server, 1).await;
     // A whole, unfragmented text frame: a quoted string with a lone
     // continuation byte and an overlong encoding in it.
     let body: &[u8] = b"{\"type\":\"message\",\"text\":\"\x80\xc0\xaf\"}";

@@ -10,28 +10,8 @@ use switchboard::testkit::client::{Client, join, start};
 use switchboard::testkit::server::{Conn, DEADLINE, Server};
 use tokio_tungstenite::tungstenite::Message;
 
-/// Global hello, one team joined and connected; returns (global, team).
-async fn connect_one(server: &mut Server, team_id: u64) -> (Conn, Conn) {
-    let mut global = server.accept().await;
-    global.send(json!({"type": "hello"}));
-    let team = join_team(server, &mut global, team_id).await;
-    (global, team)
-}
-
-async fn join_team(server: &mut Server, global: &mut Conn, team_id: u64) -> Conn {
-    global.send(json!({"type": "team.join", "team_id": team_id}));
-    answer_connect(server, global, team_id).await
-}
-
-async fn answer_connect(server: &mut Server, global: &mut Conn, team_id: u64) -> Conn {
-    let request = global.expect("team.connect").await;
-    assert_eq!(request["team_id"], team_id);
-    let url = server.url(&format!("/team/{team_id}"));
-    global.send(json!({"type": "team.connect", "team_id": team_id, "ws_url": url}));
-    let team = server.accept().await;
-    team.send(json!({"type": "hello"}));
-    team
-}
+mod common;
+use common::script::{answer_connect, connect_one, join_team};
 
 /// Asks for healthchecks until `done` holds for the reply (deadline-bounded).
 async fn healthcheck_until(global: &mut Conn, done: impl Fn(&Value) -> bool) -> Value {

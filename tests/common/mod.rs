@@ -2,4 +2,5 @@
 //! needs them says `mod common;`; what a file does not use is no warning.
 #![allow(dead_code)]
 
+pub mod script;
 pub mod sim_run;
