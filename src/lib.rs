@@ -51,6 +51,7 @@ pub mod runtime;
 pub mod sim;
 pub mod store;
 pub mod tap;
+#[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod transport;
 
