@@ -1,5 +1,5 @@
-//! The faults the simulator can inject, and the rates at which it injects
-//! them when they are left to chance.
+//! The faults the simulator can inject, the rates at which it injects
+//! them when they are left to chance, and the name of one injected fault.
 
 use std::collections::BTreeMap;
 
@@ -169,6 +169,11 @@ impl Chaos {
             .collect()
     }
 }
+
+/// Names one injected fault, so the team socket task that writes its frame
+/// can report it written (and its recovery armed) once the frame is out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct WatchId(pub(super) u64);
 
 #[cfg(test)]
 mod tests {

@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use super::Shared;
-use super::server::{SocketCtl, text};
+use super::shared::Shared;
+use super::socket::{SocketCtl, text};
 use crate::protocol::GlobalServerEvent;
 
 /// Sends `goodbye` and checks the closes that follow.
@@ -12,24 +12,15 @@ pub(super) async fn goodbye(shared: &Shared) -> Vec<String> {
     let mut mismatches = Vec::new();
     let expected_closes = {
         let mut ledger = shared.lock();
-        ledger.goodbye_sent = true;
-        if let Some(global) = ledger.global.as_ref() {
-            let _ = global
-                .ctl
-                .send(SocketCtl::Send(text(&GlobalServerEvent::Goodbye)));
-        }
-        1 + ledger
-            .teams
-            .values()
-            .map(|t| u64::from(t.open_sockets))
-            .sum::<u64>()
+        let owed = ledger.goodbye();
+        ledger.to_global(SocketCtl::Send(text(&GlobalServerEvent::Goodbye)));
+        owed
     };
     let closed_until = Instant::now() + shared.scenario.goodbye_wait;
     loop {
         let (open, global) = {
             let ledger = shared.lock();
-            let open: u32 = ledger.teams.values().map(|t| t.open_sockets).sum();
-            (open, ledger.global.is_some())
+            (ledger.open_team_sockets(), ledger.global_open())
         };
         if open == 0 && !global {
             break;
@@ -42,7 +33,7 @@ pub(super) async fn goodbye(shared: &Shared) -> Vec<String> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let closed = shared.lock().closed_after_goodbye;
+    let closed = shared.lock().closed_after_goodbye();
     if closed < expected_closes {
         mismatches.push(format!(
             "after goodbye the client closed {closed} of {expected_closes} sockets with 1000"

@@ -1,7 +1,10 @@
 //! Injecting faults: which teams can take one now, what injecting each kind
 //! does, and the recovery it is booked with. Faults come from the rates
 //! (a random target) or from the schedule (a set team, at a set count);
-//! both go through [`inject`], so they obey the same rules.
+//! both go through [`inject`], so they obey the same rules. The
+//! per-connection kinds (a refused request, a delayed hello) strike on the
+//! sockets' occasions, through [`refuse_connect`] and the `delay_*_hello`
+//! functions.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,11 +12,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 
-use super::Shared;
 use super::ask::ask_healthcheck;
-use super::faults::Fault;
+use super::faults::{Fault, WatchId};
 use super::ledger::Ledger;
-use super::server::{SocketCtl, text};
+use super::shared::Shared;
+use super::socket::{SocketCtl, text};
 use super::survival::Recovery;
 use crate::protocol::{GlobalServerEvent, TeamId};
 
@@ -40,14 +43,23 @@ fn needs(shared: &Shared, fault: Fault) -> u64 {
 /// is reading, not quiescing, no other fault waiting on it, and enough
 /// messages left for the recovery to be seen.
 fn fits(shared: &Shared, ledger: &Ledger, team: TeamId, fault: Fault, now: Instant) -> bool {
-    ledger.teams.get(&team).is_some_and(|t| {
+    ledger.team(team).is_some_and(|t| {
         t.joined
             && t.connected()
             && !t.paused
             && t.reading(now)
-            && !ledger.survival.busy(team)
+            && !ledger.fault_pending(team)
             && t.remaining() >= needs(shared, fault)
     })
+}
+
+/// A team socket a fault is aimed at.
+struct Target {
+    team: TeamId,
+    /// The socket's id.
+    socket: u64,
+    /// Its control channel.
+    ctl: mpsc::UnboundedSender<SocketCtl>,
 }
 
 /// `team`'s socket, if it [fits](fits) `fault` now.
@@ -57,29 +69,25 @@ fn target(
     team: TeamId,
     fault: Fault,
     now: Instant,
-) -> Option<(u64, mpsc::UnboundedSender<SocketCtl>)> {
-    fits(shared, ledger, team, fault, now)
-        .then(|| ledger.teams.get(&team)?.socket.clone())
-        .flatten()
+) -> Option<Target> {
+    if !fits(shared, ledger, team, fault, now) {
+        return None;
+    }
+    let (socket, ctl) = ledger.team(team)?.socket.clone()?;
+    Some(Target { team, socket, ctl })
 }
 
 /// Whether a per-connection fault (connect-error, delayed-hello) strikes
 /// this occasion, for `team` or for Global (`None`): chaos is on, and the
 /// team's trigger is due or the dice say so. A delayed hello only strikes a
 /// team with messages to follow it.
-pub(crate) fn strikes(
-    shared: &Shared,
-    ledger: &mut Ledger,
-    fault: Fault,
-    team: Option<TeamId>,
-) -> bool {
-    if !ledger.chaos_on {
+fn strikes(shared: &Shared, ledger: &mut Ledger, fault: Fault, team: Option<TeamId>) -> bool {
+    if !ledger.chaos_on() {
         return false;
     }
     if let Some(team) = team
         && ledger
-            .teams
-            .get(&team)
+            .team(team)
             .is_none_or(|t| t.remaining() < needs(shared, fault))
     {
         return false;
@@ -88,7 +96,58 @@ pub(crate) fn strikes(
         return true;
     }
     let p = shared.chaos.rate(fault);
-    p > 0.0 && ledger.rng.f64() < p
+    p > 0.0 && ledger.dice().f64() < p
+}
+
+/// Whether the `team.connect` for `team` (written `written` so far) is
+/// refused this time, as a connect-error; booked if so.
+pub(crate) fn refuse_connect(
+    shared: &Shared,
+    ledger: &mut Ledger,
+    team: TeamId,
+    written: u64,
+) -> bool {
+    if !strikes(shared, ledger, Fault::ConnectError, Some(team)) {
+        return false;
+    }
+    let recovery = Recovery::Reconnect {
+        team,
+        before: written,
+        back_at: None,
+    };
+    ledger.injected(Fault::ConnectError, recovery);
+    true
+}
+
+/// Whether the hello of `team`'s new socket `socket` is held back this
+/// time, as a delayed-hello; booked if so, and named so the socket can
+/// report the hello written.
+pub(crate) fn delay_team_hello(
+    shared: &Shared,
+    ledger: &mut Ledger,
+    team: TeamId,
+    socket: u64,
+) -> Option<WatchId> {
+    strikes(shared, ledger, Fault::DelayedHello, Some(team)).then(|| {
+        let recovery = Recovery::KeptTeamSocket {
+            team,
+            socket,
+            armed: None,
+        };
+        ledger.injected(Fault::DelayedHello, recovery)
+    })
+}
+
+/// Whether the hello of the new Global connection `global` is held back
+/// this time, as a delayed-hello; booked if so.
+pub(crate) fn delay_global_hello(shared: &Shared, ledger: &mut Ledger, global: u64) -> bool {
+    let delayed = strikes(shared, ledger, Fault::DelayedHello, None);
+    if delayed {
+        let since = Instant::now();
+        let kept = Recovery::KeptGlobal { global, since };
+        ledger.injected(Fault::DelayedHello, kept);
+    }
+    delayed
 }
 
 /// A rate-driven fault: `fault` on a random team that can take it (or on
@@ -98,12 +157,12 @@ pub(super) fn inject_random(shared: &Arc<Shared>, fault: Fault) {
     let team = {
         let mut ledger = shared.lock();
         let on_global =
-            fault == Fault::GlobalDrop || (fault == Fault::Garbage && ledger.rng.bool());
+            fault == Fault::GlobalDrop || (fault == Fault::Garbage && ledger.dice().bool());
         if on_global {
             None
         } else {
             let candidates: Vec<TeamId> = ledger
-                .teams
+                .teams()
                 .keys()
                 .copied()
                 .filter(|&t| fits(shared, &ledger, t, fault, now))
@@ -111,7 +170,7 @@ pub(super) fn inject_random(shared: &Arc<Shared>, fault: Fault) {
             if candidates.is_empty() {
                 return;
             }
-            Some(candidates[ledger.rng.usize(..candidates.len())])
+            Some(candidates[ledger.dice().usize(..candidates.len())])
         }
     };
     inject(shared, fault, team);
@@ -120,26 +179,12 @@ pub(super) fn inject_random(shared: &Arc<Shared>, fault: Fault) {
 /// Fires the scheduled faults whose team has received enough messages and
 /// can take them now; the rest wait for a later tick.
 pub(super) fn fire_due_triggers(shared: &Arc<Shared>) {
-    let due: Vec<_> = {
-        let ledger = shared.lock();
-        ledger
-            .triggers
-            .iter()
-            .filter(|t| !t.fault.is_probability())
-            .filter(|t| {
-                ledger
-                    .teams
-                    .get(&t.team)
-                    .is_some_and(|x| x.written >= t.after)
-            })
-            .copied()
-            .collect()
-    };
+    let due = shared.lock().due_triggers();
     for trigger in due {
         let on_global = trigger.fault == Fault::GlobalDrop
             || (trigger.fault == Fault::Garbage && trigger.garbage_on_global());
         if inject(shared, trigger.fault, (!on_global).then_some(trigger.team)) {
-            shared.lock().triggers.retain(|t| *t != trigger);
+            shared.lock().trigger_fired(trigger);
         }
     }
 }
@@ -174,108 +219,119 @@ fn inject(shared: &Arc<Shared>, fault: Fault, team: Option<TeamId>) -> bool {
 fn inject_now(shared: &Arc<Shared>, fault: Fault, team: Option<TeamId>) -> bool {
     let now = Instant::now();
     let mut ledger = shared.lock();
-    if !ledger.chaos_on {
+    if !ledger.chaos_on() {
         return false;
     }
     let Some(team) = team else {
         return inject_on_global(&mut ledger, fault);
     };
-    let Some((socket, ctl)) = target(shared, &ledger, team, fault, now) else {
+    let Some(on) = target(shared, &ledger, team, fault, now) else {
         return false;
     };
-    let before = ledger.teams.get(&team).map_or(0, |t| t.written);
-    let reconnect = Recovery::Reconnect {
-        team,
-        before,
-        back_at: None,
-    };
+    let ledger = &mut ledger;
     match fault {
-        Fault::TeamClose | Fault::TeamErrorClose => {
-            let code = if fault == Fault::TeamClose {
-                1000
-            } else {
-                1011
-            };
-            if ctl.send(SocketCtl::Close(code)).is_err() {
-                return false;
-            }
-            ledger.injected(fault, reconnect);
-        }
-        Fault::TeamReset => {
-            if let Some(t) = ledger.teams.get_mut(&team) {
-                t.paused = true;
-            }
-            tokio::spawn(reset_after_quiesce(shared.clone(), team, ctl));
-        }
-        Fault::Zombie => {
-            if ctl.send(SocketCtl::Zombie).is_err() {
-                return false;
-            }
-            ledger.team_socket_unusable(team, now);
-            ledger.injected(fault, reconnect);
-        }
-        Fault::Garbage => {
-            let junk = garbage(&mut ledger.rng, false);
-            let watch = ledger.injected(
-                fault,
-                Recovery::KeptTeamSocket {
-                    team,
-                    socket,
-                    armed: None,
-                },
-            );
-            // The receiver lives until the socket's close is booked, which
-            // needs this lock: the send cannot fail while it is held.
-            let _ = ctl.send(SocketCtl::Inject(junk, watch));
-        }
-        Fault::DuplicateJoin => {
-            let join = text(&GlobalServerEvent::TeamJoin { team_id: team });
-            let Some(global) = ledger.global.as_ref() else {
-                return false;
-            };
-            let global_id = global.id;
-            if global.ctl.send(SocketCtl::Send(join)).is_err() {
-                return false;
-            }
-            ledger.injected(
-                fault,
-                Recovery::SingleSocket {
-                    team,
-                    socket,
-                    global: global_id,
-                    sent_at: now,
-                },
-            );
-        }
+        Fault::TeamClose => order_reconnect(ledger, fault, &on, SocketCtl::Close(1000)),
+        Fault::TeamErrorClose => order_reconnect(ledger, fault, &on, SocketCtl::Close(1011)),
         Fault::Oversize => {
-            if ctl
-                .send(SocketCtl::Oversize(shared.scenario.oversize_bytes))
-                .is_err()
-            {
-                return false;
-            }
-            ledger.injected(fault, reconnect);
+            let huge = SocketCtl::Oversize(shared.scenario.oversize_bytes);
+            order_reconnect(ledger, fault, &on, huge)
         }
-        Fault::SlowReader => {
-            let pause = shared.scenario.slow_read_for;
-            if ctl.send(SocketCtl::SlowRead(pause)).is_err() {
-                return false;
-            }
-            if let Some(t) = ledger.teams.get_mut(&team) {
-                t.slow_until = Some(now + pause);
-            }
-            ledger.injected(
-                fault,
-                Recovery::ExactAfterPause {
-                    team,
-                    until: now + pause,
-                },
-            );
+        Fault::Zombie => zombie(ledger, &on, now),
+        Fault::TeamReset => {
+            ledger.team_paused(team);
+            tokio::spawn(reset_after_quiesce(shared.clone(), team, on.ctl));
+            true
         }
+        Fault::Garbage => garbage_on_team(ledger, &on),
+        Fault::DuplicateJoin => duplicate_join(ledger, &on, now),
+        Fault::SlowReader => slow_reader(ledger, &on, shared.scenario.slow_read_for, now),
         // Struck per occasion (request, socket), see `strikes`; Global's
         // faults go through `inject_on_global`.
-        Fault::ConnectError | Fault::DelayedHello | Fault::GlobalDrop => return false,
+        Fault::ConnectError | Fault::DelayedHello | Fault::GlobalDrop => false,
     }
+}
+
+/// The recovery of a fault that takes the team's socket down: the team
+/// back, caught up with what was written before.
+fn reconnect(ledger: &Ledger, team: TeamId) -> Recovery {
+    Recovery::Reconnect {
+        team,
+        before: ledger.written(team),
+        back_at: None,
+    }
+}
+
+/// Tells the socket `order` (a close, an oversized frame) and books
+/// `fault` as waiting for the team to reconnect.
+fn order_reconnect(ledger: &mut Ledger, fault: Fault, on: &Target, order: SocketCtl) -> bool {
+    let recovery = reconnect(ledger, on.team);
+    if on.ctl.send(order).is_err() {
+        return false;
+    }
+    ledger.injected(fault, recovery);
+    true
+}
+
+/// The socket stops answering and sending: unusable from now on, so the
+/// team's outage starts now.
+fn zombie(ledger: &mut Ledger, on: &Target, now: Instant) -> bool {
+    let recovery = reconnect(ledger, on.team);
+    if on.ctl.send(SocketCtl::Zombie).is_err() {
+        return false;
+    }
+    ledger.team_socket_unusable(on.team, now);
+    ledger.injected(Fault::Zombie, recovery);
+    true
+}
+
+/// A garbage frame on the team's socket, armed once the socket wrote it.
+fn garbage_on_team(ledger: &mut Ledger, on: &Target) -> bool {
+    let junk = garbage(ledger.dice(), false);
+    let watch = ledger.injected(
+        Fault::Garbage,
+        Recovery::KeptTeamSocket {
+            team: on.team,
+            socket: on.socket,
+            armed: None,
+        },
+    );
+    // The receiver lives until the socket's close is booked, which needs
+    // the ledger's lock, held here: the send cannot fail.
+    let _ = on.ctl.send(SocketCtl::Inject(junk, watch));
+    true
+}
+
+/// `team.join` again, on Global, for a team already joined.
+fn duplicate_join(ledger: &mut Ledger, on: &Target, now: Instant) -> bool {
+    let join = text(&GlobalServerEvent::TeamJoin { team_id: on.team });
+    let Some(global) = ledger.to_global(SocketCtl::Send(join)) else {
+        return false;
+    };
+    ledger.injected(
+        Fault::DuplicateJoin,
+        Recovery::SingleSocket {
+            team: on.team,
+            socket: on.socket,
+            global,
+            sent_at: now,
+        },
+    );
+    true
+}
+
+/// The server stops reading the team's socket for `pause`.
+fn slow_reader(ledger: &mut Ledger, on: &Target, pause: Duration, now: Instant) -> bool {
+    if on.ctl.send(SocketCtl::SlowRead(pause)).is_err() {
+        return false;
+    }
+    ledger.reading_paused(on.team, now + pause);
+    ledger.injected(
+        Fault::SlowReader,
+        Recovery::ExactAfterPause {
+            team: on.team,
+            until: now + pause,
+        },
+    );
     true
 }
 
@@ -283,32 +339,25 @@ fn inject_now(shared: &Arc<Shared>, fault: Fault, team: Option<TeamId>) -> bool 
 fn inject_on_global(ledger: &mut Ledger, fault: Fault) -> bool {
     match fault {
         Fault::GlobalDrop => {
-            let reset = ledger.rng.bool();
-            let Some(global) = ledger.global.take() else {
-                return false;
-            };
-            let how = if reset {
+            let how = if ledger.dice().bool() {
                 SocketCtl::Reset
             } else {
                 SocketCtl::Close(1001)
             };
-            if global.ctl.send(how).is_err() {
+            let Some(dropped) = ledger.to_global(how) else {
                 return false;
-            }
-            ledger.global_closed(global.id);
-            ledger.injected(fault, Recovery::NewGlobal { dropped: global.id });
+            };
+            ledger.global_closed(dropped);
+            ledger.injected(fault, Recovery::NewGlobal { dropped });
             true
         }
         Fault::Garbage => {
-            let junk = garbage(&mut ledger.rng, true);
-            let Some((id, ctl)) = ledger.global.as_ref().map(|g| (g.id, g.ctl.clone())) else {
+            let junk = garbage(ledger.dice(), true);
+            let Some(global) = ledger.to_global(SocketCtl::Send(junk)) else {
                 return false;
             };
-            if ctl.send(SocketCtl::Send(junk)).is_err() {
-                return false;
-            }
             let since = Instant::now();
-            ledger.injected(fault, Recovery::KeptGlobal { global: id, since });
+            ledger.injected(fault, Recovery::KeptGlobal { global, since });
             true
         }
         _ => false,
@@ -334,38 +383,34 @@ async fn reset_after_quiesce(
         && tokio::time::timeout(PAUSE_ACK_WAIT, acked)
             .await
             .is_ok_and(|r| r.is_ok());
-    let mut confirmed = false;
-    if paused {
-        for _ in 0..CONFIRM_TRIES {
-            let written = shared.lock().teams.get(&team).map_or(0, |t| t.written);
-            if let Some(stats) = ask_healthcheck(&shared).await
-                && stats
-                    .iter()
-                    .any(|s| s.id == team && s.message_count == written)
-            {
-                confirmed = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
+    let confirmed = paused && count_confirmed(&shared, team).await;
     let (how, fault) = if confirmed {
         (SocketCtl::Reset, Fault::TeamReset)
     } else {
         (SocketCtl::Close(1000), Fault::TeamClose)
     };
     let mut ledger = shared.lock();
-    let before = ledger.teams.get(&team).map_or(0, |t| t.written);
+    let recovery = reconnect(&ledger, team);
     if ctl.send(how).is_ok() {
-        ledger.injected(
-            fault,
-            Recovery::Reconnect {
-                team,
-                before,
-                back_at: None,
-            },
-        );
-    } else if let Some(t) = ledger.teams.get_mut(&team) {
-        t.paused = false;
+        ledger.injected(fault, recovery);
+    } else {
+        ledger.team_unpaused(team);
     }
+}
+
+/// Asks healthchecks until one shows `team` at every message written to
+/// it; false if none does within [`CONFIRM_TRIES`].
+async fn count_confirmed(shared: &Shared, team: TeamId) -> bool {
+    for _ in 0..CONFIRM_TRIES {
+        let written = shared.lock().written(team);
+        if let Some(stats) = ask_healthcheck(shared).await
+            && stats
+                .iter()
+                .any(|s| s.id == team && s.message_count == written)
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    false
 }

@@ -19,11 +19,15 @@
 //! are held to the same truth (so a restart that lost counts fails on
 //! "went down").
 //!
-//! Files: [`Scenario`] (what a run looks like, and what is refused),
-//! faults and [`Chaos`] rates, the [`Schedule`] of set-point faults, the
-//! survival rules, the per-team truth, the ledger that books events, the
-//! plan, injection, healthcheck asks, the phases (play, recovery, goodbye)
-//! run by the director, the sockets, and the [`Verdict`].
+//! Files, from the bottom up (each imports only files below it): faults
+//! and [`Chaos`] rates, the write pace, the [`Schedule`] of set-point
+//! faults, the [`Verdict`], what every socket shares (its orders and frame
+//! helpers); [`Scenario`] (what a run looks like, and what is refused), the
+//! per-team truth, the survival rules; the ledger, the one writer of the
+//! book, fed by what the others report; the state shared under its lock;
+//! healthcheck asks, the plan, injection; the team and Global sockets and
+//! the listener; the phases (play, recovery, goodbye) run by the director;
+//! and this file, which starts it all.
 
 mod ask;
 mod director;
@@ -32,31 +36,32 @@ mod global_socket;
 mod goodbye;
 mod inject;
 mod ledger;
+mod listener;
+mod pace;
 mod plan;
 mod play;
 mod recovery;
 mod scenario;
 mod schedule;
-mod server;
+mod shared;
+mod socket;
 mod survival;
 mod team_socket;
 mod truth;
 mod verdict;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::Instant;
+use std::sync::Arc;
 
 use serde::Serialize;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 pub use faults::{Chaos, Fault};
-use ledger::Ledger;
+pub use pace::max_rate;
 pub use scenario::{MAX_OVERSIZE, MAX_RUN, MAX_TEAMS, PLAY_BUDGET, Scenario, ScenarioError};
 pub use schedule::{Schedule, Trigger};
-pub use team_socket::max_rate;
+use shared::Shared;
 pub use verdict::{Disconnect, FaultCount, TeamCount, Verdict, thousands};
 
 /// Everything a simulator run needs.
@@ -111,26 +116,6 @@ pub struct SimProgress {
     pub started: bool,
 }
 
-/// State shared by the server tasks and the director.
-pub(crate) struct Shared {
-    ledger: Mutex<Ledger>,
-    scenario: Scenario,
-    chaos: Chaos,
-    schedule: Schedule,
-    seed: u64,
-    addr: SocketAddr,
-    started: OnceLock<Instant>,
-    global_seen: Notify,
-}
-
-impl Shared {
-    /// The ledger. A poisoned lock is still usable: the ledger holds plain
-    /// counters that stay meaningful if a task panicked mid-update.
-    fn lock(&self) -> MutexGuard<'_, Ledger> {
-        self.ledger.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
 /// A running simulator.
 pub struct SimServer {
     addr: SocketAddr,
@@ -157,21 +142,14 @@ impl SimServer {
         socket.bind(config.listen)?;
         let listener: TcpListener = socket.listen(ACCEPT_BACKLOG)?;
         let addr = listener.local_addr()?;
-        let shared = Arc::new(Shared {
-            ledger: Mutex::new({
-                let mut ledger = Ledger::new(config.seed, config.schedule.0.clone());
-                ledger.timing.expected_teams = config.scenario.teams;
-                ledger
-            }),
-            scenario: config.scenario,
-            chaos: config.chaos,
-            schedule: config.schedule,
-            seed: config.seed,
+        let shared = Arc::new(Shared::new(
+            config.scenario,
+            config.chaos,
+            config.schedule,
+            config.seed,
             addr,
-            started: OnceLock::new(),
-            global_seen: Notify::new(),
-        });
-        let acceptor = tokio::spawn(server::accept_loop(listener, shared.clone()));
+        ));
+        let acceptor = tokio::spawn(listener::accept_loop(listener, shared.clone()));
         let director = tokio::spawn(director::direct(shared.clone()));
         Ok(SimServer {
             addr,
@@ -225,12 +203,13 @@ impl ProgressHandle {
 
 fn progress(shared: &Shared) -> SimProgress {
     let ledger = shared.lock();
+    let teams = ledger.teams();
     SimProgress {
-        teams: ledger.teams.len(),
-        connected: ledger.teams.values().filter(|t| t.connected()).count(),
-        messages: ledger.teams.values().map(|t| t.written).sum(),
-        faults: ledger.survival.injected(),
-        healthchecks: ledger.replies_checked,
+        teams: teams.len(),
+        connected: teams.values().filter(|t| t.connected()).count(),
+        messages: teams.values().map(|t| t.written).sum(),
+        faults: ledger.faults_injected(),
+        healthchecks: ledger.replies_checked(),
         started: shared.started.get().is_some(),
     }
 }

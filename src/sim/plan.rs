@@ -5,8 +5,9 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::time::{Duration, Instant};
 
-use super::Shared;
-use super::server::{SocketCtl, text};
+use super::ledger::Ledger;
+use super::shared::Shared;
+use super::socket::{SocketCtl, text};
 use crate::protocol::{GlobalServerEvent, TeamId};
 
 /// Something the plan makes happen at a set time.
@@ -95,66 +96,63 @@ impl Plan {
 
     /// Applies one step; one that cannot happen now is put back for later.
     fn apply(&mut self, shared: &Shared, step: Step, now: Instant) {
-        let mut ledger = shared.lock();
         match step {
             Step::Join(team) => {
-                // Stamped and queued under one lock: a healthcheck queued
-                // later is behind this join on the wire.
-                let join = text(&GlobalServerEvent::TeamJoin { team_id: team });
-                if let Some(global) = ledger.global.as_ref() {
-                    let _ = global.ctl.send(SocketCtl::Send(join));
-                }
-                let truth = ledger.teams.entry(team).or_default();
-                truth.quota = match shared.scenario.run_for {
+                let quota = match shared.scenario.run_for {
                     Some(_) => u64::MAX,
                     None => shared.scenario.messages,
                 };
-                truth.joined = true;
-                truth.announced_at.get_or_insert(now);
-                ledger.timing.joined(now);
+                // Sent and booked under one lock: a healthcheck queued
+                // later is behind this join on the wire.
+                let mut ledger = shared.lock();
+                ledger.to_global(join(team));
+                ledger.team_joined(team, quota, now);
             }
             Step::Leave {
                 team,
                 on_global,
                 rejoin,
             } => {
-                let global = ledger.global.as_ref().map(|g| g.ctl.clone());
-                let Some(truth) = ledger.teams.get(&team) else {
+                let mut ledger = shared.lock();
+                let Some(truth) = ledger.team(team) else {
                     return;
                 };
                 if !truth.joined || truth.paused || !truth.reading(now) {
                     // Mid-fault: try again shortly.
                     return self.push(now + RETRY, step);
                 }
-                let told = match (on_global, global, truth.socket.as_ref()) {
-                    (true, Some(ctl), _) => ctl
-                        .send(SocketCtl::Send(text(&GlobalServerEvent::TeamLeft {
-                            team_id: team,
-                        })))
-                        .is_ok()
-                        .then_some("global"),
-                    (_, _, Some((_, ctl))) if !truth.zombie => {
-                        ctl.send(SocketCtl::Leave).is_ok().then_some("socket")
-                    }
-                    _ => None,
-                };
-                let Some(via) = told else {
+                let Some(via) = tell_left(&ledger, team, on_global) else {
                     return self.push(now + RETRY, step);
                 };
-                ledger.team_left(team, via, now);
+                ledger.team_left(team, via, now, !rejoin);
                 if rejoin {
                     self.push(now + REJOIN_AFTER, Step::Rejoin(team));
-                } else if let Some(truth) = ledger.teams.get_mut(&team) {
-                    truth.finished = true;
                 }
             }
             Step::Rejoin(team) => {
+                let mut ledger = shared.lock();
                 ledger.team_rejoined(team, now);
-                let join = text(&GlobalServerEvent::TeamJoin { team_id: team });
-                if let Some(global) = ledger.global.as_ref() {
-                    let _ = global.ctl.send(SocketCtl::Send(join));
-                }
+                ledger.to_global(join(team));
             }
         }
+    }
+}
+
+/// The order that sends `team.join` for `team` on Global.
+fn join(team: TeamId) -> SocketCtl {
+    SocketCtl::Send(text(&GlobalServerEvent::TeamJoin { team_id: team }))
+}
+
+/// Tells `team` it left: on Global if so planned and one is open, else on
+/// its socket unless that is a zombie. How it was told, if it was.
+fn tell_left(ledger: &Ledger, team: TeamId, on_global: bool) -> Option<&'static str> {
+    let truth = ledger.team(team)?;
+    if on_global && ledger.global_open() {
+        let left = text(&GlobalServerEvent::TeamLeft { team_id: team });
+        return ledger.to_global(SocketCtl::Send(left)).map(|_| "global");
+    }
+    match truth.socket.as_ref() {
+        Some((_, ctl)) if !truth.zombie => ctl.send(SocketCtl::Leave).is_ok().then_some("socket"),
+        _ => None,
     }
 }

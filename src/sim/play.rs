@@ -5,10 +5,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::Shared;
 use super::ask::ask_healthcheck;
 use super::inject::{fire_due_triggers, inject_random};
 use super::plan::Plan;
+use super::shared::Shared;
 
 /// How often the director looks at the world.
 const TICK: Duration = Duration::from_millis(20);
@@ -30,18 +30,18 @@ pub(super) async fn play(shared: &Arc<Shared>, t0: Instant, until: Instant) -> O
         last = now;
         plan.apply_due(shared, now);
         if stream_until.is_some_and(|end| now >= end) {
-            shared.lock().streaming = false;
+            shared.lock().streaming_over();
         }
         if now >= next_healthcheck {
             next_healthcheck = now + scenario.healthcheck_every;
             let shared = shared.clone();
-            // Checked on arrival by the Global task; an overdue reply is
-            // flagged by the ask itself.
+            // Checked on arrival by the ledger; an overdue reply is flagged
+            // by the ask itself.
             tokio::spawn(async move { ask_healthcheck(&shared).await });
         }
         fire_due_triggers(shared);
         for &(fault, rate) in &rate_faults {
-            let fire = shared.lock().rng.f64() < rate * dt;
+            let fire = shared.lock().dice().f64() < rate * dt;
             if fire {
                 inject_random(shared, fault);
             }
@@ -49,11 +49,8 @@ pub(super) async fn play(shared: &Arc<Shared>, t0: Instant, until: Instant) -> O
         let done = plan.is_empty() && {
             let ledger = shared.lock();
             match stream_until {
-                Some(_) => !ledger.streaming,
-                None => ledger
-                    .teams
-                    .values()
-                    .all(|t| t.finished || (t.joined && t.written >= t.quota)),
+                Some(_) => !ledger.streaming(),
+                None => ledger.every_team_served(),
             }
         };
         if done {

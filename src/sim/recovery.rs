@@ -6,25 +6,21 @@
 
 use std::time::{Duration, Instant};
 
-use super::Shared;
 use super::ask::ask_healthcheck;
-use super::truth;
+use super::shared::Shared;
 
 /// How often recovery looks again.
 const POLL: Duration = Duration::from_millis(50);
 
-/// Turns chaos off and waits for the client to recover. Returns what did
-/// not recover in time, and whether the final healthcheck was exact.
+/// Turns chaos off and waits for the client to recover. Returns the
+/// problems: what did not recover in time, and a final healthcheck that
+/// never came out exact.
 pub(super) async fn recover(shared: &Shared) -> Vec<String> {
     let mut mismatches = Vec::new();
-    shared.lock().chaos_on = false;
+    shared.lock().chaos_over();
     let back_until = Instant::now() + shared.scenario.recovery_wait;
     loop {
-        let back = {
-            let ledger = shared.lock();
-            ledger.not_back().is_empty() && ledger.global.is_some()
-        };
-        if back {
+        if shared.lock().all_back() {
             break;
         }
         if Instant::now() > back_until {
@@ -45,7 +41,7 @@ pub(super) async fn recover(shared: &Shared) -> Vec<String> {
     while Instant::now() < exact_until {
         let asked = tokio::time::timeout_at(exact_until.into(), ask_healthcheck(shared)).await;
         if let Ok(Some(stats)) = asked {
-            exact = truth::exact(&shared.lock().teams, &stats);
+            exact = shared.lock().exact(&stats);
             if exact.is_ok() {
                 break;
             }

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use super::faults::{Chaos, Fault};
+use super::pace::max_rate;
 use super::schedule::Schedule;
-use super::team_socket::max_rate;
 use crate::Config;
 
 /// What the simulated run looks like.

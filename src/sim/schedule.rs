@@ -11,7 +11,8 @@ use crate::protocol::TeamId;
 ///
 /// For most kinds the fault fires at the first director tick at which the
 /// team has received `after` messages and can take it (joined, its socket
-/// open and no other fault at work on it); until then it waits. The two
+/// open and read, no other fault at work on it, and enough messages still
+/// to come for its recovery to be seen); until then it waits. The two
 /// per-connection kinds fire on the team's next occasion once it has
 /// received `after` messages: `connect-error` refuses its next
 /// `team.connect`, `delayed-hello` holds back the hello of its next socket

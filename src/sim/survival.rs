@@ -11,15 +11,10 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use super::faults::Fault;
+use super::faults::{Fault, WatchId};
 use super::truth::TeamTruth;
 use super::verdict::FaultCount;
 use crate::protocol::{TeamId, TeamStats};
-
-/// Names one injected fault, so the team socket task that writes its frame can
-/// [arm](Survival::arm) it once the frame is out.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct WatchId(u64);
 
 /// The recovery a fault calls for. "A reply" below is a healthcheck reply
 /// to a request sent at or after the moment named; "exact" means the

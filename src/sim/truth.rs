@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::server::SocketCtl;
+use super::socket::SocketCtl;
 use crate::protocol::{TeamId, TeamStats};
 
 /// One team as the server sees it.
