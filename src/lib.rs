@@ -58,3 +58,8 @@ pub mod transport;
 pub use bridge::{CloseReason, ConnId, ConnKind, Inbound, NetCommand, NetEvent, TeamControl, Text};
 pub use core::{Config, ConfigError, Core, Snapshot, TeamSnapshot};
 pub use protocol::{DecodeError, TeamId, TeamStats};
+
+// The README's examples are compiled and run with the doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExamples;
