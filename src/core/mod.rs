@@ -1,6 +1,8 @@
-//! The deterministic core: a bevy_ecs `World` plus one `Schedule`, stepped on
-//! a fixed tick. It does no I/O, never reads a clock and uses only the seeded
-//! RNG it is built with: events go in ([`Core::handle`], a call that cannot
+//! The deterministic core: a bevy_ecs `World` plus one `Schedule`. A *step*
+//! is one run of the schedule; the *tick* is the core time a step usually
+//! covers (a driver that slept steps over several ticks at once). It does
+//! no I/O, never reads a clock and uses only the seeded RNG it is built
+//! with: events go in ([`Core::handle`], a call that cannot
 //! fail), time goes in ([`Core::step`]), commands come out
 //! ([`Core::drain_commands`]). Same events, same seed → the same commands
 //! and the same [`Snapshot`]. How events reach the driver (a channel, a
@@ -85,7 +87,7 @@ pub struct Summary {
     pub global_connected: bool,
 }
 
-/// The label of the core's one schedule.
+/// The label of the core's one schedule (one run of it is a step).
 #[derive(ScheduleLabel, Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct Tick;
 
@@ -105,9 +107,9 @@ pub enum RestoreError {
     },
 }
 
-/// `step_until` ran out of ticks before its condition held.
+/// `step_until` ran out of steps before its condition held.
 #[derive(Debug, thiserror::Error)]
-#[error("condition still false after {0} ticks")]
+#[error("condition still false after {0} steps")]
 pub struct StepLimit(pub u64);
 
 /// The stepping type: owns the world and its schedule.
@@ -201,7 +203,7 @@ impl Core {
     }
 
     /// Teams whose counts or standing changed since the last call, for the
-    /// state store. O(teams): once per commit interval, not per tick.
+    /// state store. O(teams): once per commit interval, not per step.
     pub fn changed_teams(&mut self) -> Vec<SavedTeam> {
         self.world
             .run_system(self.changed_teams)
@@ -221,13 +223,15 @@ impl Core {
         self.world.resource_mut::<Arrived>().0.extend(events);
     }
 
-    /// Advances the clock by one tick and runs the schedule.
+    /// One step of one tick: advances the clock by the tick and runs the
+    /// schedule.
     pub fn step(&mut self) {
         self.step_ticks(1);
     }
 
-    /// Advances the clock by `n` whole ticks and runs the schedule once:
-    /// for a driver that slept through ticks in which nothing was due.
+    /// One step of `n` whole ticks: advances the clock by them and runs the
+    /// schedule once, for a driver that slept through ticks in which
+    /// nothing was due.
     pub fn step_ticks(&mut self, n: u64) {
         let tick = self.world.resource::<Settings>().tick;
         self.advance(tick.saturating_mul(n));
@@ -239,7 +243,7 @@ impl Core {
     }
 
     /// Advances the clock by `dt` (rounded down to whole ms) and runs the
-    /// schedule once: for a driver whose real tick overran.
+    /// schedule once (one step): for a driver whose real tick overran.
     pub fn step_by(&mut self, dt: Duration) {
         self.advance(u64::try_from(dt.as_millis()).unwrap_or(u64::MAX / 4));
     }
@@ -251,28 +255,29 @@ impl Core {
         self.schedule.run(&mut self.world);
     }
 
-    /// Runs `n` ticks.
+    /// Runs `n` steps of one tick each.
     pub fn step_n(&mut self, n: u64) {
         for _ in 0..n {
             self.step();
         }
     }
 
-    /// Runs ticks until `done` holds, at most `max_ticks`; returns how many ran.
+    /// Runs one-tick steps until `done` holds, at most `max_steps`; returns
+    /// how many ran.
     pub fn step_until(
         &mut self,
-        max_ticks: u64,
+        max_steps: u64,
         mut done: impl FnMut(&Core) -> bool,
     ) -> Result<u64, StepLimit> {
-        for ran in 0..=max_ticks {
+        for ran in 0..=max_steps {
             if done(self) {
                 return Ok(ran);
             }
-            if ran < max_ticks {
+            if ran < max_steps {
                 self.step();
             }
         }
-        Err(StepLimit(max_ticks))
+        Err(StepLimit(max_steps))
     }
 
     /// Takes the commands produced since the last call, in order.
@@ -337,7 +342,7 @@ impl Core {
     }
 
     /// Asks for a graceful shutdown, as `goodbye` does: every socket gets a
-    /// normal close on the next tick.
+    /// normal close on the next step.
     pub fn shutdown(&mut self) {
         let mut shutdown = self.world.resource_mut::<Shutdown>();
         shutdown.cause.get_or_insert(ShutdownCause::Local);
@@ -424,7 +429,7 @@ impl Core {
         }
     }
 
-    /// Timers held (stale ones included): shows per-tick cost is not per team.
+    /// Timers held (stale ones included): shows per-step cost is not per team.
     pub fn pending_timers(&self) -> usize {
         self.world.resource::<Timers<Beat>>().len()
             + self.world.resource::<Timers<StateDeadline>>().len()
@@ -505,7 +510,7 @@ impl Core {
     /// and the mark to pass next time: for a view of the teams kept
     /// current by what changed, beside the run (the HTTP side). It reads
     /// each team's change ticks, a compare per team: call it once per
-    /// publication, not per tick. Reading leaves the core as it was.
+    /// publication, not per step. Reading leaves the core as it was.
     pub fn teams_changed_since(
         &mut self,
         since: bevy_ecs::change_detection::Tick,
