@@ -1,6 +1,6 @@
 //! The runtime's inbox: how socket tasks hand [`NetEvent`]s to the driver
 //! thread, which hands them to the core in batches (`Core::handle`), at most
-//! the configured batch (`max_events_per_tick`) per step.
+//! the configured batch (`max_events_per_step`) per step.
 //!
 //! The channel is bounded by credits, not by slots: a frame event costs one
 //! of [`EVENT_CREDITS`], given back when the driver takes it for the core, and a socket

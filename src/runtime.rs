@@ -317,7 +317,7 @@ impl<'a> Driver<'a> {
         let core = &mut self.core;
         let batch = &mut self.batch;
         self.inbox
-            .drain(core.settings().max_events_per_tick, |event| {
+            .drain(core.settings().max_events_per_step, |event| {
                 batch.push(event)
             });
         core.handle_all(batch.drain(..));

@@ -872,6 +872,7 @@ fn a_version_1_recording_replays_to_the_live_state() {
                 renamed += usize::from(line.contains("\"step\":"));
                 line.replace("\"switchboard_recording\":2", "\"switchboard_recording\":1")
                     .replace("\"step\":", "\"tick\":")
+                    .replace("\"max_events_per_step\":", "\"max_events_per_tick\":")
             })
             .collect();
         write(

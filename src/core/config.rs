@@ -41,7 +41,9 @@ pub struct Config {
     /// The driver's batch: most events it hands the core for one step; the
     /// rest wait in its inbox for the next, so one step's work stays
     /// bounded. (The core applies whatever it is handed.)
-    pub max_events_per_tick: usize,
+    // Recordings of format 1 call it by its old name.
+    #[serde(alias = "max_events_per_tick")]
+    pub max_events_per_step: usize,
     /// Most teams the client keeps: a `team.join` for a new team beyond it
     /// is refused (logged and counted), so a hostile Global cannot grow the
     /// table, or the healthcheck reply, without bound.
@@ -65,7 +67,7 @@ impl Default for Config {
             request_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(2),
             max_requests_in_flight: 512,
-            max_events_per_tick: 65_536,
+            max_events_per_step: 65_536,
             max_teams: 100_000,
             allow_insecure_team_urls: false,
             team_hosts: Vec::new(),
@@ -138,7 +140,7 @@ pub struct Settings {
     /// Request slots.
     pub max_requests_in_flight: usize,
     /// The driver's batch of events per step.
-    pub max_events_per_tick: usize,
+    pub max_events_per_step: usize,
     /// Teams kept at most.
     pub max_teams: usize,
     /// Which team URLs are opened.
@@ -167,7 +169,7 @@ impl Config {
             request_timeout: ms(self.request_timeout, "request_timeout")?,
             close_timeout: ms(self.close_timeout, "close_timeout")?,
             max_requests_in_flight: self.max_requests_in_flight,
-            max_events_per_tick: self.max_events_per_tick,
+            max_events_per_step: self.max_events_per_step,
             max_teams: self.max_teams,
             team_urls: TeamUrlPolicy {
                 global_secure: false,
@@ -188,8 +190,8 @@ impl Config {
         if settings.max_requests_in_flight == 0 {
             return Err(ConfigError::ZeroCount("max_requests_in_flight"));
         }
-        if settings.max_events_per_tick == 0 {
-            return Err(ConfigError::ZeroCount("max_events_per_tick"));
+        if settings.max_events_per_step == 0 {
+            return Err(ConfigError::ZeroCount("max_events_per_step"));
         }
         if settings.max_teams == 0 {
             return Err(ConfigError::ZeroCount("max_teams"));

@@ -34,7 +34,7 @@ pub const MAX_IDLE_RUN: u64 = 1 << 16;
 pub const MAX_NOW_MS: u64 = 100 * 365 * 24 * 60 * 60 * 1000;
 
 /// The most JSON values a step line may hold: far above a recorded step
-/// (`max_events_per_tick`, 65,536 by default, of a few values each) and a
+/// (`max_events_per_step`, 65,536 by default, of a few values each) and a
 /// bound on what parsing one builds (at most 32 bytes a value, 128 MiB),
 /// whatever the line's length. Counted before anything is built.
 pub const MAX_STEP_VALUES: usize = 1 << 22;

@@ -18,7 +18,7 @@ use crate::core::Core;
 use crate::core::Snapshot;
 use crate::report::Report;
 
-/// The longest line read: far above the largest step (`max_events_per_tick`
+/// The longest line read: far above the largest step (`max_events_per_step`
 /// events) or header (every restored team), and a bound on what a corrupt
 /// file can make replay hold.
 pub const MAX_LINE: usize = 256 << 20;
@@ -225,7 +225,7 @@ impl Run {
         core.restore(&restored)
             .map_err(|e| lines.bad(format!("the restored teams are refused: {e}")))?;
         Ok(Run {
-            max_events: config.max_events_per_tick,
+            max_events: config.max_events_per_step,
             core,
             config,
             seed,
@@ -382,7 +382,7 @@ impl Run {
         };
         if step.events.len() > self.max_events {
             return Err(lines.bad(format!(
-                "{} events in one step, above the recorded max_events_per_tick {}",
+                "{} events in one step, above the recorded max_events_per_step {}",
                 step.events.len(),
                 self.max_events
             )));

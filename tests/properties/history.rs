@@ -22,7 +22,7 @@ pub const UNKNOWN_TEAM: u8 = 99;
 pub struct Setup {
     /// `max_requests_in_flight`.
     pub cap: usize,
-    /// `max_events_per_tick`: small ones leave events for later ticks.
+    /// `max_events_per_step`: small ones leave events for later ticks.
     pub events_per_tick: usize,
     /// `max_teams`: small ones refuse joins.
     pub max_teams: usize,
@@ -39,7 +39,7 @@ impl Setup {
     pub fn config(&self) -> Config {
         let mut config = test_config();
         config.max_requests_in_flight = self.cap;
-        config.max_events_per_tick = self.events_per_tick;
+        config.max_events_per_step = self.events_per_tick;
         config.max_teams = self.max_teams;
         if self.secure {
             config.global_url = "wss://sim/global".into();

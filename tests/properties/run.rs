@@ -22,7 +22,7 @@ struct Run {
     seed: u64,
     core: Core,
     /// The driver's inbox: what the wire produced, handed to the core at
-    /// most `max_events_per_tick` per step, as the runtime does.
+    /// most `max_events_per_step` per step, as the runtime does.
     inbox: VecDeque<NetEvent>,
     wire: Wire,
     model: Model,
@@ -54,7 +54,7 @@ impl Run {
     /// Hands the core one batch from the inbox, as the runtime does before
     /// each step.
     fn feed(&mut self) {
-        let batch = self.inbox.len().min(self.config.max_events_per_tick);
+        let batch = self.inbox.len().min(self.config.max_events_per_step);
         self.core.handle_all(self.inbox.drain(..batch));
     }
 
@@ -91,7 +91,7 @@ impl Run {
     fn settle(&mut self) -> Result<(), String> {
         self.wire.flush_runs()?;
         self.hand_over()?;
-        if self.inbox.len() <= self.config.max_events_per_tick {
+        if self.inbox.len() <= self.config.max_events_per_step {
             self.feed();
             self.core
                 .settle(SETTLE_STEPS)
