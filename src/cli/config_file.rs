@@ -64,8 +64,10 @@ fn settings(command: &clap::Command) -> Vec<&clap::Arg> {
 
 /// Reads `connect --config FILE`, if given, and merges it into `argv`.
 /// `command` is built; `given` is `connect`'s matches from a lenient parse
-/// of `argv`: what the command line and the environment already set. A file that cannot be read, or holds an unknown
-/// key or a value of the wrong shape, stops the start with one line (exit 2).
+/// of `argv`: what the command line and the environment already set. A
+/// file that cannot be read, or holds an unknown key or a value of the
+/// wrong shape, stops the start with one line (exit 2). The value of a key
+/// a flag or a variable overrides is not looked at.
 pub fn apply(
     command: &clap::Command,
     given: &ArgMatches,
@@ -120,7 +122,10 @@ fn read(path: &Path) -> Result<toml::Table, ExitCode> {
     text.parse::<toml::Table>().map_err(|error| {
         let line = error
             .span()
-            .map_or(0, |span| text[..span.start].matches('\n').count() + 1);
+            .and_then(|span| text.as_bytes().get(..span.start))
+            .map_or(0, |before| {
+                before.iter().filter(|&&b| b == b'\n').count() + 1
+            });
         let message: Vec<&str> = error.message().lines().map(str::trim).collect();
         usage_error(format!(
             "{}:{line}: not TOML: {}",
