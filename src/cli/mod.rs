@@ -46,7 +46,6 @@ mod heading {
 #[command(
     version,
     about,
-    args_conflicts_with_subcommands = true,
     after_help = "With no command, runs `demo`, and takes its flags: \
                   e.g. `switchboard --teams 50` (see `switchboard demo --help`)."
 )]
@@ -175,8 +174,32 @@ fn parse(argv: Vec<OsString>) -> Result<(Cli, Option<config_file::Applied>), Exi
             Some(file) => file.parse_error(error),
             None => parse_error(error),
         })?;
+    refuse_demo_flags_with_a_command(&matches)?;
     let cli = Cli::from_arg_matches(&matches).map_err(parse_error)?;
     Ok((cli, file))
+}
+
+/// The demo's flags are `switchboard`'s with no command: with a command
+/// they would be ignored, so they are refused (one line, exit 2). Checked
+/// here rather than by clap's `args_conflicts_with_subcommands`, which
+/// refuses the global `--log-format` before a command too.
+fn refuse_demo_flags_with_a_command(matches: &clap::ArgMatches) -> Result<(), ExitCode> {
+    use clap::parser::ValueSource;
+    let Some(name) = matches.subcommand_name() else {
+        return Ok(());
+    };
+    let command = command();
+    let given = command.get_arguments().find(|arg| {
+        !arg.is_global_set()
+            && matches.value_source(arg.get_id().as_str()) == Some(ValueSource::CommandLine)
+    });
+    match given.and_then(clap::Arg::get_long) {
+        Some(flag) => Err(usage_error(format!(
+            "--{flag} is the demo's: give it with no command or after `demo`, \
+             not before `{name}` (see --help)"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// clap's own output for help and version; one line and exit 2 otherwise.
@@ -422,5 +445,39 @@ mod tests {
         // Yet `switchboard --teams 50` is still the demo.
         let cli = Cli::try_parse_from(["switchboard", "--teams", "50"]).expect("parses");
         assert!(cli.command.is_none());
+    }
+
+    #[test]
+    fn the_log_format_goes_before_or_after_a_command_and_demo_flags_without_one() {
+        let parse = |argv: &[&str]| parse(argv.iter().map(OsString::from).collect());
+        for argv in [
+            &[
+                "switchboard",
+                "--log-format",
+                "json",
+                "connect",
+                "ws://127.0.0.1:9/g",
+            ][..],
+            &[
+                "switchboard",
+                "connect",
+                "ws://127.0.0.1:9/g",
+                "--log-format",
+                "json",
+            ],
+            &["switchboard", "--log-format", "json", "--teams", "5"],
+        ] {
+            let (cli, _) = parse(argv).unwrap_or_else(|_| panic!("{argv:?} refused"));
+            assert_eq!(cli.log_format, LogFormat::Json, "{argv:?}");
+        }
+        // A demo flag before another command would be ignored: refused.
+        let refused = parse(&[
+            "switchboard",
+            "--teams",
+            "5",
+            "connect",
+            "ws://127.0.0.1:9/g",
+        ]);
+        assert!(refused.is_err());
     }
 }
