@@ -133,7 +133,7 @@ pub struct SimArgs {
     pub sim_seed: u64,
     /// Once every message is written and counted, stay quiet this long
     /// before the final check (a benchmark's idle window).
-    #[arg(long, value_parser = duration_or_zero, default_value = "0s",
+    #[arg(long, value_parser = duration_or_zero, default_value_t = human(Scenario::default().idle_for),
           help_heading = heading::SCENARIO)]
     pub idle_for: humantime::Duration,
     /// Begin each message with `t=<ns since the epoch>` (for latency).
