@@ -17,7 +17,7 @@ fn a_small_bench_reports_every_figure_and_verifies() {
             "--rate",
             "100",
         ])
-        .args(["--idle", "300ms", "--json", "--state", "none"])
+        .args(["--idle", "300ms", "--json"])
         .env("RUST_LOG", "error")
         .output()
         .expect("binary runs");

@@ -20,26 +20,30 @@ use switchboard::{Config, ConnId, Core, NetEvent};
 use super::client::{ClientArgs, run_client};
 use super::logging::LogFormat;
 use super::sim::{SimArgs, SimChild};
-use super::{duration, usage_error};
+use super::{duration, heading, usage_error};
 
-/// `switchboard bench`.
+/// `switchboard bench`: the run's size and pace, and the client's
+/// tunables. It has no report, state file, recording or HTTP server (see
+/// [`ServiceArgs`]): it prints its own figures of one fresh run.
+///
+/// [`ServiceArgs`]: super::client::ServiceArgs
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// Teams that join.
-    #[arg(long, default_value_t = 1_000)]
+    #[arg(long, default_value_t = 1_000, help_heading = heading::SCENARIO)]
     teams: u64,
     /// Messages each team receives.
-    #[arg(long, default_value_t = 1_000)]
+    #[arg(long, default_value_t = 1_000, help_heading = heading::SCENARIO)]
     messages: u64,
     /// Messages per second per team (default: as fast as the simulator
     /// writes). With a rate, latency is measured too.
-    #[arg(long)]
+    #[arg(long, help_heading = heading::SCENARIO)]
     rate: Option<f64>,
     /// The idle window after delivery, in which the client's CPU is measured.
-    #[arg(long, value_parser = duration, default_value = "3s")]
+    #[arg(long, value_parser = duration, default_value = "3s", help_heading = heading::SCENARIO)]
     idle: humantime::Duration,
     /// Print the figures as one JSON object.
-    #[arg(long)]
+    #[arg(long, help_heading = heading::OUTPUT)]
     json: bool,
     #[command(flatten)]
     client: ClientArgs,
@@ -251,64 +255,31 @@ fn sim_args(args: &BenchArgs) -> Result<SimArgs, String> {
 
 /// Runs the benchmark.
 pub fn run(args: &BenchArgs, format: LogFormat) -> ExitCode {
-    let sim = match sim_args(args) {
-        Ok(sim) => sim,
-        Err(error) => return usage_error(error.lines().next().unwrap_or("bad scenario")),
-    };
-    if let Err(error) = sim
-        .config(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
-        .validate()
-    {
-        return usage_error(error);
-    }
-    let runtime = match super::tokio_runtime() {
-        Ok(runtime) => runtime,
-        Err(code) => return code,
-    };
-    let child = match SimChild::spawn(&sim, format) {
-        Ok(child) => child,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let mut config = match args
+    bench(args, format).unwrap_or_else(|code| code)
+}
+
+fn bench(args: &BenchArgs, format: LogFormat) -> Result<ExitCode, ExitCode> {
+    let sim = checked_scenario(args)?;
+    let runtime = super::tokio_runtime()?;
+    let child = SimChild::spawn(&sim, format).map_err(|error| {
+        eprintln!("error: {error}");
+        ExitCode::FAILURE
+    })?;
+    let mut config = args
         .client
-        .run_config(child.global_url().to_owned(), Config::default())
-    {
-        Ok(config) => config,
-        Err(code) => return code,
-    };
+        .run_config(child.global_url().to_owned(), Config::default())?;
     let latencies = args
         .rate
         .map(|_| Arc::new(Mutex::new(Latencies::default())));
     // Publishing is measured on its own: latency mode reads the tap itself.
     if latencies.is_some() && args.client.publish.requested() {
-        return usage_error("--publish and --rate: latency is measured without publishing");
+        return Err(usage_error(
+            "--publish and --rate: latency is measured without publishing",
+        ));
     }
-    let publishing = match args.client.publish.start(&runtime, &mut config, None) {
-        Ok(publishing) => publishing,
-        Err(code) => return code,
-    };
+    let publishing = args.client.publish.start(&runtime, &mut config, None)?;
     if let Some(book) = &latencies {
-        let (tap, mut receiver) = tap::tap(64 << 20);
-        config.tap = Some(tap);
-        let book = book.clone();
-        runtime.spawn(async move {
-            while let Some(delivery) = receiver.recv().await {
-                let Delivery::Message(m) = delivery else {
-                    continue;
-                };
-                let sent = m
-                    .text
-                    .strip_prefix("t=")
-                    .and_then(|t| t.split(' ').next())
-                    .and_then(|t| t.parse::<u64>().ok());
-                if let (Some(sent), Ok(mut book)) = (sent, book.lock()) {
-                    book.sent((m.conn, m.index), sent);
-                }
-            }
-        });
+        config.tap = Some(time_writes(&runtime, book.clone()));
     }
     let mut probe = Probe {
         total: args.teams * args.messages,
@@ -324,58 +295,99 @@ pub fn run(args: &BenchArgs, format: LogFormat) -> ExitCode {
         &runtime,
         &mut [&mut probe],
     );
-    let published = match publishing {
-        Some(publishing) => publishing.finish(&runtime).is_ok(),
-        None => true,
-    };
+    let published = publishing.is_none_or(|p| p.finish(&runtime).is_ok());
     let verdict: Verdict = child.verdict(Duration::from_secs(30));
-    let mut figures = Figures {
-        teams: args.teams,
-        messages_per_team: args.messages,
-        rate: args.rate,
-        connect_all_ms: verdict.timing.connect_all_ms,
-        deliver_all_ms: verdict.timing.deliver_all_ms,
-        messages_per_s: verdict
-            .timing
-            .deliver_all_ms
-            .map(|ms| (args.teams * args.messages) as f64 / (ms / 1000.0)),
-        peak_rss_kib: peak_rss_kib(),
-        verified: verdict.verified && outcome.is_ok() && published,
-        verdict: verdict
-            .to_string()
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .to_owned(),
-        ..Figures::default()
-    };
-    figures.rss_kib_per_team = figures.peak_rss_kib.map(|k| k as f64 / args.teams as f64);
-    if let (Some(start), Some((_, end))) = (probe.deliver_started, probe.delivered) {
-        let cpu = end.saturating_sub(start) as f64 / 1e9;
-        figures.cpu_deliver_s = Some(cpu);
-        figures.cpu_ns_per_message = Some(cpu * 1e9 / (args.teams * args.messages) as f64);
-    }
-    if let Some((window, cpu)) = probe.idle_measured {
-        figures.idle_window_s = Some(window);
-        figures.cpu_idle_s = Some(cpu);
-    }
-    if let Some(book) = &latencies
-        && let Ok(mut book) = book.lock()
-    {
-        figures.latency_p50_ms = book.percentile_ms(0.50);
-        figures.latency_p99_ms = book.percentile_ms(0.99);
-        figures.latency_samples = book.samples_us.len();
-    }
+    let figures = Figures::of(args, &verdict, &probe, outcome.is_ok() && published);
     if args.json {
         println!("{}", serde_json::to_string(&figures).unwrap_or_default());
     } else {
         print!("{}", table(&figures, config_tick(args)));
     }
     runtime.shutdown_background();
-    if figures.verified {
+    Ok(if figures.verified {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    })
+}
+
+/// The simulator's scenario for this run, checked (one line and exit 2
+/// if it cannot be played).
+fn checked_scenario(args: &BenchArgs) -> Result<SimArgs, ExitCode> {
+    let sim = sim_args(args)
+        .map_err(|error| usage_error(error.lines().next().unwrap_or("bad scenario")))?;
+    sim.config(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+        .validate()
+        .map_err(usage_error)?;
+    Ok(sim)
+}
+
+/// A tap that notes when the simulator wrote each message (the stamp it
+/// begins with) in `book`, where the count's step is met.
+fn time_writes(runtime: &tokio::runtime::Runtime, book: Arc<Mutex<Latencies>>) -> tap::Tap {
+    let (tap, mut receiver) = tap::tap(64 << 20);
+    runtime.spawn(async move {
+        while let Some(delivery) = receiver.recv().await {
+            let Delivery::Message(m) = delivery else {
+                continue;
+            };
+            let sent = m
+                .text
+                .strip_prefix("t=")
+                .and_then(|t| t.split(' ').next())
+                .and_then(|t| t.parse::<u64>().ok());
+            if let (Some(sent), Ok(mut book)) = (sent, book.lock()) {
+                book.sent((m.conn, m.index), sent);
+            }
+        }
+    });
+    tap
+}
+
+impl Figures {
+    /// The figures of a run: the simulator's timings, this process's
+    /// memory, and what the probe measured. `finished`: the client ended
+    /// as asked and everything was published.
+    fn of(args: &BenchArgs, verdict: &Verdict, probe: &Probe, finished: bool) -> Figures {
+        let total = args.teams * args.messages;
+        let mut figures = Figures {
+            teams: args.teams,
+            messages_per_team: args.messages,
+            rate: args.rate,
+            connect_all_ms: verdict.timing.connect_all_ms,
+            deliver_all_ms: verdict.timing.deliver_all_ms,
+            messages_per_s: verdict
+                .timing
+                .deliver_all_ms
+                .map(|ms| total as f64 / (ms / 1000.0)),
+            peak_rss_kib: peak_rss_kib(),
+            verified: verdict.verified && finished,
+            verdict: verdict
+                .to_string()
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
+            ..Figures::default()
+        };
+        figures.rss_kib_per_team = figures.peak_rss_kib.map(|k| k as f64 / args.teams as f64);
+        if let (Some(start), Some((_, end))) = (probe.deliver_started, probe.delivered) {
+            let cpu = end.saturating_sub(start) as f64 / 1e9;
+            figures.cpu_deliver_s = Some(cpu);
+            figures.cpu_ns_per_message = Some(cpu * 1e9 / total as f64);
+        }
+        if let Some((window, cpu)) = probe.idle_measured {
+            figures.idle_window_s = Some(window);
+            figures.cpu_idle_s = Some(cpu);
+        }
+        if let Some(book) = &probe.latencies
+            && let Ok(mut book) = book.lock()
+        {
+            figures.latency_p50_ms = book.percentile_ms(0.50);
+            figures.latency_p99_ms = book.percentile_ms(0.99);
+            figures.latency_samples = book.samples_us.len();
+        }
+        figures
     }
 }
 

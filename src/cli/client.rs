@@ -1,20 +1,22 @@
-//! `switchboard connect`: the client's flags, and running it to its end.
+//! `switchboard connect`: the client's tunables (shared with the demo and
+//! `bench`), the flags of a run someone operates (shared with the demo),
+//! and running the client to its end.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use switchboard::Config;
-use switchboard::http::{HttpOptions, HttpServer, Limits};
+use switchboard::http::{HttpOptions, HttpServer, Limits, Telemetry};
 use switchboard::persistence::Persistence;
 use switchboard::record::{RecordOptions, Recorder};
 use switchboard::report::Report;
-use switchboard::runtime::{self, RunConfig, RunEnd, RunError, StopHandle};
+use switchboard::runtime::{self, RunConfig, RunEnd, RunError, Sidecar, StopHandle};
 use switchboard::store::Store;
 use switchboard::transport::TransportConfig;
 use tracing::{info, warn};
 
-use super::{byte_size, duration, duration_or_zero, human, span, usage_error};
+use super::{byte_size, duration, duration_or_zero, heading, human, span, usage_error};
 
 /// The help line of a timing flag whose default differs in the demo: both
 /// values come from the library's two configs.
@@ -26,121 +28,89 @@ fn timing_help(what: &str, get: fn(&Config) -> Duration) -> String {
     )
 }
 
-/// Tunables shared by every command that runs the client.
+/// The client's tunables: what every command that runs the client honours
+/// (`connect`, `demo` and `bench`). What only an operated run has (the
+/// report, the state file, the recording, HTTP) is [`ServiceArgs`].
 #[derive(Args, Debug, Clone)]
 pub struct ClientArgs {
     /// Length of one tick of the core (at most 1s).
     #[arg(long, env = "SWITCHBOARD_TICK", value_parser = duration,
-          default_value_t = human(Config::default().tick))]
+          default_value_t = human(Config::default().tick), help_heading = heading::TIMING)]
     tick: humantime::Duration,
     #[arg(long, env = "SWITCHBOARD_PING_INTERVAL", value_parser = duration,
+          help_heading = heading::TIMING,
           help = timing_help("How often each open team link is pinged", |c| c.ping_interval))]
     ping_interval: Option<humantime::Duration>,
     #[arg(long, env = "SWITCHBOARD_PONG_TIMEOUT", value_parser = duration,
+          help_heading = heading::TIMING,
           help = timing_help("Silence after a ping after which a link is declared dead; may exceed the ping interval", |c| c.pong_timeout))]
     pong_timeout: Option<humantime::Duration>,
     #[arg(long, env = "SWITCHBOARD_BACKOFF_MIN", value_parser = duration,
+          help_heading = heading::TIMING,
           help = timing_help("Backoff ceiling of the first retry, doubling per failure", |c| c.backoff_min))]
     backoff_min: Option<humantime::Duration>,
     #[arg(long, env = "SWITCHBOARD_BACKOFF_MAX", value_parser = duration,
+          help_heading = heading::TIMING,
           help = timing_help("Largest backoff ceiling", |c| c.backoff_max))]
     backoff_max: Option<humantime::Duration>,
     /// Longest socket handshake (DNS, TCP, TLS, websocket).
     #[arg(long, env = "SWITCHBOARD_CONNECT_TIMEOUT", value_parser = duration,
-          default_value_t = human(Config::default().connect_timeout))]
+          default_value_t = human(Config::default().connect_timeout),
+          help_heading = heading::TIMING)]
     connect_timeout: humantime::Duration,
     /// Longest wait for the answer to a team.connect request.
     #[arg(long, env = "SWITCHBOARD_REQUEST_TIMEOUT", value_parser = duration,
-          default_value_t = human(Config::default().request_timeout))]
+          default_value_t = human(Config::default().request_timeout),
+          help_heading = heading::TIMING)]
     request_timeout: humantime::Duration,
     /// Longest wait for a close handshake.
     #[arg(long, env = "SWITCHBOARD_CLOSE_TIMEOUT", value_parser = duration,
-          default_value_t = human(Config::default().close_timeout))]
+          default_value_t = human(Config::default().close_timeout),
+          help_heading = heading::TIMING)]
     close_timeout: humantime::Duration,
-    /// Largest message accepted from a peer, in bytes (suffixes KiB, MiB).
-    #[arg(long, env = "SWITCHBOARD_MAX_MESSAGE_SIZE", value_parser = byte_size,
-          default_value_t = TransportConfig::default().max_message_size)]
-    max_message_size: usize,
-    /// How often to log a one-line status (0s: never).
-    #[arg(long, env = "SWITCHBOARD_STATUS_INTERVAL", value_parser = duration_or_zero,
-          default_value = "10s")]
-    status_interval: humantime::Duration,
     /// Exit 1 when Global stays unreachable this long (default: retry forever).
-    #[arg(long, env = "SWITCHBOARD_GIVE_UP_AFTER", value_parser = span)]
+    #[arg(long, env = "SWITCHBOARD_GIVE_UP_AFTER", value_parser = span,
+          help_heading = heading::TIMING)]
     give_up_after: Option<humantime::Duration>,
-    /// Final report format on stdout.
-    #[arg(long, env = "SWITCHBOARD_REPORT", default_value = "table")]
-    pub report: ReportFormat,
-    /// PEM file of extra CA certificates to trust for wss:// (on top of the
-    /// bundled web roots), e.g. for a Global API behind a private CA.
-    #[arg(long, env = "SWITCHBOARD_CA_FILE")]
-    ca_file: Option<std::path::PathBuf>,
     /// Seed for backoff jitter (default: derived from the clock, and logged).
-    #[arg(long, env = "SWITCHBOARD_SEED")]
+    #[arg(long, env = "SWITCHBOARD_SEED", help_heading = heading::TIMING)]
     pub seed: Option<u64>,
-    /// The state file that keeps every team's counts across restarts, or
-    /// `none` [default for connect: a file per Global URL under
-    /// $XDG_STATE_HOME/switchboard; demo: none].
-    #[arg(long, env = "SWITCHBOARD_STATE")]
-    state: Option<String>,
-    /// How often changed counts are handed to the state file (and
-    /// committed): a kill -9 loses at most this much, plus one commit.
-    #[arg(long, env = "SWITCHBOARD_STATE_INTERVAL", value_parser = duration,
-          default_value_t = human(switchboard::persistence::DEFAULT_INTERVAL))]
-    state_interval: humantime::Duration,
-    #[arg(long, env = "SWITCHBOARD_MAX_TEAMS", help = max_teams_help())]
+    #[arg(long, env = "SWITCHBOARD_MAX_TEAMS", help = max_teams_help(),
+          help_heading = heading::LIMITS)]
     max_teams: Option<usize>,
     /// Most team.connect requests awaiting an answer at once: after a
     /// Global reconnect, requests go out in waves of this size.
     #[arg(long, env = "SWITCHBOARD_MAX_REQUESTS_IN_FLIGHT",
-          default_value_t = Config::default().max_requests_in_flight)]
+          default_value_t = Config::default().max_requests_in_flight,
+          help_heading = heading::LIMITS)]
     max_requests_in_flight: usize,
+    /// Largest message accepted from a peer, in bytes (suffixes KiB, MiB).
+    #[arg(long, env = "SWITCHBOARD_MAX_MESSAGE_SIZE", value_parser = byte_size,
+          default_value_t = TransportConfig::default().max_message_size,
+          help_heading = heading::LIMITS)]
+    max_message_size: usize,
     /// Most bytes held in partially received messages over all sockets
     /// (suffixes KiB, MiB); a socket that would pass it is dropped.
     #[arg(long, env = "SWITCHBOARD_MAX_PARTIAL_BYTES", value_parser = byte_size,
-          default_value_t = TransportConfig::default().max_partial_bytes)]
+          default_value_t = TransportConfig::default().max_partial_bytes,
+          help_heading = heading::LIMITS)]
     max_partial_bytes: usize,
+    /// PEM file of extra CA certificates to trust for wss:// (on top of the
+    /// bundled web roots), e.g. for a Global API behind a private CA.
+    #[arg(long, env = "SWITCHBOARD_CA_FILE", help_heading = heading::TEAM_URLS)]
+    ca_file: Option<std::path::PathBuf>,
     /// Open plaintext ws:// team URLs handed out by a wss:// Global.
-    #[arg(long, env = "SWITCHBOARD_ALLOW_INSECURE_TEAM_URLS")]
+    #[arg(long, env = "SWITCHBOARD_ALLOW_INSECURE_TEAM_URLS",
+          help_heading = heading::TEAM_URLS)]
     allow_insecure_team_urls: bool,
     /// Only open team URLs on this host (example.com, *.example.com,
     /// host:port); repeatable. Default: any host.
-    #[arg(long = "team-host", value_name = "PATTERN")]
+    #[arg(long = "team-host", value_name = "PATTERN", help_heading = heading::TEAM_URLS)]
     team_hosts: Vec<switchboard::core::HostPattern>,
-    /// Record every event the core takes in, step by step, to this file
-    /// (JSON Lines), for `switchboard replay FILE` to reproduce the run. A
-    /// recording already there is kept as FILE.previous.
-    #[arg(long, env = "SWITCHBOARD_RECORD", value_name = "FILE")]
-    record: Option<std::path::PathBuf>,
-    /// Rotate the recording once a segment reaches this size (suffixes
-    /// KiB, MiB) [default: never]. Replay needs the first segment.
-    #[arg(long, env = "SWITCHBOARD_RECORD_MAX_BYTES", value_parser = byte_size,
-          requires = "record")]
-    record_max_bytes: Option<usize>,
-    /// Rotated recording segments kept beside FILE (FILE.1 … FILE.N).
-    #[arg(long, env = "SWITCHBOARD_RECORD_KEEP", requires = "record",
-          default_value_t = switchboard::record::DEFAULT_KEEP)]
-    record_keep: usize,
-    /// Serve metrics, health, team views and the status page on this
-    /// address (e.g. 127.0.0.1:9090), or `none` [default for connect: none;
-    /// demo: 127.0.0.1 on a free port].
-    #[arg(long, env = "SWITCHBOARD_HTTP")]
-    http: Option<String>,
-    /// Serve HTTP on an address other machines can reach (it has no
-    /// authentication); without it, a non-loopback --http is refused.
-    #[arg(long, env = "SWITCHBOARD_HTTP_PUBLIC")]
-    http_public: bool,
-    /// Also answer HTTP requests whose Host is this name (`name` or
-    /// `name:port`); repeatable. Default: localhost, loopback addresses
-    /// and the address a request came in on; others get 421.
-    #[arg(long = "http-allow-host", value_name = "HOST")]
-    http_allow_hosts: Vec<String>,
-    /// Most HTTP connections at once, never more than 1/8 of the open-files
-    /// limit (the rest is the team sockets'). Beyond it, the oldest
-    /// connection waiting for a request is closed to make room.
-    #[arg(long, env = "SWITCHBOARD_HTTP_MAX_CONNECTIONS",
-          default_value_t = Limits::default().max_connections)]
-    http_max_connections: usize,
+    /// How often to log a one-line status (0s: never).
+    #[arg(long, env = "SWITCHBOARD_STATUS_INTERVAL", value_parser = duration_or_zero,
+          default_value = "10s", help_heading = heading::OUTPUT)]
+    status_interval: humantime::Duration,
     #[command(flatten)]
     pub publish: super::publish::PublishArgs,
 }
@@ -184,7 +154,7 @@ pub enum ReportFormat {
     Table,
     /// Every team, as JSON.
     Json,
-    /// Nothing (the benchmark prints its own figures).
+    /// Nothing on stdout.
     None,
 }
 
@@ -250,7 +220,67 @@ impl ClientArgs {
     }
 }
 
-impl ClientArgs {
+/// The flags of a run someone operates (`connect` and the demo): its final
+/// report, the state file that keeps counts across restarts, the flight
+/// recording, and the HTTP server. `bench` has none of them: it prints its
+/// own figures of one fresh, unobserved run.
+#[derive(Args, Debug, Clone)]
+pub struct ServiceArgs {
+    /// Final report format on stdout.
+    #[arg(long, env = "SWITCHBOARD_REPORT", default_value = "table",
+          help_heading = heading::OUTPUT)]
+    pub report: ReportFormat,
+    /// The state file that keeps every team's counts across restarts, or
+    /// `none` [default for connect: a file per Global URL under
+    /// $XDG_STATE_HOME/switchboard; demo: none].
+    #[arg(long, env = "SWITCHBOARD_STATE", help_heading = heading::STATE)]
+    state: Option<String>,
+    /// How often changed counts are handed to the state file (and
+    /// committed): a kill -9 loses at most this much, plus one commit.
+    #[arg(long, env = "SWITCHBOARD_STATE_INTERVAL", value_parser = duration,
+          default_value_t = human(switchboard::persistence::DEFAULT_INTERVAL),
+          help_heading = heading::STATE)]
+    state_interval: humantime::Duration,
+    /// Record every event the core takes in, step by step, to this file
+    /// (JSON Lines), for `switchboard replay FILE` to reproduce the run. A
+    /// recording already there is kept as FILE.previous.
+    #[arg(long, env = "SWITCHBOARD_RECORD", value_name = "FILE",
+          help_heading = heading::RECORDING)]
+    record: Option<std::path::PathBuf>,
+    /// Rotate the recording once a segment reaches this size (suffixes
+    /// KiB, MiB) [default: never]. Replay needs the first segment.
+    #[arg(long, env = "SWITCHBOARD_RECORD_MAX_BYTES", value_parser = byte_size,
+          requires = "record", help_heading = heading::RECORDING)]
+    record_max_bytes: Option<usize>,
+    /// Rotated recording segments kept beside FILE (FILE.1 … FILE.N).
+    #[arg(long, env = "SWITCHBOARD_RECORD_KEEP", requires = "record",
+          default_value_t = switchboard::record::DEFAULT_KEEP,
+          help_heading = heading::RECORDING)]
+    record_keep: usize,
+    /// Serve metrics, health, team views and the status page on this
+    /// address (e.g. 127.0.0.1:9090), or `none` [default for connect: none;
+    /// demo: 127.0.0.1 on a free port].
+    #[arg(long, env = "SWITCHBOARD_HTTP", help_heading = heading::HTTP)]
+    http: Option<String>,
+    /// Serve HTTP on an address other machines can reach (it has no
+    /// authentication); without it, a non-loopback --http is refused.
+    #[arg(long, env = "SWITCHBOARD_HTTP_PUBLIC", help_heading = heading::HTTP)]
+    http_public: bool,
+    /// Also answer HTTP requests whose Host is this name (`name` or
+    /// `name:port`); repeatable. Default: localhost, loopback addresses
+    /// and the address a request came in on; others get 421.
+    #[arg(long = "http-allow-host", value_name = "HOST", help_heading = heading::HTTP)]
+    http_allow_hosts: Vec<String>,
+    /// Most HTTP connections at once, never more than 1/8 of the open-files
+    /// limit (the rest is the team sockets'). Beyond it, the oldest
+    /// connection waiting for a request is closed to make room.
+    #[arg(long, env = "SWITCHBOARD_HTTP_MAX_CONNECTIONS",
+          default_value_t = Limits::default().max_connections,
+          help_heading = heading::HTTP)]
+    http_max_connections: usize,
+}
+
+impl ServiceArgs {
     /// The state file for a run against `global_url`: `--state PATH`, or
     /// none with `--state none`, or else the per-URL default when
     /// `default_on`. A file that cannot be used stops the start (exit 2).
@@ -279,9 +309,7 @@ impl ClientArgs {
         info!(path = %path.display(), teams = saved, "state file");
         Ok(Some(persistence))
     }
-}
 
-impl ClientArgs {
     /// The HTTP server, if `--http` (or, with `default_on`, the demo's
     /// default) asks for one. Must be called inside the tokio runtime.
     pub fn http(
@@ -345,11 +373,30 @@ impl ClientArgs {
     }
 }
 
-/// Raises the soft open-files limit to the hard limit: every team is a socket.
-pub(super) fn raise_fd_limit() {
-    match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(limit) => info!(limit, "open-files limit"),
-        Err(error) => warn!(%error, "could not raise the open-files limit"),
+/// The state file, the recorder and the HTTP server's telemetry of one
+/// run, each there when asked for.
+#[derive(Default)]
+pub struct Sidecars {
+    pub persistence: Option<Persistence>,
+    pub recorder: Option<Recorder>,
+    pub telemetry: Option<Telemetry>,
+}
+
+impl Sidecars {
+    /// `first`, then each of these that is there: the order the runtime
+    /// hands them every step.
+    pub fn after<'a>(&'a mut self, first: Vec<&'a mut dyn Sidecar>) -> Vec<&'a mut dyn Sidecar> {
+        let mut all = first;
+        if let Some(persistence) = self.persistence.as_mut() {
+            all.push(persistence);
+        }
+        if let Some(recorder) = self.recorder.as_mut() {
+            all.push(recorder);
+        }
+        if let Some(telemetry) = self.telemetry.as_mut() {
+            all.push(telemetry);
+        }
+        all
     }
 }
 
@@ -369,6 +416,14 @@ fn http_connection_budget(asked: usize, open_files: Option<u64>) -> usize {
         usize::try_from(limit / HTTP_SHARE_OF_DESCRIPTORS).unwrap_or(usize::MAX)
     });
     asked.min(share).max(1)
+}
+
+/// Raises the soft open-files limit to the hard limit: every team is a socket.
+pub(super) fn raise_fd_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => info!(limit, "open-files limit"),
+        Err(error) => warn!(%error, "could not raise the open-files limit"),
+    }
 }
 
 /// SIGINT/SIGTERM: the first asks for a graceful shutdown, the second for
@@ -467,16 +522,16 @@ pub fn run_client(
 }
 
 /// `switchboard connect URL`.
-pub fn connect(global_url: String, args: &ClientArgs) -> ExitCode {
+pub fn connect(global_url: String, args: &ClientArgs, service: &ServiceArgs) -> ExitCode {
     let mut config = match args.run_config(global_url.clone(), Config::default()) {
         Ok(config) => config,
         Err(code) => return code,
     };
-    let mut persistence = match args.persistence(&global_url, config.core.max_teams, true) {
+    let persistence = match service.persistence(&global_url, config.core.max_teams, true) {
         Ok(persistence) => persistence,
         Err(code) => return code,
     };
-    let mut recorder = match args.recorder(&config) {
+    let recorder = match service.recorder(&config) {
         Ok(recorder) => recorder,
         Err(code) => return code,
     };
@@ -484,7 +539,7 @@ pub fn connect(global_url: String, args: &ClientArgs) -> ExitCode {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
-    let http = match args.http(&runtime, false) {
+    let http = match service.http(&runtime, false) {
         Ok(http) => http,
         Err(code) => return code,
     };
@@ -492,18 +547,17 @@ pub fn connect(global_url: String, args: &ClientArgs) -> ExitCode {
         Ok(publishing) => publishing,
         Err(code) => return code,
     };
-    let mut telemetry = http.as_ref().map(HttpServer::telemetry);
-    let mut sidecars: Vec<&mut dyn runtime::Sidecar> = Vec::new();
-    if let Some(persistence) = persistence.as_mut() {
-        sidecars.push(persistence);
-    }
-    if let Some(recorder) = recorder.as_mut() {
-        sidecars.push(recorder);
-    }
-    if let Some(telemetry) = telemetry.as_mut() {
-        sidecars.push(telemetry);
-    }
-    let mut code = match run_client(config, args.report, &runtime, &mut sidecars) {
+    let mut sidecars = Sidecars {
+        persistence,
+        recorder,
+        telemetry: http.as_ref().map(HttpServer::telemetry),
+    };
+    let mut code = match run_client(
+        config,
+        service.report,
+        &runtime,
+        &mut sidecars.after(Vec::new()),
+    ) {
         Ok(_) => ExitCode::SUCCESS,
         Err(code) => code,
     };

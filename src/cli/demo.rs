@@ -12,26 +12,32 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use switchboard::Config;
+use switchboard::http::HttpServer;
 use switchboard::report::Report;
+use switchboard::runtime::RunConfig;
 use switchboard::sim::{ProgressHandle, Scenario, SimConfig, SimServer, Verdict, thousands};
 
-use super::client::{ClientArgs, run_client};
+use super::client::{ClientArgs, ServiceArgs, Sidecars, run_client};
 use super::logging::{self, Audience, LogFormat, Progress};
+use super::publish::Publishing;
 use super::sim::{SimArgs, SimChild};
-use super::usage_error;
+use super::{heading, usage_error};
 
-/// The demo's flags: a scenario and the client's tunables.
+/// The demo's flags: a scenario, the client's tunables, and what an
+/// operated run keeps beside it.
 #[derive(Args, Debug, Clone)]
 pub struct DemoArgs {
     #[command(flatten)]
     sim: SimArgs,
-    #[command(flatten)]
-    client: ClientArgs,
     /// Run the simulator in a child process (`switchboard sim`), so the
     /// memory and descriptors the demo reports are the client's alone.
     /// Implied by --duration.
-    #[arg(long)]
+    #[arg(long, help_heading = heading::SIMULATOR)]
     sim_process: bool,
+    #[command(flatten)]
+    client: ClientArgs,
+    #[command(flatten)]
+    service: ServiceArgs,
 }
 
 /// The live progress of the demo: a line rewritten in place on a terminal,
@@ -146,106 +152,201 @@ fn soak_report(
     vitals: &Vitals,
     sim_pid: u32,
 ) -> String {
+    let mut lines = ReportLines(soak_heading(config, sim_pid));
+    lines.traffic(verdict, report);
+    lines.vitals(vitals);
+    lines.0
+}
+
+/// The soak report's first line: what was played.
+fn soak_heading(config: &SimConfig, sim_pid: u32) -> String {
     let scenario = &config.scenario;
     let length = scenario.run_for.map_or_else(
         || format!("{} messages a team", thousands(scenario.messages)),
         |d| format!("{} of streaming", humantime::format_duration(d)),
     );
-    let mut out = format!(
+    format!(
         "soak report: {length}, {} teams at {}/s (client figures are this process's; the \
          simulator ran as process {sim_pid})\n",
         thousands(scenario.teams),
         scenario.rate
-    );
-    let mut line = |key: &str, value: String| out.push_str(&format!("  {key:<24} {value}\n"));
-    line(
-        "messages delivered:",
-        format!(
-            "{} (props {})",
-            thousands(verdict.messages),
-            thousands(verdict.props)
-        ),
-    );
-    let failed = match verdict.not_recovered() {
-        0 => String::new(),
-        n => format!(", {} not recovered", thousands(n)),
-    };
-    line(
-        "faults:",
-        format!(
-            "{} injected, {} survived, {} not observed{failed} (by kind below)",
-            thousands(verdict.injected()),
-            thousands(verdict.survived()),
-            thousands(verdict.not_observed())
-        ),
-    );
-    line(
-        "client reconnects:",
-        report.map_or_else(
-            || "n/a (the client did not finish)".to_owned(),
-            |r| thousands(r.teams.iter().map(|t| t.reconnects).sum()),
-        ),
-    );
-    line(
-        "longest disconnect:",
-        verdict.longest_disconnect.map_or_else(
-            || "none".to_owned(),
-            |d| {
-                format!(
-                    "{:.2}s (team {}{})",
-                    d.length.as_secs_f64(),
-                    d.team,
-                    if d.unended {
-                        ", still down at the end"
-                    } else {
-                        ""
-                    }
-                )
-            },
-        ),
-    );
-    let warm = humantime::format_duration(vitals.warm_up);
-    line(
-        &format!("client RSS at {warm}:"),
-        vitals
-            .at_warm_up
-            .map_or_else(|| "n/a (the run ended first)".to_owned(), mib),
-    );
-    let growth = match (vitals.at_warm_up, vitals.last) {
-        (Some(warm), Some(end)) => {
-            let delta = end as f64 - warm as f64;
+    )
+}
+
+/// The soak report, a `key value` line at a time.
+struct ReportLines(String);
+
+impl ReportLines {
+    fn line(&mut self, key: &str, value: String) {
+        self.0.push_str(&format!("  {key:<24} {value}\n"));
+    }
+
+    /// What was delivered, what was injected, and how the client coped.
+    fn traffic(&mut self, verdict: &Verdict, report: Option<&Report>) {
+        self.line(
+            "messages delivered:",
             format!(
-                " ({}{}, {:+.1}% after warm-up)",
-                if delta >= 0.0 { "+" } else { "-" },
-                mib(delta.abs() as u64),
-                100.0 * delta / warm as f64
-            )
-        }
-        _ => String::new(),
-    };
-    line(
-        "client RSS at end:",
-        vitals
-            .last
-            .map_or_else(|| "n/a".to_owned(), |b| format!("{}{growth}", mib(b))),
-    );
-    line(
-        &format!("client RSS max since {warm}:"),
-        vitals
-            .peak_after_warm_up
-            .map_or_else(|| "n/a".to_owned(), mib),
-    );
-    line(
-        "descriptors open at end:",
-        open_descriptors().map_or_else(|| "n/a".to_owned(), |n| n.to_string()),
-    );
-    out
+                "{} (props {})",
+                thousands(verdict.messages),
+                thousands(verdict.props)
+            ),
+        );
+        let failed = match verdict.not_recovered() {
+            0 => String::new(),
+            n => format!(", {} not recovered", thousands(n)),
+        };
+        self.line(
+            "faults:",
+            format!(
+                "{} injected, {} survived, {} not observed{failed} (by kind below)",
+                thousands(verdict.injected()),
+                thousands(verdict.survived()),
+                thousands(verdict.not_observed())
+            ),
+        );
+        self.line(
+            "client reconnects:",
+            report.map_or_else(
+                || "n/a (the client did not finish)".to_owned(),
+                |r| thousands(r.teams.iter().map(|t| t.reconnects).sum()),
+            ),
+        );
+        self.line(
+            "longest disconnect:",
+            verdict.longest_disconnect.map_or_else(
+                || "none".to_owned(),
+                |d| {
+                    format!(
+                        "{:.2}s (team {}{})",
+                        d.length.as_secs_f64(),
+                        d.team,
+                        if d.unended {
+                            ", still down at the end"
+                        } else {
+                            ""
+                        }
+                    )
+                },
+            ),
+        );
+    }
+
+    /// The client's memory from the warm-up on, and its descriptors.
+    fn vitals(&mut self, vitals: &Vitals) {
+        let warm = humantime::format_duration(vitals.warm_up);
+        self.line(
+            &format!("client RSS at {warm}:"),
+            vitals
+                .at_warm_up
+                .map_or_else(|| "n/a (the run ended first)".to_owned(), mib),
+        );
+        let growth = match (vitals.at_warm_up, vitals.last) {
+            (Some(warm), Some(end)) => {
+                let delta = end as f64 - warm as f64;
+                format!(
+                    " ({}{}, {:+.1}% after warm-up)",
+                    if delta >= 0.0 { "+" } else { "-" },
+                    mib(delta.abs() as u64),
+                    100.0 * delta / warm as f64
+                )
+            }
+            _ => String::new(),
+        };
+        self.line(
+            "client RSS at end:",
+            vitals
+                .last
+                .map_or_else(|| "n/a".to_owned(), |b| format!("{}{growth}", mib(b))),
+        );
+        self.line(
+            &format!("client RSS max since {warm}:"),
+            vitals
+                .peak_after_warm_up
+                .map_or_else(|| "n/a".to_owned(), mib),
+        );
+        self.line(
+            "descriptors open at end:",
+            open_descriptors().map_or_else(|| "n/a".to_owned(), |n| n.to_string()),
+        );
+    }
 }
 
 /// Where the simulator runs.
 enum Simulator {
     InProcess(tokio::task::JoinHandle<Verdict>),
     Child(SimChild),
+}
+
+/// The simulator, started, and what the client needs of it.
+struct Started {
+    simulator: Simulator,
+    url: String,
+    /// Its live counts (in this process only).
+    progress: Option<ProgressHandle>,
+}
+
+impl Started {
+    /// Starts the simulator: in a child process if `separate`, else on
+    /// `runtime`.
+    fn start(
+        sim_args: &SimArgs,
+        sim_config: &SimConfig,
+        separate: bool,
+        runtime: &tokio::runtime::Runtime,
+        format: LogFormat,
+    ) -> Result<Started, ExitCode> {
+        if separate {
+            let child = SimChild::spawn(sim_args, format).map_err(|error| {
+                eprintln!("error: {error}");
+                ExitCode::FAILURE
+            })?;
+            let url = child.global_url().to_owned();
+            return Ok(Started {
+                simulator: Simulator::Child(child),
+                url,
+                progress: None,
+            });
+        }
+        let server = runtime
+            .block_on(SimServer::start(sim_config.clone()))
+            .map_err(|error| {
+                eprintln!("error: cannot start the simulator: {error}");
+                ExitCode::FAILURE
+            })?;
+        Ok(Started {
+            url: server.global_url(),
+            progress: Some(server.progress_handle()),
+            simulator: Simulator::InProcess(runtime.spawn(server.verdict())),
+        })
+    }
+}
+
+impl Simulator {
+    /// The process it runs in.
+    fn pid(&self) -> u32 {
+        match self {
+            Simulator::Child(child) => child.pid(),
+            Simulator::InProcess(_) => std::process::id(),
+        }
+    }
+
+    /// Set if a child simulator ended without a verdict.
+    fn ended_early(&self) -> Option<Arc<AtomicBool>> {
+        match self {
+            Simulator::Child(child) => Some(child.ended_early()),
+            Simulator::InProcess(_) => None,
+        }
+    }
+
+    /// Its verdict, once the client is done (bounded for a child).
+    fn verdict(self, runtime: &tokio::runtime::Runtime) -> Verdict {
+        match self {
+            Simulator::InProcess(verdict) => runtime
+                .block_on(verdict)
+                .unwrap_or_else(|e| Verdict::failed(format!("simulator failed: {e}"))),
+            Simulator::Child(child) => child.verdict(VERDICT_WAIT),
+        }
+    }
 }
 
 /// How long after the client's end a child simulator has to give its verdict.
@@ -311,84 +412,65 @@ fn scenario_args(args: &DemoArgs) -> SimArgs {
     sim
 }
 
+/// The demo's client, ready to run against the simulator.
+struct Client {
+    config: RunConfig,
+    sidecars: Sidecars,
+    publishing: Option<Publishing>,
+}
+
+impl Client {
+    /// The client's configuration (the demo's defaults under the flags)
+    /// and what runs beside it, for the simulator at `url`.
+    fn prepare(
+        args: &DemoArgs,
+        url: &str,
+        runtime: &tokio::runtime::Runtime,
+        http: Option<&HttpServer>,
+    ) -> Result<Client, ExitCode> {
+        let mut config = args.client.run_config(url.to_owned(), Config::demo())?;
+        // The simulator starts fresh every time: no state file unless asked.
+        let persistence = args
+            .service
+            .persistence(url, config.core.max_teams, false)?;
+        config.seed = args.client.seed.unwrap_or(args.sim.sim_seed);
+        let publishing = args.client.publish.start(runtime, &mut config, http)?;
+        let recorder = args.service.recorder(&config)?;
+        Ok(Client {
+            config,
+            sidecars: Sidecars {
+                persistence,
+                recorder,
+                telemetry: http.map(HttpServer::telemetry),
+            },
+            publishing,
+        })
+    }
+}
+
 /// Runs the demo.
 pub fn run(args: &DemoArgs, format: LogFormat) -> ExitCode {
+    demo(args, format).unwrap_or_else(|code| code)
+}
+
+fn demo(args: &DemoArgs, format: LogFormat) -> Result<ExitCode, ExitCode> {
     let listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     let sim_args = scenario_args(args);
     let sim_config = sim_args.config(listen);
-    if let Err(error) = sim_config.validate() {
-        return usage_error(error);
-    }
+    sim_config.validate().map_err(usage_error)?;
     let display = logging::init(format, Audience::Demo);
-    let runtime = match super::tokio_runtime() {
-        Ok(runtime) => runtime,
-        Err(code) => return code,
-    };
-    let http = match args.client.http(&runtime, true) {
-        Ok(http) => http,
-        Err(code) => return code,
-    };
+    let runtime = super::tokio_runtime()?;
+    let http = args.service.http(&runtime, true)?;
     if let Some(http) = &http {
         eprintln!("status page: {}", http.url());
     }
-    let mut telemetry = http.as_ref().map(switchboard::http::HttpServer::telemetry);
     let separate = args.sim_process || args.sim.duration.is_some();
-    let (simulator, url, progress) = if separate {
-        match SimChild::spawn(&sim_args, format) {
-            Ok(child) => {
-                let url = child.global_url().to_owned();
-                (Simulator::Child(child), url, None)
-            }
-            Err(error) => {
-                eprintln!("error: {error}");
-                return ExitCode::FAILURE;
-            }
-        }
-    } else {
-        match runtime.block_on(SimServer::start(sim_config.clone())) {
-            Ok(server) => {
-                let url = server.global_url();
-                let progress = server.progress_handle();
-                (
-                    Simulator::InProcess(runtime.spawn(server.verdict())),
-                    url,
-                    Some(progress),
-                )
-            }
-            Err(error) => {
-                eprintln!("error: cannot start the simulator: {error}");
-                return ExitCode::FAILURE;
-            }
-        }
-    };
-    let mut config = match args.client.run_config(url.clone(), Config::demo()) {
-        Ok(config) => config,
-        Err(code) => return code,
-    };
-    // The simulator starts fresh every time: no state file unless asked.
-    let mut persistence = match args.client.persistence(&url, config.core.max_teams, false) {
-        Ok(persistence) => persistence,
-        Err(code) => return code,
-    };
-    config.seed = args.client.seed.unwrap_or(args.sim.sim_seed);
-    let publishing = match args
-        .client
-        .publish
-        .start(&runtime, &mut config, http.as_ref())
-    {
-        Ok(publishing) => publishing,
-        Err(code) => return code,
-    };
-    let mut recorder = match args.client.recorder(&config) {
-        Ok(recorder) => recorder,
-        Err(code) => return code,
-    };
-    let sim_pid = match &simulator {
-        Simulator::Child(child) => child.pid(),
-        Simulator::InProcess(_) => std::process::id(),
-    };
+    let started = Started::start(&sim_args, &sim_config, separate, &runtime, format)?;
+    let client = Client::prepare(args, &started.url, &runtime, http.as_ref())?;
+    let sim_pid = started.simulator.pid();
     eprintln!(
-        "demo: simulator on {url}{} with {} teams, chaos level {}; the client connects to it",
+        "demo: simulator on {}{} with {} teams, chaos level {}; the client connects to it",
+        started.url,
         if separate {
             format!(" (child process {sim_pid})")
         } else {
@@ -399,45 +481,34 @@ pub fn run(args: &DemoArgs, format: LogFormat) -> ExitCode {
     );
     let watchdog = Watchdog::arm(
         sim_config.scenario.max_duration,
-        match &simulator {
-            Simulator::Child(child) => Some(child.ended_early()),
-            Simulator::InProcess(_) => None,
-        },
+        started.simulator.ended_early(),
     );
     let mut progress = DemoProgress {
-        sim: progress,
+        sim: started.progress,
         display,
         started: Instant::now(),
         last: Instant::now() - Duration::from_secs(60),
     };
     let mut vitals = Vitals::new(sim_config.scenario.run_for);
+    let Client {
+        config,
+        mut sidecars,
+        publishing,
+    } = client;
     let mut show = |core: &switchboard::Core| {
         progress.tick(core);
         vitals.tick();
     };
-    let mut sidecars: Vec<&mut dyn switchboard::runtime::Sidecar> = vec![&mut show];
-    if let Some(persistence) = persistence.as_mut() {
-        sidecars.push(persistence);
-    }
-    if let Some(recorder) = recorder.as_mut() {
-        sidecars.push(recorder);
-    }
-    if let Some(telemetry) = telemetry.as_mut() {
-        sidecars.push(telemetry);
-    }
-    let outcome = run_client(config, args.client.report, &runtime, &mut sidecars);
+    let outcome = run_client(
+        config,
+        args.service.report,
+        &runtime,
+        &mut sidecars.after(vec![&mut show]),
+    );
     progress.display.finish();
-    let published = match publishing {
-        Some(publishing) => publishing.finish(&runtime).map(|_| ()),
-        None => Ok(()),
-    };
+    let published = publishing.map_or(Ok(()), |p| p.finish(&runtime).map(|_| ()));
     drop(watchdog);
-    let mut verdict = match simulator {
-        Simulator::InProcess(verdict) => runtime
-            .block_on(verdict)
-            .unwrap_or_else(|e| Verdict::failed(format!("simulator failed: {e}"))),
-        Simulator::Child(child) => child.verdict(VERDICT_WAIT),
-    };
+    let mut verdict = started.simulator.verdict(&runtime);
     if let Ok(outcome) = &outcome {
         verdict.check_report(&outcome.report);
     }
@@ -450,10 +521,10 @@ pub fn run(args: &DemoArgs, format: LogFormat) -> ExitCode {
     }
     println!("{verdict}");
     match outcome {
-        Ok(_) if published.is_err() => ExitCode::FAILURE,
-        Ok(_) if verdict.verified => ExitCode::SUCCESS,
-        Ok(_) => ExitCode::FAILURE,
-        Err(code) => code,
+        Ok(_) if published.is_err() => Ok(ExitCode::FAILURE),
+        Ok(_) if verdict.verified => Ok(ExitCode::SUCCESS),
+        Ok(_) => Ok(ExitCode::FAILURE),
+        Err(code) => Err(code),
     }
 }
 

@@ -1,41 +1,70 @@
-//! The command line: one file per command, plus the parsers and the logging
-//! they share. Defaults are never written here: clap shows the library's own
-//! (`Config::default()`, `Config::demo()`, `Scenario::default()`).
+//! The command line: one file per command, plus the parsers, the headings
+//! and the logging they share. The library's settings are never given a
+//! default here: clap shows the library's own (`Config::default()`,
+//! `Config::demo()`, `Scenario::default()`, …). The defaults written in
+//! this folder belong to the command line alone (the log and report
+//! formats, the status interval, `sim`'s listen address, `bench`'s run),
+//! each in one place.
 
 mod bench;
 mod client;
+mod config_file;
 mod demo;
 mod logging;
 mod publish;
 mod replay;
 mod sim;
 
+use std::ffi::OsString;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use switchboard::protocol;
 
 pub use logging::LogFormat;
 
+/// The headings `--help` groups flags under, named once so that every
+/// command calls a group alike.
+mod heading {
+    pub const SCENARIO: &str = "Scenario";
+    pub const CHAOS: &str = "Chaos";
+    pub const SIMULATOR: &str = "Simulator";
+    pub const TIMING: &str = "Timing";
+    pub const LIMITS: &str = "Limits";
+    pub const TEAM_URLS: &str = "Team URLs and TLS";
+    pub const OUTPUT: &str = "Output";
+    pub const STATE: &str = "State file";
+    pub const RECORDING: &str = "Recording";
+    pub const HTTP: &str = "HTTP";
+    pub const PUBLISHING: &str = "Publishing (NATS JetStream)";
+}
+
 /// Keeps a fleet of bot team connections alive behind one Global websocket
-/// API. With no subcommand, runs the demo: the built-in simulator with
-/// chaos on, the client against it, and the simulator's verdict.
+/// API.
 #[derive(Parser, Debug)]
-#[command(version, about, args_conflicts_with_subcommands = true)]
+#[command(
+    version,
+    about,
+    after_help = "With no command, runs `demo`, and takes its flags: \
+                  e.g. `switchboard --teams 50` (see `switchboard demo --help`)."
+)]
 struct Cli {
     /// Log format on stderr.
     #[arg(
         long,
         global = true,
         env = "SWITCHBOARD_LOG_FORMAT",
-        default_value = "pretty"
+        default_value = "pretty",
+        help_heading = heading::OUTPUT
     )]
     log_format: LogFormat,
 
     #[command(subcommand)]
     command: Option<Command>,
 
+    /// The demo's flags, for `switchboard` with no command (hidden from the
+    /// top-level help: `demo --help` lists them).
     #[command(flatten)]
     demo: demo::DemoArgs,
 }
@@ -48,8 +77,15 @@ enum Command {
         /// The Global API's websocket URL, e.g. ws://127.0.0.1:8080/global.
         #[arg(value_parser = global_url, env = "SWITCHBOARD_GLOBAL_URL")]
         global_url: String,
+        /// Read settings from this TOML file: the keys are the long flags
+        /// without `--` (`ping-interval = "15s"`, `global-url = "wss://…"`);
+        /// a flag or a SWITCHBOARD_* variable wins over the file.
+        #[arg(long, env = "SWITCHBOARD_CONFIG", value_name = "FILE")]
+        config: Option<std::path::PathBuf>,
         #[command(flatten)]
         client: client::ClientArgs,
+        #[command(flatten)]
+        service: client::ServiceArgs,
     },
     /// Run the simulated Global API server for one scenario, then print its
     /// verdict (exit 0 only when the client's counts were exact).
@@ -65,16 +101,37 @@ enum Command {
     Bench(bench::BenchArgs),
 }
 
-/// Parses the command line and runs the command.
+/// The command line's definition: [`Cli`]'s, with the demo's flags hidden
+/// at the top level so that its help is the commands.
+fn command() -> clap::Command {
+    Cli::command().mut_args(|arg| {
+        if arg.is_global_set() {
+            arg
+        } else {
+            arg.hide(true)
+        }
+    })
+}
+
+/// Parses the command line (and `connect --config`'s file) and runs the
+/// command.
 pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(error) => return parse_error(error),
+    let (cli, file) = match parse(std::env::args_os().collect()) {
+        Ok(parsed) => parsed,
+        Err(code) => return code,
     };
     match cli.command {
-        Some(Command::Connect { global_url, client }) => {
+        Some(Command::Connect {
+            global_url,
+            client,
+            service,
+            ..
+        }) => {
             logging::init(cli.log_format, logging::Audience::Service);
-            client::connect(global_url, &client)
+            if let Some(file) = &file {
+                file.log();
+            }
+            client::connect(global_url, &client, &service)
         }
         Some(Command::Sim(command)) => {
             logging::init(cli.log_format, logging::Audience::Service);
@@ -93,6 +150,58 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Parses `argv`. With `connect --config FILE`, twice: a first, lenient
+/// pass finds the file and what the command line and environment already
+/// set; the file's other settings then join the command line, and the
+/// second pass parses (and checks) them all as one.
+fn parse(argv: Vec<OsString>) -> Result<(Cli, Option<config_file::Applied>), ExitCode> {
+    let first = command()
+        .ignore_errors(true)
+        .try_get_matches_from(&argv)
+        .map_err(parse_error)?;
+    let file = match first.subcommand() {
+        Some(("connect", given)) => {
+            let mut built = command();
+            built.build();
+            config_file::apply(&built, given, &argv)?
+        }
+        _ => None,
+    };
+    let argv = file.as_ref().map_or(argv, |f| f.argv.clone());
+    let matches = command()
+        .try_get_matches_from(&argv)
+        .map_err(|error| match &file {
+            Some(file) => file.parse_error(error),
+            None => parse_error(error),
+        })?;
+    refuse_demo_flags_with_a_command(&matches)?;
+    let cli = Cli::from_arg_matches(&matches).map_err(parse_error)?;
+    Ok((cli, file))
+}
+
+/// The demo's flags are `switchboard`'s with no command: with a command
+/// they would be ignored, so they are refused (one line, exit 2). Checked
+/// here rather than by clap's `args_conflicts_with_subcommands`, which
+/// refuses the global `--log-format` before a command too.
+fn refuse_demo_flags_with_a_command(matches: &clap::ArgMatches) -> Result<(), ExitCode> {
+    use clap::parser::ValueSource;
+    let Some(name) = matches.subcommand_name() else {
+        return Ok(());
+    };
+    let command = command();
+    let given = command.get_arguments().find(|arg| {
+        !arg.is_global_set()
+            && matches.value_source(arg.get_id().as_str()) == Some(ValueSource::CommandLine)
+    });
+    match given.and_then(clap::Arg::get_long) {
+        Some(flag) => Err(usage_error(format!(
+            "--{flag} is the demo's: give it with no command or after `demo`, \
+             not before `{name}` (see --help)"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// clap's own output for help and version; one line and exit 2 otherwise.
 fn parse_error(error: clap::Error) -> ExitCode {
     use clap::error::ErrorKind;
@@ -104,15 +213,19 @@ fn parse_error(error: clap::Error) -> ExitCode {
     ) {
         error.exit();
     }
-    // clap's message can span lines; say it on one.
+    eprintln!("{} (see --help)", one_line(&error));
+    ExitCode::from(2)
+}
+
+/// clap's message, which can span lines, on one.
+fn one_line(error: &clap::Error) -> String {
     let text = error.to_string();
-    let line: Vec<&str> = text
+    let lines: Vec<&str> = text
         .lines()
         .map(str::trim)
         .take_while(|l| !l.is_empty())
         .collect();
-    eprintln!("{} (see --help)", line.join(" "));
-    ExitCode::from(2)
+    lines.join(" ")
 }
 
 /// One clear line and exit status 2 for unusable input.
@@ -225,8 +338,7 @@ mod tests {
 
     #[test]
     fn the_command_line_is_well_formed() {
-        use clap::CommandFactory;
-        Cli::command().debug_assert();
+        command().debug_assert();
     }
 
     #[test]
@@ -260,8 +372,7 @@ mod tests {
 
     #[test]
     fn help_shows_the_library_defaults() {
-        use clap::CommandFactory;
-        let mut command = Cli::command();
+        let mut command = command();
         let connect = command
             .find_subcommand_mut("connect")
             .expect("connect exists")
@@ -287,5 +398,86 @@ mod tests {
                 "{needle} missing from:\n{connect}"
             );
         }
+    }
+
+    #[test]
+    fn bench_has_no_flag_it_would_ignore() {
+        use clap::error::ErrorKind;
+        for flag in [
+            ["--state", "none"],
+            ["--record", "run.jsonl"],
+            ["--http", "127.0.0.1:0"],
+            ["--report", "json"],
+        ] {
+            let bench = command().try_get_matches_from(["switchboard", "bench", flag[0], flag[1]]);
+            assert_eq!(
+                bench.map(|_| ()).map_err(|e| e.kind()),
+                Err(ErrorKind::UnknownArgument),
+                "bench {flag:?}"
+            );
+            // connect and the demo do honour them.
+            let connect = [
+                "switchboard",
+                "connect",
+                "ws://127.0.0.1:9/g",
+                flag[0],
+                flag[1],
+            ];
+            assert!(
+                command().try_get_matches_from(connect).is_ok(),
+                "connect {flag:?}"
+            );
+            let demo = command().try_get_matches_from(["switchboard", flag[0], flag[1]]);
+            assert!(demo.is_ok(), "demo {flag:?}");
+        }
+    }
+
+    #[test]
+    fn the_top_level_help_is_the_commands_and_the_default() {
+        let help = command().render_long_help().to_string();
+        assert!(help.contains("connect") && help.contains("bench"), "{help}");
+        assert!(help.contains("switchboard --teams 50"), "{help}");
+        // The demo's flags are listed by `demo --help`, not here.
+        for hidden in ["--teams", "--tick", "--publish", "--http"] {
+            let listed = help.lines().any(|l| l.trim_start().starts_with(hidden));
+            assert!(!listed, "{hidden} listed in:\n{help}");
+        }
+        // Yet `switchboard --teams 50` is still the demo.
+        let cli = Cli::try_parse_from(["switchboard", "--teams", "50"]).expect("parses");
+        assert!(cli.command.is_none());
+    }
+
+    #[test]
+    fn the_log_format_goes_before_or_after_a_command_and_demo_flags_without_one() {
+        let parse = |argv: &[&str]| parse(argv.iter().map(OsString::from).collect());
+        for argv in [
+            &[
+                "switchboard",
+                "--log-format",
+                "json",
+                "connect",
+                "ws://127.0.0.1:9/g",
+            ][..],
+            &[
+                "switchboard",
+                "connect",
+                "ws://127.0.0.1:9/g",
+                "--log-format",
+                "json",
+            ],
+            &["switchboard", "--log-format", "json", "--teams", "5"],
+        ] {
+            let (cli, _) = parse(argv).unwrap_or_else(|_| panic!("{argv:?} refused"));
+            assert_eq!(cli.log_format, LogFormat::Json, "{argv:?}");
+        }
+        // A demo flag before another command would be ignored: refused.
+        let refused = parse(&[
+            "switchboard",
+            "--teams",
+            "5",
+            "connect",
+            "ws://127.0.0.1:9/g",
+        ]);
+        assert!(refused.is_err());
     }
 }

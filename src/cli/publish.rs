@@ -14,7 +14,8 @@ use switchboard::runtime::RunConfig;
 use tracing::info;
 
 use super::{
-    byte_size, byte_size_or_zero, duration, duration_or_zero, human, span_or_zero, usage_error,
+    byte_size, byte_size_or_zero, duration, duration_or_zero, heading, human, span_or_zero,
+    usage_error,
 };
 
 fn defaults() -> PublishConfig {
@@ -26,52 +27,52 @@ fn defaults() -> PublishConfig {
 pub struct PublishArgs {
     /// Publish every team message and lifecycle event to NATS JetStream at
     /// this URL (e.g. nats://127.0.0.1:4222) [default: off].
-    #[arg(long, env = "SWITCHBOARD_PUBLISH", value_name = "URL")]
+    #[arg(long, help_heading = heading::PUBLISHING, env = "SWITCHBOARD_PUBLISH", value_name = "URL")]
     publish: Option<String>,
     /// Bytes of message text held until JetStream acknowledges it
     /// (suffixes KiB, MiB, GiB); when spent, team sockets stop reading.
-    #[arg(long, env = "SWITCHBOARD_PUBLISH_BUFFER", value_parser = byte_size,
+    #[arg(long, help_heading = heading::PUBLISHING, env = "SWITCHBOARD_PUBLISH_BUFFER", value_parser = byte_size,
           default_value_t = defaults().buffer_bytes, requires = "publish")]
     publish_buffer: usize,
     /// The JetStream stream, created or updated at start.
-    #[arg(long, env = "SWITCHBOARD_PUBLISH_STREAM",
+    #[arg(long, help_heading = heading::PUBLISHING, env = "SWITCHBOARD_PUBLISH_STREAM",
           default_value_t = StreamSettings::default().name, requires = "publish")]
     publish_stream: String,
     /// Subjects are PREFIX.teams.<team_id>.<message|joined|connected|dropped|left|stopped>.
-    #[arg(long, env = "SWITCHBOARD_PUBLISH_SUBJECT_PREFIX", value_name = "PREFIX",
+    #[arg(long, help_heading = heading::PUBLISHING, env = "SWITCHBOARD_PUBLISH_SUBJECT_PREFIX", value_name = "PREFIX",
           default_value_t = StreamSettings::default().subject_prefix, requires = "publish")]
     publish_subject_prefix: String,
     /// The stream's retention: limits, interest or workqueue.
-    #[arg(long, env = "SWITCHBOARD_PUBLISH_RETENTION",
+    #[arg(long, help_heading = heading::PUBLISHING, env = "SWITCHBOARD_PUBLISH_RETENTION",
           default_value = StreamSettings::default().retention.name(), requires = "publish")]
     publish_retention: Retention,
     /// What a full stream does: old (drop the oldest) or new (refuse, so
     /// the buffer fills and sockets pause until there is room).
-    #[arg(long, env = "SWITCHBOARD_PUBLISH_DISCARD",
+    #[arg(long, help_heading = heading::PUBLISHING, env = "SWITCHBOARD_PUBLISH_DISCARD",
           default_value = StreamSettings::default().discard.name(), requires = "publish")]
     publish_discard: Discard,
     /// Largest stream size (suffixes KiB, MiB, GiB; 0: no limit).
-    #[arg(long, env = "SWITCHBOARD_PUBLISH_MAX_BYTES", value_parser = byte_size_or_zero,
+    #[arg(long, help_heading = heading::PUBLISHING, env = "SWITCHBOARD_PUBLISH_MAX_BYTES", value_parser = byte_size_or_zero,
           default_value_t = StreamSettings::default().max_bytes.unwrap_or(0) as usize,
           requires = "publish")]
     publish_max_bytes: usize,
     /// Oldest record kept in the stream (0s: no limit).
-    #[arg(long, env = "SWITCHBOARD_PUBLISH_MAX_AGE", value_parser = span_or_zero,
+    #[arg(long, help_heading = heading::PUBLISHING, env = "SWITCHBOARD_PUBLISH_MAX_AGE", value_parser = span_or_zero,
           default_value_t = human(StreamSettings::default().max_age.unwrap_or_default()),
           requires = "publish")]
     publish_max_age: humantime::Duration,
     /// How long JetStream remembers a message id to drop a retried publish.
-    #[arg(long, env = "SWITCHBOARD_PUBLISH_DUPLICATE_WINDOW", value_parser = duration,
+    #[arg(long, help_heading = heading::PUBLISHING, env = "SWITCHBOARD_PUBLISH_DUPLICATE_WINDOW", value_parser = duration,
           default_value_t = human(StreamSettings::default().duplicate_window),
           requires = "publish")]
     publish_duplicate_window: humantime::Duration,
     /// Longest wait for JetStream to acknowledge a publish before it is
     /// retried (with the same message id).
-    #[arg(long, env = "SWITCHBOARD_PUBLISH_ACK_TIMEOUT", value_parser = duration,
+    #[arg(long, help_heading = heading::PUBLISHING, env = "SWITCHBOARD_PUBLISH_ACK_TIMEOUT", value_parser = duration,
           default_value_t = human(defaults().ack_timeout), requires = "publish")]
     publish_ack_timeout: humantime::Duration,
     /// At the end of a run, how long to keep publishing what is left.
-    #[arg(long, env = "SWITCHBOARD_PUBLISH_DRAIN_TIMEOUT", value_parser = duration_or_zero,
+    #[arg(long, help_heading = heading::PUBLISHING, env = "SWITCHBOARD_PUBLISH_DRAIN_TIMEOUT", value_parser = duration_or_zero,
           default_value_t = human(defaults().drain_timeout), requires = "publish")]
     publish_drain_timeout: humantime::Duration,
 }

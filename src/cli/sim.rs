@@ -1,6 +1,7 @@
 //! `switchboard sim`: the simulated Global API on its own; the scenario
-//! flags it shares with the demo; and the simulator as a child process of
-//! the demo (`--sim-process`), spoken to over its stdin and stdout.
+//! flags it shares with the demo (and `bench` passes its child); and the
+//! simulator as a child process of the demo (`--sim-process`) or of
+//! `bench`, spoken to over its stdin and stdout.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
@@ -16,7 +17,7 @@ use switchboard::sim::{
 use tracing::info;
 
 use super::client::raise_fd_limit;
-use super::{LogFormat, duration, duration_or_zero, human, span, usage_error};
+use super::{LogFormat, duration, duration_or_zero, heading, human, span, usage_error};
 
 /// How the verdict is printed.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,14 +33,15 @@ pub enum VerdictFormat {
 pub struct SimCommand {
     /// Address to listen on (port 0: any free port; the first line on
     /// stdout names the URL).
-    #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "127.0.0.1:8080")]
+    #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "127.0.0.1:8080",
+          help_heading = heading::SIMULATOR)]
     listen: std::net::SocketAddr,
     /// How the verdict is printed at the end.
-    #[arg(long, default_value = "text")]
+    #[arg(long, default_value = "text", help_heading = heading::SIMULATOR)]
     verdict: VerdictFormat,
     /// Exit when stdin closes, so a supervising process (the demo's
     /// --sim-process) takes the simulator down with it even if it is killed.
-    #[arg(long)]
+    #[arg(long, help_heading = heading::SIMULATOR)]
     supervised: bool,
     #[command(flatten)]
     sim: SimArgs,
@@ -81,53 +83,61 @@ fn recovery_wait_help() -> String {
 #[derive(Args, Debug, Clone, PartialEq)]
 pub struct SimArgs {
     /// Teams that join.
-    #[arg(long, default_value_t = Scenario::default().teams)]
+    #[arg(long, default_value_t = Scenario::default().teams, help_heading = heading::SCENARIO)]
     pub teams: u64,
     /// Messages each team receives.
-    #[arg(long, default_value_t = Scenario::default().messages)]
+    #[arg(long, default_value_t = Scenario::default().messages, help_heading = heading::SCENARIO)]
     messages: u64,
     /// Duration mode: teams stream at --rate for this long (from the
     /// client's first connection) instead of --messages each, e.g.
     /// `--duration 10m --teams 2000 --chaos all` for a soak. In the demo it
     /// implies --sim-process and prints the soak report.
-    #[arg(long, value_parser = span)]
+    #[arg(long, value_parser = span, help_heading = heading::SCENARIO)]
     pub duration: Option<humantime::Duration>,
     /// Messages per second per team.
-    #[arg(long, default_value_t = Scenario::default().rate)]
+    #[arg(long, default_value_t = Scenario::default().rate, help_heading = heading::SCENARIO)]
     rate: f64,
     /// Fraction of messages containing "props".
-    #[arg(long, default_value_t = Scenario::default().props_fraction)]
+    #[arg(long, default_value_t = Scenario::default().props_fraction,
+          help_heading = heading::SCENARIO)]
     props: f64,
     /// Joins are spread over this long.
-    #[arg(long, value_parser = duration, default_value_t = human(Scenario::default().join_over))]
+    #[arg(long, value_parser = duration, default_value_t = human(Scenario::default().join_over),
+          help_heading = heading::SCENARIO)]
     join_over: humantime::Duration,
     /// How often the simulator asks for a healthcheck.
     #[arg(long, value_parser = duration,
-          default_value_t = human(Scenario::default().healthcheck_every))]
+          default_value_t = human(Scenario::default().healthcheck_every),
+          help_heading = heading::SCENARIO)]
     healthcheck_every: humantime::Duration,
     /// Fraction of teams that leave during the run (half of them rejoin).
-    #[arg(long, default_value_t = Scenario::default().leave_fraction)]
+    #[arg(long, default_value_t = Scenario::default().leave_fraction,
+          help_heading = heading::SCENARIO)]
     leave: f64,
     /// Chaos level: 0 (or `none`) turns faults off, 1 is the default mix, 2
     /// doubles every rate; `all` is every fault kind at its default rate
     /// (the same as 1).
-    #[arg(long, value_parser = chaos_level, default_value = "1")]
+    #[arg(long, value_parser = chaos_level, default_value = "1", help_heading = heading::CHAOS)]
     pub chaos: f64,
-    #[arg(long = "fault", value_parser = fault_rate, help = fault_help())]
+    #[arg(long = "fault", value_parser = fault_rate, help = fault_help(),
+          help_heading = heading::CHAOS)]
     faults: Vec<(Fault, f64)>,
-    #[arg(long, value_parser = span, help = max_duration_help())]
+    #[arg(long, value_parser = span, help = max_duration_help(),
+          help_heading = heading::SCENARIO)]
     max_duration: Option<humantime::Duration>,
-    #[arg(long, value_parser = duration, help = recovery_wait_help())]
+    #[arg(long, value_parser = duration, help = recovery_wait_help(),
+          help_heading = heading::CHAOS)]
     pub recovery_wait: Option<humantime::Duration>,
     /// Seed for the simulator's decisions (and the client's jitter in the demo).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, help_heading = heading::SCENARIO)]
     pub sim_seed: u64,
     /// Once every message is written and counted, stay quiet this long
     /// before the final check (a benchmark's idle window).
-    #[arg(long, value_parser = duration_or_zero, default_value = "0s")]
+    #[arg(long, value_parser = duration_or_zero, default_value_t = human(Scenario::default().idle_for),
+          help_heading = heading::SCENARIO)]
     pub idle_for: humantime::Duration,
     /// Begin each message with `t=<ns since the epoch>` (for latency).
-    #[arg(long)]
+    #[arg(long, help_heading = heading::SCENARIO)]
     pub stamp: bool,
 }
 
