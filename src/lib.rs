@@ -3,57 +3,70 @@
 //! watched, counted and closed as the Global API directs. The protocol, and
 //! every decision it leaves to the client, is in `docs/PROTOCOL.md`.
 //!
-//! # Layout
+//! # The library
 //!
-//! The deterministic part:
-//! - [`protocol`]: wire types, decode and encode. Pure.
-//! - [`reader`]: one connection's read side without the socket: frames in,
-//!   bridge events out (messages batched in runs).
+//! - [`Core`]: the deterministic core, a bevy_ecs world stepped on a fixed
+//!   tick. No I/O, no clock, no unseeded randomness: events in
+//!   ([`Core::handle`]), time in ([`Core::step`]), commands out
+//!   ([`Core::drain_commands`]); its views ([`Snapshot`],
+//!   [`Core::healthcheck`], [`Core::summary`]) and its vocabulary are in
+//!   [`core`].
 //! - [`bridge`]: [`NetEvent`] in, [`NetCommand`] out: the only contract
 //!   between the core and the network; plain data.
-//! - [`core`]: the deterministic core, a bevy_ecs world stepped on a fixed
-//!   tick. No I/O, no clock, no unseeded randomness.
-//! - [`report`]: the final report, table or JSON.
-//! - [`redact`]: URLs with their credentials masked, for every output.
-//! - `fnv`: the one stable hash, for names and digests kept on disk.
-//!
-//! The I/O side:
-//! - [`inbox`]: the credit-bounded channel from socket tasks to the driver.
-//! - [`transport`]: tokio + tungstenite sockets, one task per socket.
-//! - [`runtime`]: the driver joining core and transport on its own thread,
-//!   asleep when nothing is due; sidecars run beside it.
-//! - [`store`] and [`persistence`]: the state file that keeps counts across
-//!   restarts, and the sidecar that keeps it current.
+//! - [`reader`]: one connection's read side without the socket: frames in,
+//!   bridge events out (messages batched in runs), for any driver.
+//! - [`protocol`]: the wire types, decode and encode.
+//! - [`runtime`]: the driver that runs the core against real sockets
+//!   ([`runtime::run`]), with sidecars beside it; [`transport`] and
+//!   [`inbox`] are its socket side, [`report`] its final report.
 //! - [`tap`]: message texts and team events for a consumer on the I/O side.
-//! - [`publish`]: the tap published to NATS JetStream (`--publish`).
-//! - [`record`]: the flight recorder, and replay of what it wrote.
-//! - [`http`]: metrics, health, team views and the status page.
+//! - [`cli`]: the command line, as the `switchboard` binary runs it.
+//! - `testkit` (cargo feature `testkit`): a scripted peer that steps the
+//!   core with no sockets, a scripted websocket server, the runtime on a
+//!   thread with test timings.
 //!
-//! For tests and rehearsals:
-//! - [`sim`]: the simulated Global API, with chaos and a verdict.
-//! - [`testkit`]: a scripted peer that steps the core with no sockets, a
-//!   scripted websocket server, the runtime with test timings.
+//! The rest is the crate's own: the state file (`store`, `persistence`),
+//! the flight recorder (`record`), the HTTP side (`http`), the NATS
+//! publisher (`publish`), the simulator (`sim`), and small helpers. With the
+//! `testkit` feature they are public too, for this crate's integration
+//! tests; they are not a stable API.
 #![warn(missing_docs)]
 
+/// Declares a module of the crate's own: `pub(crate)`, and public with the
+/// `testkit` feature so that this crate's integration tests reach it.
+macro_rules! internal {
+    ($(#[$attr:meta])* mod $name:ident;) => {
+        $(#[$attr])*
+        #[cfg(feature = "testkit")]
+        pub mod $name;
+        $(#[$attr])*
+        #[cfg(not(feature = "testkit"))]
+        #[allow(dead_code, unused_imports)] // what only the integration tests use
+        pub(crate) mod $name;
+    };
+}
+
 pub mod bridge;
+pub mod cli;
 pub mod core;
-mod fnv;
-pub mod http;
 pub mod inbox;
-pub mod persistence;
 pub mod protocol;
-pub mod publish;
 pub mod reader;
-pub mod record;
-pub mod redact;
 pub mod report;
 pub mod runtime;
-pub mod sim;
-pub mod store;
 pub mod tap;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod transport;
+
+mod fnv;
+internal! { mod http; }
+internal! { mod persistence; }
+internal! { mod publish; }
+internal! { mod record; }
+internal! { mod redact; }
+internal! { mod sim; }
+internal! { mod store; }
 
 pub use bridge::{CloseReason, ConnId, ConnKind, Inbound, NetCommand, NetEvent, TeamControl, Text};
 pub use core::{Config, ConfigError, Core, Snapshot, TeamSnapshot};

@@ -1,8 +1,6 @@
 //! The switchboard binary: parse the command line, set up logging, and call
 //! into the library. No protocol logic lives here.
 
-mod cli;
-
 /// jemalloc, not glibc's malloc: under reconnect churn glibc's heap kept
 /// freed per-connection buffers resident (the 10-minute soak's RSS rose
 /// ~0.6 MiB a minute while the live heap stayed flat); jemalloc returns
@@ -22,5 +20,5 @@ static ALLOCATOR_SETTINGS: Option<&'static u8> =
     Some(&b"background_thread:true,dirty_decay_ms:100\0"[0]);
 
 fn main() -> std::process::ExitCode {
-    cli::main()
+    switchboard::cli::main()
 }

@@ -10,12 +10,12 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::runtime::{Sidecar, Step};
+use crate::sim::Verdict;
+use crate::tap::{self, Delivery};
+use crate::{Config, ConnId, Core, NetEvent};
 use clap::{Args, Parser};
 use serde::Serialize;
-use switchboard::runtime::{Sidecar, Step};
-use switchboard::sim::Verdict;
-use switchboard::tap::{self, Delivery};
-use switchboard::{Config, ConnId, Core, NetEvent};
 
 use super::client::{ClientArgs, run_client};
 use super::logging::LogFormat;
@@ -170,7 +170,7 @@ impl Probe {
 }
 
 impl Sidecar for Probe {
-    fn start(&mut self, core: &mut Core, _wake: &switchboard::inbox::Wake) {
+    fn start(&mut self, core: &mut Core, _wake: &crate::inbox::Wake) {
         if self.latencies.is_some() {
             core.set_recording(true);
         }
@@ -223,10 +223,7 @@ fn sim_args(args: &BenchArgs) -> Result<SimArgs, String> {
         #[command(flatten)]
         sim: SimArgs,
     }
-    let rate = args
-        .rate
-        .unwrap_or_else(switchboard::sim::max_rate)
-        .to_string();
+    let rate = args.rate.unwrap_or_else(crate::sim::max_rate).to_string();
     let mut flags = vec![
         "sim".to_owned(),
         format!("--teams={}", args.teams),
@@ -240,7 +237,7 @@ fn sim_args(args: &BenchArgs) -> Result<SimArgs, String> {
         // The simulator waits as long as this client may take to recover.
         format!(
             "--recovery-wait={}",
-            humantime::format_duration(switchboard::sim::Scenario::recovery_wait_for(
+            humantime::format_duration(crate::sim::Scenario::recovery_wait_for(
                 &args.client.core(String::new(), Config::default())
             ))
         ),

@@ -5,15 +5,15 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::Config;
+use crate::http::{HttpOptions, HttpServer, Limits, Telemetry};
+use crate::persistence::Persistence;
+use crate::record::{RecordOptions, Recorder};
+use crate::report::Report;
+use crate::runtime::{self, RunConfig, RunEnd, RunError, Sidecar, StopHandle};
+use crate::store::Store;
+use crate::transport::TransportConfig;
 use clap::{Args, ValueEnum};
-use switchboard::Config;
-use switchboard::http::{HttpOptions, HttpServer, Limits, Telemetry};
-use switchboard::persistence::Persistence;
-use switchboard::record::{RecordOptions, Recorder};
-use switchboard::report::Report;
-use switchboard::runtime::{self, RunConfig, RunEnd, RunError, Sidecar, StopHandle};
-use switchboard::store::Store;
-use switchboard::transport::TransportConfig;
 use tracing::{info, warn};
 
 use super::{byte_size, duration, duration_or_zero, heading, human, span, usage_error};
@@ -106,7 +106,7 @@ pub struct ClientArgs {
     /// Only open team URLs on this host (example.com, *.example.com,
     /// host:port); repeatable. Default: any host.
     #[arg(long = "team-host", value_name = "PATTERN", help_heading = heading::TEAM_URLS)]
-    team_hosts: Vec<switchboard::core::HostPattern>,
+    team_hosts: Vec<crate::core::HostPattern>,
     /// How often to log a one-line status (0s: never).
     #[arg(long, env = "SWITCHBOARD_STATUS_INTERVAL", value_parser = duration_or_zero,
           default_value = "10s", help_heading = heading::OUTPUT)]
@@ -203,7 +203,7 @@ impl ClientArgs {
             ..TransportConfig::default()
         };
         if let Some(path) = &self.ca_file {
-            match switchboard::transport::tls_with_ca_file(path) {
+            match crate::transport::tls_with_ca_file(path) {
                 Ok(tls) => transport.tls = Some(tls),
                 Err(error) => return Err(usage_error(error)),
             }
@@ -238,7 +238,7 @@ pub struct ServiceArgs {
     /// How often changed counts are handed to the state file (and
     /// committed): a kill -9 loses at most this much, plus one commit.
     #[arg(long, env = "SWITCHBOARD_STATE_INTERVAL", value_parser = duration,
-          default_value_t = human(switchboard::persistence::DEFAULT_INTERVAL),
+          default_value_t = human(crate::persistence::DEFAULT_INTERVAL),
           help_heading = heading::STATE)]
     state_interval: humantime::Duration,
     /// Record every event the core takes in, step by step, to this file
@@ -254,7 +254,7 @@ pub struct ServiceArgs {
     record_max_bytes: Option<usize>,
     /// Rotated recording segments kept beside FILE (FILE.1 … FILE.N).
     #[arg(long, env = "SWITCHBOARD_RECORD_KEEP", requires = "record",
-          default_value_t = switchboard::record::DEFAULT_KEEP,
+          default_value_t = crate::record::DEFAULT_KEEP,
           help_heading = heading::RECORDING)]
     record_keep: usize,
     /// Serve metrics, health, team views and the status page on this
@@ -293,7 +293,7 @@ impl ServiceArgs {
         let path = match self.state.as_deref() {
             Some("none") => return Ok(None),
             Some(path) => std::path::PathBuf::from(path),
-            None if default_on => switchboard::store::default_path(global_url),
+            None if default_on => crate::store::default_path(global_url),
             None => return Ok(None),
         };
         let store = Store::open(&path, global_url).map_err(usage_error)?;
@@ -490,7 +490,7 @@ pub fn run_client(
     sidecars: &mut [&mut dyn runtime::Sidecar],
 ) -> Result<runtime::RunOutcome, ExitCode> {
     raise_fd_limit();
-    info!(seed = config.seed, url = %switchboard::redact::Redacted(&config.core.global_url), "starting");
+    info!(seed = config.seed, url = %crate::redact::Redacted(&config.core.global_url), "starting");
     let stop = StopHandle::new();
     runtime.spawn(watch_signals(stop.clone()));
     let outcome = match runtime::run(&config, runtime.handle().clone(), &stop, sidecars) {

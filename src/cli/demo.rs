@@ -10,12 +10,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::Config;
+use crate::http::HttpServer;
+use crate::report::Report;
+use crate::runtime::RunConfig;
+use crate::sim::{ProgressHandle, Scenario, SimConfig, SimServer, Verdict, thousands};
 use clap::Args;
-use switchboard::Config;
-use switchboard::http::HttpServer;
-use switchboard::report::Report;
-use switchboard::runtime::RunConfig;
-use switchboard::sim::{ProgressHandle, Scenario, SimConfig, SimServer, Verdict, thousands};
 
 use super::client::{ClientArgs, ServiceArgs, Sidecars, run_client};
 use super::logging::{self, Audience, LogFormat, Progress};
@@ -50,7 +50,7 @@ struct DemoProgress {
 }
 
 impl DemoProgress {
-    fn tick(&mut self, core: &switchboard::Core) {
+    fn tick(&mut self, core: &crate::Core) {
         let now = Instant::now();
         if now.duration_since(self.last) < self.display.every() {
             return;
@@ -495,7 +495,7 @@ fn demo(args: &DemoArgs, format: LogFormat) -> Result<ExitCode, ExitCode> {
         mut sidecars,
         publishing,
     } = client;
-    let mut show = |core: &switchboard::Core| {
+    let mut show = |core: &crate::Core| {
         progress.tick(core);
         vitals.tick();
     };

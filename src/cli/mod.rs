@@ -19,10 +19,10 @@ use std::ffi::OsString;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::protocol;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
-use switchboard::protocol;
 
-pub use logging::LogFormat;
+pub(crate) use logging::LogFormat;
 
 /// The headings `--help` groups flags under, named once so that every
 /// command calls a group alike.
@@ -378,8 +378,8 @@ mod tests {
             .expect("connect exists")
             .render_long_help()
             .to_string();
-        let service = switchboard::Config::default();
-        let demo = switchboard::Config::demo();
+        let service = crate::Config::default();
+        let demo = crate::Config::demo();
         for needle in [
             format!("[default: {}]", human(service.tick)),
             format!(

@@ -5,12 +5,10 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::http::HttpServer;
+use crate::publish::{Discard, PublishConfig, PublishStats, Publisher, Retention, StreamSettings};
+use crate::runtime::RunConfig;
 use clap::Args;
-use switchboard::http::HttpServer;
-use switchboard::publish::{
-    Discard, PublishConfig, PublishStats, Publisher, Retention, StreamSettings,
-};
-use switchboard::runtime::RunConfig;
 use tracing::info;
 
 use super::{
@@ -123,7 +121,7 @@ impl PublishArgs {
         let publisher = runtime
             .block_on(Publisher::start(&publish))
             .map_err(|e| usage_error(format!("--publish {}: {e}", publish.url)))?;
-        info!(url = %switchboard::redact::Redacted(&publish.url), stream = %publish.stream.name,
+        info!(url = %crate::redact::Redacted(&publish.url), stream = %publish.stream.name,
               subjects = %publish.stream.subjects(), run = publisher.run_id(),
               "publishing to NATS JetStream");
         config.tap = publisher.tap();

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
+use crate::record::{ReplayEnd, ReplayError, ReplayOptions, replay};
 use clap::Args;
-use switchboard::record::{ReplayEnd, ReplayError, ReplayOptions, replay};
 
 use super::client::{ReportFormat, print_report};
 use super::usage_error;

@@ -10,10 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use crate::sim::{Chaos, Fault, PLAY_BUDGET, Scenario, Schedule, SimConfig, SimServer, Verdict};
 use clap::{Args, ValueEnum};
-use switchboard::sim::{
-    Chaos, Fault, PLAY_BUDGET, Scenario, Schedule, SimConfig, SimServer, Verdict,
-};
 use tracing::info;
 
 use super::client::raise_fd_limit;
@@ -75,7 +73,7 @@ fn recovery_wait_help() -> String {
          request and connect timeouts [default: {}, which covers connect's defaults; demo: \
          derived from its client's timings, {} with its defaults]",
         human(Scenario::default().recovery_wait),
-        human(Scenario::recovery_wait_for(&switchboard::Config::demo()))
+        human(Scenario::recovery_wait_for(&crate::Config::demo()))
     )
 }
 
@@ -544,7 +542,7 @@ mod tests {
         let plain = Probe::parse_from(["probe"]).sim.config(listen).scenario;
         assert_eq!(
             plain.recovery_wait,
-            Scenario::recovery_wait_for(&switchboard::Config::default())
+            Scenario::recovery_wait_for(&crate::Config::default())
         );
         let long = Probe::parse_from(["probe", "--recovery-wait=10m"])
             .sim

@@ -24,7 +24,7 @@ pub(crate) mod url_policy;
 // inside (components as stored, resources, systems, the schedule) stays
 // private; these types are views and values.
 pub use components::{AfterClose, Counters, Health, LinkKind, LinkState};
-pub use config::{Config, ConfigError, Settings};
+pub use config::{Config, ConfigError, MAX_TICK, Settings};
 pub use global_link::{GlobalLink, GlobalState};
 pub use lifecycle::{Fleet, History, HistoryEntry, Lifecycle, TeamEvent};
 pub use resources::{Clock, RttHistogram, Shutdown, ShutdownCause, Stats};
@@ -161,8 +161,8 @@ impl Core {
         })
     }
 
-    /// Restores teams saved by an earlier run (see
-    /// [`crate::store`]), before the first step: each comes back with its
+    /// Restores teams saved by an earlier run (the state file keeps them),
+    /// before the first step: each comes back with its
     /// counts, and joined ones reconnect as soon as Global is ready.
     pub fn restore(&mut self, saved: &[SavedTeam]) -> Result<(), RestoreError> {
         if self.world.resource::<Clock>().step > 0 {
@@ -442,7 +442,8 @@ impl Core {
     }
 
     /// Team entities the schedule's systems looked up or iterated over the
-    /// run (see [`resources::Visits`]).
+    /// run: grows with events and due timers, never with the fleet's size
+    /// alone (the idle-cost tests hold it to that).
     pub fn entities_visited(&self) -> u64 {
         self.world.resource::<resources::Visits>().0
     }
