@@ -26,6 +26,7 @@
 //! - [`publish`]: the tap published to NATS JetStream (`--publish`).
 //! - [`record`]: the flight recorder, and replay of what it wrote.
 //! - [`http`]: metrics, health, team views and the status page.
+//! - [`procfs`]: this process's memory, descriptors and CPU time from /proc.
 //!
 //! For tests and rehearsals:
 //! - [`sim`]: the simulated Global API, with chaos and a verdict.
@@ -37,6 +38,7 @@ pub mod bridge;
 pub mod core;
 pub mod http;
 pub mod persistence;
+pub mod procfs;
 pub mod protocol;
 pub mod publish;
 pub mod reader;

@@ -14,6 +14,7 @@ use prometheus_client::registry::{Registry, Unit};
 
 use super::view::{Shared, View};
 use crate::core::resources::RttHistogram;
+use crate::procfs;
 use crate::publish::PublishStats;
 
 /// The registry `/metrics` encodes: the view collector and the step
@@ -111,22 +112,6 @@ fn rtt(encoder: &mut DescriptorEncoder, rtt: &RttHistogram) -> Result<(), fmt::E
         &buckets,
         None,
     )
-}
-
-/// This process's resident memory and open descriptors, from /proc.
-fn process() -> (Option<i64>, Option<i64>) {
-    let rss = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
-                .map(|kib| kib * 1024)
-        });
-    let fds = std::fs::read_dir("/proc/self/fd")
-        .ok()
-        .map(|d| d.count() as i64);
-    (rss, fds)
 }
 
 impl prometheus_client::collector::Collector for ViewCollector {
@@ -243,23 +228,22 @@ impl prometheus_client::collector::Collector for ViewCollector {
         if let Some(watch) = self.0.publish.get() {
             publish(&mut e, &watch.stats())?;
         }
-        let (rss, fds) = process();
-        if let Some(rss) = rss {
+        if let Some(rss) = procfs::resident_bytes() {
             gauge(
                 &mut e,
                 "process_resident_memory",
                 "Resident memory",
                 Some(&Unit::Bytes),
-                rss,
+                i64::try_from(rss).unwrap_or(i64::MAX),
             )?;
         }
-        if let Some(fds) = fds {
+        if let Some(fds) = procfs::open_descriptors() {
             gauge(
                 &mut e,
                 "process_open_fds",
                 "Open file descriptors",
                 None,
-                fds,
+                i64::try_from(fds).unwrap_or(i64::MAX),
             )?;
         }
         Ok(())
