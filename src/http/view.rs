@@ -95,10 +95,8 @@ impl View {
         let fleet = core.fleet();
         let stats = core.stats();
         let global = core.global();
-        let by_state = LinkState::NAMES
-            .iter()
-            .map(|&name| (name, fleet.in_state(name)))
-            .collect();
+        // `Fleet::by_state` is kept in `LinkState::NAMES` order.
+        let by_state = LinkState::NAMES.into_iter().zip(fleet.by_state).collect();
         View {
             at: Some(Instant::now()),
             steps: core.steps(),
