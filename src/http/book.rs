@@ -7,7 +7,7 @@
 //! since the last one ([`Core::teams_changed_since`]), copies at most
 //! [`REFRESH_PER_PUBLISH`] of them (the rest are kept in order for the next
 //! publication, which then comes at once) and hands out [`Pages`]: the teams
-//! in chunks of [`CHUNK`], each chunk shared with the previous publication
+//! in chunks of `CHUNK`, each chunk shared with the previous publication
 //! unless one of its teams changed. A publication thus copies the changed
 //! teams and their chunks' pointers plus one pointer per chunk, never every
 //! team; readers on the I/O threads hold an `Arc` and never block the driver.
