@@ -62,6 +62,7 @@ pub mod transport;
 mod fnv;
 internal! { mod http; }
 internal! { mod persistence; }
+internal! { mod procfs; }
 internal! { mod publish; }
 internal! { mod record; }
 internal! { mod redact; }

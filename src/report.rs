@@ -1,37 +1,59 @@
-//! The final report: one line per team, as a table or as JSON.
+//! One line per team, for `/teams` while the run goes and for the final
+//! report at its end; and that report, as a table or as JSON.
 
 use std::fmt::Write as _;
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
-use crate::core::LinkState;
-use crate::core::Snapshot;
+use crate::core::{LinkState, Snapshot, TeamSnapshot};
 use crate::protocol::TeamId;
 
-/// One team at the end of the run.
+/// One team: a line of `/teams` and of the final report.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct TeamReport {
+pub struct TeamLine {
     /// The team.
     pub id: TeamId,
-    /// `left` if the team left, else `joined`.
-    pub state: &'static str,
-    /// Whether its socket was open when the run began to end.
+    /// Its link state, written by its [`LinkState::name`] (`open`,
+    /// `backoff`, `left`, `stopped`, ...).
+    #[serde(serialize_with = "state_name")]
+    pub state: LinkState,
+    /// Whether its socket is open, or was when the run began to end (by
+    /// the end every socket is closed).
     pub connected: bool,
     /// Messages counted.
     pub messages: u64,
     /// Of those, with `props`.
     pub props: u64,
-    /// Open links lost and re-established.
+    /// Open links lost and re-requested.
     pub reconnects: u64,
     /// Round-trip time of the last answered ping, ms.
-    pub last_rtt_ms: Option<u64>,
+    pub rtt_ms: Option<u64>,
+}
+
+impl TeamLine {
+    /// The line of a team as the core sees it.
+    pub fn of(team: &TeamSnapshot) -> TeamLine {
+        TeamLine {
+            id: team.id,
+            state: team.link,
+            connected: team.connected || team.health.connected_at_shutdown,
+            messages: team.counters.message_count,
+            props: team.counters.props_count,
+            reconnects: team.health.reconnects,
+            rtt_ms: team.health.rtt_ms,
+        }
+    }
+}
+
+fn state_name<S: Serializer>(state: &LinkState, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(state.name())
 }
 
 /// The whole fleet at the end of the run.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Report {
     /// Every team ever joined, sorted by id.
-    pub teams: Vec<TeamReport>,
+    pub teams: Vec<TeamLine>,
     /// Sum of `messages`.
     pub messages: u64,
     /// Sum of `props`.
@@ -41,23 +63,7 @@ pub struct Report {
 impl Report {
     /// Builds the report from a core snapshot.
     pub fn from_snapshot(snapshot: &Snapshot) -> Report {
-        let teams: Vec<TeamReport> = snapshot
-            .teams
-            .iter()
-            .map(|t| TeamReport {
-                id: t.id,
-                state: if t.link == LinkState::Left {
-                    "left"
-                } else {
-                    "joined"
-                },
-                connected: t.connected || t.health.connected_at_shutdown,
-                messages: t.counters.message_count,
-                props: t.counters.props_count,
-                reconnects: t.health.reconnects,
-                last_rtt_ms: t.health.rtt_ms,
-            })
-            .collect();
+        let teams: Vec<TeamLine> = snapshot.teams.iter().map(TeamLine::of).collect();
         Report {
             messages: teams.iter().map(|t| t.messages).sum(),
             props: teams.iter().map(|t| t.props).sum(),
@@ -70,22 +76,26 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "{:>8}  {:<6}  {:<9}  {:>10}  {:>8}  {:>10}  {:>8}",
+            "{:>8}  {:<10}  {:<9}  {:>10}  {:>8}  {:>10}  {:>8}",
             "team", "state", "connected", "messages", "props", "reconnects", "rtt_ms"
         );
         for t in &self.teams {
-            let rtt = t
-                .last_rtt_ms
-                .map_or_else(|| "-".to_owned(), |r| r.to_string());
+            let rtt = t.rtt_ms.map_or_else(|| "-".to_owned(), |r| r.to_string());
             let _ = writeln!(
                 out,
-                "{:>8}  {:<6}  {:<9}  {:>10}  {:>8}  {:>10}  {:>8}",
-                t.id.0, t.state, t.connected, t.messages, t.props, t.reconnects, rtt
+                "{:>8}  {:<10}  {:<9}  {:>10}  {:>8}  {:>10}  {:>8}",
+                t.id.0,
+                t.state.name(),
+                t.connected,
+                t.messages,
+                t.props,
+                t.reconnects,
+                rtt
             );
         }
         let _ = writeln!(
             out,
-            "{:>8}  {:<6}  {:<9}  {:>10}  {:>8}",
+            "{:>8}  {:<10}  {:<9}  {:>10}  {:>8}",
             "total", "", "", self.messages, self.props
         );
         out
@@ -94,5 +104,27 @@ impl Report {
     /// The report as JSON.
     pub fn json(&self) -> String {
         serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_names_its_link_state_and_nothing_else_of_it() {
+        let line = TeamLine {
+            id: TeamId(3),
+            state: LinkState::Backoff { until: 9 },
+            connected: false,
+            messages: 2,
+            props: 1,
+            reconnects: 1,
+            rtt_ms: Some(5),
+        };
+        let json = serde_json::to_value(&line).expect("serialises");
+        let want = serde_json::json!({"id": 3, "state": "backoff", "connected": false,
+            "messages": 2, "props": 1, "reconnects": 1, "rtt_ms": 5});
+        assert_eq!(json, want);
     }
 }

@@ -781,109 +781,165 @@ impl Drop for DoneGuard<'_> {
 
 fn write_loop(store: Store, shared: &Shared, interval: Duration) {
     let _done = DoneGuard(shared);
-    let mut last_commit_start: Option<Instant> = None;
-    // The map of the last batch, emptied, swapped in for the next one: the
-    // callers' merges find it already sized for every team.
-    let mut spare: HashMap<TeamId, SavedTeam> = HashMap::new();
-    let mut teams: Vec<SavedTeam> = Vec::new();
-    let mut failed_last = false;
-    let mut last_log: Option<Instant> = None;
-    let mut unlogged_errors = 0u64;
-    loop {
-        // Wait until something is pending and a commit is due.
-        let updates = {
-            let mut state = shared.lock();
-            loop {
-                let now = Instant::now();
-                if let Some(stop_by) = state.stop_by {
-                    // Stopping: one immediate attempt, retries until stop_by.
-                    if state.pending.is_empty() || (failed_last && now >= stop_by) {
-                        drop(state);
-                        drop(store);
-                        return;
-                    }
-                    let retry_at = last_commit_start
-                        .filter(|_| failed_last)
-                        .map_or(now, |t| (t + RETRY_PAUSE).min(stop_by));
-                    if now >= retry_at {
-                        break;
-                    }
-                    state = wait(shared, state, Some(retry_at - now));
-                    continue;
-                }
-                if state.pending.is_empty() {
-                    state = wait(shared, state, None);
-                    continue;
-                }
-                let pause = if failed_last {
-                    interval.max(RETRY_PAUSE)
-                } else {
-                    interval
-                };
-                let due = last_commit_start.map_or(now, |t| t + pause);
-                if now >= due {
-                    break;
-                }
-                state = wait(shared, state, Some(due - now));
-            }
-            state.stats.pending = 0;
-            std::mem::swap(&mut state.pending, &mut spare);
-            state.stats.updates
-        };
+    let mut writer = Writer {
+        store,
+        shared,
+        interval,
+        last_commit_start: None,
+        spare: HashMap::new(),
+        teams: Vec::new(),
+        failed_last: false,
+        last_log: None,
+        unlogged_errors: 0,
+    };
+    while let Some(updates) = writer.next_batch() {
+        match writer.commit() {
+            (Ok(report), took) => writer.committed(&report, took, updates),
+            (Err(error), _) => writer.failed(&error),
+        }
+    }
+    // Closes the file before the guard says the writer is done.
+    drop(writer);
+}
 
-        teams.clear();
-        teams.extend(spare.drain().map(|(_, team)| team));
-        // Keys in order: the B-tree is written front to back.
-        teams.sort_unstable_by_key(|t| t.id);
-        let start = Instant::now();
-        last_commit_start = Some(start);
-        let result = match shared.injected_failure(&store.path) {
-            Some(error) => Err(error),
-            None => store.save(&teams),
-        };
-        let took = start.elapsed();
+/// What the writer thread does next.
+enum Next {
+    /// Commit what is pending now.
+    Commit,
+    /// Wait for an update, or until then.
+    WaitUntil(Option<Instant>),
+    /// Stopping, and nothing more will be tried.
+    Stop,
+}
 
+/// The writer thread's state between commits.
+struct Writer<'a> {
+    store: Store,
+    shared: &'a Shared,
+    interval: Duration,
+    last_commit_start: Option<Instant>,
+    /// The map of the last batch, emptied, swapped in for the next one: the
+    /// callers' merges find it already sized for every team.
+    spare: HashMap<TeamId, SavedTeam>,
+    teams: Vec<SavedTeam>,
+    failed_last: bool,
+    last_log: Option<Instant>,
+    unlogged_errors: u64,
+}
+
+impl Writer<'_> {
+    /// Waits until something is pending and a commit is due, and takes the
+    /// pending teams; the count of updates they hold. `None` once stopping
+    /// is over.
+    fn next_batch(&mut self) -> Option<u64> {
+        let shared = self.shared;
         let mut state = shared.lock();
-        match result {
-            Ok(report) => {
-                failed_last = false;
-                let stats = &mut state.stats;
-                stats.commits += 1;
-                stats.teams_written += report.teams as u64;
-                stats.regressions += report.regressions as u64;
-                stats.last_commit = took;
-                stats.max_commit = stats.max_commit.max(took);
-                stats.updates_durable = updates;
-                if report.regressions > 0 {
-                    warn!(
-                        teams = report.regressions,
-                        "state update carried lower counts than the file; kept the file's"
-                    );
-                }
+        loop {
+            let now = Instant::now();
+            match self.next(&state, now) {
+                Next::Commit => break,
+                Next::WaitUntil(at) => state = wait(shared, state, at.map(|at| at - now)),
+                Next::Stop => return None,
             }
-            Err(error) => {
-                failed_last = true;
-                // Put the batch back under any newer values that arrived meanwhile.
-                for team in &teams {
-                    state.pending.entry(team.id).or_insert(*team);
-                }
-                state.stats.pending = state.pending.len();
-                state.stats.errors += 1;
-                state.last_error = Some(error.to_string());
-                let now = Instant::now();
-                if last_log.is_none_or(|t| now.duration_since(t) >= ERROR_LOG_PERIOD) {
-                    warn!(
-                        %error,
-                        pending = state.pending.len(),
-                        suppressed = unlogged_errors,
-                        "state commit failed; retrying"
-                    );
-                    last_log = Some(now);
-                    unlogged_errors = 0;
-                } else {
-                    unlogged_errors += 1;
-                }
+        }
+        state.stats.pending = 0;
+        std::mem::swap(&mut state.pending, &mut self.spare);
+        Some(state.stats.updates)
+    }
+
+    fn next(&self, state: &WriterState, now: Instant) -> Next {
+        if let Some(stop_by) = state.stop_by {
+            // Stopping: one immediate attempt, retries until stop_by.
+            if state.pending.is_empty() || (self.failed_last && now >= stop_by) {
+                return Next::Stop;
             }
+            let retry_at = self
+                .last_commit_start
+                .filter(|_| self.failed_last)
+                .map_or(now, |t| (t + RETRY_PAUSE).min(stop_by));
+            return if now >= retry_at {
+                Next::Commit
+            } else {
+                Next::WaitUntil(Some(retry_at))
+            };
+        }
+        if state.pending.is_empty() {
+            return Next::WaitUntil(None);
+        }
+        let pause = if self.failed_last {
+            self.interval.max(RETRY_PAUSE)
+        } else {
+            self.interval
+        };
+        let due = self.last_commit_start.map_or(now, |t| t + pause);
+        if now >= due {
+            Next::Commit
+        } else {
+            Next::WaitUntil(Some(due))
+        }
+    }
+
+    /// Writes the batch taken; what came of it, and how long it took.
+    fn commit(&mut self) -> (Result<SaveReport, StoreError>, Duration) {
+        self.teams.clear();
+        self.teams.extend(self.spare.drain().map(|(_, team)| team));
+        // Keys in order: the B-tree is written front to back.
+        self.teams.sort_unstable_by_key(|t| t.id);
+        let start = Instant::now();
+        self.last_commit_start = Some(start);
+        let result = match self.shared.injected_failure(&self.store.path) {
+            Some(error) => Err(error),
+            None => self.store.save(&self.teams),
+        };
+        (result, start.elapsed())
+    }
+
+    /// The batch, holding `updates` updates, is on disk.
+    fn committed(&mut self, report: &SaveReport, took: Duration, updates: u64) {
+        self.failed_last = false;
+        let mut state = self.shared.lock();
+        let stats = &mut state.stats;
+        stats.commits += 1;
+        stats.teams_written += report.teams as u64;
+        stats.regressions += report.regressions as u64;
+        stats.last_commit = took;
+        stats.max_commit = stats.max_commit.max(took);
+        stats.updates_durable = updates;
+        if report.regressions > 0 {
+            warn!(
+                teams = report.regressions,
+                "state update carried lower counts than the file; kept the file's"
+            );
+        }
+    }
+
+    /// The batch was not written: back into the pending map, under any
+    /// newer values that arrived meanwhile; warned about at most every
+    /// [`ERROR_LOG_PERIOD`].
+    fn failed(&mut self, error: &StoreError) {
+        self.failed_last = true;
+        let mut state = self.shared.lock();
+        for team in &self.teams {
+            state.pending.entry(team.id).or_insert(*team);
+        }
+        state.stats.pending = state.pending.len();
+        state.stats.errors += 1;
+        state.last_error = Some(error.to_string());
+        let now = Instant::now();
+        if self
+            .last_log
+            .is_none_or(|t| now.duration_since(t) >= ERROR_LOG_PERIOD)
+        {
+            warn!(
+                %error,
+                pending = state.pending.len(),
+                suppressed = self.unlogged_errors,
+                "state commit failed; retrying"
+            );
+            self.last_log = Some(now);
+            self.unlogged_errors = 0;
+        } else {
+            self.unlogged_errors += 1;
         }
     }
 }

@@ -85,7 +85,7 @@ async fn the_brief_full_flow_against_the_binary() {
     assert_eq!(report["props"], 2);
     assert_eq!(report["teams"][0]["id"], 1);
     assert_eq!(report["teams"][0]["state"], "left");
-    assert!(report["teams"][0]["last_rtt_ms"].is_u64());
+    assert!(report["teams"][0]["rtt_ms"].is_u64());
 }
 
 #[test]

@@ -148,7 +148,7 @@ async fn a_pong_that_never_comes_gets_the_link_dropped_and_re_requested() {
     let outcome = goodbye(global, client).await;
     assert_eq!(outcome.snapshot.stats.dead_links, 1);
     assert!(
-        outcome.report.teams[0].last_rtt_ms.is_some(),
+        outcome.report.teams[0].rtt_ms.is_some(),
         "string ids match too"
     );
 }

@@ -71,24 +71,14 @@ struct Figures {
     verdict: String,
 }
 
-/// CPU time of every thread of this process, from /proc.
+/// CPU time of every thread of this process, ns.
 fn cpu_ns() -> Option<u64> {
-    let mut total = 0;
-    for task in std::fs::read_dir("/proc/self/task").ok()? {
-        let path = task.ok()?.path().join("schedstat");
-        let text = std::fs::read_to_string(path).ok()?;
-        total += text.split_whitespace().next()?.parse::<u64>().ok()?;
-    }
-    Some(total)
+    crate::procfs::cpu_time().map(|t| u64::try_from(t.as_nanos()).unwrap_or(u64::MAX))
 }
 
 /// Peak resident memory of this process, KiB.
 fn peak_rss_kib() -> Option<u64> {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    crate::procfs::peak_resident_bytes().map(|bytes| bytes >> 10)
 }
 
 fn epoch_ns(at: SystemTime) -> u64 {

@@ -123,15 +123,8 @@ const BYTES_PER_TEAM: u64 = 64 << 10;
 /// The default team limit: this machine's memory over [`BYTES_PER_TEAM`]
 /// (the library default if memory cannot be read).
 fn max_teams_for_memory() -> usize {
-    let total_kib = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        });
-    match total_kib {
-        Some(kib) => usize::try_from((kib << 10) / BYTES_PER_TEAM)
+    match crate::procfs::memory_total_bytes() {
+        Some(bytes) => usize::try_from(bytes / BYTES_PER_TEAM)
             .unwrap_or(usize::MAX)
             .max(1),
         None => Config::default().max_teams,

@@ -82,21 +82,6 @@ const WARM_UP: Duration = Duration::from_secs(60);
 /// How often the client's memory is sampled.
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 
-/// This process's resident memory, bytes (`VmRSS` in /proc/self/status).
-fn rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
-
-/// Descriptors this process holds open (/proc/self/fd, not counting the
-/// one used to list it).
-fn open_descriptors() -> Option<usize> {
-    let listed = std::fs::read_dir("/proc/self/fd").ok()?.count();
-    Some(listed.saturating_sub(1))
-}
-
 /// The client's memory over the run.
 struct Vitals {
     started: Instant,
@@ -130,7 +115,7 @@ impl Vitals {
             return;
         }
         self.sampled = Some(now);
-        self.last = rss_bytes();
+        self.last = crate::procfs::resident_bytes();
         if self.at_warm_up.is_none() && now.duration_since(self.started) >= self.warm_up {
             self.at_warm_up = self.last;
         }
@@ -266,7 +251,7 @@ impl ReportLines {
         );
         self.line(
             "descriptors open at end:",
-            open_descriptors().map_or_else(|| "n/a".to_owned(), |n| n.to_string()),
+            crate::procfs::open_descriptors().map_or_else(|| "n/a".to_owned(), |n| n.to_string()),
         );
     }
 }

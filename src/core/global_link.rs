@@ -54,6 +54,18 @@ pub enum GlobalState {
 }
 
 impl GlobalState {
+    /// Every name [`GlobalState::name`] gives, in the order metrics list
+    /// them.
+    pub const NAMES: [&'static str; 7] = [
+        "idle",
+        "connecting",
+        "opened",
+        "open",
+        "backoff",
+        "closing",
+        "closed",
+    ];
+
     /// The state's name, for metrics and status pages (`opened`: open, no
     /// `hello` yet).
     pub fn name(&self) -> &'static str {
@@ -310,5 +322,50 @@ impl GlobalLink {
             links.release(conn, abort);
             self.state = GlobalState::Closed;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::GlobalState;
+    use crate::bridge::ConnId;
+
+    #[test]
+    fn names_lists_every_name_the_states_give() {
+        let conn = ConnId(1);
+        let every = [
+            GlobalState::Idle,
+            GlobalState::Connecting { conn, deadline: 0 },
+            GlobalState::Open {
+                conn,
+                ready: false,
+                since: 0,
+            },
+            GlobalState::Open {
+                conn,
+                ready: true,
+                since: 0,
+            },
+            GlobalState::Backoff { until: 0 },
+            GlobalState::Closing { conn, deadline: 0 },
+            GlobalState::Closed,
+        ];
+        for state in every {
+            // Stops compiling when a state is added: list it above.
+            match state {
+                GlobalState::Idle
+                | GlobalState::Connecting { .. }
+                | GlobalState::Open { .. }
+                | GlobalState::Backoff { .. }
+                | GlobalState::Closing { .. }
+                | GlobalState::Closed => {}
+            }
+            assert!(
+                GlobalState::NAMES.contains(&state.name()),
+                "{}",
+                state.name()
+            );
+        }
+        assert_eq!(GlobalState::NAMES.len(), every.len());
     }
 }

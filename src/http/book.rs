@@ -7,7 +7,7 @@
 //! since the last one ([`Core::teams_changed_since`]), copies at most
 //! [`REFRESH_PER_PUBLISH`] of them (the rest are kept in order for the next
 //! publication, which then comes at once) and hands out [`Pages`]: the teams
-//! in chunks of [`CHUNK`], each chunk shared with the previous publication
+//! in chunks of `CHUNK`, each chunk shared with the previous publication
 //! unless one of its teams changed. A publication thus copies the changed
 //! teams and their chunks' pointers plus one pointer per chunk, never every
 //! team; readers on the I/O threads hold an `Arc` and never block the driver.
@@ -16,11 +16,11 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use bevy_ecs::change_detection::Tick;
-use serde::Serialize;
 
 use crate::core::Core;
 use crate::core::TeamSnapshot;
 use crate::protocol::TeamId;
+use crate::report::TeamLine;
 
 /// Teams per chunk: a changed team costs a copy of its chunk's pointers.
 const CHUNK: usize = 64;
@@ -28,39 +28,6 @@ const CHUNK: usize = 64;
 /// Most teams copied from the core per publication, so that a publication
 /// after a burst (every team's counts moved) stays a bounded cost.
 pub const REFRESH_PER_PUBLISH: usize = 1024;
-
-/// One team, as `/teams` and the status page's grid show it.
-#[derive(Clone, Debug, Serialize)]
-pub struct TeamLine {
-    /// The team.
-    pub id: TeamId,
-    /// Its link state.
-    pub state: &'static str,
-    /// Whether its socket is open.
-    pub connected: bool,
-    /// Messages counted.
-    pub messages: u64,
-    /// Of those, with props.
-    pub props: u64,
-    /// Links lost and re-requested.
-    pub reconnects: u64,
-    /// Last round trip, ms.
-    pub rtt_ms: Option<u64>,
-}
-
-impl TeamLine {
-    fn of(team: &TeamSnapshot) -> TeamLine {
-        TeamLine {
-            id: team.id,
-            state: team.link.name(),
-            connected: team.connected,
-            messages: team.counters.message_count,
-            props: team.counters.props_count,
-            reconnects: team.health.reconnects,
-            rtt_ms: team.health.rtt_ms,
-        }
-    }
-}
 
 type Chunk = Arc<Vec<Arc<TeamSnapshot>>>;
 
@@ -73,8 +40,8 @@ pub struct Pages {
 }
 
 impl Pages {
-    /// Every team ever joined, one line each, by id. O(teams): run by a
-    /// handler on an I/O thread, once per version.
+    /// Every team ever joined, one line each (the final report's lines),
+    /// by id. O(teams): run by a handler on an I/O thread, once per version.
     pub fn lines(&self) -> Vec<TeamLine> {
         let mut lines: Vec<TeamLine> = self
             .chunks

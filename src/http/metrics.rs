@@ -13,7 +13,8 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::{Registry, Unit};
 
 use super::view::{Shared, View};
-use crate::core::RttHistogram;
+use crate::core::{GlobalState, RttHistogram};
+use crate::procfs;
 use crate::publish::PublishStats;
 
 /// The registry `/metrics` encodes: the view collector and the step
@@ -113,157 +114,158 @@ fn rtt(encoder: &mut DescriptorEncoder, rtt: &RttHistogram) -> Result<(), fmt::E
     )
 }
 
-/// This process's resident memory and open descriptors, from /proc.
-fn process() -> (Option<i64>, Option<i64>) {
-    let rss = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
-                .map(|kib| kib * 1024)
-        });
-    let fds = std::fs::read_dir("/proc/self/fd")
-        .ok()
-        .map(|d| d.count() as i64);
-    (rss, fds)
-}
-
 impl prometheus_client::collector::Collector for ViewCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), fmt::Error> {
         let v: Arc<View> = self.0.view();
-        family(
-            &mut e,
-            "teams",
-            "Teams ever joined, by the state of their link",
-            MetricType::Gauge,
-            "state",
-            v.by_state.iter().map(|(k, n)| (*k, *n)),
-        )?;
-        counter(&mut e, "messages", "Message events counted", v.messages)?;
-        counter(
-            &mut e,
-            "props_messages",
-            "Messages counted with props",
-            v.props,
-        )?;
-        family(
-            &mut e,
-            "reconnects",
-            "Open team links lost and re-requested, by cause",
-            MetricType::Counter,
-            "cause",
-            v.drops.iter().map(|(k, n)| (*k, *n)),
-        )?;
-        family(
-            &mut e,
-            "bad_frames_global",
-            "Bad input on the Global link, by class",
-            MetricType::Counter,
-            "class",
-            v.bad_global.iter().map(|(k, n)| (*k, *n)),
-        )?;
-        family(
-            &mut e,
-            "bad_frames_team",
-            "Bad input on team links, by class",
-            MetricType::Counter,
-            "class",
-            v.bad_team.iter().map(|(k, n)| (*k, *n)),
-        )?;
-        counter(
-            &mut e,
-            "refused_joins",
-            "team.join refused at --max-teams",
-            v.refused_joins,
-        )?;
-        counter(
-            &mut e,
-            "dead_links",
-            "Team links declared dead (no frame after a ping)",
-            v.dead_links,
-        )?;
-        counter(
-            &mut e,
-            "healthchecks_answered",
-            "Healthcheck replies sent",
-            v.healthchecks_answered,
-        )?;
-        gauge(
-            &mut e,
-            "requests_in_flight",
-            "team.connect requests awaiting an answer",
-            None,
-            v.requests_in_flight as i64,
-        )?;
-        gauge(
-            &mut e,
-            "bridge_depth",
-            "Events waiting in the driver's inbox beyond the last step's batch",
-            None,
-            v.bridge_depth as i64,
-        )?;
-        rtt(&mut e, &v.rtt)?;
-        counter(
-            &mut e,
-            "steps",
-            "Steps of the core (it sleeps when nothing is due)",
-            v.steps,
-        )?;
-        counter(
-            &mut e,
-            "step_overruns",
-            "Steps that took longer than a tick",
-            v.overruns,
-        )?;
-        family(
-            &mut e,
-            "global_link",
-            "The Global link's state (1 for the current one)",
-            MetricType::Gauge,
-            "state",
-            [
-                "idle",
-                "connecting",
-                "opened",
-                "open",
-                "backoff",
-                "closing",
-                "closed",
-            ]
-            .into_iter()
-            .map(|s| (s, u64::from(s == v.global_state))),
-        )?;
-        counter(
-            &mut e,
-            "global_reconnects",
-            "Global links opened after the first",
-            v.global_connects.saturating_sub(1),
-        )?;
+        teams(&mut e, &v)?;
+        trouble(&mut e, &v)?;
+        work(&mut e, &v)?;
+        global_link(&mut e, &v)?;
         if let Some(watch) = self.0.publish.get() {
             publish(&mut e, &watch.stats())?;
         }
-        let (rss, fds) = process();
-        if let Some(rss) = rss {
-            gauge(
-                &mut e,
-                "process_resident_memory",
-                "Resident memory",
-                Some(&Unit::Bytes),
-                rss,
-            )?;
-        }
-        if let Some(fds) = fds {
-            gauge(
-                &mut e,
-                "process_open_fds",
-                "Open file descriptors",
-                None,
-                fds,
-            )?;
-        }
-        Ok(())
+        process(&mut e)
     }
+}
+
+/// The teams: how many in each link state, what they counted, how often
+/// their links were lost.
+fn teams(e: &mut DescriptorEncoder, v: &View) -> Result<(), fmt::Error> {
+    family(
+        e,
+        "teams",
+        "Teams ever joined, by the state of their link",
+        MetricType::Gauge,
+        "state",
+        v.by_state.iter().map(|(k, n)| (*k, *n)),
+    )?;
+    counter(e, "messages", "Message events counted", v.messages)?;
+    counter(e, "props_messages", "Messages counted with props", v.props)?;
+    family(
+        e,
+        "reconnects",
+        "Open team links lost and re-requested, by cause",
+        MetricType::Counter,
+        "cause",
+        v.drops.iter().map(|(k, n)| (*k, *n)),
+    )?;
+    Ok(())
+}
+
+/// What was refused or given up on: bad frames, joins over the limit, dead
+/// links.
+fn trouble(e: &mut DescriptorEncoder, v: &View) -> Result<(), fmt::Error> {
+    family(
+        e,
+        "bad_frames_global",
+        "Bad input on the Global link, by class",
+        MetricType::Counter,
+        "class",
+        v.bad_global.iter().map(|(k, n)| (*k, *n)),
+    )?;
+    family(
+        e,
+        "bad_frames_team",
+        "Bad input on team links, by class",
+        MetricType::Counter,
+        "class",
+        v.bad_team.iter().map(|(k, n)| (*k, *n)),
+    )?;
+    counter(
+        e,
+        "refused_joins",
+        "team.join refused at --max-teams",
+        v.refused_joins,
+    )?;
+    counter(
+        e,
+        "dead_links",
+        "Team links declared dead (no frame after a ping)",
+        v.dead_links,
+    )?;
+    Ok(())
+}
+
+/// The work of the core and its driver: answers, requests and events
+/// waiting, round trips, steps.
+fn work(e: &mut DescriptorEncoder, v: &View) -> Result<(), fmt::Error> {
+    counter(
+        e,
+        "healthchecks_answered",
+        "Healthcheck replies sent",
+        v.healthchecks_answered,
+    )?;
+    gauge(
+        e,
+        "requests_in_flight",
+        "team.connect requests awaiting an answer",
+        None,
+        v.requests_in_flight as i64,
+    )?;
+    gauge(
+        e,
+        "bridge_depth",
+        "Events waiting in the driver's inbox beyond the last step's batch",
+        None,
+        v.bridge_depth as i64,
+    )?;
+    rtt(e, &v.rtt)?;
+    counter(
+        e,
+        "steps",
+        "Steps of the core (it sleeps when nothing is due)",
+        v.steps,
+    )?;
+    counter(
+        e,
+        "step_overruns",
+        "Steps that took longer than a tick",
+        v.overruns,
+    )?;
+    Ok(())
+}
+
+/// The Global link: its state and how often it was reopened.
+fn global_link(e: &mut DescriptorEncoder, v: &View) -> Result<(), fmt::Error> {
+    family(
+        e,
+        "global_link",
+        "The Global link's state (1 for the current one)",
+        MetricType::Gauge,
+        "state",
+        GlobalState::NAMES.map(|s| (s, u64::from(s == v.global_state))),
+    )?;
+    counter(
+        e,
+        "global_reconnects",
+        "Global links opened after the first",
+        v.global_connects.saturating_sub(1),
+    )?;
+    Ok(())
+}
+
+/// This process's resident memory and open descriptors, read at scrape
+/// time (absent where /proc cannot be read).
+fn process(e: &mut DescriptorEncoder) -> Result<(), fmt::Error> {
+    if let Some(rss) = procfs::resident_bytes() {
+        gauge(
+            e,
+            "process_resident_memory",
+            "Resident memory",
+            Some(&Unit::Bytes),
+            i64::try_from(rss).unwrap_or(i64::MAX),
+        )?;
+    }
+    if let Some(fds) = procfs::open_descriptors() {
+        gauge(
+            e,
+            "process_open_fds",
+            "Open file descriptors",
+            None,
+            i64::try_from(fds).unwrap_or(i64::MAX),
+        )?;
+    }
+    Ok(())
 }
 
 /// The NATS publisher's numbers (`--publish`).

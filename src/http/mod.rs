@@ -166,7 +166,8 @@ async fn metrics_text(
 }
 
 /// The driver loop is alive: it answered a wake-up within the deadline.
-/// (A tick is no proof: the driver sleeps when nothing is due.)
+/// (The step count is no proof: it stands still while the driver sleeps
+/// with nothing due.)
 async fn healthz(State(state): State<Arc<AppState>>) -> Response {
     match state.shared.driver_alive(ANSWER_WITHIN).await {
         Some(wakes) => answer(StatusCode::OK, json!({"ok": true, "driver_wakes": wakes})),

@@ -28,7 +28,7 @@ use crate::runtime::{RunEnd, Sidecar, Step};
 /// The least time between two published views.
 pub const PUBLISH_EVERY: Duration = Duration::from_millis(100);
 
-/// Step (tick) duration buckets, in seconds.
+/// Step duration buckets, in seconds.
 const STEP_BUCKETS: [f64; 10] = [
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.1,
 ];

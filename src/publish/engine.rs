@@ -138,129 +138,215 @@ impl<B: Broker> Engine<B> {
     /// Runs until the tap is closed and everything was acknowledged, or
     /// until stopped.
     pub async fn run(self) {
-        let Engine {
-            broker,
-            mut tap,
-            mut outbox,
-            counters,
-            budget,
-            max_in_flight,
-            mut stop,
-        } = self;
-        let used = |tap: &TapReceiver| budget.saturating_sub(tap.free()) as u64;
-        let mut in_flight: FuturesUnordered<Attempt> = FuturesUnordered::new();
-        let mut ensuring: Option<Ensure> = None;
-        let mut ensure_failures = 0u32;
-        let mut ensure_at = Some(Instant::now());
-        let mut stream_ready = false;
-        let mut open = true;
-        let mut taken = Vec::with_capacity(TAKE_BATCH);
-        let mut alarms = Alarms {
-            counters: counters.clone(),
-            budget,
+        let (mut task, mut stop) = Task::new(self);
+        loop {
+            let now = Instant::now();
+            task.start_due(now);
+            if task.drained() {
+                break;
+            }
+            let wake = task.next_wake();
+            tokio::select! {
+                biased;
+                _ = &mut stop => break,
+                Some((team, result)) = task.in_flight.next(), if !task.in_flight.is_empty() => {
+                    task.settle(team, result);
+                }
+                Some(result) = OptionFuture::from(task.stream.ensuring.as_mut()),
+                    if task.stream.ensuring.is_some() => task.ensured(result),
+                n = task.tap.recv_many(&mut task.taken, TAKE_BATCH), if task.open => task.take(n),
+                _ = tokio::time::sleep_until(wake.unwrap_or(now).into()),
+                    if wake.is_some() => {}
+            }
+        }
+        task.finish();
+    }
+}
+
+/// Making sure the stream exists: nothing is published before it does, and
+/// a publish that finds it gone sends the task back here.
+struct StreamSetup {
+    ensuring: Option<Ensure>,
+    /// Failed attempts in a row, for the retry delay.
+    failures: u32,
+    /// When to try next, if not trying now.
+    at: Option<Instant>,
+    ready: bool,
+}
+
+/// The running task: the engine's parts and what is under way.
+struct Task<B> {
+    broker: B,
+    tap: TapReceiver,
+    outbox: Outbox,
+    counters: Arc<Counters>,
+    budget: usize,
+    max_in_flight: usize,
+    in_flight: FuturesUnordered<Attempt>,
+    stream: StreamSetup,
+    /// Whether the tap may still deliver.
+    open: bool,
+    taken: Vec<Delivery>,
+    alarms: Alarms,
+}
+
+impl<B: Broker> Task<B> {
+    fn new(engine: Engine<B>) -> (Task<B>, oneshot::Receiver<()>) {
+        let alarms = Alarms {
+            counters: engine.counters.clone(),
+            budget: engine.budget,
             failing_since: None,
             last_failure_log: None,
             last_full_log: None,
         };
-        loop {
-            let now = Instant::now();
-            if !stream_ready && ensuring.is_none() && ensure_at.is_some_and(|t| t <= now) {
-                let broker = broker.clone();
-                ensuring = Some(Box::pin(async move { broker.ensure_stream().await }));
-                ensure_at = None;
-            }
-            if stream_ready {
-                while in_flight.len() < max_in_flight
-                    && let Some(job) = outbox.next(now)
-                {
-                    in_flight.push(Box::pin(attempt(broker.clone(), job)));
-                }
-            }
-            Counters::set(&counters.waiting, outbox.len() as u64);
-            if !open && outbox.is_empty() {
-                break;
-            }
-            let wake = match (stream_ready, ensure_at) {
-                (true, _) => outbox.next_retry(),
-                (false, at) => at,
-            };
-            tokio::select! {
-                biased;
-                _ = &mut stop => break,
-                Some((team, result)) = in_flight.next(), if !in_flight.is_empty() => {
-                    // Releases happen only here: sampling just before each
-                    // one sees the budget at its fullest.
-                    let in_use = used(&tap);
-                    counters.buffer_peak.fetch_max(in_use, Ordering::Relaxed);
-                    Counters::set(&counters.buffer_used, in_use);
-                    let now = Instant::now();
-                    match result {
-                        Ok(outcome) => {
-                            let counter = match outcome {
-                                Outcome::Stored(Ack::New) => &counters.stored,
-                                Outcome::Stored(Ack::Duplicate) => &counters.duplicates,
-                                Outcome::FoundStored => &counters.found_stored,
-                            };
-                            Counters::add(counter, 1);
-                            outbox.settle(team, Settled::Stored, now);
-                            alarms.succeeded(&outbox);
-                        }
-                        Err(error) => {
-                            Counters::add(&counters.failed_attempts, 1);
-                            let unsure = matches!(error, BrokerError::NoAnswer(_));
-                            outbox.settle(team, Settled::Failed { unsure }, now);
-                            if error == BrokerError::NoStream && stream_ready {
-                                stream_ready = false;
-                                counters.stream_ready.store(false, Ordering::Relaxed);
-                                ensure_at = Some(now);
-                            }
-                            alarms.failed(&error, &outbox, in_use);
-                        }
-                    }
-                }
-                Some(result) = OptionFuture::from(ensuring.as_mut()), if ensuring.is_some() => {
-                    ensuring = None;
-                    match result {
-                        Ok(()) => {
-                            stream_ready = true;
-                            ensure_failures = 0;
-                            counters.stream_ready.store(true, Ordering::Relaxed);
-                        }
-                        Err(error) => {
-                            ensure_failures = ensure_failures.saturating_add(1);
-                            ensure_at = Some(Instant::now() + retry_delay(ensure_failures));
-                            alarms.failed(&error, &outbox, used(&tap));
-                        }
-                    }
-                }
-                n = tap.recv_many(&mut taken, TAKE_BATCH), if open => {
-                    if n == 0 {
-                        open = false;
-                        continue;
-                    }
-                    let wall = SystemTime::now();
-                    for delivery in taken.drain(..) {
-                        let counter = match &delivery {
-                            Delivery::Message(_) => &counters.messages_taken,
-                            Delivery::Team(_) => &counters.events_taken,
-                        };
-                        Counters::add(counter, 1);
-                        outbox.push(delivery, wall);
-                    }
-                    let in_use = used(&tap);
-                    counters.buffer_peak.fetch_max(in_use, Ordering::Relaxed);
-                    Counters::set(&counters.buffer_used, in_use);
-                    alarms.buffer(in_use, &outbox, stream_ready);
-                }
-                _ = tokio::time::sleep_until(wake.unwrap_or(now).into()), if wake.is_some() => {}
+        let task = Task {
+            broker: engine.broker,
+            tap: engine.tap,
+            outbox: engine.outbox,
+            counters: engine.counters,
+            budget: engine.budget,
+            max_in_flight: engine.max_in_flight,
+            in_flight: FuturesUnordered::new(),
+            stream: StreamSetup {
+                ensuring: None,
+                failures: 0,
+                at: Some(Instant::now()),
+                ready: false,
+            },
+            open: true,
+            taken: Vec::with_capacity(TAKE_BATCH),
+            alarms,
+        };
+        (task, engine.stop)
+    }
+
+    /// Tap budget held by records not yet acknowledged, bytes.
+    fn used(&self) -> u64 {
+        self.budget.saturating_sub(self.tap.free()) as u64
+    }
+
+    /// Notes how full the buffer is; returns it.
+    fn sample_buffer(&self) -> u64 {
+        let in_use = self.used();
+        self.counters
+            .buffer_peak
+            .fetch_max(in_use, Ordering::Relaxed);
+        Counters::set(&self.counters.buffer_used, in_use);
+        in_use
+    }
+
+    /// Starts what is due: a check of the stream, or the teams' heads (at
+    /// most `max_in_flight` at once) once it exists.
+    fn start_due(&mut self, now: Instant) {
+        let stream = &mut self.stream;
+        if !stream.ready && stream.ensuring.is_none() && stream.at.is_some_and(|t| t <= now) {
+            let broker = self.broker.clone();
+            stream.ensuring = Some(Box::pin(async move { broker.ensure_stream().await }));
+            stream.at = None;
+        }
+        if stream.ready {
+            while self.in_flight.len() < self.max_in_flight
+                && let Some(job) = self.outbox.next(now)
+            {
+                self.in_flight
+                    .push(Box::pin(attempt(self.broker.clone(), job)));
             }
         }
-        Counters::set(&counters.waiting, outbox.len() as u64);
-        Counters::set(&counters.buffer_used, used(&tap));
-        if !outbox.is_empty() {
+        Counters::set(&self.counters.waiting, self.outbox.len() as u64);
+    }
+
+    /// The tap is closed and everything it gave was acknowledged.
+    fn drained(&self) -> bool {
+        !self.open && self.outbox.is_empty()
+    }
+
+    /// When there is something to do besides answers and deliveries.
+    fn next_wake(&self) -> Option<Instant> {
+        if self.stream.ready {
+            self.outbox.next_retry()
+        } else {
+            self.stream.at
+        }
+    }
+
+    /// An attempt ended: the team's head is done, or waits for a retry.
+    fn settle(&mut self, team: TeamId, result: Result<Outcome, BrokerError>) {
+        // Releases happen only here: sampling just before each one sees
+        // the budget at its fullest.
+        let in_use = self.sample_buffer();
+        let now = Instant::now();
+        match result {
+            Ok(outcome) => {
+                let counter = match outcome {
+                    Outcome::Stored(Ack::New) => &self.counters.stored,
+                    Outcome::Stored(Ack::Duplicate) => &self.counters.duplicates,
+                    Outcome::FoundStored => &self.counters.found_stored,
+                };
+                Counters::add(counter, 1);
+                self.outbox.settle(team, Settled::Stored, now);
+                self.alarms.succeeded(&self.outbox);
+            }
+            Err(error) => {
+                Counters::add(&self.counters.failed_attempts, 1);
+                let unsure = matches!(error, BrokerError::NoAnswer(_));
+                self.outbox.settle(team, Settled::Failed { unsure }, now);
+                if error == BrokerError::NoStream && self.stream.ready {
+                    self.stream.ready = false;
+                    self.counters.stream_ready.store(false, Ordering::Relaxed);
+                    self.stream.at = Some(now);
+                }
+                self.alarms.failed(&error, &self.outbox, in_use);
+            }
+        }
+    }
+
+    /// The stream check answered: publishing may start, or it is tried
+    /// again after a delay.
+    fn ensured(&mut self, result: Result<(), BrokerError>) {
+        self.stream.ensuring = None;
+        match result {
+            Ok(()) => {
+                self.stream.ready = true;
+                self.stream.failures = 0;
+                self.counters.stream_ready.store(true, Ordering::Relaxed);
+            }
+            Err(error) => {
+                self.stream.failures = self.stream.failures.saturating_add(1);
+                self.stream.at = Some(Instant::now() + retry_delay(self.stream.failures));
+                self.alarms.failed(&error, &self.outbox, self.used());
+            }
+        }
+    }
+
+    /// `n` deliveries arrived from the tap (none: it is closed): into the
+    /// outbox.
+    fn take(&mut self, n: usize) {
+        if n == 0 {
+            self.open = false;
+            return;
+        }
+        let wall = SystemTime::now();
+        for delivery in self.taken.drain(..) {
+            let counter = match &delivery {
+                Delivery::Message(_) => &self.counters.messages_taken,
+                Delivery::Team(_) => &self.counters.events_taken,
+            };
+            Counters::add(counter, 1);
+            self.outbox.push(delivery, wall);
+        }
+        let in_use = self.sample_buffer();
+        self.alarms.buffer(in_use, &self.outbox, self.stream.ready);
+    }
+
+    /// Leaves the counters as the task ends, and says what NATS never
+    /// acknowledged.
+    fn finish(&self) {
+        Counters::set(&self.counters.waiting, self.outbox.len() as u64);
+        Counters::set(&self.counters.buffer_used, self.used());
+        if !self.outbox.is_empty() {
             error!(
-                records = outbox.len(),
-                teams = outbox.teams_waiting(),
+                records = self.outbox.len(),
+                teams = self.outbox.teams_waiting(),
                 "publishing stopped with records NATS never acknowledged"
             );
         }

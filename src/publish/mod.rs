@@ -19,7 +19,7 @@
 //! - [`record`]: subjects, payloads and message ids.
 //! - [`outbox`]: the per-team lanes and their retry delays (pure).
 //! - [`broker`]: what the publisher asks of JetStream, on `async-nats`.
-//! - [`engine`]: the task that drives it all.
+//! - `engine`: the task that drives it all.
 
 pub mod broker;
 pub mod config;

@@ -25,7 +25,7 @@ const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// The wait before the next try after `failures` failures in a row (1 or
-/// more): doubling from [`RETRY_MIN`] up to [`RETRY_MAX`].
+/// more): doubling from `RETRY_MIN` up to `RETRY_MAX`.
 pub fn retry_delay(failures: u32) -> Duration {
     RETRY_MIN
         .saturating_mul(1 << failures.saturating_sub(1).min(16))

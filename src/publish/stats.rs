@@ -1,5 +1,6 @@
 //! The publisher's counters, shared between its task and whoever watches
-//! it (the CLI's final line, the tests). Each is written by the task only.
+//! it (the CLI's final line, `/metrics`, the tests). Each is written by the
+//! task only, but `budget`, set once before the task starts.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 

@@ -271,7 +271,8 @@ impl fmt::Display for Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::TeamReport;
+    use crate::core::LinkState;
+    use crate::report::TeamLine;
 
     fn verdict() -> Verdict {
         Verdict {
@@ -295,19 +296,19 @@ mod tests {
         }
     }
 
-    fn line(id: u64, messages: u64, props: u64) -> TeamReport {
-        TeamReport {
+    fn line(id: u64, messages: u64, props: u64) -> TeamLine {
+        TeamLine {
             id: TeamId(id),
-            state: "joined",
+            state: LinkState::Stopped,
             connected: false,
             messages,
             props,
             reconnects: 0,
-            last_rtt_ms: None,
+            rtt_ms: None,
         }
     }
 
-    fn report(teams: Vec<TeamReport>) -> Report {
+    fn report(teams: Vec<TeamLine>) -> Report {
         Report {
             messages: teams.iter().map(|t| t.messages).sum(),
             props: teams.iter().map(|t| t.props).sum(),
