@@ -15,6 +15,8 @@ use switchboard::testkit::client::config;
 use switchboard::testkit::server::{Conn, DEADLINE, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+mod common;
+
 /// One HTTP/1.1 GET; the status and the body.
 async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
@@ -232,7 +234,7 @@ async fn metrics_pass_promtool_and_openmetrics_is_served_on_request() {
     ] {
         assert!(metrics.contains(name), "{name} missing:\n{metrics}");
     }
-    switchboard::testkit::promtool::assert_promtool_accepts(&metrics);
+    common::promtool::assert_promtool_accepts(&metrics);
     // A scraper that asks for OpenMetrics gets it.
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let request = format!(

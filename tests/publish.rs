@@ -6,6 +6,7 @@
 //! the simulator's verdict exact. Then two copies of `examples/worker.rs`
 //! in one durable consumer split the stream between them.
 
+mod common;
 mod publish {
     pub mod nats;
 }
@@ -365,7 +366,7 @@ async fn nats_dying_mid_run_pauses_the_sockets_within_the_buffer_and_loses_nothi
         });
         let exposition = http_get(&format!("{base}/metrics"));
         assert!(exposition.contains("switchboard_publish_buffer_used_bytes"));
-        switchboard::testkit::promtool::assert_promtool_accepts(&exposition);
+        common::promtool::assert_promtool_accepts(&exposition);
         let port = nats.kill();
         // NATS is gone: the buffer fills to its bound and reading stops.
         poll_metrics(&base, "the buffer fills", |m| {

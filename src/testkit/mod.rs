@@ -6,7 +6,6 @@
 //!   a socket task uses.
 //! - [`server`]: a scripted websocket server on loopback, driven by hand.
 //! - [`client`]: the real runtime on its own thread with test timings.
-//! - [`promtool`]: Prometheus's parser on a `/metrics` body.
 //!
 //! ```
 //! use switchboard::testkit::Peer;
@@ -23,7 +22,6 @@
 
 pub mod client;
 pub mod peer;
-pub mod promtool;
 pub mod server;
 
 pub use peer::{Peer, test_config};

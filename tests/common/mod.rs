@@ -2,5 +2,6 @@
 //! needs them says `mod common;`; what a file does not use is no warning.
 #![allow(dead_code)]
 
+pub mod promtool;
 pub mod script;
 pub mod sim_run;
