@@ -512,7 +512,7 @@ impl Core {
     /// current by what changed, beside the run (the HTTP side). It reads
     /// each team's change ticks, a compare per team: call it once per
     /// publication, not per step. Reading leaves the core as it was.
-    pub fn teams_changed_since(
+    pub(crate) fn teams_changed_since(
         &mut self,
         since: bevy_ecs::change_detection::Tick,
     ) -> (
