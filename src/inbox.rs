@@ -3,17 +3,17 @@
 //! the configured batch (`max_events_per_step`) per step.
 //!
 //! The channel is bounded by credits, not by slots: a frame event costs one
-//! of [`EVENT_CREDITS`], given back when the driver takes it for the core, and a socket
-//! task with no credit waits (woken when one frees, never polling) and stops
-//! reading its socket meanwhile, so TCP flow control slows the peer. Credits
-//! are handed out first come, first served, so a busy connection queues
-//! behind every other waiting connection for its next one: each gets a fair
-//! share per step. Terminal events, and the last run of messages a closing
-//! socket read, never wait and are never dropped; nor do flow notices (at
-//! most one pause and one resume at a time). Each connection thus adds at
-//! most six credit-free events at once (opened, pause, resume, last run,
-//! the event read with it, terminal), so the channel holds at most
-//! `EVENT_CREDITS` plus six per live connection.
+//! of [`EVENT_CREDITS`], given back when the driver takes it for the core,
+//! and a socket task with no credit waits (woken when one frees, never
+//! polling) and stops reading its socket meanwhile, so TCP flow control
+//! slows the peer. Credits are handed out first come, first served, so a
+//! busy connection queues behind every other waiting connection for its next
+//! one: each gets a fair share per step. Terminal events, and the last run
+//! of messages a closing socket read, never wait and are never dropped; nor
+//! do flow notices (at most one pause and one resume at a time). Each
+//! connection thus adds at most six credit-free events at once (opened,
+//! pause, resume, last run, the event read with it, terminal), so the
+//! channel holds at most `EVENT_CREDITS` plus six per live connection.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering, fence};
@@ -63,6 +63,15 @@ struct Shared {
 }
 
 impl Shared {
+    /// With `credits` to hand out, no driver yet, awake.
+    fn new(credits: usize) -> Arc<Shared> {
+        Arc::new(Shared {
+            credits: Arc::new(Semaphore::new(credits)),
+            asleep: AtomicBool::new(false),
+            driver: OnceLock::new(),
+        })
+    }
+
     fn ring(&self) {
         // Pairs with the fence in `EventReceiver::wait`: either the driver
         // sees the event before it sleeps, or we see that it sleeps.
@@ -82,11 +91,7 @@ impl Shared {
 /// Creates the inbox: the transport's sending half, the driver's receiving half.
 pub fn channel() -> (EventSender, EventReceiver) {
     let (tx, rx) = crossbeam_channel::unbounded();
-    let shared = Arc::new(Shared {
-        credits: Arc::new(Semaphore::new(EVENT_CREDITS)),
-        asleep: AtomicBool::new(false),
-        driver: OnceLock::new(),
-    });
+    let shared = Shared::new(EVENT_CREDITS);
     (
         EventSender {
             tx,
@@ -265,11 +270,7 @@ impl Wake {
     /// A wake with no driver behind it: for a sidecar started outside a
     /// run (a test, a replay), where there is nothing to wake.
     pub fn unattached() -> Wake {
-        Wake(Arc::new(Shared {
-            credits: Arc::new(Semaphore::new(0)),
-            asleep: AtomicBool::new(false),
-            driver: OnceLock::new(),
-        }))
+        Wake(Shared::new(0))
     }
 
     /// Wakes the driver now.

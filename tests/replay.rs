@@ -600,7 +600,7 @@ fn a_symlink_at_the_recording_path_is_refused_and_its_target_untouched() {
 
     // The binary: one line, exit 2, before any connection (the port is
     // closed; the old behaviour gave up on it after 2 s and exited 1).
-    let (code, out, err) = switchboard(&[
+    let err = refused_in_one_line(&[
         "connect",
         "ws://127.0.0.1:9/global",
         "--state",
@@ -610,9 +610,6 @@ fn a_symlink_at_the_recording_path_is_refused_and_its_target_untouched() {
         "--record",
         link.to_str().expect("utf-8"),
     ]);
-    assert_eq!(code, 2, "{err}");
-    assert!(out.is_empty(), "{out}");
-    assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("a symbolic link"), "{err}");
     untouched();
 }
@@ -907,6 +904,16 @@ fn switchboard(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// Runs the binary, which must refuse: exit 2, nothing on stdout, one line
+/// on stderr, which is returned.
+fn refused_in_one_line(args: &[&str]) -> String {
+    let (code, out, err) = switchboard(args);
+    assert_eq!(code, 2, "{err}");
+    assert!(out.is_empty(), "{out}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    err
+}
+
 #[test]
 fn the_binary_replays_prints_and_refuses_in_one_line() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -933,10 +940,7 @@ fn the_binary_replays_prints_and_refuses_in_one_line() {
     let mut damaged = lines.clone();
     damaged[5] = "{garbage".into();
     let bad = write(dir.path(), "bad.rec", &(damaged.join("\n") + "\n"));
-    let (code, out, err) = switchboard(&["replay", bad.to_str().expect("utf-8")]);
-    assert_eq!(code, 2, "{err}");
-    assert!(out.is_empty(), "{out}");
-    assert_eq!(err.lines().count(), 1, "{err}");
+    let err = refused_in_one_line(&["replay", bad.to_str().expect("utf-8")]);
     assert!(
         err.starts_with(&format!("error: {}:6: ", bad.display())),
         "{err}"
@@ -950,10 +954,7 @@ fn the_binary_replays_prints_and_refuses_in_one_line() {
         1,
     );
     let newer = write(dir.path(), "newer.rec", &(newer.join("\n") + "\n"));
-    let (code, out, err) = switchboard(&["replay", newer.to_str().expect("utf-8")]);
-    assert_eq!(code, 2, "{err}");
-    assert!(out.is_empty(), "{out}");
-    assert_eq!(err.lines().count(), 1, "{err}");
+    let err = refused_in_one_line(&["replay", newer.to_str().expect("utf-8")]);
     assert!(
         err.contains("newer.rec:1: ")
             && err.contains("format version 3; this build reads versions 1 to 2"),
@@ -966,9 +967,7 @@ fn the_binary_replays_prints_and_refuses_in_one_line() {
     let text = lines.join("\n");
     let cut = write(dir.path(), "cut.rec", &text[..text.len() / 2]);
     let cut = cut.to_str().expect("utf-8");
-    let (code, _, err) = switchboard(&["replay", cut]);
-    assert_eq!(code, 2, "{err}");
-    assert_eq!(err.lines().count(), 1, "{err}");
+    let err = refused_in_one_line(&["replay", cut]);
     assert!(
         err.contains("incomplete") && err.contains("--allow-incomplete"),
         "{err}"
