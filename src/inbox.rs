@@ -59,6 +59,9 @@ struct Delivery {
 struct Shared {
     credits: Arc<Semaphore>,
     asleep: AtomicBool,
+    /// An event that should not wait for the next tick arrived (see
+    /// [`EventSender::urgent`]).
+    urgent: AtomicBool,
     driver: OnceLock<std::thread::Thread>,
 }
 
@@ -68,6 +71,7 @@ impl Shared {
         Arc::new(Shared {
             credits: Arc::new(Semaphore::new(credits)),
             asleep: AtomicBool::new(false),
+            urgent: AtomicBool::new(false),
             driver: OnceLock::new(),
         })
     }
@@ -79,6 +83,15 @@ impl Shared {
         if self.asleep.load(Ordering::Relaxed) && self.asleep.swap(false, Ordering::AcqRel) {
             self.wake();
         }
+    }
+
+    /// Rings whether or not the driver sleeps on the doorbell: it may be
+    /// waiting for the next tick with work in hand, and this event should
+    /// not wait for it.
+    fn ring_urgent(&self) {
+        self.urgent.store(true, Ordering::SeqCst);
+        self.asleep.store(false, Ordering::SeqCst);
+        self.wake();
     }
 
     fn wake(&self) {
@@ -98,6 +111,7 @@ pub fn channel() -> (EventSender, EventReceiver) {
             credit: None,
             shared: shared.clone(),
             held: false,
+            urgent: false,
         },
         EventReceiver { rx, shared },
     )
@@ -111,6 +125,8 @@ pub struct EventSender {
     credit: Option<PollSemaphore>,
     /// A credit taken and not yet spent.
     held: bool,
+    /// Whether its events call for a step at once (see [`EventSender::urgent`]).
+    urgent: bool,
 }
 
 impl Clone for EventSender {
@@ -120,11 +136,26 @@ impl Clone for EventSender {
             shared: self.shared.clone(),
             credit: None,
             held: false,
+            urgent: self.urgent,
         }
     }
 }
 
 impl EventSender {
+    /// A sender whose events do not wait for the driver's next tick: it
+    /// steps as soon as one arrives. For the Global link, whose frames
+    /// (a `team.connect` answer, a healthcheck) are what the fleet waits on:
+    /// an answer frees a request slot and names a team's socket to dial, so
+    /// with the in-flight cap a wave of requests would otherwise wait a tick
+    /// per wave. Team sockets' messages are plenty and patient: they ride
+    /// the tick.
+    pub fn urgent(&self) -> EventSender {
+        EventSender {
+            urgent: true,
+            ..self.clone()
+        }
+    }
+
     /// Ready when a credit is held for the next [`EventSender::send`];
     /// pending (and woken when a credit frees) otherwise.
     pub fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Disconnected>> {
@@ -177,7 +208,11 @@ impl EventSender {
 
     fn deliver(&self, delivery: Delivery) -> Result<(), Disconnected> {
         self.tx.send(delivery).map_err(|_| Disconnected)?;
-        self.shared.ring();
+        if self.urgent {
+            self.shared.ring_urgent();
+        } else {
+            self.shared.ring();
+        }
         Ok(())
     }
 }
@@ -200,6 +235,16 @@ impl EventReceiver {
         if paid > 0 {
             self.shared.credits.add_permits(paid);
         }
+    }
+
+    /// Whether an urgent event arrived since the last call (and forgets it).
+    pub fn take_urgent(&self) -> bool {
+        self.shared.urgent.swap(false, Ordering::SeqCst)
+    }
+
+    /// Whether an urgent event arrived and was not taken yet.
+    pub fn has_urgent(&self) -> bool {
+        self.shared.urgent.load(Ordering::SeqCst)
     }
 
     /// Whether no event waits.

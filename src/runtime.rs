@@ -10,7 +10,11 @@
 //! first; then it hands the core a batch of events and runs the ticks owed
 //! in one step. While events keep coming
 //! it steps once per grid tick. An idle fleet therefore costs no CPU at all,
-//! and an event waits at most one tick.
+//! and an event waits at most one tick. Global's events wait for none: one
+//! arriving between ticks gets a step of its own at once, with no ticks in
+//! it (a `team.connect` answer frees a request slot and names a socket to
+//! dial; a healthcheck wants its reply), so a wave of requests behind the
+//! in-flight cap follows the answers, not the grid.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -284,7 +288,10 @@ impl<'a> Driver<'a> {
                 self.core.shutdown();
             }
             let owed = self.grid.owed(Instant::now());
-            if owed > 0 {
+            // An urgent event (Global's) steps at once, between grid ticks,
+            // with no time passing: the step's tick count is zero.
+            let urgent = self.inbox.take_urgent() && !self.inbox.is_empty();
+            if owed > 0 || urgent {
                 self.step(owed, sidecars);
             } else {
                 for sidecar in sidecars.iter_mut() {
@@ -393,9 +400,11 @@ impl<'a> Driver<'a> {
 
     /// Sleeps until the next step is due.
     fn sleep(&self, wake_by: Option<Instant>) {
-        if self.core.has_pending_work() || !self.inbox.is_empty() {
+        if self.inbox.has_urgent() {
+            // An urgent event came during the step: step again now.
+        } else if self.core.has_pending_work() || !self.inbox.is_empty() {
             // Work for the next grid tick: sleep until it, woken early only
-            // by a stop (events arriving meanwhile wait for the tick).
+            // by a stop or an urgent event (other events wait for the tick).
             let next = self.grid.at(self.grid.done + 1);
             if let Some(left) = next.checked_duration_since(Instant::now()) {
                 std::thread::park_timeout(left);

@@ -361,3 +361,39 @@ async fn a_stall_limit_past_the_clocks_range_never_overflows() {
     let outcome = goodbye(global, client).await;
     assert_eq!(outcome.report.teams[0].reconnects, 0);
 }
+
+/// With one request allowed in flight and a one-second tick, twenty teams
+/// take twenty request waves. Each wave follows the answer before it at
+/// once (a Global event steps the core between ticks), so the whole fleet
+/// is asked for and connected within a few ticks of core time, where waves
+/// that waited for the grid would take twenty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_request_follows_an_answer_without_waiting_for_a_tick() {
+    const TEAMS: u64 = 20;
+    let mut server = Server::bind().await;
+    let client = start(server.url("/global"), |c| {
+        c.core.tick = switchboard::core::MAX_TICK;
+        c.core.max_requests_in_flight = 1;
+    });
+    let mut global = server.accept().await;
+    global.send(json!({"type": "hello"}));
+    for team_id in 1..=TEAMS {
+        global.send(json!({"type": "team.join", "team_id": team_id}));
+    }
+    let mut sockets = Vec::new();
+    for _ in 1..=TEAMS {
+        let request = global.expect("team.connect").await;
+        let team_id = request["team_id"].as_u64().expect("a team id");
+        let url = server.url(&format!("/team/{team_id}"));
+        global.send(json!({"type": "team.connect", "team_id": team_id, "ws_url": url}));
+        let team = server.accept().await;
+        team.send(json!({"type": "hello"}));
+        sockets.push(team);
+    }
+    let outcome = goodbye(global, client).await;
+    let ticks = outcome.snapshot.clock.now / switchboard::core::MAX_TICK.as_millis() as u64;
+    assert!(
+        ticks < TEAMS / 2,
+        "{TEAMS} request waves took {ticks} ticks of core time: they waited for the grid"
+    );
+}

@@ -183,9 +183,12 @@ impl Transport {
     pub fn execute(&mut self, command: NetCommand) {
         match command {
             NetCommand::Open { conn, kind, url } => {
-                let capacity = match kind {
-                    crate::bridge::ConnKind::Global => self.outbound_queue + self.global_burst,
-                    crate::bridge::ConnKind::Team(_) => self.outbound_queue,
+                let (capacity, events) = match kind {
+                    crate::bridge::ConnKind::Global => (
+                        self.outbound_queue + self.global_burst,
+                        self.events.urgent(),
+                    ),
+                    crate::bridge::ConnKind::Team(_) => (self.outbound_queue, self.events.clone()),
                 };
                 let mailbox = Mailbox::new(capacity, self.max_unsent_bytes);
                 self.runtime.spawn(connection::run(connection::Task {
@@ -195,7 +198,7 @@ impl Transport {
                     config: self.dial.clone(),
                     stall: self.stall,
                     mailbox: mailbox.clone(),
-                    events: self.events.clone(),
+                    events,
                     tap: self.tap.clone(),
                 }));
                 self.sockets.insert(conn, mailbox);
