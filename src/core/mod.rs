@@ -580,3 +580,114 @@ fn build_schedule() -> Schedule {
     ));
     schedule
 }
+
+#[cfg(test)]
+mod tests {
+    use bevy_ecs::component::ComponentId;
+    use bevy_ecs::system::{IntoSystem, System, SystemAccess};
+
+    use super::*;
+    use components::{Counters, Health};
+    use resources::Visits;
+    use systems::{global, shutdown, traffic};
+
+    /// What a system may do to team entities.
+    #[derive(Debug, PartialEq)]
+    enum Reach {
+        /// Nothing, or only what it counts in `Visits`.
+        Counted,
+        /// Anything: it takes the world whole.
+        Exclusive,
+        /// Read team components without counting them.
+        Uncounted,
+    }
+
+    fn reach(access: &SystemAccess, teams: &[ComponentId], visits: ComponentId) -> Reach {
+        match access {
+            SystemAccess::None => Reach::Counted,
+            SystemAccess::Exclusive => Reach::Exclusive,
+            SystemAccess::Shared(set) => {
+                let access = set.combined_access();
+                if teams.iter().any(|&c| access.has_read(c)) && !access.has_write(visits) {
+                    Reach::Uncounted
+                } else {
+                    Reach::Counted
+                }
+            }
+        }
+    }
+
+    /// `tests/idle_cost.rs` holds `Visits` to O(due timers + events) per
+    /// step; that proves something only if no system of the step can touch
+    /// a team entity without counting it. So every system of the schedule,
+    /// and every route handler it runs, that reads a team component also
+    /// writes `Visits`; the only ones that take the world whole are the one
+    /// that runs the handlers and the one that spawns joined teams.
+    #[test]
+    fn every_system_that_reads_teams_counts_its_visits() {
+        let mut core = Core::new(&Config::default(), 1).expect("valid config");
+        core.step();
+        let world = &mut core.world;
+        let teams = [
+            world.register_component::<Team>(),
+            world.register_component::<Link>(),
+            world.register_component::<Counters>(),
+            world.register_component::<Health>(),
+            world.register_component::<History>(),
+        ];
+        let visits = world.component_id::<Visits>().expect("a resource");
+        // In schedule order (bevy names systems only with its `debug`
+        // feature).
+        let scheduled: Vec<Reach> = core
+            .schedule
+            .systems_with_access()
+            .expect("the schedule ran")
+            .map(|(_, system)| reach(system.access(), &teams, visits))
+            .collect();
+        let exclusive = scheduled.iter().filter(|r| **r == Reach::Exclusive).count();
+        assert!(scheduled.len() >= 10, "only {} systems", scheduled.len());
+        assert_eq!(
+            exclusive, 1,
+            "one exclusive system (apply_in_arrival_order) expected: {scheduled:?}"
+        );
+        let uncounted: Vec<usize> = (0..scheduled.len())
+            .filter(|&i| scheduled[i] == Reach::Uncounted)
+            .collect();
+        assert!(
+            uncounted.is_empty(),
+            "scheduled systems {uncounted:?} read team components without counting visits: \
+             {scheduled:?}"
+        );
+        let mut handler = |mut system: Box<dyn System<In = (), Out = ()>>| {
+            let access = system.initialize(world);
+            reach(&access, &teams, visits)
+        };
+        // The route handlers (`ingest::RouteHandlers::register`).
+        assert_eq!(
+            handler(Box::new(IntoSystem::into_system(
+                global::admit_joined_teams
+            ))),
+            Reach::Exclusive
+        );
+        for (name, reached) in [
+            (
+                "handle_global_events",
+                handler(Box::new(IntoSystem::into_system(
+                    global::handle_global_events,
+                ))),
+            ),
+            (
+                "begin_shutdown",
+                handler(Box::new(IntoSystem::into_system(shutdown::begin_shutdown))),
+            ),
+            (
+                "handle_team_events",
+                handler(Box::new(IntoSystem::into_system(
+                    traffic::handle_team_events,
+                ))),
+            ),
+        ] {
+            assert_eq!(reached, Reach::Counted, "{name}");
+        }
+    }
+}

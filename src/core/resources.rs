@@ -243,8 +243,10 @@ pub struct Shutdown {
 
 /// Team entities the schedule's systems looked up or iterated, over the
 /// run: shows what a tick costs in entities touched, so a system that scans
-/// every team each tick cannot hide (see `tests/idle_cost.rs`). Not part
-/// of [`Stats`]: it is a cost, not something that happened to a link.
+/// every team each tick cannot hide (see `tests/idle_cost.rs`; the core's
+/// unit tests check that every system that reads a team component writes
+/// it). Not part of [`Stats`]: it is a cost, not something that happened
+/// to a link, and it stays out of snapshots.
 #[derive(Resource, Default)]
 pub struct Visits(pub u64);
 

@@ -73,6 +73,9 @@ pub struct Seen {
     pub after_goodbye: u64,
     /// Teams seen backing off, summed over checks.
     pub backing_off: u64,
+    /// Backoffs waited out: a team backing off at one check and, its wait
+    /// over, retrying (asking, connecting or connected) at the next.
+    pub backoff_waits: u64,
     /// Most links one core declared dead for want of a pong.
     pub pong_timeouts: u64,
 }
@@ -658,6 +661,13 @@ impl Model {
             );
             if joined_now {
                 joined += 1;
+            }
+            if let Some(LinkState::Backoff { until }) = self.last_states.get(&s.id)
+                && now >= *until
+                && state.is_joined()
+                && !matches!(state, LinkState::Backoff { .. })
+            {
+                self.seen.backoff_waits += 1;
             }
             self.last_states.insert(s.id, state);
         }
