@@ -211,6 +211,7 @@ fn rss_stays_within_ten_percent_of_its_warm_size_under_churn() {
     assert!(reconnects > 0, "no churn to measure:\n{stdout}");
     // "31.5 MiB (+0.1 MiB, +0.4% after warm-up)"
     let end = line("client RSS at end:");
+    eprintln!("client RSS at end: {end}; {reconnects} reconnects; exit {status}");
     let growth: f64 = end
         .split_once(", ")
         .and_then(|(_, rest)| rest.split_once('%'))
