@@ -11,7 +11,9 @@
 //! Disk I/O stays off the caller's thread: [`StoreWriter`] takes the latest
 //! value of each changed team and commits them from its own OS thread at most
 //! once per interval, so a crash loses at most the changes of the last
-//! interval plus one commit.
+//! interval plus one commit. Each commit is logged at debug level with how
+//! long it took: the "one commit" of that bound, measured where it happens
+//! (`tests/restart.rs` takes its bound from these lines).
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -25,7 +27,7 @@ use redb::{
     Builder, Database, DatabaseError, ReadTransaction, ReadableDatabase, ReadableTable,
     StorageError, TableDefinition, TableError,
 };
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::protocol::TeamId;
 use crate::redact;
@@ -897,6 +899,12 @@ impl Writer<'_> {
     /// The batch, holding `updates` updates, is on disk.
     fn committed(&mut self, report: &SaveReport, took: Duration, updates: u64) {
         self.failed_last = false;
+        // Before the lock: callers' updates never wait on a log write.
+        debug!(
+            teams = report.teams,
+            took_us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+            "state committed"
+        );
         let mut state = self.shared.lock();
         let stats = &mut state.stats;
         stats.commits += 1;

@@ -71,7 +71,8 @@ fn a_server_that_greets_and_hangs_up_sees_the_backoff_grow() {
     let config = scenario::config();
     let teams: u64 = 1_000;
     let run = Duration::from_secs(30);
-    let figures = scenario::hello_and_drop(teams, &config, run);
+    let storm = scenario::hello_and_drop_storm(teams, &config, run);
+    let figures = storm.figures("hello and drop at once", teams, None);
     let envelope = scenario::envelope(&config, 30);
     let floor = scenario::floor(&config, teams, 30);
     assert_eq!(figures.requests_by_second.len(), 30);
@@ -93,4 +94,105 @@ fn a_server_that_greets_and_hangs_up_sees_the_backoff_grow() {
     assert!(floor[30] >= 5, "floor {floor:?}");
     assert!(figures.handshakes <= figures.requests);
     assert!(figures.peak_in_flight <= config.max_requests_in_flight);
+    assert_gaps_follow_the_backoff(&storm.requests_by_team(), &config, teams, run);
+}
+
+/// The same server with the backoff's cap low enough (four doublings
+/// above its minimum) for the run to spend most of its time at the cap:
+/// the gaps grow to the cap and stay there, and no team stops retrying.
+#[test]
+fn a_server_that_greets_and_hangs_up_is_retried_at_the_cap_until_the_end() {
+    let defaults = scenario::config();
+    let config = switchboard::Config {
+        backoff_max: defaults.backoff_min * 16,
+        ..defaults
+    };
+    let teams: u64 = 300;
+    let run = Duration::from_secs(30);
+    let storm = scenario::hello_and_drop_storm(teams, &config, run);
+    let at_cap = assert_gaps_follow_the_backoff(&storm.requests_by_team(), &config, teams, run);
+    assert!(at_cap >= 5, "only {at_cap} retries at the cap per team");
+}
+
+/// Each team's requests against a server that greets and hangs up follow
+/// the full-jitter backoff (retry `i` waits uniform in `[0, c_i]`, `c_i =
+/// min(backoff_max, backoff_min·2^i)`, after its attempt failed):
+/// - every gap is at least the server's round trip and dial (it fails no
+///   attempt faster) and at most `c_i` plus the longest attempt
+///   ([`scenario::cycle`]); the run's end is no further from a team's last
+///   request than that: no team ever stops retrying;
+/// - the `i`-th gaps, averaged over the teams that began them early enough
+///   to surely see them end (at least a hundred teams), lie between 0.8 of their expected jitter `c_i / 2` plus
+///   the round trip and dial, and 1.2 of it plus the longest attempt: the
+///   gaps grow as the backoff says, no faster and no slower.
+///
+/// Returns the fewest gaps taken at the cap by a team.
+fn assert_gaps_follow_the_backoff(
+    requests: &std::collections::BTreeMap<switchboard::TeamId, Vec<u64>>,
+    config: &switchboard::Config,
+    teams: u64,
+    run: Duration,
+) -> usize {
+    let ms = |d: Duration| d.as_millis() as u64;
+    let ceiling = |i: usize| {
+        ms(config.backoff_min)
+            .saturating_mul(1u64 << i.min(32))
+            .min(ms(config.backoff_max))
+    };
+    let shortest = ms(scenario::ROUND_TRIP + scenario::DIAL);
+    let longest = ms(scenario::cycle(config, teams));
+    assert_eq!(requests.len() as u64, teams, "every team asked");
+    let mut by_index: Vec<Vec<u64>> = Vec::new();
+    let mut fewest_at_cap = usize::MAX;
+    for (team, times) in requests {
+        let gaps: Vec<u64> = times.windows(2).map(|w| w[1] - w[0]).collect();
+        for (i, &gap) in gaps.iter().enumerate() {
+            assert!(
+                (shortest..=ceiling(i) + longest).contains(&gap),
+                "team {team}: retry {i} after {gap} ms, allowed {shortest}..={} ms: {times:?}",
+                ceiling(i) + longest
+            );
+            // Only gaps the run surely saw end: a later start would keep
+            // just the short ones.
+            if times[i] + ceiling(i) + longest > ms(run) {
+                continue;
+            }
+            if by_index.len() <= i {
+                by_index.push(Vec::new());
+            }
+            by_index[i].push(gap);
+        }
+        let last = times.last().copied().unwrap_or(0);
+        let silent = ms(run) - last;
+        assert!(
+            silent <= ceiling(gaps.len()) + longest,
+            "team {team}: silent for the last {silent} ms: {times:?}"
+        );
+        let at_cap = (0..gaps.len())
+            .filter(|&i| ceiling(i) == ms(config.backoff_max))
+            .count();
+        fewest_at_cap = fewest_at_cap.min(at_cap);
+    }
+    let mut checked = 0;
+    for (i, gaps) in by_index.iter().enumerate().filter(|(_, g)| g.len() >= 100) {
+        let mean = gaps.iter().sum::<u64>() as f64 / gaps.len() as f64;
+        let jitter = ceiling(i) as f64 / 2.0;
+        let (low, high) = (
+            0.8 * jitter + shortest as f64,
+            1.2 * jitter + longest as f64,
+        );
+        eprintln!(
+            "retry {i}: mean gap {mean:.0} ms over {} teams, {low:.0}..={high:.0}",
+            gaps.len()
+        );
+        assert!(
+            (low..=high).contains(&mean),
+            "retry {i}: mean gap {mean:.0} ms over {} teams, expected {low:.0}..={high:.0}",
+            gaps.len()
+        );
+        checked += 1;
+    }
+    // Not vacuous: the means were checked over several doublings.
+    assert!(checked >= 5, "{checked} retry indices with enough teams");
+    fewest_at_cap
 }

@@ -245,6 +245,16 @@ impl Storm {
         }
     }
 
+    /// Each team's requests since the storm began, in ms from its start.
+    #[allow(dead_code)] // tests/storms.rs reads them; benches/storm.rs does not
+    pub fn requests_by_team(&self) -> BTreeMap<TeamId, Vec<u64>> {
+        let mut by_team: BTreeMap<TeamId, Vec<u64>> = BTreeMap::new();
+        for (at, team) in &self.requests {
+            by_team.entry(*team).or_default().push(at - self.started);
+        }
+        by_team
+    }
+
     /// The figures of the storm so far.
     pub fn figures(&self, name: &'static str, teams: u64, all_back: Option<Duration>) -> Figures {
         let ran = self.now() - self.started;
@@ -376,12 +386,28 @@ pub fn mass_drop(n: u64, config: &Config) -> (Figures, Duration) {
 
 /// Issue 8 item 3: a server that accepts every team socket, says hello and
 /// drops it at once, for `run` of core time.
+#[allow(dead_code)] // benches/storm.rs prints it; tests/storms.rs looks closer
 pub fn hello_and_drop(n: u64, config: &Config, run: Duration) -> Figures {
+    hello_and_drop_storm(n, config, run).figures("hello and drop at once", n, None)
+}
+
+/// The storm of [`hello_and_drop`], for a closer look.
+pub fn hello_and_drop_storm(n: u64, config: &Config, run: Duration) -> Storm {
     let mut storm = Storm::new(config, Sockets::HelloAndDrop);
     storm.begin();
     storm.join(n);
     storm.run_for(run);
-    storm.figures("hello and drop at once", n, None)
+    storm
+}
+
+/// The most one failed attempt of one of `teams` teams can take, from its
+/// request to the core knowing it failed and asking again (its backoff
+/// aside): a wait for a free request slot (a wave for each full wave of
+/// other teams ahead), the round trip and its reading tick, the dial, and a
+/// tick each to read the open, read the drop and send the retry.
+pub fn cycle(config: &Config, teams: u64) -> Duration {
+    let slot_wait = wave(config) * (waves(teams, config.max_requests_in_flight) - 1) as u32;
+    slot_wait + wave(config) + DIAL + config.tick * 3
 }
 
 /// The backoff envelope: how many requests one team sends, on average, by
@@ -429,16 +455,12 @@ pub fn envelope(config: &Config, seconds: usize) -> Vec<f64> {
 /// The floor under [`envelope`]: requests every one of `teams` teams has
 /// surely sent by each whole second up to `seconds`, if each failure is
 /// answered at once. Every jitter draw is taken at its ceiling
-/// (`min(backoff_max, backoff_min·2^i)`) and every cycle pays the most the
-/// scripted server and the core can add: a wait for a free request slot
-/// (a wave for each full wave of other teams ahead), the round trip and its
-/// reading tick, the dial, and a tick each to read the open, read the drop
-/// and send the retry. A client that stops retrying, or backs off further
+/// (`min(backoff_max, backoff_min·2^i)`) and every attempt takes its
+/// longest [`cycle`]. A client that stops retrying, or backs off further
 /// than its configured bounds, falls below it.
 pub fn floor(config: &Config, teams: u64, seconds: usize) -> Vec<u64> {
     let (min, max) = (ms(config.backoff_min), ms(config.backoff_max));
-    let slot_wait = ms(wave(config)) * (waves(teams, config.max_requests_in_flight) - 1);
-    let cycle = slot_wait + ms(wave(config)) + ms(DIAL) + 3 * ms(config.tick);
+    let cycle = ms(cycle(config, teams));
     let mut floor = vec![0u64; seconds + 1];
     // Request `k` (0-based) has surely gone out by `sent` ms.
     let mut sent = cycle;
