@@ -1,8 +1,10 @@
 //! The client against the simulator under a deterministic fault schedule,
 //! one kind at a time and all of them at once: every scheduled fault must
-//! be injected and observed survived (the counts are certain, so they are
-//! asserted exactly), the verdict exact, the client's own report equal to
-//! the truth, and no team may ever hold two sockets.
+//! be injected and observed survived (one kind at a time the counts are
+//! certain, so they are asserted exactly; all at once, a Global drop may
+//! hide another's recovery, see the last test), the verdict exact, the
+//! client's own report equal to the truth, and no team may ever hold two
+//! sockets.
 
 mod common;
 
@@ -15,11 +17,22 @@ use switchboard::testkit::client::start;
 
 /// A generous pong timeout keeps a loaded machine's pauses from being
 /// taken for dead links, which would add faults the schedule did not
-/// inject.
+/// inject: with every test of this file at once on a third of one core
+/// (eleven runs), no one-kind test saw a live link taken for dead.
 const PONG_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long the teams may take to stream, past which the run is failed as
+/// "not over": a bound, not a wait (a run takes seconds), generous enough
+/// for a starved machine (the shared setup's 60 s left 300 teams about
+/// 11 s of play, which a debug build on a third of one core overran).
+const PLAY_WITHIN: Duration = Duration::from_secs(60);
+
 fn scenario(teams: u64) -> Scenario {
-    common::sim_run::scenario(teams, &client_config(String::new(), PONG_TIMEOUT))
+    let scenario = common::sim_run::scenario(teams, &client_config(String::new(), PONG_TIMEOUT));
+    Scenario {
+        max_duration: scenario.ending() + PLAY_WITHIN,
+        ..scenario
+    }
 }
 
 /// Runs the library's client against a simulator playing `schedule` (and
@@ -121,6 +134,13 @@ async fn slow_reader() {
     three_of(Fault::SlowReader, long).await;
 }
 
+/// Every kind at once. Each is injected three times and none is left
+/// unrecovered; a recovery the simulator could not tell apart because one
+/// of the scheduled Global drops came first (a loaded machine answers the
+/// healthcheck that would have shown it later) is "not observed", the only
+/// reason allowed, and the Global drops themselves are always seen survived.
+/// The one-kind tests above keep the exact count: there nothing else is
+/// scheduled, and their pong timeout outlasts a starved machine's pauses.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_kind_at_once_over_three_hundred_teams() {
     let scenario = Scenario {
@@ -136,10 +156,18 @@ async fn every_kind_at_once_over_three_hundred_teams() {
     for fault in Fault::ALL {
         let count = verdict.fault(fault);
         assert_eq!(
-            (count.injected, count.survived),
+            (count.injected, count.survived + count.not_observed),
             (3, 3),
             "{}: {verdict}",
             fault.name()
         );
+        let hidden = verdict.not_observed_why.get(&fault);
+        let why: Vec<&String> = hidden.into_iter().flat_map(|why| why.keys()).collect();
+        assert!(
+            why.iter().all(|why| *why == "its Global closed first"),
+            "{}: {verdict}",
+            fault.name()
+        );
     }
+    assert_eq!(verdict.fault(Fault::GlobalDrop).survived, 3, "{verdict}");
 }

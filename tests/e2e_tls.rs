@@ -7,16 +7,15 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use switchboard::Config;
 use switchboard::runtime::{self, RunConfig, RunEnd, StopHandle};
+use switchboard::testkit::client::join;
 use switchboard::transport::{TransportConfig, tls_with_ca_file};
+use switchboard::{Config, Core};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio_tungstenite::tungstenite::Message;
-
-const DEADLINE: Duration = Duration::from_secs(15);
 
 /// A TLS websocket server for `localhost` on an ephemeral port; returns its
 /// port and the PEM of its self-signed certificate. It plays the brief's
@@ -91,8 +90,9 @@ async fn tls_server() -> (u16, String) {
     (port, cert_pem)
 }
 
-/// `give_up_after` ends the run if Global stays unreachable that long.
-fn config(port: u16, transport: TransportConfig, give_up_after: Option<Duration>) -> RunConfig {
+/// No give-up: each run ends by the server's goodbye or the test's stop
+/// (the test's deadline bounds both).
+fn config(port: u16, transport: TransportConfig) -> RunConfig {
     RunConfig {
         core: Config {
             global_url: format!("wss://localhost:{port}/global"),
@@ -104,7 +104,7 @@ fn config(port: u16, transport: TransportConfig, give_up_after: Option<Duration>
         transport,
         seed: 1,
         status_interval: None,
-        give_up_after,
+        give_up_after: None,
         tap: None,
     }
 }
@@ -131,17 +131,15 @@ async fn wss_works_with_a_trusted_certificate() {
             tls: Some(tls),
             ..TransportConfig::default()
         },
-        // The run ends with the server's goodbye; a give-up here would only
-        // fail a slow handshake on a loaded machine. DEADLINE bounds it.
-        None,
     );
+    let stop = StopHandle::new();
     let handle = tokio::runtime::Handle::current();
-    let run = tokio::task::spawn_blocking(move || {
-        runtime::run(&config, handle, &StopHandle::new(), &mut [])
-    });
-    let outcome = tokio::time::timeout(DEADLINE, run)
+    let thread = {
+        let stop = stop.clone();
+        std::thread::spawn(move || runtime::run(&config, handle, &stop, &mut []))
+    };
+    let outcome = join(thread, || stop.force())
         .await
-        .expect("run ends within the deadline")
         .expect("no panic")
         .expect("run ok");
     assert_eq!(outcome.report.messages, 10);
@@ -152,28 +150,40 @@ async fn wss_works_with_a_trusted_certificate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wss_refuses_an_untrusted_certificate() {
     let (port, _) = tls_server().await;
-    // Refused at every attempt: it gives up once Global has been out of
-    // reach this long, however slow the machine.
-    let config = config(
-        port,
-        TransportConfig::default(),
-        Some(Duration::from_millis(500)),
-    );
+    // No give-up timer (one short enough for a quick test could fire before
+    // a loaded machine's first handshake failed): the run is stopped once
+    // Global's first connection has failed, and says why.
+    let config = config(port, TransportConfig::default());
+    let stop = StopHandle::new();
+    let (failed, why) = std::sync::mpsc::channel();
     let handle = tokio::runtime::Handle::current();
-    let run = tokio::task::spawn_blocking(move || {
-        runtime::run(&config, handle, &StopHandle::new(), &mut [])
-    });
-    let result = tokio::time::timeout(DEADLINE, run)
+    let thread = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut first_failure = {
+                let stop = stop.clone();
+                move |core: &Core| {
+                    if let Some(error) = core.global().last_error()
+                        && !stop.is_stopped()
+                    {
+                        let _ = failed.send(error.to_owned());
+                        stop.stop();
+                    }
+                }
+            };
+            runtime::run(&config, handle, &stop, &mut [&mut first_failure])
+        })
+    };
+    let outcome = join(thread, || stop.force())
         .await
-        .expect("gives up within the deadline")
-        .expect("no panic");
-    match result.map(|outcome| outcome.end) {
-        Ok(RunEnd::GaveUp { last_error, .. }) => {
-            assert!(
-                last_error.to_lowercase().contains("certificate"),
-                "{last_error}"
-            );
-        }
-        other => panic!("expected a certificate failure, got {other:?}"),
-    }
+        .expect("no panic")
+        .expect("run ok");
+    let error = why.try_recv().expect("Global's connection failed");
+    assert!(error.to_lowercase().contains("certificate"), "{error}");
+    assert!(
+        matches!(outcome.end, RunEnd::Finished(_)),
+        "{:?}",
+        outcome.end
+    );
+    assert!(outcome.report.teams.is_empty(), "no team without Global");
 }

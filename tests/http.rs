@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use switchboard::TeamId;
 use switchboard::http::{ConnStats, HttpOptions, HttpServer, Limits};
 use switchboard::runtime::{self, StopHandle};
-use switchboard::testkit::client::config;
+use switchboard::testkit::client::{config, join};
 use switchboard::testkit::server::{Conn, DEADLINE, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -167,16 +167,14 @@ async fn every_endpoint_answers_and_readiness_follows_the_global_link() {
     get_until(addr, "/readyz", |s, _| s == 200).await;
 
     stop.stop();
-    tokio::task::spawn_blocking(move || thread.join())
-        .await
-        .expect("join")
-        .expect("no panic");
+    join(thread, || stop.force()).await.expect("no panic");
     drop((team, global, again));
 }
 
 /// Not ready while a team has waited for its URL longer than the request
 /// timeout: a Global that never answers `team.connect`, one request in
-/// flight at a time, three teams queued behind it.
+/// flight at a time, three teams queued behind it; ready again once they
+/// leave.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_fails_while_a_team_waits_for_its_url_past_the_request_timeout() {
     let mut server = Server::bind().await;
@@ -201,11 +199,125 @@ async fn readiness_fails_while_a_team_waits_for_its_url_past_the_request_timeout
             .is_some_and(|w| w.contains("waited") && w.contains("request timeout")),
         "{waiting}"
     );
+    // The teams leave: nobody waits for a URL any more, ready again.
+    for team_id in 1..=3 {
+        global.send(json!({"type": "team.left", "team_id": team_id}));
+    }
+    get_until(addr, "/readyz", |s, _| s == 200).await;
     stop.stop();
-    tokio::task::spawn_blocking(move || thread.join())
-        .await
-        .expect("join")
-        .expect("driver thread");
+    join(thread, || stop.force()).await.expect("no panic");
+}
+
+/// The binary's stderr, read on a thread that can be told to stop reading
+/// (the pipe then fills and every write to it blocks) and to read again.
+struct Stderr {
+    http: std::sync::mpsc::Receiver<SocketAddr>,
+    paused: Arc<AtomicBool>,
+    resume: Option<std::sync::mpsc::Sender<()>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Stderr {
+    /// Reads `pipe` line by line: sends the HTTP address once it is logged
+    /// (as JSON), and while paused reads nothing until resumed. Ends at
+    /// the end of the pipe.
+    fn read(pipe: std::io::PipeReader) -> Stderr {
+        use std::io::BufRead;
+        let (addr, http) = std::sync::mpsc::channel();
+        let (resume, resumed) = std::sync::mpsc::channel::<()>();
+        let paused = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let paused = paused.clone();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(pipe).lines() {
+                    let Ok(line) = line else { return };
+                    let logged: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+                    let url = logged["fields"]["url"].as_str().unwrap_or_default();
+                    if let Some(found) = url
+                        .strip_prefix("http://")
+                        .and_then(|rest| rest.trim_end_matches('/').parse().ok())
+                    {
+                        let _ = addr.send(found);
+                    }
+                    if paused.load(Ordering::Relaxed) {
+                        // Resumed, or the test is over (the sender gone).
+                        let _ = resumed.recv();
+                    }
+                }
+            })
+        };
+        Stderr {
+            http,
+            paused,
+            resume: Some(resume),
+            thread,
+        }
+    }
+
+    fn pause(&self) {
+        self.paused.store(true, Ordering::Relaxed);
+    }
+
+    fn resume(&self) {
+        self.paused.store(false, Ordering::Relaxed);
+        if let Some(resume) = &self.resume {
+            let _ = resume.send(());
+        }
+    }
+}
+
+/// `/healthz` says 503 while the real driver is stalled the way a running
+/// binary can stall: its status line goes to stderr on the driver's
+/// thread, and a stderr nobody reads (a full pipe) blocks that write.
+/// Read again, the driver moves on and `/healthz` says 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_is_503_while_the_driver_is_stalled_and_200_once_it_moves_again() {
+    let mut server = Server::bind().await;
+    let (pipe, stderr) = std::io::pipe().expect("pipe");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["connect", &server.url("/global"), "--state", "none"])
+        .args(["--http", "127.0.0.1:0", "--log-format", "json"])
+        // A status line every few milliseconds fills the pipe quickly.
+        .args(["--status-interval", "2ms"])
+        // Only the driver logs after the start: no other thread blocks on
+        // the pipe (the HTTP server must go on answering).
+        .env(
+            "RUST_LOG",
+            "warn,switchboard::cli=info,switchboard::status=info",
+        )
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("binary starts");
+    let stderr = Stderr::read(pipe);
+    let addr = stderr
+        .http
+        .recv_timeout(DEADLINE)
+        .expect("the binary logs its HTTP address");
+    let global = server.accept().await;
+    global.send(json!({"type": "hello"}));
+    get_until(addr, "/healthz", |s, _| s == 200).await;
+
+    stderr.pause();
+    let stalled = get_until(addr, "/healthz", |s, _| s == 503).await;
+    assert_eq!(stalled["ok"], false, "{stalled}");
+    assert!(
+        stalled["why"]
+            .as_str()
+            .is_some_and(|w| w.contains("did not answer")),
+        "{stalled}"
+    );
+    stderr.resume();
+    let alive = get_until(addr, "/healthz", |s, _| s == 200).await;
+    assert_eq!(alive["ok"], true, "{alive}");
+
+    child.kill().expect("kill");
+    child.wait().expect("reaped");
+    let Stderr { resume, thread, .. } = stderr;
+    drop(resume);
+    join(thread, || {}).await.expect("stderr reader");
+    drop(global);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -252,10 +364,7 @@ async fn metrics_pass_promtool_and_openmetrics_is_served_on_request() {
         "OpenMetrics ends with # EOF"
     );
     stop.stop();
-    tokio::task::spawn_blocking(move || thread.join())
-        .await
-        .expect("join")
-        .expect("no panic");
+    join(thread, || stop.force()).await.expect("no panic");
     drop(global);
 }
 
@@ -446,17 +555,10 @@ async fn the_core_keeps_stepping_and_answering_pongs_while_clients_hammer_teams(
         client.await.expect("client");
     }
     stop.stop();
-    tokio::task::spawn_blocking(move || thread.join())
-        .await
-        .expect("join")
-        .expect("no panic");
+    join(thread, || stop.force()).await.expect("no panic");
     drop((server, http));
 }
 
-/// Every answer comes from what was published: with the driver stalled
-/// (the sidecar published once, then nothing calls it again), `/teams`,
-/// `/teams/{id}` and `/fleet` answer at once with what it published, and
-/// `/healthz` says the driver does not answer.
 /// Publishes `peer`'s core to `http` once, as the driver's sidecar does
 /// after a step, and never again: a driver that stalled there.
 fn publish_once(http: &HttpServer, peer: &mut switchboard::testkit::Peer) {
@@ -473,6 +575,10 @@ fn publish_once(http: &HttpServer, peer: &mut switchboard::testkit::Peer) {
     telemetry.after_step(&mut peer.core, &step);
 }
 
+/// Every answer comes from what was published: with the driver stalled
+/// (the sidecar published once, then nothing calls it again), `/teams`,
+/// `/teams/{id}` and `/fleet` answer at once with what it published, and
+/// `/healthz` says the driver does not answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn teams_are_served_from_the_published_view_while_the_driver_is_stalled() {
     use switchboard::testkit::Peer;
@@ -548,7 +654,7 @@ async fn measure_the_core_under_http_load() {
     }
     report("32 clients on /teams", a, b, served.load(Ordering::Relaxed));
     stop.stop();
-    let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    let _ = join(thread, || stop.force()).await;
     drop((server, http));
 }
 
@@ -647,10 +753,7 @@ async fn at_the_cap_the_oldest_waiting_connection_makes_room_and_healthz_answers
     let now = connections_until(&http, |c| c.open == 3).await;
     assert_eq!(now.evicted, 1, "{now:?}");
     stop.stop();
-    tokio::task::spawn_blocking(move || thread.join())
-        .await
-        .expect("join")
-        .expect("no panic");
+    join(thread, || stop.force()).await.expect("no panic");
     drop(global);
 }
 
