@@ -444,6 +444,25 @@ fn connect(global: &str, nats: &str) -> (Child, std::sync::mpsc::Receiver<String
     (child, rx)
 }
 
+/// A child killed if the test fails before it is waited for (a `connect`
+/// left behind would retry its vanished Global for ever).
+struct KillOnDrop(Option<Child>);
+
+impl KillOnDrop {
+    fn take(mut self) -> Child {
+        self.0.take().expect("taken once")
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// Asks for healthchecks on `global` until every team's count is what
 /// `history` wrote to it (within the server kit's deadline per reply, and
 /// [`DEADLINE`] in all).
@@ -483,6 +502,7 @@ async fn the_stream_holds_exactly_the_scripted_history() {
     let nats = Nats::start(dir.path(), 0);
     let mut server = Server::bind().await;
     let (child, stderr) = connect(&server.url("/global"), &nats.url());
+    let child = KillOnDrop(Some(child));
     let mut history = History::default();
     let mut global = server.accept().await;
     global.send(json!({"type": "hello"}));
@@ -524,7 +544,7 @@ async fn the_stream_holds_exactly_the_scripted_history() {
 
     global.send(json!({"type": "goodbye"}));
     history.goodbye();
-    let (ok, out) = tokio::task::spawn_blocking(move || wait_out(child, "connect"))
+    let (ok, out) = tokio::task::spawn_blocking(move || wait_out(child.take(), "connect"))
         .await
         .expect("join");
     let log: Vec<String> = stderr.try_iter().collect();
