@@ -25,9 +25,15 @@ use switchboard::protocol::{
     decode_team_client, decode_team_frame, decode_team_frame_fast, decode_team_ref, reference,
 };
 
+mod common;
 mod decode {
     pub mod yardstick;
 }
+
+use common::script::{answer_connect, connect_one};
+use serde_json::json;
+use switchboard::testkit::client::start;
+use switchboard::testkit::server::{DEADLINE, Server};
 
 // ---------------------------------------------------------------------------
 // Allocation accounting
@@ -872,6 +878,76 @@ fn bytes_that_are_not_utf8_are_refused_before_the_decoders() {
         "only {} inputs not UTF-8",
         invalid.get()
     );
+}
+
+/// A whole, unmasked text frame (server to client) holding `body`,
+/// whatever its bytes.
+fn text_frame(body: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0x81];
+    match body.len() {
+        len @ 0..=125 => frame.push(len as u8),
+        len => {
+            frame.push(126);
+            frame.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(body);
+    frame
+}
+
+/// End to end, over real sockets: a text frame that is not UTF-8 fails
+/// the team's socket (RFC 6455; docs/PROTOCOL.md): the client ends it
+/// (with close code 1007, or no close frame), asks for the team's URL
+/// again and reconnects, and counts nothing of that frame, not even its
+/// `props`. The messages before it on the same write are counted, those
+/// on the next socket too, each once; the bad frame is not bad input (the
+/// socket is gone, not the frame counted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_text_frame_that_is_not_utf8_drops_the_socket_and_counts_nothing() {
+    let mut server = Server::bind().await;
+    let client = start(server.url("/global"), |_| {});
+    let (mut global, mut team) = connect_one(&mut server, 1).await;
+    // One write: two good messages, the bad frame (a lone continuation
+    // byte and an overlong '/' inside a message with props), and a good
+    // message the client must never read.
+    let mut bytes = Vec::new();
+    bytes.extend(text_frame(br#"{"type":"message","text":"one"}"#));
+    bytes.extend(text_frame(br#"{"type":"message","text":"props two"}"#));
+    bytes.extend(text_frame(
+        b"{\"type\":\"message\",\"text\":\"props \x80\xc0\xaf\"}",
+    ));
+    bytes.extend(text_frame(
+        br#"{"type":"message","text":"props never read"}"#,
+    ));
+    team.send_bytes(bytes);
+    let code = team.closed_by_client().await;
+    assert!(matches!(code, None | Some(1007)), "closed with {code:?}");
+    let second = answer_connect(&mut server, &mut global, 1).await;
+    second.send(json!({"type": "message", "text": "props three"}));
+    let started = std::time::Instant::now();
+    loop {
+        global.send(json!({"type": "healthcheck"}));
+        let reply = global.expect("healthcheck").await;
+        let line = &reply["stats"][0];
+        if line["message_count"] == 3 && line["connected"] == true {
+            assert_eq!(line["props_count"], 2, "{reply}");
+            break;
+        }
+        assert!(started.elapsed() < DEADLINE, "never counted: {reply}");
+    }
+    global.send(json!({"type": "goodbye"}));
+    let outcome = client.finish().await;
+    let t = &outcome.snapshot.teams[0];
+    assert_eq!(
+        (t.counters.message_count, t.counters.props_count),
+        (3, 2),
+        "{t:?}"
+    );
+    assert_eq!((t.health.connects, t.health.reconnects), (2, 1), "{t:?}");
+    assert_eq!(t.health.bad_frames, 0, "{t:?}");
+    let why = format!("{:?}", t.history);
+    assert!(why.to_lowercase().contains("utf-8"), "{why}");
+    drop(second);
 }
 
 /// The checks `benches/decode.rs` makes before timing, which `cargo test`

@@ -4,10 +4,14 @@
 //! the buffer fills to its bound, the team sockets stop reading, and once
 //! NATS is back everything goes through with nothing lost or doubled and
 //! the simulator's verdict exact. Then two copies of `examples/worker.rs`
-//! in one durable consumer split the stream between them.
+//! in one durable consumer split the stream between them. And against a
+//! scripted server, whose history is known record by record, the stream
+//! holds exactly that history: every lifecycle event once and in order,
+//! every message once, in order, on the socket it was written to.
 
 mod common;
 mod publish {
+    pub mod history;
     pub mod nats;
 }
 
@@ -16,8 +20,11 @@ use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::script::{answer_connect, join_team};
+use publish::history::History;
 use publish::nats::{Nats, Stored, read_stream};
-use serde_json::Value;
+use serde_json::{Value, json};
+use switchboard::testkit::server::{Conn, Server};
 
 const DEADLINE: Duration = Duration::from_secs(120);
 
@@ -56,25 +63,8 @@ fn demo(url: &str, args: &[&str]) -> (Child, std::sync::mpsc::Receiver<String>) 
 }
 
 /// Waits for the demo to end; returns its exit success, report and verdict line.
-fn finish(mut child: Child) -> (bool, Value, String) {
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if started.elapsed() > DEADLINE {
-            let _ = child.kill();
-            panic!("the demo did not end within {DEADLINE:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .expect("piped")
-        .read_to_string(&mut out)
-        .expect("stdout");
+fn finish(child: Child) -> (bool, Value, String) {
+    let (ok, out) = wait_out(child, "the demo");
     let mut values = serde_json::Deserializer::from_str(&out).into_iter::<Value>();
     let report = values.next().expect("a report").expect("JSON report");
     let verdict = out
@@ -82,7 +72,7 @@ fn finish(mut child: Child) -> (bool, Value, String) {
         .find(|l| l.contains("verified"))
         .unwrap_or_default()
         .to_owned();
-    (status.success(), report, verdict)
+    (ok, report, verdict)
 }
 
 /// One sample of `/metrics`: name (with labels) → value.
@@ -324,11 +314,37 @@ fn worker(url: &str, name: &str) -> Child {
         .unwrap_or_else(|e| panic!("{}: {e}", examples.display()))
 }
 
-/// A worker's closing JSON line.
+/// A worker's closing JSON line; the worker must end within [`DEADLINE`].
 fn collect(child: Child) -> Value {
-    let output = child.wait_with_output().expect("worker ends");
-    assert!(output.status.success(), "worker failed");
-    serde_json::from_slice(&output.stdout).expect("worker JSON")
+    let (ok, out) = wait_out(child, "a worker");
+    assert!(ok, "worker failed: {out}");
+    serde_json::from_str(&out).expect("worker JSON")
+}
+
+/// Waits for `child` to end, at most [`DEADLINE`] (killed and failed
+/// after it); its exit success and stdout. Its stdout must fit a pipe's
+/// buffer: it is read once the child has ended.
+fn wait_out(mut child: Child, what: &str) -> (bool, String) {
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if started.elapsed() > DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not end within {DEADLINE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .expect("piped")
+        .read_to_string(&mut out)
+        .expect("stdout");
+    (status.success(), out)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -404,4 +420,149 @@ async fn nats_dying_mid_run_pauses_the_sockets_within_the_buffer_and_loses_nothi
     assert_eq!(report["messages"].as_u64(), Some(8 * 300));
     let stored = read_stream(&nats.url(), "SWITCHBOARD").await;
     assert_stream_matches(&stored, &report);
+}
+
+/// The binary's `connect`, publishing to `nats`, against the scripted
+/// `global` URL; stderr is drained on a thread (kept for failures).
+fn connect(global: &str, nats: &str) -> (Child, std::sync::mpsc::Receiver<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["connect", global, "--publish", nats, "--state", "none"])
+        .args(["--report", "json", "--status-interval", "0s", "--seed", "1"])
+        .args(["--backoff-min", "10ms", "--backoff-max", "200ms"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    let stderr = child.stderr.take().expect("piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    (child, rx)
+}
+
+/// A child killed if the test fails before it is waited for (a `connect`
+/// left behind would retry its vanished Global for ever).
+struct KillOnDrop(Option<Child>);
+
+impl KillOnDrop {
+    fn take(mut self) -> Child {
+        self.0.take().expect("taken once")
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Asks for healthchecks on `global` until every team's count is what
+/// `history` wrote to it (within the server kit's deadline per reply, and
+/// [`DEADLINE`] in all).
+async fn counted(global: &mut Conn, history: &History) {
+    let started = Instant::now();
+    loop {
+        global.send(json!({"type": "healthcheck"}));
+        let reply = global.expect("healthcheck").await;
+        let stats = reply["stats"].as_array().cloned().unwrap_or_default();
+        let count = |team: u64| {
+            stats
+                .iter()
+                .find(|s| s["id"] == team)
+                .and_then(|s| s["message_count"].as_u64())
+        };
+        if history
+            .teams()
+            .all(|t| count(t) == Some(history.written(t)))
+        {
+            return;
+        }
+        assert!(started.elapsed() < DEADLINE, "never counted: {reply}");
+    }
+}
+
+/// Writes each of `texts` as a message on `team`'s socket `conn`, noting it.
+fn write(history: &mut History, team: u64, conn: &Conn, texts: &[&str]) {
+    for text in texts {
+        conn.send(json!({"type": "message", "text": text}));
+        history.wrote(team, text);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_holds_exactly_the_scripted_history() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = Nats::start(dir.path(), 0);
+    let mut server = Server::bind().await;
+    let (child, stderr) = connect(&server.url("/global"), &nats.url());
+    let child = KillOnDrop(Some(child));
+    let mut history = History::default();
+    let mut global = server.accept().await;
+    global.send(json!({"type": "hello"}));
+    let mut sockets = BTreeMap::new();
+    for team in 1..=3 {
+        sockets.insert(team, join_team(&mut server, &mut global, team).await);
+        history.event(team, "joined");
+        history.event(team, "connected");
+    }
+    write(&mut history, 1, &sockets[&1], &["a1", "props a2", "a3"]);
+    write(&mut history, 2, &sockets[&2], &["b1", "b2 props"]);
+    write(&mut history, 3, &sockets[&3], &["c1"]);
+    // A duplicate join while joined changes nothing.
+    global.send(json!({"type": "team.join", "team_id": 3}));
+    counted(&mut global, &history).await;
+
+    // Team 1: the server closes its socket; it is dropped and reconnected.
+    sockets[&1].close(1001);
+    history.event(1, "dropped");
+    sockets.insert(1, answer_connect(&mut server, &mut global, 1).await);
+    history.event(1, "connected");
+    write(&mut history, 1, &sockets[&1], &["a4", "props a5"]);
+    // Team 3: reset without a close frame; dropped and reconnected.
+    sockets[&3].reset();
+    history.event(3, "dropped");
+    sockets.insert(3, answer_connect(&mut server, &mut global, 3).await);
+    history.event(3, "connected");
+    write(&mut history, 3, &sockets[&3], &["c2"]);
+    // Team 2: leaves (the client closes its socket), then joins again.
+    global.send(json!({"type": "team.left", "team_id": 2}));
+    history.event(2, "left");
+    let mut left = sockets.remove(&2).expect("team 2");
+    assert_eq!(left.closed_by_client().await, Some(1000), "team 2 closed");
+    sockets.insert(2, join_team(&mut server, &mut global, 2).await);
+    history.event(2, "joined");
+    history.event(2, "connected");
+    write(&mut history, 2, &sockets[&2], &["b3"]);
+    counted(&mut global, &history).await;
+
+    global.send(json!({"type": "goodbye"}));
+    history.goodbye();
+    let (ok, out) = tokio::task::spawn_blocking(move || wait_out(child.take(), "connect"))
+        .await
+        .expect("join");
+    let log: Vec<String> = stderr.try_iter().collect();
+    assert!(ok, "connect failed: {out} {log:#?}");
+    let report: Value = serde_json::Deserializer::from_str(&out)
+        .into_iter()
+        .next()
+        .expect("a report")
+        .expect("JSON report");
+    for team in report["teams"].as_array().expect("teams") {
+        let id = team["id"].as_u64().expect("id");
+        assert_eq!(
+            team["messages"].as_u64(),
+            Some(history.written(id)),
+            "{team}"
+        );
+    }
+    let stored = read_stream(&nats.url(), "SWITCHBOARD").await;
+    history.assert_stored(&stored);
+    drop(sockets);
 }

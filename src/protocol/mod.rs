@@ -20,9 +20,9 @@ pub mod reference;
 mod team_frame;
 
 pub use reference::{decode_global, decode_global_client, decode_team_client};
-pub use team_frame::{
-    TeamFrame, decode_team, decode_team_frame, decode_team_frame_fast, decode_team_ref,
-};
+#[cfg(feature = "testkit")]
+pub use team_frame::decode_team_frame_fast;
+pub use team_frame::{TeamFrame, decode_team, decode_team_frame, decode_team_ref};
 
 /// A team's identifier as the Global API assigns it.
 #[derive(

@@ -61,10 +61,11 @@ pub fn decode_team_frame(text: &str, keep_text: bool) -> Result<TeamFrame<'_>, D
 }
 
 /// The fast path alone: the frame it read whole, or `None` where
-/// [`decode_team_frame`] hands the frame to the reference decoder. Public
-/// so that `tests/fuzz_decode.rs` can measure how much of its input the
-/// fast path decides (where it declines, agreement holds by construction).
-#[doc(hidden)]
+/// [`decode_team_frame`] hands the frame to the reference decoder. Only
+/// with the `testkit` feature, so that `tests/fuzz_decode.rs` can measure
+/// how much of its input the fast path decides (where it declines,
+/// agreement holds by construction); not part of the public API.
+#[cfg(feature = "testkit")]
 pub fn decode_team_frame_fast(text: &str, keep_text: bool) -> Option<TeamFrame<'_>> {
     fast(text, keep_text)
 }

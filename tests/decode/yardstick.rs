@@ -86,8 +86,15 @@ pub const SINGLE: [(&str, &str); 6] = [
 /// single frame; otherwise its numbers compare different things.
 pub fn check() {
     let (mix, props) = yardstick_frames(1000, 10);
-    for path in [before as fn(&str) -> (u32, u32), after] {
-        assert_eq!(count(&mix, path), (1000, props as u32));
+    for (name, path) in [
+        ("before", before as fn(&str) -> (u32, u32)),
+        ("after", after),
+    ] {
+        assert_eq!(
+            count(&mix, path),
+            (1000, props as u32),
+            "{name}: (messages, props) counted in the load server's mix"
+        );
     }
     for (name, frame) in SINGLE {
         assert_eq!(before(frame), after(frame), "{name}");

@@ -92,26 +92,29 @@ pub struct Stored {
     pub payload: serde_json::Value,
 }
 
-/// Every record in `stream`, in stream order.
+/// Every record in `stream`, in stream order. The tests' streams keep
+/// every record (nothing deletes, no limit is reached), so any sequence
+/// from the first to the last that cannot be read, missing ones included,
+/// fails the test: a record lost in the store must not pass for a gap.
 pub async fn read_stream(url: &str, stream: &str) -> Vec<Stored> {
     let client = async_nats::connect(url).await.expect("connect to NATS");
     let js = jetstream::new(client);
     let mut stream = js.get_stream(stream).await.expect("the stream exists");
     let info = stream.info().await.expect("stream info");
-    let (first, last) = (info.state.first_sequence, info.state.last_sequence);
+    let (first, last, count) = (
+        info.state.first_sequence,
+        info.state.last_sequence,
+        info.state.messages,
+    );
     let mut out = Vec::new();
+    if count == 0 {
+        return out;
+    }
     for seq in first..=last {
-        let message = match stream.get_raw_message(seq).await {
-            Ok(message) => message,
-            // A sequence removed from the stream: a gap, not a failure.
-            Err(e)
-                if e.kind()
-                    == async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound =>
-            {
-                continue;
-            }
-            Err(e) => panic!("reading stream sequence {seq}: {e}"),
-        };
+        let message = stream
+            .get_raw_message(seq)
+            .await
+            .unwrap_or_else(|e| panic!("reading stream sequence {seq} of {first}..={last}: {e}"));
         let msg_id = message
             .headers
             .get(async_nats::header::NATS_MESSAGE_ID)
@@ -123,5 +126,10 @@ pub async fn read_stream(url: &str, stream: &str) -> Vec<Stored> {
             payload: serde_json::from_slice(&message.payload).expect("JSON payload"),
         });
     }
+    assert_eq!(
+        out.len() as u64,
+        count,
+        "records read against the stream's own count"
+    );
     out
 }
