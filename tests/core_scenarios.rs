@@ -490,6 +490,56 @@ fn pong_timeout_declares_a_silent_link_dead() {
     snapshot("pong_timeout_declares_a_silent_link_dead", &peer);
 }
 
+/// A driver steps at once, with no time in the step, for an event that
+/// arrives between ticks; an answer heard so is still after its ping.
+#[test]
+fn a_pong_heard_in_a_step_with_no_time_answers_the_ping() {
+    let mut peer = Peer::with_teams(14, &[T1]);
+    let conn = peer.team_conn(T1);
+    peer.advance(Duration::from_secs(1));
+    let pinged = peer.core.now();
+    let [id] = peer.pings_on(conn)[..] else {
+        panic!("one ping")
+    };
+    peer.team_says(T1, TeamServerEvent::Pong { unique_id: id });
+    peer.settle();
+    assert_eq!(
+        peer.core.now(),
+        pinged,
+        "answered within the ping's millisecond"
+    );
+    // Past the pong timeout, before the next ping's.
+    peer.advance(Duration::from_millis(700));
+    assert_eq!(peer.core.stats().dead_links, 0, "the pong answered it");
+    assert!(team(&peer, T1).connected);
+}
+
+/// The same for Global's websocket probe: the probe's answer can land in
+/// the same millisecond on loopback.
+#[test]
+fn a_global_probe_answered_in_a_step_with_no_time_keeps_the_link() {
+    let mut peer = Peer::with_teams(27, &[T1]);
+    let global = peer.global_conn();
+    while probes(&peer.commands) == 0 {
+        for id in peer.pings_on(peer.team_conn(T1)) {
+            peer.team_says(T1, TeamServerEvent::Pong { unique_id: id });
+        }
+        peer.step();
+    }
+    // The peer has pushed the probe's answer; take it at the same instant.
+    let probed = peer.core.now();
+    peer.settle();
+    assert_eq!(peer.core.now(), probed);
+    peer.answer_probes = false;
+    peer.advance(Duration::from_millis(700));
+    assert_eq!(
+        peer.global_conn(),
+        global,
+        "Global kept: its probe was answered"
+    );
+    assert_eq!(peer.core.global().connects(), 1);
+}
+
 #[test]
 fn a_busy_link_whose_pong_is_late_is_not_torn_down() {
     let mut peer = Peer::with_teams(13, &[T1]);

@@ -300,6 +300,11 @@ pub struct Health {
     pub pings_in_flight: VecDeque<(u64, u64)>,
     /// When anything last arrived on the current socket.
     pub last_activity: u64,
+    /// The step in which it arrived. A ping is answered by anything heard
+    /// in a later step than the one that sent it: steps, not milliseconds,
+    /// since an event between ticks gets a step with no time in it.
+    #[serde(skip)]
+    pub last_activity_step: u64,
     /// Restored from saved state as joined, and not announced by a
     /// `team.join` since: if Global refuses its `team.connect`, it left
     /// while we were down.
@@ -318,4 +323,12 @@ pub struct Health {
     /// Whether the link was open when the run began to shut down: the final
     /// report's `connected`, since every socket is closed by the end.
     pub connected_at_shutdown: bool,
+}
+
+impl Health {
+    /// Something arrived on the team's socket at `now`, in step `step`.
+    pub fn heard(&mut self, now: u64, step: u64) {
+        self.last_activity = now;
+        self.last_activity_step = step;
+    }
 }

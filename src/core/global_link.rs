@@ -108,6 +108,13 @@ pub struct GlobalLink {
     last_error: Option<String>,
     last_activity: u64,
     probe_sent_at: Option<u64>,
+    /// The steps of the two above: a probe is answered by anything heard
+    /// in a later step than its own (an event between ticks gets a step
+    /// with no time in it, so milliseconds cannot tell).
+    #[serde(skip)]
+    last_activity_step: u64,
+    #[serde(skip)]
+    probe_step: u64,
 }
 
 impl Default for GlobalLink {
@@ -119,6 +126,8 @@ impl Default for GlobalLink {
             last_error: None,
             last_activity: 0,
             probe_sent_at: None,
+            last_activity_step: 0,
+            probe_step: 0,
         }
     }
 }
@@ -176,7 +185,7 @@ impl GlobalLink {
     /// arrived since: a probe is answered by any frame at all.
     fn unanswered_probe(&self) -> Option<u64> {
         self.probe_sent_at
-            .filter(|&sent| self.last_activity <= sent)
+            .filter(|_| self.last_activity_step <= self.probe_step)
     }
 
     /// The next piece of work due on the link, and when. The one rule for
@@ -216,7 +225,7 @@ impl GlobalLink {
     }
 
     /// The attempt `conn` opened.
-    pub(crate) fn opened(&mut self, conn: ConnId, now: u64) {
+    pub(crate) fn opened(&mut self, conn: ConnId, now: u64, step: u64) {
         if matches!(self.state, GlobalState::Connecting { conn: c, .. } if c == conn) {
             self.state = GlobalState::Open {
                 conn,
@@ -224,15 +233,16 @@ impl GlobalLink {
                 since: now,
             };
             self.connects += 1;
-            self.last_activity = now;
+            self.heard(now, step);
             self.probe_sent_at = None;
             info!(%conn, "Global link open");
         }
     }
 
     /// Something arrived on the open socket.
-    pub(crate) fn heard(&mut self, now: u64) {
+    pub(crate) fn heard(&mut self, now: u64, step: u64) {
         self.last_activity = now;
+        self.last_activity_step = step;
     }
 
     /// The server is talking (`hello`, or a `team.join` from one that
@@ -252,6 +262,7 @@ impl GlobalLink {
         if let GlobalState::Open { conn, .. } = self.state {
             links.probe(conn);
             self.probe_sent_at = Some(links.now());
+            self.probe_step = links.step();
         }
     }
 

@@ -22,10 +22,10 @@ use crate::protocol::{GlobalClientEvent, TeamClientEvent, TeamId, clip, encode};
 pub enum Beat {
     /// Time to send the next ping.
     Ping,
-    /// The pong timeout of the ping sent at `sent_at` has run out.
+    /// The pong timeout of the ping sent in step `sent_step` has run out.
     PongCheck {
-        /// When that ping was sent.
-        sent_at: u64,
+        /// The step that sent that ping.
+        sent_step: u64,
     },
 }
 
@@ -56,6 +56,11 @@ impl Links<'_> {
     /// Core time, ms.
     pub fn now(&self) -> u64 {
         self.clock.now
+    }
+
+    /// The step being run (see [`Health::last_activity_step`]).
+    pub fn step(&self) -> u64 {
+        self.clock.step
     }
 
     /// The validated configuration.
@@ -286,7 +291,7 @@ impl Links<'_> {
         };
         let now = self.clock.now;
         health.connects += 1;
-        health.last_activity = now;
+        health.heard(now, self.clock.step);
         health.paused = false;
         health.pings_in_flight.clear();
         self.set(entity, link, LinkState::Open { conn, since: now });
@@ -314,7 +319,9 @@ impl Links<'_> {
             now + timeout,
             entity,
             link.epoch,
-            Beat::PongCheck { sent_at: now },
+            Beat::PongCheck {
+                sent_step: self.clock.step,
+            },
         );
         self.beats
             .set(now + interval, entity, link.epoch, Beat::Ping);

@@ -96,10 +96,10 @@ pub fn admit_joined_teams(world: &mut World) {
 pub fn handle_global_events(mut inbox: ResMut<GlobalInbox>, mut lc: GlobalLifecycle) {
     // Taken, not drained: a burst must not leave its capacity behind.
     for event in std::mem::take(&mut inbox.0) {
-        let now = lc.links.now();
+        let (now, step) = (lc.links.now(), lc.links.step());
         match event {
-            NetEvent::Opened { conn } => lc.global.opened(conn, now),
-            NetEvent::Alive { .. } | NetEvent::Flow { .. } => lc.global.heard(now),
+            NetEvent::Opened { conn } => lc.global.opened(conn, now, step),
+            NetEvent::Alive { .. } | NetEvent::Flow { .. } => lc.global.heard(now, step),
             NetEvent::Messages { .. } => {
                 *lc.stats.ignored.entry("team frame on global").or_default() += 1;
             }
@@ -115,7 +115,7 @@ pub fn handle_global_events(mut inbox: ResMut<GlobalInbox>, mut lc: GlobalLifecy
                 }
             }
             NetEvent::Received { conn, frame } => {
-                lc.global.heard(now);
+                lc.global.heard(now, step);
                 match *frame {
                     Inbound::Global(Ok(event)) if lc.shutdown.cause.is_none() => {
                         lc.on_event(event, conn);

@@ -53,8 +53,8 @@ pub fn send_pings_and_check_pongs(
                 health.pings_in_flight.push_back((unique_id, now));
                 stats.pings_sent += 1;
             }
-            Beat::PongCheck { sent_at } => {
-                if health.last_activity > sent_at || health.paused {
+            Beat::PongCheck { sent_step } => {
+                if health.last_activity_step > sent_step || health.paused {
                     continue;
                 }
                 stats.dead_links += 1;

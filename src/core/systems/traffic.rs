@@ -20,7 +20,7 @@ pub fn handle_team_events(
     mut teams: Query<(&Team, &mut Link, &mut Counters, &mut Health)>,
     mut links: Links,
 ) {
-    let now = links.now();
+    let (now, step) = (links.now(), links.step());
     // Taken, not drained: a burst (10,000 sockets opening) must not leave
     // its capacity behind for the rest of the run.
     for (entity, event) in std::mem::take(&mut inbox.0) {
@@ -40,13 +40,14 @@ pub fn handle_team_events(
             limiter: &mut limiter,
             links: &mut links,
             now,
+            step,
         };
         // The state is the authority on which socket is the team's.
         if row.link.state.conn() != Some(event.conn()) {
             around.not_the_teams_socket(&mut row, event);
         } else if let NetEvent::Received { frame, .. } = event {
             // Any frame, even a bad one, shows the link is alive.
-            row.health.last_activity = now;
+            row.health.heard(now, step);
             match *frame {
                 Inbound::Team(decoded) => around.on_frame(&mut row, decoded),
                 Inbound::Global(_) => {
@@ -78,6 +79,7 @@ struct Around<'a, 'w> {
     limiter: &'a mut LogLimiter,
     links: &'a mut Links<'w>,
     now: u64,
+    step: u64,
 }
 
 impl Around<'_, '_> {
@@ -95,7 +97,7 @@ impl Around<'_, '_> {
 
     /// The socket's own lifecycle, flow and message runs.
     fn on_socket_event(&mut self, row: &mut Row<'_>, event: NetEvent) {
-        let now = self.now;
+        let (now, step) = (self.now, self.step);
         match event {
             NetEvent::Opened { .. } => {
                 if matches!(row.link.state, LinkState::Connecting { .. }) {
@@ -114,13 +116,13 @@ impl Around<'_, '_> {
                     false,
                 );
             }
-            NetEvent::Alive { .. } => row.health.last_activity = now,
+            NetEvent::Alive { .. } => row.health.heard(now, step),
             NetEvent::Flow { paused, .. } => {
                 row.health.paused = paused;
-                row.health.last_activity = now;
+                row.health.heard(now, step);
             }
             NetEvent::Messages { count, props, .. } => {
-                row.health.last_activity = now;
+                row.health.heard(now, step);
                 self.links.count(&mut row.counters, count, props);
             }
             NetEvent::Closed { reason, .. } => {
