@@ -49,6 +49,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         chaos: Chaos::none(),
         schedule: Schedule::default(),
         seed: 1,
+        tls: false,
     }))?;
     let (tap, mut deliveries) = tap::tap(BUDGET);
     let config = RunConfig {

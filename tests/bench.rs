@@ -1,5 +1,6 @@
 //! `switchboard bench` from the binary: a small run at a set rate reports
-//! every figure, latency included, and the simulator's verdict.
+//! every figure, latency included, and the simulator's verdict; over TLS
+//! too.
 
 use std::process::Command;
 
@@ -41,4 +42,30 @@ fn a_small_bench_reports_every_figure_and_verifies() {
         assert!(figures[field].is_number(), "{field} missing: {figures}");
     }
     assert_eq!(figures["latency_samples"], 20 * 60, "every message timed");
+}
+
+#[test]
+fn a_bench_over_tls_counts_its_handshakes_and_verifies() {
+    let output = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["bench", "--tls", "--teams", "20", "--messages", "10"])
+        .args(["--idle", "300ms", "--json"])
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("binary runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let figures: Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
+    assert_eq!(figures["verified"], true, "{figures}");
+    assert_eq!(figures["tls"], true, "{figures}");
+    let handshakes = &figures["tls_handshakes"];
+    let (full, resumed) = (
+        handshakes["full"].as_u64().expect("full"),
+        handshakes["resumed"].as_u64().expect("resumed"),
+    );
+    // Global and 20 teams, each one handshake: none failed, none twice.
+    assert_eq!(full + resumed, 21, "{figures}");
+    assert!(figures["cpu_us_per_connect"].is_number(), "{figures}");
 }

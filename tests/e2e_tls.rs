@@ -2,6 +2,8 @@
 //! self-signed certificate for `localhost`, trusted through a CA file the
 //! way `--ca-file` does it; and refused when not trusted.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -186,4 +188,60 @@ async fn wss_refuses_an_untrusted_certificate() {
         outcome.end
     );
     assert!(outcome.report.teams.is_empty(), "no team without Global");
+}
+
+/// The simulator over TLS (`sim --tls`, `bench --tls`): a run with six
+/// team sockets closed by the server is verified, and the client's
+/// reconnects resume their TLS sessions (it keeps one TLS config, with its
+/// session tickets, for every connection) instead of negotiating again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_simulator_over_tls_verifies_and_reconnects_resume_their_sessions() {
+    use common::sim_run::{client_config, scenario};
+    use switchboard::sim::{Chaos, Fault, Schedule, SimConfig, SimServer};
+
+    let closes = 6;
+    let client = client_config(String::new(), Duration::from_secs(2));
+    let scenario = switchboard::sim::Scenario {
+        leave_fraction: 0.0,
+        ..scenario(20, &client)
+    };
+    let schedule = Schedule::seeded(7, &[Fault::TeamClose], closes, scenario.teams, 10..30);
+    let server = SimServer::start(SimConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        scenario,
+        chaos: Chaos::none(),
+        schedule,
+        seed: 7,
+        tls: true,
+    })
+    .await
+    .expect("simulator starts over TLS");
+    assert!(server.global_url().starts_with("wss://"));
+    let path = ca_file(server.certificate_pem().expect("a certificate"));
+    let tls = tls_with_ca_file(&path).expect("CA file loads");
+    let _ = std::fs::remove_file(&path);
+    let client = switchboard::testkit::client::start(server.global_url(), |c| {
+        *c = RunConfig {
+            transport: TransportConfig {
+                tls: Some(tls),
+                ..client.transport.clone()
+            },
+            ..client_config(c.core.global_url.clone(), Duration::from_secs(2))
+        };
+    });
+    let mut verdict = server.verdict().await;
+    let outcome = client.finish().await;
+    verdict.check_report(&outcome.report);
+    eprintln!("{verdict}");
+    assert!(verdict.verified, "{verdict}");
+    assert_eq!(verdict.fault(Fault::TeamClose).survived, closes as u64);
+    let handshakes = verdict.tls_handshakes.expect("handshakes counted");
+    assert!(
+        handshakes.full >= 1,
+        "the first connection negotiates: {handshakes:?}"
+    );
+    assert!(
+        handshakes.resumed >= closes as u64,
+        "every reconnect resumes: {handshakes:?}"
+    );
 }

@@ -473,6 +473,7 @@ async fn fleet_under_watch(
         chaos: Chaos::none(),
         schedule: Schedule::none(),
         seed: 3,
+        tls: false,
     })
     .await
     .expect("simulator binds");

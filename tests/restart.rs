@@ -38,6 +38,7 @@ async fn simulator(messages: u64) -> SimServer {
         chaos: Chaos::none(),
         schedule: Schedule::none(),
         seed: 3,
+        tls: false,
     })
     .await
     .expect("simulator binds")

@@ -54,6 +54,7 @@ async fn start_with(scenario: Scenario, schedule: Schedule) -> SimServer {
         chaos: Chaos::none(),
         schedule,
         seed: 3,
+        tls: false,
     })
     .await
     .unwrap()
@@ -349,6 +350,7 @@ async fn an_impossible_scenario_is_refused_before_binding() {
         chaos: Chaos::none(),
         schedule: Schedule::none(),
         seed: 1,
+        tls: false,
     })
     .await;
     assert!(matches!(

@@ -42,6 +42,10 @@ pub struct BenchArgs {
     /// The idle window after delivery, in which the client's CPU is measured.
     #[arg(long, value_parser = duration, default_value = "3s", help_heading = heading::SCENARIO)]
     idle: humantime::Duration,
+    /// Over TLS: the simulator serves wss:// with a certificate made at
+    /// start, which this client trusts (as through --ca-file).
+    #[arg(long, conflicts_with = "ca_file", help_heading = heading::SCENARIO)]
+    tls: bool,
     /// Print the figures as one JSON object.
     #[arg(long, help_heading = heading::OUTPUT)]
     json: bool,
@@ -55,7 +59,14 @@ struct Figures {
     teams: u64,
     messages_per_team: u64,
     rate: Option<f64>,
+    tls: bool,
     connect_all_ms: Option<f64>,
+    /// CPU from the start until every team's link was open in the core.
+    cpu_connect_s: Option<f64>,
+    /// The same per team (a handshake, TCP and websocket, TLS if on).
+    cpu_us_per_connect: Option<f64>,
+    /// TLS handshakes the simulator completed, by kind.
+    tls_handshakes: Option<crate::sim::Handshakes>,
     deliver_all_ms: Option<f64>,
     messages_per_s: Option<f64>,
     peak_rss_kib: Option<u64>,
@@ -131,6 +142,9 @@ impl Latencies {
 /// The sidecar that samples CPU and memory at the run's milestones and,
 /// in latency mode, stamps the step in which each message was counted.
 struct Probe {
+    teams: u64,
+    started: Option<u64>,
+    connected: Option<u64>,
     total: u64,
     idle: Duration,
     latencies: Option<Arc<Mutex<Latencies>>>,
@@ -161,13 +175,20 @@ impl Probe {
 
 impl Sidecar for Probe {
     fn start(&mut self, core: &mut Core, _wake: &crate::inbox::Wake) {
+        self.started = cpu_ns();
         if self.latencies.is_some() {
             core.set_recording(true);
         }
     }
 
     fn after_step(&mut self, core: &mut Core, step: &Step<'_>) {
-        let counted = core.fleet().messages;
+        let fleet = core.fleet();
+        let counted = fleet.messages;
+        if self.connected.is_none()
+            && fleet.by_state[crate::core::LinkKind::Open.index()] >= self.teams
+        {
+            self.connected = cpu_ns();
+        }
         if self.deliver_started.is_none() && counted > 0 {
             self.deliver_started = cpu_ns();
         }
@@ -248,13 +269,24 @@ pub fn run(args: &BenchArgs, format: LogFormat) -> ExitCode {
 fn bench(args: &BenchArgs, format: LogFormat) -> Result<ExitCode, ExitCode> {
     let sim = checked_scenario(args)?;
     let runtime = super::tokio_runtime()?;
-    let child = SimChild::spawn(&sim, format).map_err(|error| {
+    let certificate = args.tls.then(|| {
+        std::env::temp_dir().join(format!("switchboard-bench-{}.pem", std::process::id()))
+    });
+    let child = SimChild::spawn(&sim, format, certificate.as_deref()).map_err(|error| {
         eprintln!("error: {error}");
         ExitCode::FAILURE
     })?;
     let mut config = args
         .client
         .run_config(child.global_url().to_owned(), Config::default())?;
+    if let Some(path) = &certificate {
+        let trusted = crate::transport::tls_with_ca_file(path);
+        let _ = std::fs::remove_file(path);
+        config.transport.tls = Some(trusted.map_err(|error| {
+            eprintln!("error: the simulator's certificate: {error}");
+            ExitCode::FAILURE
+        })?);
+    }
     let latencies = args
         .rate
         .map(|_| Arc::new(Mutex::new(Latencies::default())));
@@ -269,6 +301,9 @@ fn bench(args: &BenchArgs, format: LogFormat) -> Result<ExitCode, ExitCode> {
         config.tap = Some(time_writes(&runtime, book.clone()));
     }
     let mut probe = Probe {
+        teams: args.teams,
+        started: None,
+        connected: None,
         total: args.teams * args.messages,
         idle: args.idle.into(),
         latencies: latencies.clone(),
@@ -341,6 +376,8 @@ impl Figures {
             teams: args.teams,
             messages_per_team: args.messages,
             rate: args.rate,
+            tls: args.tls,
+            tls_handshakes: verdict.tls_handshakes,
             connect_all_ms: verdict.timing.connect_all_ms,
             deliver_all_ms: verdict.timing.deliver_all_ms,
             messages_per_s: verdict
@@ -358,6 +395,11 @@ impl Figures {
             ..Figures::default()
         };
         figures.rss_kib_per_team = figures.peak_rss_kib.map(|k| k as f64 / args.teams as f64);
+        if let (Some(start), Some(end)) = (probe.started, probe.connected) {
+            let cpu = end.saturating_sub(start) as f64 / 1e9;
+            figures.cpu_connect_s = Some(cpu);
+            figures.cpu_us_per_connect = Some(cpu * 1e6 / args.teams as f64);
+        }
         if let (Some(start), Some((_, end))) = (probe.deliver_started, probe.delivered) {
             let cpu = end.saturating_sub(start) as f64 / 1e9;
             figures.cpu_deliver_s = Some(cpu);
@@ -392,14 +434,24 @@ fn table(f: &Figures, tick: Duration) -> String {
         |r| format!("{r} a second each"),
     );
     let mut out = format!(
-        "bench: {} teams x {} messages ({pace}), tick {}ms\n",
+        "bench: {} teams x {} messages ({pace}), tick {}ms{}\n",
         f.teams,
         f.messages_per_team,
-        tick.as_millis()
+        tick.as_millis(),
+        if f.tls { ", over TLS" } else { "" }
     );
     out += &format!(
         "  connect all      {}  (first team.join -> every team's socket open, as the simulator saw it)\n",
         opt(f.connect_all_ms, " ms")
+    );
+    out += &format!(
+        "  CPU connecting   {} ({} a team){}\n",
+        opt(f.cpu_connect_s, " s"),
+        opt(f.cpu_us_per_connect, " µs"),
+        f.tls_handshakes.map_or_else(String::new, |h| format!(
+            "; TLS handshakes {} full, {} resumed",
+            h.full, h.resumed
+        ))
     );
     out += &format!(
         "  deliver all      {}  -> {} messages/s end to end (first write -> a healthcheck showing every message)\n",

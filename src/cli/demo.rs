@@ -281,7 +281,7 @@ impl Started {
         format: LogFormat,
     ) -> Result<Started, ExitCode> {
         if separate {
-            let child = SimChild::spawn(sim_args, format).map_err(|error| {
+            let child = SimChild::spawn(sim_args, format, None).map_err(|error| {
                 eprintln!("error: {error}");
                 ExitCode::FAILURE
             })?;

@@ -41,6 +41,10 @@ pub struct SimCommand {
     /// --sim-process) takes the simulator down with it even if it is killed.
     #[arg(long, help_heading = heading::SIMULATOR)]
     supervised: bool,
+    /// Serve wss:// with a certificate made at start for the listen
+    /// address, written (PEM) to FILE for the client's --ca-file.
+    #[arg(long, value_name = "FILE", help_heading = heading::SIMULATOR)]
+    tls: Option<std::path::PathBuf>,
     #[command(flatten)]
     sim: SimArgs,
 }
@@ -173,6 +177,8 @@ impl SimArgs {
             chaos,
             schedule: Schedule::none(),
             seed: self.sim_seed,
+            // `sim --tls` and `bench --tls` turn it on: it needs a file.
+            tls: false,
         }
     }
 
@@ -258,7 +264,8 @@ fn exit_when_stdin_closes() {
 
 /// `switchboard sim`: serve one scenario, print the verdict.
 pub fn run(command: &SimCommand) -> ExitCode {
-    let config = command.sim.config(command.listen);
+    let mut config = command.sim.config(command.listen);
+    config.tls = command.tls.is_some();
     if let Err(error) = config.validate() {
         return usage_error(error);
     }
@@ -279,6 +286,15 @@ pub fn run(command: &SimCommand) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        if let (Some(path), Some(pem)) = (&command.tls, server.certificate_pem())
+            && let Err(error) = write_certificate(path, pem)
+        {
+            eprintln!(
+                "error: cannot write the certificate to {}: {error}",
+                path.display()
+            );
+            return ExitCode::FAILURE;
+        }
         println!("{LISTENING}{}", server.global_url());
         let progress = server.progress_handle();
         let ticker = tokio::spawn(async move {
@@ -318,6 +334,15 @@ pub fn run(command: &SimCommand) -> ExitCode {
     })
 }
 
+/// Writes the certificate a client is to trust; never through a symlink
+/// (the target would be overwritten).
+fn write_certificate(path: &std::path::Path, pem: &str) -> std::io::Result<()> {
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(std::io::Error::other("it is a symbolic link"));
+    }
+    std::fs::write(path, pem)
+}
+
 /// Longest wait for a child simulator to name its URL.
 const CHILD_START_WAIT: Duration = Duration::from_secs(15);
 
@@ -345,7 +370,13 @@ pub struct SimChild {
 impl SimChild {
     /// Starts `switchboard sim --listen 127.0.0.1:0` with `args`' scenario
     /// and waits (bounded) for the URL it listens on.
-    pub fn spawn(args: &SimArgs, log_format: LogFormat) -> Result<SimChild, String> {
+    /// With `tls`, it serves `wss://` and writes its certificate there
+    /// before it names its URL.
+    pub fn spawn(
+        args: &SimArgs,
+        log_format: LogFormat,
+        tls: Option<&std::path::Path>,
+    ) -> Result<SimChild, String> {
         let exe = std::env::current_exe()
             .map_err(|e| format!("cannot find this executable to start the simulator: {e}"))?;
         let format = match log_format {
@@ -357,6 +388,10 @@ impl SimChild {
             .args(["sim", "--log-format", format, "--listen", "127.0.0.1:0"])
             .args(["--verdict", "json", "--supervised"])
             .args(args.to_args())
+            .args(
+                tls.iter()
+                    .flat_map(|path| [std::ffi::OsStr::new("--tls"), path.as_os_str()]),
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());

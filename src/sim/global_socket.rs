@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
-use tokio::net::TcpStream;
+use super::tls::SimStream;
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -21,7 +21,7 @@ use super::socket::{
 use crate::protocol::{GlobalClientEvent, GlobalServerEvent, TeamId, decode_global_client};
 
 /// Serves one Global connection until it ends.
-pub(crate) async fn serve_global(ws: WebSocketStream<TcpStream>, shared: Arc<Shared>) {
+pub(crate) async fn serve_global(ws: WebSocketStream<SimStream>, shared: Arc<Shared>) {
     let (ctl, ctl_rx) = mpsc::unbounded_channel();
     let (id, delayed, replay) = {
         let mut ledger = shared.lock();
@@ -152,10 +152,11 @@ fn answer_connect(shared: &Shared, ledger: &mut Ledger, team_id: TeamId) -> Mess
     }
     let token = ledger.issue_token(team_id);
     // Alternate schemes: the brief's own example uses http://.
-    let scheme = if token.is_multiple_of(2) {
-        "http"
-    } else {
-        "ws"
+    let scheme = match (shared.tls.is_some(), token.is_multiple_of(2)) {
+        (false, true) => "http",
+        (false, false) => "ws",
+        (true, true) => "https",
+        (true, false) => "wss",
     };
     let ws_url = format!("{scheme}://{}/team/{team_id}/{token}", shared.addr);
     text(&GlobalServerEvent::TeamConnect { team_id, ws_url })

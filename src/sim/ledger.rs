@@ -743,6 +743,7 @@ impl Ledger {
             mismatches,
             duration,
             timing: self.timing.figures(),
+            tls_handshakes: None,
         }
     }
 }

@@ -11,6 +11,7 @@ use tokio_tungstenite::tungstenite::http::StatusCode;
 use super::global_socket::serve_global;
 use super::shared::Shared;
 use super::team_socket::serve_team;
+use super::tls::SimStream;
 use crate::protocol::TeamId;
 
 /// Where an accepted handshake goes.
@@ -68,7 +69,14 @@ fn route(shared: &Shared, request: &Request) -> Result<Route, ErrorResponse> {
     }
 }
 
-async fn handshake(stream: TcpStream, shared: Arc<Shared>) {
+async fn handshake(tcp: TcpStream, shared: Arc<Shared>) {
+    let stream = match &shared.tls {
+        Some(tls) => match tls.accept(tcp).await {
+            Ok(stream) => stream,
+            Err(_) => return,
+        },
+        None => SimStream::Plain(tcp),
+    };
     let mut routed = None;
     #[allow(clippy::result_large_err)] // tungstenite's callback signature
     let callback = |request: &Request, response: Response| {

@@ -19,7 +19,8 @@
 //! are held to the same truth (so a restart that lost counts fails on
 //! "went down").
 //!
-//! Files, from the bottom up (each imports only files below it): faults
+//! Files, from the bottom up (each imports only files below it): TLS (the
+//! certificate, the handshakes seen, the stream plain or not), faults
 //! and [`Chaos`] rates, the write pace, the [`Schedule`] of set-point
 //! faults, the [`Verdict`], what every socket shares (its orders and frame
 //! helpers); [`Scenario`] (what a run looks like, and what is refused), the
@@ -47,6 +48,7 @@ mod shared;
 mod socket;
 mod survival;
 mod team_socket;
+mod tls;
 mod truth;
 mod verdict;
 
@@ -62,6 +64,7 @@ pub use pace::max_rate;
 pub use scenario::{MAX_OVERSIZE, MAX_RUN, MAX_TEAMS, PLAY_BUDGET, Scenario, ScenarioError};
 pub use schedule::{Schedule, Trigger};
 use shared::Shared;
+pub use tls::{Handshakes, TlsSetupError};
 pub use verdict::{Disconnect, FaultCount, TeamCount, Verdict, thousands};
 
 /// Everything a simulator run needs.
@@ -77,6 +80,9 @@ pub struct SimConfig {
     pub schedule: Schedule,
     /// Seed for every random decision.
     pub seed: u64,
+    /// Serve `wss://` with a certificate generated at start (see
+    /// [`SimServer::certificate_pem`]) instead of `ws://`.
+    pub tls: bool,
 }
 
 impl SimConfig {
@@ -97,6 +103,9 @@ pub enum SimError {
     /// The listener could not bind.
     #[error("cannot listen: {0}")]
     Bind(#[from] std::io::Error),
+    /// TLS was asked for and could not be set up.
+    #[error(transparent)]
+    Tls(#[from] TlsSetupError),
 }
 
 /// Live numbers for a progress display.
@@ -142,12 +151,17 @@ impl SimServer {
         socket.bind(config.listen)?;
         let listener: TcpListener = socket.listen(ACCEPT_BACKLOG)?;
         let addr = listener.local_addr()?;
+        let tls = match config.tls {
+            true => Some(tls::SimTls::new(addr.ip())?),
+            false => None,
+        };
         let shared = Arc::new(Shared::new(
             config.scenario,
             config.chaos,
             config.schedule,
             config.seed,
             addr,
+            tls,
         ));
         let acceptor = tokio::spawn(listener::accept_loop(listener, shared.clone()));
         let director = tokio::spawn(director::direct(shared.clone()));
@@ -166,7 +180,13 @@ impl SimServer {
 
     /// The Global URL a client should open.
     pub fn global_url(&self) -> String {
-        format!("ws://{}/global", self.addr)
+        let scheme = if self.shared.tls.is_some() { "wss" } else { "ws" };
+        format!("{scheme}://{}/global", self.addr)
+    }
+
+    /// The certificate (PEM) a client must trust, when serving `wss://`.
+    pub fn certificate_pem(&self) -> Option<&str> {
+        self.shared.tls.as_ref().map(|t| t.certificate_pem())
     }
 
     /// Live numbers.
@@ -181,10 +201,11 @@ impl SimServer {
 
     /// Waits for the run to end and returns the verdict.
     pub async fn verdict(self) -> Verdict {
-        let verdict = match self.director.await {
+        let mut verdict = match self.director.await {
             Ok(verdict) => verdict,
             Err(error) => Verdict::failed(format!("simulator director failed: {error}")),
         };
+        verdict.tls_handshakes = self.shared.tls.as_ref().map(|t| t.handshakes());
         self.acceptor.abort();
         verdict
     }

@@ -11,6 +11,7 @@ use super::faults::Chaos;
 use super::ledger::Ledger;
 use super::scenario::Scenario;
 use super::schedule::Schedule;
+use super::tls::SimTls;
 
 /// State shared by the server tasks and the director.
 pub(crate) struct Shared {
@@ -29,6 +30,8 @@ pub(crate) struct Shared {
     pub started: OnceLock<Instant>,
     /// Woken when a Global connection opens.
     pub global_seen: Notify,
+    /// TLS, when serving `wss://`.
+    pub tls: Option<SimTls>,
 }
 
 impl Shared {
@@ -39,6 +42,7 @@ impl Shared {
         schedule: Schedule,
         seed: u64,
         addr: SocketAddr,
+        tls: Option<SimTls>,
     ) -> Shared {
         let ledger = Ledger::new(seed, schedule.0.clone(), scenario.teams);
         Shared {
@@ -50,6 +54,7 @@ impl Shared {
             addr,
             started: OnceLock::new(),
             global_seen: Notify::new(),
+            tls,
         }
     }
 

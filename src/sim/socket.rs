@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{SplitSink, SplitStream};
-use tokio::net::TcpStream;
+use super::tls::SimStream;
 use tokio::sync::oneshot;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -45,9 +45,9 @@ pub(crate) enum SocketCtl {
 }
 
 /// A server-side websocket, split.
-pub(crate) type Sink = SplitSink<WebSocketStream<TcpStream>, Message>;
+pub(crate) type Sink = SplitSink<WebSocketStream<SimStream>, Message>;
 /// Its reading half.
-pub(crate) type Source = SplitStream<WebSocketStream<TcpStream>>;
+pub(crate) type Source = SplitStream<WebSocketStream<SimStream>>;
 
 /// How long a socket keeps reading after it sent a close frame.
 pub(crate) const CLOSE_WAIT: Duration = Duration::from_secs(5);
@@ -73,7 +73,7 @@ pub(crate) fn close_code(frame: Option<CloseFrame>) -> Option<u16> {
 /// Drops the socket with RST: the halves are rejoined to reach the stream.
 pub(crate) fn reset(sink: Sink, stream: Source) {
     if let Ok(ws) = sink.reunite(stream) {
-        let _ = ws.get_ref().set_zero_linger();
+        let _ = ws.get_ref().tcp().set_zero_linger();
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use tokio::net::TcpStream;
+use super::tls::SimStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -56,7 +56,7 @@ struct TeamSocket {
 }
 
 /// Serves one team socket until it ends.
-pub(crate) async fn serve_team(ws: WebSocketStream<TcpStream>, team: TeamId, shared: Arc<Shared>) {
+pub(crate) async fn serve_team(ws: WebSocketStream<SimStream>, team: TeamId, shared: Arc<Shared>) {
     let (ctl, ctl_rx) = mpsc::unbounded_channel();
     drain_older(&shared, team).await;
     let (id, delayed) = {

@@ -84,6 +84,9 @@ pub struct Verdict {
     /// How long connecting and delivering took, as the simulator saw them.
     #[serde(default)]
     pub timing: Timing,
+    /// TLS handshakes by kind, when the run served `wss://`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_handshakes: Option<super::tls::Handshakes>,
 }
 
 /// Two durations a benchmark reads off a run, measured by the simulator.
@@ -116,6 +119,7 @@ impl Verdict {
             mismatches: vec![why],
             duration: Duration::ZERO,
             timing: Timing::default(),
+            tls_handshakes: None,
         }
     }
 
@@ -262,6 +266,14 @@ impl fmt::Display for Verdict {
                 "\n  {} not observed: {}",
                 fault.name(),
                 reasons.join(", ")
+            )?;
+        }
+        if let Some(tls) = self.tls_handshakes {
+            write!(
+                f,
+                "\n  TLS handshakes: {} full, {} resumed",
+                thousands(tls.full),
+                thousands(tls.resumed)
             )?;
         }
         Ok(())

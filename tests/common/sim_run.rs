@@ -52,6 +52,7 @@ pub async fn simulator(
         chaos,
         schedule,
         seed,
+        tls: false,
     })
     .await
     .expect("simulator starts")
