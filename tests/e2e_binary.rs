@@ -142,10 +142,19 @@ async fn credentials_in_urls_appear_in_no_log_and_no_report() {
     global.send(json!({"type": "goodbye"}));
     assert_eq!(global.closed_by_client().await, Some(1000));
 
-    let output = tokio::task::spawn_blocking(move || child.wait_with_output())
-        .await
-        .expect("join")
-        .expect("output");
+    // Bounded: a binary that never exits is killed and fails the test.
+    let pid = child.id().to_string();
+    let output = tokio::time::timeout(
+        DEADLINE,
+        tokio::task::spawn_blocking(move || child.wait_with_output()),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        let _ = Command::new("kill").args(["-9", &pid]).status();
+        panic!("the binary did not exit within {DEADLINE:?} of goodbye")
+    })
+    .expect("join")
+    .expect("output");
     assert!(output.status.success(), "exit status {}", output.status);
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);

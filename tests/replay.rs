@@ -84,9 +84,9 @@ async fn live(
         let verdict = server.verdict().await;
         assert!(verdict.verified, "{verdict}");
     }
-    let (outcome, stats) = tokio::task::spawn_blocking(move || thread.join())
+    // Bounded: a run that never ends fails the test instead of hanging it.
+    let (outcome, stats) = switchboard::testkit::client::join(thread, || stop.force())
         .await
-        .expect("join")
         .expect("no panic");
     let outcome = outcome.expect("run ok");
     assert_eq!(stats.incomplete, None, "{stats:?}");
