@@ -11,7 +11,6 @@ use tokio_tungstenite::tungstenite::http::StatusCode;
 use super::global_socket::serve_global;
 use super::shared::Shared;
 use super::team_socket::serve_team;
-use super::tls::SimStream;
 use crate::protocol::TeamId;
 
 /// Where an accepted handshake goes.
@@ -75,7 +74,7 @@ async fn handshake(tcp: TcpStream, shared: Arc<Shared>) {
             Ok(stream) => stream,
             Err(_) => return,
         },
-        None => SimStream::Plain(tcp),
+        None => crate::transport::wire::Wire::Plain(tcp),
     };
     let mut routed = None;
     #[allow(clippy::result_large_err)] // tungstenite's callback signature

@@ -20,7 +20,7 @@
 //! "went down").
 //!
 //! Files, from the bottom up (each imports only files below it): TLS (the
-//! certificate, the handshakes seen, the stream plain or not), faults
+//! certificate, the handshakes seen), faults
 //! and [`Chaos`] rates, the write pace, the [`Schedule`] of set-point
 //! faults, the [`Verdict`], what every socket shares (its orders and frame
 //! helpers); [`Scenario`] (what a run looks like, and what is refused), the

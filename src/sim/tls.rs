@@ -1,22 +1,21 @@
 //! The simulator over TLS (`sim --tls`): a certificate made at start for
-//! the address it listens on, the handshakes it has seen (full or resumed),
-//! and the stream a socket task reads, plain or TLS.
+//! the address it listens on, and the handshakes it has seen (full or
+//! resumed).
 
 use std::io;
 use std::net::IpAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::{HandshakeKind, ServerConfig};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
+
+use crate::transport::wire::Wire;
 
 /// A client that opened TCP and never finishes its handshake is let go
 /// after this long (the client's own connect timeout is shorter).
@@ -98,82 +97,9 @@ impl SimTls {
             _ => &self.full,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        Ok(SimStream::Tls(Box::new(tls)))
+        Ok(Wire::Tls(Box::new(tls)))
     }
 }
 
 /// An accepted connection, before or under TLS.
-pub(crate) enum SimStream {
-    /// `ws://`.
-    Plain(TcpStream),
-    /// `wss://` (boxed: the TLS state is large).
-    Tls(Box<TlsStream<TcpStream>>),
-}
-
-impl SimStream {
-    /// The TCP socket underneath (to reset it).
-    pub fn tcp(&self) -> &TcpStream {
-        match self {
-            SimStream::Plain(tcp) => tcp,
-            SimStream::Tls(tls) => tls.get_ref().0,
-        }
-    }
-}
-
-impl AsyncRead for SimStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            SimStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            SimStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for SimStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            SimStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            SimStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            SimStream::Plain(s) => Pin::new(s).poll_flush(cx),
-            SimStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            SimStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            SimStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            SimStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            SimStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            SimStream::Plain(s) => s.is_write_vectored(),
-            SimStream::Tls(s) => s.is_write_vectored(),
-        }
-    }
-}
+pub(crate) type SimStream = Wire<TlsStream<TcpStream>>;

@@ -501,6 +501,9 @@ mod tests {
             std::mem::size_of::<super::Socket>(),
         );
         assert!(ours - ws <= 320, "{ours} bytes, {ws} of them the websocket");
+        // A plain socket carries no TLS state inline (it is boxed).
+        let wire = std::mem::size_of::<super::super::dial::Stream>();
+        assert!(wire <= 128, "the stream under a websocket is {wire} bytes");
         assert!(std::mem::size_of::<crate::bridge::NetEvent>() <= 40);
     }
 }

@@ -8,13 +8,14 @@ use std::sync::{Arc, OnceLock};
 
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::guard::{Guarded, PartialBudget};
+use super::wire::Wire;
 
 /// The stream under every websocket.
-pub(crate) type Stream = Guarded<MaybeTlsStream<TcpStream>>;
+pub(crate) type Stream = Guarded<Wire<tokio_rustls::client::TlsStream<TcpStream>>>;
 
 /// An open websocket.
 pub(crate) type Socket = WebSocketStream<Stream>;
@@ -65,9 +66,9 @@ pub(crate) async fn dial(url: &str, config: &DialConfig) -> Result<Socket, Strin
             .connect(name, tcp)
             .await
             .map_err(|e| format!("TLS: {e}"))?;
-        MaybeTlsStream::Rustls(tls)
+        Wire::Tls(Box::new(tls))
     } else {
-        MaybeTlsStream::Plain(tcp)
+        Wire::Plain(tcp)
     };
     let guarded = Guarded::new(stream, config.partial.clone());
     let (socket, _response) =

@@ -17,6 +17,7 @@ mod connection;
 mod dial;
 mod guard;
 mod mailbox;
+pub(crate) mod wire;
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
