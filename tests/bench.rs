@@ -6,18 +6,12 @@ use std::process::Command;
 
 use serde_json::Value;
 
-#[test]
-fn a_small_bench_reports_every_figure_and_verifies() {
+/// Runs `switchboard bench ARGS --idle 300ms --json`; its figures, once it
+/// exited successfully and verified.
+fn bench(args: &[&str]) -> Value {
     let output = Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .args([
-            "bench",
-            "--teams",
-            "20",
-            "--messages",
-            "60",
-            "--rate",
-            "100",
-        ])
+        .arg("bench")
+        .args(args)
         .args(["--idle", "300ms", "--json"])
         .env("RUST_LOG", "error")
         .output()
@@ -29,6 +23,12 @@ fn a_small_bench_reports_every_figure_and_verifies() {
     );
     let figures: Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
     assert_eq!(figures["verified"], true, "{figures}");
+    figures
+}
+
+#[test]
+fn a_small_bench_reports_every_figure_and_verifies() {
+    let figures = bench(&["--teams", "20", "--messages", "60", "--rate", "100"]);
     for field in [
         "connect_all_ms",
         "deliver_all_ms",
@@ -46,19 +46,7 @@ fn a_small_bench_reports_every_figure_and_verifies() {
 
 #[test]
 fn a_bench_over_tls_counts_its_handshakes_and_verifies() {
-    let output = Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .args(["bench", "--tls", "--teams", "20", "--messages", "10"])
-        .args(["--idle", "300ms", "--json"])
-        .env("RUST_LOG", "error")
-        .output()
-        .expect("binary runs");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let figures: Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
-    assert_eq!(figures["verified"], true, "{figures}");
+    let figures = bench(&["--tls", "--teams", "20", "--messages", "10"]);
     assert_eq!(figures["tls"], true, "{figures}");
     let handshakes = &figures["tls_handshakes"];
     let (full, resumed) = (
