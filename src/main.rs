@@ -10,18 +10,19 @@
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// jemalloc's settings, read at start (`_RJEM_MALLOC_CONF` overrides them).
-/// Freed pages are handed back at once: with jemalloc's default 10 s decay
-/// a burst's freed pages stayed resident and raised the peak RSS, and with
-/// a 100 ms decay they were purged later, by a background thread (1-4 ms of
-/// the yardstick's 5 s idle phase) or without one by whichever thread next
-/// allocated (0.5-3 ms of it). Purging at once costs no measurable CPU in
-/// the yardstick's cells and lowers the peak (1,000 x 1,000: 35.2 MiB
-/// against 39.4-39.9; README, Performance). No background thread: an idle
-/// fleet costs no CPU at all.
+/// Pages unused for 100 ms are handed back: with jemalloc's default 10 s
+/// decay a burst's freed pages stayed resident and raised the peak RSS
+/// (README, Performance). No background thread: the purging happens on the
+/// allocating threads as they work, and an idle fleet costs no CPU at all
+/// (2026-12-03, yardstick at 10,000 x 10: the thread cost 1-4 ms of the
+/// 5 s idle phase; without it 0 in the median, at 3-5% more peak RSS).
+/// Handing pages back at once (`dirty_decay_ms:0`) was tried: 1,000 x
+/// 1,000 peaked 4 MiB lower, but 10,000 x 10 spent 0.3-0.4 s more system
+/// time (twice the `madvise` calls, and the pages faulted back in).
 #[cfg(all(feature = "jemalloc", target_os = "linux", not(target_env = "msvc")))]
 #[unsafe(export_name = "_rjem_malloc_conf")]
 static ALLOCATOR_SETTINGS: Option<&'static u8> =
-    Some(&b"background_thread:false,dirty_decay_ms:0\0"[0]);
+    Some(&b"background_thread:false,dirty_decay_ms:100\0"[0]);
 
 fn main() -> std::process::ExitCode {
     switchboard::cli::main()
