@@ -28,20 +28,13 @@ use switchboard::testkit::server::{Conn, Server};
 
 const DEADLINE: Duration = Duration::from_secs(120);
 
-/// The demo, publishing to `url`, with `args`; its stderr is read on a
-/// thread that hands over the status page URL.
-fn demo(url: &str, args: &[&str]) -> (Child, std::sync::mpsc::Receiver<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .args([
-            "demo",
-            "--publish",
-            url,
-            "--report",
-            "json",
-            "--status-interval",
-            "0s",
-        ])
-        .args(args)
+/// Starts `command` with stdout and stderr piped; a thread reads stderr
+/// and hands over what `keep` makes of each line.
+fn spawn_reading_stderr(
+    command: &mut Command,
+    keep: impl Fn(String) -> Option<String> + Send + 'static,
+) -> (Child, std::sync::mpsc::Receiver<String>) {
+    let mut child = command
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -51,15 +44,35 @@ fn demo(url: &str, args: &[&str]) -> (Child, std::sync::mpsc::Receiver<String>) 
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(url) = line.strip_prefix("status page: ") {
-                let _ = tx.send(url.trim_end_matches('/').to_owned());
-            }
-            if line.starts_with("publish:") || line.starts_with("error") {
-                let _ = tx.send(line);
+            if let Some(kept) = keep(line) {
+                let _ = tx.send(kept);
             }
         }
     });
     (child, rx)
+}
+
+/// The demo, publishing to `url`, with `args`; its stderr is read on a
+/// thread that hands over the status page URL.
+fn demo(url: &str, args: &[&str]) -> (Child, std::sync::mpsc::Receiver<String>) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+    command
+        .args([
+            "demo",
+            "--publish",
+            url,
+            "--report",
+            "json",
+            "--status-interval",
+            "0s",
+        ])
+        .args(args);
+    spawn_reading_stderr(&mut command, |line| {
+        if let Some(url) = line.strip_prefix("status page: ") {
+            return Some(url.trim_end_matches('/').to_owned());
+        }
+        (line.starts_with("publish:") || line.starts_with("error")).then_some(line)
+    })
 }
 
 /// Waits for the demo to end; returns its exit success, report and verdict line.
@@ -425,23 +438,12 @@ async fn nats_dying_mid_run_pauses_the_sockets_within_the_buffer_and_loses_nothi
 /// The binary's `connect`, publishing to `nats`, against the scripted
 /// `global` URL; stderr is drained on a thread (kept for failures).
 fn connect(global: &str, nats: &str) -> (Child, std::sync::mpsc::Receiver<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+    command
         .args(["connect", global, "--publish", nats, "--state", "none"])
         .args(["--report", "json", "--status-interval", "0s", "--seed", "1"])
-        .args(["--backoff-min", "10ms", "--backoff-max", "200ms"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the binary starts");
-    let stderr = child.stderr.take().expect("piped");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    (child, rx)
+        .args(["--backoff-min", "10ms", "--backoff-max", "200ms"]);
+    spawn_reading_stderr(&mut command, Some)
 }
 
 /// A child killed if the test fails before it is waited for (a `connect`
