@@ -147,6 +147,10 @@ pub enum CloseReason {
     Stalled(&'static str),
     /// The core gave up on the connection and asked for it to be dropped.
     Aborted,
+    /// The worker holding the socket (in a cluster) lost its lease, or
+    /// was revoked: it closed its sockets itself (it fences itself before
+    /// its lease can lapse), so the team may be opened elsewhere.
+    WorkerLost,
     /// Any other transport error.
     Error(String),
 }
@@ -169,6 +173,7 @@ impl CloseReason {
             CloseReason::Overflow => "overflow",
             CloseReason::Stalled(_) => "stalled",
             CloseReason::Aborted => "aborted",
+            CloseReason::WorkerLost => "worker_lost",
             CloseReason::Error(_) => "error",
         }
     }
@@ -186,6 +191,7 @@ impl CloseReason {
             "overflow" => CloseReason::Overflow,
             "stalled" => CloseReason::Stalled(""),
             "aborted" => CloseReason::Aborted,
+            "worker_lost" => CloseReason::WorkerLost,
             "error" => CloseReason::Error(String::new()),
             _ => return None,
         })
@@ -202,6 +208,7 @@ impl fmt::Display for CloseReason {
             CloseReason::Overflow => f.write_str("outbound queue overflow"),
             CloseReason::Stalled(what) => write!(f, "stalled: {what}"),
             CloseReason::Aborted => f.write_str("aborted"),
+            CloseReason::WorkerLost => f.write_str("worker lost"),
             CloseReason::Error(e) => write!(f, "error: {e}"),
         }
     }
@@ -323,6 +330,19 @@ pub enum NetCommand {
         /// Which connection.
         conn: ConnId,
     },
+}
+
+impl NetCommand {
+    /// The connection this command concerns.
+    pub fn conn(&self) -> ConnId {
+        match self {
+            NetCommand::Open { conn, .. }
+            | NetCommand::Send { conn, .. }
+            | NetCommand::Probe { conn }
+            | NetCommand::Close { conn, .. }
+            | NetCommand::Abort { conn } => *conn,
+        }
+    }
 }
 
 /// The normal websocket close code.

@@ -48,6 +48,7 @@ macro_rules! internal {
 
 pub mod bridge;
 pub mod cli;
+pub mod cluster;
 pub mod core;
 pub mod inbox;
 pub mod protocol;

@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
 use tracing::{info, warn};
 
-use crate::bridge::NetEvent;
+use crate::bridge::{ConnKind, NetCommand, NetEvent};
+use crate::cluster::dispatch::{Dispatch, LeaderLink};
 use crate::core::ShutdownCause;
 use crate::core::TeamEvent;
 use crate::core::{Config, ConfigError};
@@ -206,7 +207,19 @@ pub fn run(
     stop: &StopHandle,
     sidecars: &mut [&mut dyn Sidecar],
 ) -> Result<RunOutcome, RunError> {
-    let mut driver = Driver::new(config, runtime, stop, sidecars)?;
+    run_on(config, runtime, stop, sidecars, None)
+}
+
+/// [`run`], with the team sockets on a cluster's workers (the Global link
+/// stays here): the leader's run. `None` is [`run`].
+pub fn run_on(
+    config: &RunConfig,
+    runtime: Handle,
+    stop: &StopHandle,
+    sidecars: &mut [&mut dyn Sidecar],
+    cluster: Option<LeaderLink>,
+) -> Result<RunOutcome, RunError> {
+    let mut driver = Driver::new(config, runtime, stop, sidecars, cluster)?;
     let end = driver.drive(stop, sidecars);
     Ok(driver.finish(end, sidecars))
 }
@@ -222,6 +235,9 @@ struct Driver<'a> {
     /// The batch being handed over (kept to reuse its allocation).
     batch: Vec<NetEvent>,
     transport: Transport,
+    /// The workers' side of the transport, when the team sockets are a
+    /// cluster's.
+    dispatch: Option<Dispatch>,
     start: Instant,
     grid: Grid,
     overruns: Overruns,
@@ -237,6 +253,7 @@ impl<'a> Driver<'a> {
         runtime: Handle,
         stop: &StopHandle,
         sidecars: &mut [&mut dyn Sidecar],
+        cluster: Option<LeaderLink>,
     ) -> Result<Driver<'a>, RunError> {
         let mut core = Core::new(&config.core, config.seed)?;
         let (events, inbox) = inbox::channel();
@@ -247,6 +264,8 @@ impl<'a> Driver<'a> {
         for sidecar in sidecars.iter_mut() {
             sidecar.start(&mut core, &wake);
         }
+        let dispatch =
+            cluster.map(|link| Dispatch::new(link, &runtime, events.clone(), wake.clone()));
         let transport = Transport::new(
             runtime,
             events,
@@ -263,6 +282,7 @@ impl<'a> Driver<'a> {
             doorbell,
             batch: Vec::new(),
             transport,
+            dispatch,
             start,
             grid: Grid {
                 start,
@@ -286,6 +306,9 @@ impl<'a> Driver<'a> {
             if stop.is_stopped() && self.core.shutdown_cause().is_none() {
                 info!("stop requested: closing every connection");
                 self.core.shutdown();
+            }
+            if let Some(dispatch) = &mut self.dispatch {
+                dispatch.poll();
             }
             let owed = self.grid.owed(Instant::now());
             // An urgent event (Global's) steps at once, between grid ticks,
@@ -327,11 +350,32 @@ impl<'a> Driver<'a> {
             .drain(core.settings().max_events_per_step, |event| {
                 batch.push(event)
             });
+        if let Some(dispatch) = &mut self.dispatch {
+            batch.iter().for_each(|event| dispatch.observe(event));
+        }
         core.handle_all(batch.drain(..));
         core.step_ticks(owed);
         self.grid.done += owed;
-        for command in core.drain_commands() {
-            self.transport.execute(command);
+        match &mut self.dispatch {
+            None => {
+                for command in core.drain_commands() {
+                    self.transport.execute(command);
+                }
+            }
+            Some(dispatch) => {
+                for command in core.drain_commands() {
+                    let team = match &command {
+                        NetCommand::Open { kind, .. } => matches!(kind, ConnKind::Team(_)),
+                        other => dispatch.owns(other.conn()),
+                    };
+                    if team {
+                        dispatch.execute(command);
+                    } else {
+                        self.transport.execute(command);
+                    }
+                }
+                dispatch.flush();
+            }
         }
         let took = began.elapsed();
         let team_events = core.drain_team_events();

@@ -412,10 +412,16 @@ fn http_connection_budget(asked: usize, open_files: Option<u64>) -> usize {
 }
 
 /// Raises the soft open-files limit to the hard limit: every team is a socket.
-pub(super) fn raise_fd_limit() {
+pub(super) fn raise_fd_limit() -> Option<u64> {
     match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(limit) => info!(limit, "open-files limit"),
-        Err(error) => warn!(%error, "could not raise the open-files limit"),
+        Ok(limit) => {
+            info!(limit, "open-files limit");
+            Some(limit)
+        }
+        Err(error) => {
+            warn!(%error, "could not raise the open-files limit");
+            None
+        }
     }
 }
 
@@ -482,11 +488,25 @@ pub fn run_client(
     runtime: &tokio::runtime::Runtime,
     sidecars: &mut [&mut dyn runtime::Sidecar],
 ) -> Result<runtime::RunOutcome, ExitCode> {
-    raise_fd_limit();
-    info!(seed = config.seed, url = %crate::redact::Redacted(&config.core.global_url), "starting");
     let stop = StopHandle::new();
     runtime.spawn(watch_signals(stop.clone()));
-    let outcome = match runtime::run(&config, runtime.handle().clone(), &stop, sidecars) {
+    run_client_on(config, report, runtime, sidecars, &stop, None)
+}
+
+/// [`run_client`] with the caller's stop handle (its signals already
+/// watched), and the team sockets on a cluster's workers if `cluster`.
+pub fn run_client_on(
+    config: RunConfig,
+    report: ReportFormat,
+    runtime: &tokio::runtime::Runtime,
+    sidecars: &mut [&mut dyn runtime::Sidecar],
+    stop: &StopHandle,
+    cluster: Option<crate::cluster::dispatch::LeaderLink>,
+) -> Result<runtime::RunOutcome, ExitCode> {
+    raise_fd_limit();
+    info!(seed = config.seed, url = %crate::redact::Redacted(&config.core.global_url), "starting");
+    let outcome = match runtime::run_on(&config, runtime.handle().clone(), stop, sidecars, cluster)
+    {
         Ok(outcome) => outcome,
         Err(RunError::Config(error)) => return Err(usage_error(error)),
     };
@@ -515,9 +535,26 @@ pub fn run_client(
 }
 
 /// `switchboard connect URL`.
-pub fn connect(global_url: String, args: &ClientArgs, service: &ServiceArgs) -> ExitCode {
+pub fn connect(
+    global_url: String,
+    args: &ClientArgs,
+    service: &ServiceArgs,
+    cluster: &super::cluster::ClusterArgs,
+) -> ExitCode {
     let mut config = match args.run_config(global_url.clone(), Config::default()) {
         Ok(config) => config,
+        Err(code) => return code,
+    };
+    let runtime = match super::tokio_runtime() {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
+    let stop = StopHandle::new();
+    runtime.spawn(watch_signals(stop.clone()));
+    // A core of a cluster stands by here until it leads: it opens the
+    // state file, HTTP and the rest only then.
+    let leading = match cluster.lead(&runtime, &stop) {
+        Ok(leading) => leading,
         Err(code) => return code,
     };
     let persistence = match service.persistence(&global_url, config.core.max_teams, true) {
@@ -526,10 +563,6 @@ pub fn connect(global_url: String, args: &ClientArgs, service: &ServiceArgs) -> 
     };
     let recorder = match service.recorder(&config) {
         Ok(recorder) => recorder,
-        Err(code) => return code,
-    };
-    let runtime = match super::tokio_runtime() {
-        Ok(runtime) => runtime,
         Err(code) => return code,
     };
     let http = match service.http(&runtime, false) {
@@ -545,15 +578,21 @@ pub fn connect(global_url: String, args: &ClientArgs, service: &ServiceArgs) -> 
         recorder,
         telemetry: http.as_ref().map(HttpServer::telemetry),
     };
-    let mut code = match run_client(
+    let mut code = match run_client_on(
         config,
         service.report,
         &runtime,
         &mut sidecars.after(Vec::new()),
+        &stop,
+        leading.as_ref().map(|l| l.link.clone()),
     ) {
         Ok(_) => ExitCode::SUCCESS,
         Err(code) => code,
     };
+    if leading.as_ref().is_some_and(|l| l.deposed()) {
+        eprintln!("error: lost the leader lease; a standby leads now");
+        code = ExitCode::FAILURE;
+    }
     if let Some(publishing) = publishing
         && let Err(failed) = publishing.finish(&runtime)
         && code == ExitCode::SUCCESS

@@ -8,6 +8,7 @@
 
 mod bench;
 mod client;
+mod cluster;
 mod config_file;
 mod demo;
 mod logging;
@@ -86,7 +87,12 @@ enum Command {
         client: client::ClientArgs,
         #[command(flatten)]
         service: client::ServiceArgs,
+        #[command(flatten)]
+        cluster: cluster::ClusterArgs,
     },
+    /// Hold team sockets for a cluster's leader (`connect --cluster`):
+    /// open, read and count them as it commands, and decide nothing.
+    Worker(cluster::WorkerArgs),
     /// Run the simulated Global API server for one scenario, then print its
     /// verdict (exit 0 only when the client's counts were exact).
     Sim(sim::SimCommand),
@@ -125,13 +131,18 @@ pub fn main() -> ExitCode {
             global_url,
             client,
             service,
+            cluster,
             ..
         }) => {
             logging::init(cli.log_format, logging::Audience::Service);
             if let Some(file) = &file {
                 file.log();
             }
-            client::connect(global_url, &client, &service)
+            client::connect(global_url, &client, &service, &cluster)
+        }
+        Some(Command::Worker(args)) => {
+            logging::init(cli.log_format, logging::Audience::Service);
+            cluster::run_worker(&args)
         }
         Some(Command::Sim(command)) => {
             logging::init(cli.log_format, logging::Audience::Service);

@@ -119,7 +119,8 @@ fn write_event(out: &mut Vec<u8>, event: &NetEvent) -> std::io::Result<()> {
                 | CloseReason::Reset
                 | CloseReason::TooLarge
                 | CloseReason::Overflow
-                | CloseReason::Aborted => {}
+                | CloseReason::Aborted
+                | CloseReason::WorkerLost => {}
             }
             out.write_all(b"]")
         }
@@ -306,7 +307,8 @@ fn close_reason(f: &Fields<'_>) -> Result<CloseReason, BadEvent> {
         | CloseReason::Reset
         | CloseReason::TooLarge
         | CloseReason::Overflow
-        | CloseReason::Aborted => f.arity(3)?,
+        | CloseReason::Aborted
+        | CloseReason::WorkerLost => f.arity(3)?,
     }
     Ok(reason)
 }

@@ -28,6 +28,8 @@ pub(crate) struct DialConfig {
     /// built on first use. One config for every connection, so TLS
     /// sessions are resumed instead of renegotiated.
     pub tls: OnceLock<Arc<rustls::ClientConfig>>,
+    /// The local address to connect from, if not the kernel's choice.
+    pub bind: Option<std::net::IpAddr>,
 }
 
 impl DialConfig {
@@ -59,7 +61,7 @@ pub(crate) async fn dial(url: &str, config: &DialConfig) -> Result<Socket, Strin
         .trim_end_matches(']')
         .to_owned();
     let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
-    let tcp = connect_tcp(&host, port).await?;
+    let tcp = connect_tcp(&host, port, config.bind).await?;
     let stream = if secure {
         let name = ServerName::try_from(host.clone()).map_err(|e| format!("{host}: {e}"))?;
         let tls = tokio_rustls::TlsConnector::from(config.tls())
@@ -79,13 +81,17 @@ pub(crate) async fn dial(url: &str, config: &DialConfig) -> Result<Socket, Strin
 }
 
 /// The first address of `host` that accepts a connection.
-async fn connect_tcp(host: &str, port: u16) -> Result<TcpStream, String> {
+async fn connect_tcp(
+    host: &str,
+    port: u16,
+    bind: Option<std::net::IpAddr>,
+) -> Result<TcpStream, String> {
     let addrs = tokio::net::lookup_host((host, port))
         .await
         .map_err(|e| format!("resolving {host}: {e}"))?;
     let mut last = format!("{host} resolved to no address");
     for addr in addrs {
-        match TcpStream::connect(addr).await {
+        match connect_from(addr, bind).await {
             Ok(tcp) => {
                 // Frames are small and written whole: send them now.
                 let _ = tcp.set_nodelay(true);
@@ -101,6 +107,23 @@ async fn connect_tcp(host: &str, port: u16) -> Result<TcpStream, String> {
         }
     }
     Err(last)
+}
+
+/// Connects to `addr`, from `bind` if given (any port).
+async fn connect_from(
+    addr: std::net::SocketAddr,
+    bind: Option<std::net::IpAddr>,
+) -> std::io::Result<TcpStream> {
+    let Some(local) = bind else {
+        return TcpStream::connect(addr).await;
+    };
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.bind(std::net::SocketAddr::new(local, 0))?;
+    socket.connect(addr).await
 }
 
 fn describe(error: &tungstenite::Error) -> String {

@@ -60,6 +60,10 @@ pub struct TransportConfig {
     /// TLS settings for `wss://`; `None` trusts the bundled web roots
     /// (webpki-roots). See [`tls_with_ca_file`] for a private CA.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// The local address sockets connect from (`None`: the kernel's
+    /// choice). One source address has ~28,000 ports towards one server
+    /// address, so a worker past that binds its own.
+    pub bind: Option<std::net::IpAddr>,
 }
 
 impl Default for TransportConfig {
@@ -71,6 +75,7 @@ impl Default for TransportConfig {
             max_unsent_bytes: 16 << 20,
             max_partial_bytes: 64 << 20,
             tls: None,
+            bind: None,
         }
     }
 }
@@ -174,6 +179,7 @@ impl Transport {
                 ws: config.websocket_config(max_outbound),
                 partial: PartialBudget::new(config.max_partial_bytes),
                 tls,
+                bind: config.bind,
             }),
             tap,
             sockets: HashMap::new(),

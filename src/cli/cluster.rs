@@ -1,0 +1,341 @@
+//! The cluster's side of the command line: `connect --cluster` (a core:
+//! the leader, or a standby waiting for the lease) and `worker`.
+
+use std::net::IpAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use tracing::{error, info, warn};
+
+use super::{duration, human, usage_error};
+use crate::cluster::dispatch::LeaderLink;
+use crate::cluster::lease::{self, LeaderLease, RenewError};
+use crate::cluster::membership::{self, Roster};
+use crate::cluster::worker::{self, Leave, WorkerConfig, WorkerEnd};
+use crate::cluster::{self, ClusterConfig};
+use crate::core::Config;
+use crate::runtime::StopHandle;
+use crate::transport::TransportConfig;
+
+const HEADING: &str = "Cluster (NATS)";
+
+/// Descriptors a worker keeps for itself (NATS, logs, the runtime) below
+/// its open-files limit when it sizes its default capacity.
+const DESCRIPTOR_MARGIN: u64 = 64;
+
+fn cluster_name(name: &str) -> Result<String, String> {
+    if cluster::valid_name(name) {
+        Ok(name.to_owned())
+    } else {
+        Err("letters, digits, '-' and '_' only, 1 to 64 of them".into())
+    }
+}
+
+fn nats_url(url: &str) -> Result<String, String> {
+    if url.starts_with("nats://") || url.starts_with("tls://") {
+        Ok(url.to_owned())
+    } else {
+        Err("expected nats://HOST:PORT".into())
+    }
+}
+
+/// Where the cluster is, for both roles.
+#[derive(Args, Debug, Clone)]
+pub struct Where {
+    /// Name of the cluster: prefixes its NATS subjects and KV buckets, so
+    /// that several fleets can share one NATS.
+    #[arg(long, env = "SWITCHBOARD_CLUSTER_NAME", value_parser = cluster_name,
+          default_value = cluster::DEFAULT_NAME, help_heading = HEADING)]
+    cluster_name: String,
+    /// Length of a lease (the leader's and each worker's), set by the
+    /// first process to create the cluster's buckets; the others read it
+    /// back. A worker fences itself after half of it.
+    #[arg(long, env = "SWITCHBOARD_LEASE", value_parser = duration,
+          default_value_t = human(cluster::DEFAULT_LEASE), help_heading = HEADING)]
+    lease: humantime::Duration,
+}
+
+impl Where {
+    fn config(&self, url: String) -> ClusterConfig {
+        ClusterConfig {
+            url,
+            name: self.cluster_name.clone(),
+            lease: *self.lease,
+        }
+    }
+}
+
+/// `connect`'s cluster flags.
+#[derive(Args, Debug, Clone)]
+pub struct ClusterArgs {
+    /// Run as one core of a cluster whose team sockets live on `switchboard
+    /// worker`s: lead when the leader lease is free, else wait as a standby.
+    #[arg(long, env = "SWITCHBOARD_CLUSTER", value_parser = nats_url,
+          value_name = "NATS_URL", help_heading = HEADING)]
+    cluster: Option<String>,
+    #[command(flatten)]
+    place: Where,
+}
+
+/// A core that holds the leader lease: what the driver needs, and how the
+/// lease ended.
+pub struct Leading {
+    /// For the driver.
+    pub link: LeaderLink,
+    deposed: Arc<AtomicBool>,
+}
+
+impl Leading {
+    /// Whether the lease was lost while leading.
+    pub fn deposed(&self) -> bool {
+        self.deposed.load(Ordering::SeqCst)
+    }
+}
+
+impl ClusterArgs {
+    /// Without `--cluster`, `None`. With it, waits (as a standby, for as
+    /// long as it takes, until a signal) for the leader lease, then keeps
+    /// renewing it; losing it forces `stop` (the run ends at once).
+    pub fn lead(
+        &self,
+        runtime: &tokio::runtime::Runtime,
+        stop: &StopHandle,
+    ) -> Result<Option<Leading>, ExitCode> {
+        let Some(url) = self.cluster.clone() else {
+            return Ok(None);
+        };
+        let config = self.place.config(url);
+        let failed = |e: cluster::ClusterError| {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        };
+        let (client, js) = runtime
+            .block_on(cluster::connect(&config, "core"))
+            .map_err(failed)?;
+        let (buckets, lease_length) = runtime
+            .block_on(lease::buckets(&js, &config))
+            .map_err(failed)?;
+        let config = ClusterConfig {
+            lease: lease_length,
+            ..config
+        };
+        let holder = format!("{}:{}", hostname(), std::process::id());
+        let mut said = false;
+        let lease = loop {
+            if stop.is_stopped() {
+                info!("stopped while standing by");
+                return Err(ExitCode::SUCCESS);
+            }
+            match runtime.block_on(lease::try_lead(&buckets.leader, &holder)) {
+                Ok(Some(lease)) => break lease,
+                Ok(None) => {
+                    if !said {
+                        let leader = runtime
+                            .block_on(lease::current_leader(&buckets.leader))
+                            .ok()
+                            .flatten();
+                        info!(leader = ?leader.map(|l| l.holder), "standby: waiting for the leader lease");
+                        said = true;
+                    }
+                }
+                Err(e) => warn!(error = %e, "taking the leader lease"),
+            }
+            // A tenth of a lease: a standby leads within lease + this of
+            // the leader's last renewal.
+            std::thread::sleep(lease_length / 10);
+        };
+        info!(epoch = lease.epoch, holder, "leading");
+        let roster = Roster::default();
+        runtime.spawn(membership::watch(
+            buckets.workers.clone(),
+            roster.clone(),
+            lease_length,
+        ));
+        let deposed = Arc::new(AtomicBool::new(false));
+        let link = LeaderLink {
+            config,
+            epoch: lease.epoch,
+            client,
+            buckets,
+            roster,
+        };
+        runtime.spawn(keep_leading(
+            lease,
+            lease_length,
+            stop.clone(),
+            deposed.clone(),
+        ));
+        Ok(Some(Leading { link, deposed }))
+    }
+}
+
+/// Renews the leader lease every third of a lease. Lost (taken, revoked)
+/// or unrenewed for half a lease, the run is forced to end: a leader that
+/// cannot prove its lease stops commanding before a standby may lead.
+async fn keep_leading(
+    mut lease: LeaderLease,
+    length: Duration,
+    stop: StopHandle,
+    deposed: Arc<AtomicBool>,
+) {
+    let mut every = tokio::time::interval(length / 3);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_ok = Instant::now();
+    loop {
+        every.tick().await;
+        if stop.is_stopped() {
+            // A clean end: give the lease up so a standby leads at once.
+            lease.release().await;
+            return;
+        }
+        match tokio::time::timeout(length / 4, lease.renew()).await {
+            Ok(Ok(())) => last_ok = Instant::now(),
+            Ok(Err(RenewError::Lost)) => {
+                error!("the leader lease was taken: stopping");
+                break;
+            }
+            Ok(Err(RenewError::Unreachable(e))) => warn!(error = %e, "renewing the leader lease"),
+            Err(_) => warn!("renewing the leader lease: no answer"),
+        }
+        if last_ok.elapsed() > length / 2 {
+            error!("the leader lease went unrenewed for half its length: stopping");
+            break;
+        }
+    }
+    deposed.store(true, Ordering::SeqCst);
+    stop.force();
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".into())
+}
+
+/// `switchboard worker`'s flags.
+#[derive(Args, Debug, Clone)]
+pub struct WorkerArgs {
+    /// The cluster's NATS server.
+    #[arg(long, env = "SWITCHBOARD_CLUSTER", value_parser = nats_url,
+          value_name = "NATS_URL", help_heading = HEADING)]
+    cluster: String,
+    #[command(flatten)]
+    place: Where,
+    /// This worker's name, unique among live workers (default: the host
+    /// name).
+    #[arg(long, env = "SWITCHBOARD_WORKER_NAME", value_parser = cluster_name, help_heading = HEADING)]
+    name: Option<String>,
+    /// Most team sockets it takes (default: the open-files limit less a
+    /// margin).
+    #[arg(long, env = "SWITCHBOARD_WORKER_CAPACITY", help_heading = HEADING)]
+    capacity: Option<usize>,
+    /// Local address its team sockets connect from (one source address
+    /// has ~28,000 ports towards one server address).
+    #[arg(long, env = "SWITCHBOARD_BIND_IP", help_heading = HEADING)]
+    bind_ip: Option<IpAddr>,
+    /// How often events are batched to the leader (its tick, by default).
+    #[arg(long, env = "SWITCHBOARD_TICK", value_parser = duration,
+          default_value_t = human(Config::default().tick), help_heading = HEADING)]
+    tick: humantime::Duration,
+    /// A socket whose writes cannot drain, or whose message stays
+    /// incomplete, this long is dropped (the core's pong timeout).
+    #[arg(long, env = "SWITCHBOARD_PONG_TIMEOUT", value_parser = duration,
+          default_value_t = human(Config::default().pong_timeout), help_heading = HEADING)]
+    pong_timeout: humantime::Duration,
+    /// Longest wait for a close handshake when handing teams over.
+    #[arg(long, env = "SWITCHBOARD_CLOSE_TIMEOUT", value_parser = duration,
+          default_value_t = human(Config::default().close_timeout), help_heading = HEADING)]
+    close_timeout: humantime::Duration,
+    /// PEM file of extra CA certificates to trust for wss:// team URLs.
+    #[arg(long, env = "SWITCHBOARD_CA_FILE", help_heading = HEADING)]
+    ca_file: Option<std::path::PathBuf>,
+}
+
+/// `switchboard worker`.
+pub fn run_worker(args: &WorkerArgs) -> ExitCode {
+    let limit = super::client::raise_fd_limit();
+    let capacity = args.capacity.unwrap_or_else(|| {
+        limit.map_or(1_000, |l| {
+            l.saturating_sub(DESCRIPTOR_MARGIN).max(1) as usize
+        })
+    });
+    let mut transport = TransportConfig {
+        bind: args.bind_ip,
+        ..TransportConfig::default()
+    };
+    if let Some(path) = &args.ca_file {
+        match crate::transport::tls_with_ca_file(path) {
+            Ok(tls) => transport.tls = Some(tls),
+            Err(e) => return usage_error(e),
+        }
+    }
+    let config = WorkerConfig {
+        cluster: args.place.config(args.cluster.clone()),
+        name: args.name.clone().unwrap_or_else(|| {
+            let host: String = hostname()
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .take(64)
+                .collect();
+            host
+        }),
+        capacity,
+        transport,
+        core: Config {
+            tick: *args.tick,
+            pong_timeout: *args.pong_timeout,
+            close_timeout: *args.close_timeout,
+            ..Config::default()
+        },
+    };
+    let runtime = match super::tokio_runtime() {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
+    let leave = Leave::new();
+    runtime.spawn(watch_signals(leave.clone()));
+    let code = match worker::run(&config, runtime.handle(), &leave) {
+        Ok(WorkerEnd::HandedOver) => ExitCode::SUCCESS,
+        Ok(WorkerEnd::Forced) => ExitCode::from(130),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    };
+    runtime.shutdown_background();
+    code
+}
+
+/// SIGINT/SIGTERM: the first hands the teams over, the second ends at once.
+async fn watch_signals(leave: Leave) {
+    #[cfg(unix)]
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    loop {
+        #[cfg(unix)]
+        let terminated = async {
+            match term.as_mut() {
+                Some(term) => term.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let terminated = std::future::pending::<Option<()>>();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminated => {}
+        }
+        info!("signal received: handing the teams over (again to end at once)");
+        leave.signal();
+    }
+}

@@ -1,0 +1,314 @@
+//! The leader's side of the transport for team sockets: the driver hands
+//! it the core's team commands, it places each new socket on a worker,
+//! sends each worker one batch per step, and feeds the workers' events into
+//! the same inbox the Global socket's events go to, in the order each
+//! worker sent them.
+//!
+//! It keeps the transport's contract for the core: every `Open` it takes
+//! ends in exactly one terminal event. A worker answers for the sockets it
+//! holds; when a worker is lost (see [`super::membership`]) this closes
+//! every socket it held, in the core's eyes, with
+//! [`CloseReason::WorkerLost`] (the worker closed them itself before its
+//! lease could lapse), and an `Open` no worker has room for fails at once.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::poll_fn;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::runtime::Handle;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use super::ClusterConfig;
+use super::lease::Buckets;
+use super::membership::Roster;
+use super::placement::{self, Slot};
+use super::wire::{Command, CommandBatch, EventBatch};
+use crate::bridge::{CloseReason, ConnId, NetCommand, NetEvent};
+use crate::inbox::{EventSender, Wake};
+
+/// Command batches waiting for the publisher task. When full, the driver
+/// waits (its next step with it): commands are never dropped.
+const OUTBOX: usize = 1024;
+
+/// What a leader needs to run its teams on workers. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct LeaderLink {
+    /// The cluster (its lease resolved from the buckets).
+    pub config: ClusterConfig,
+    /// This leader's epoch.
+    pub epoch: u64,
+    /// The NATS connection.
+    pub client: async_nats::Client,
+    /// The cluster's buckets.
+    pub buckets: Buckets,
+    /// The live workers.
+    pub roster: Roster,
+}
+
+/// A worker incarnation, interned: sockets point at it by index.
+#[derive(Debug)]
+struct Holder {
+    worker: String,
+    incarnation: String,
+    /// Sockets it holds or was asked to open.
+    load: usize,
+    /// Command batches sent to it in this epoch.
+    seq: u64,
+    gone: bool,
+}
+
+/// The leader's team transport; lives on the driver thread.
+pub struct Dispatch {
+    link: LeaderLink,
+    events: EventSender,
+    holders: Vec<Holder>,
+    by_name: HashMap<(String, String), usize>,
+    owner: HashMap<ConnId, usize>,
+    pending: BTreeMap<usize, Vec<Command>>,
+    out: mpsc::Sender<(String, Bytes)>,
+}
+
+impl Dispatch {
+    /// Starts the event ingress and the command publisher on `runtime`;
+    /// events go to `events`, and a lost worker wakes `wake`.
+    pub fn new(link: LeaderLink, runtime: &Handle, events: EventSender, wake: Wake) -> Dispatch {
+        link.roster.attach(wake);
+        let (out, commands) = mpsc::channel(OUTBOX);
+        runtime.spawn(publish(link.client.clone(), commands));
+        runtime.spawn(ingress(link.clone(), events.clone()));
+        Dispatch {
+            link,
+            events,
+            holders: Vec::new(),
+            by_name: HashMap::new(),
+            owner: HashMap::new(),
+            pending: BTreeMap::new(),
+            out,
+        }
+    }
+
+    /// Whether the socket `conn` is a worker's (else it is the leader's
+    /// own: Global).
+    pub fn owns(&self, conn: ConnId) -> bool {
+        self.owner.contains_key(&conn)
+    }
+
+    /// Takes one team command (an `Open` of a team, or a command for a
+    /// socket it [owns](Self::owns)).
+    pub fn execute(&mut self, command: NetCommand) {
+        let Some(command) = Command::from_net(command) else {
+            return;
+        };
+        let conn = command.conn();
+        let holder = match &command {
+            Command::Open { team, .. } => match self.place(*team) {
+                Some(holder) => {
+                    self.owner.insert(conn, holder);
+                    self.holders[holder].load += 1;
+                    holder
+                }
+                None => {
+                    let _ = self.events.send_final(NetEvent::OpenFailed {
+                        conn,
+                        error: "no worker has room".into(),
+                    });
+                    return;
+                }
+            },
+            _ => match self.owner.get(&conn) {
+                Some(&holder) => holder,
+                None => return,
+            },
+        };
+        self.pending.entry(holder).or_default().push(command);
+    }
+
+    /// The holder (a live worker with room) for a new socket of `team`.
+    fn place(&mut self, team: crate::protocol::TeamId) -> Option<usize> {
+        let mut live = Vec::new();
+        self.link.roster.each_live(|name, value| {
+            if !value.leaving {
+                live.push((name.to_owned(), value.incarnation.clone(), value.capacity));
+            }
+        });
+        let loads: Vec<usize> = live
+            .iter()
+            .map(|(w, i, _)| {
+                self.by_name
+                    .get(&(w.clone(), i.clone()))
+                    .map_or(0, |&h| self.holders[h].load)
+            })
+            .collect();
+        let chosen = placement::choose(
+            team,
+            live.iter()
+                .zip(&loads)
+                .map(|((name, _, capacity), &load)| Slot {
+                    name,
+                    load,
+                    capacity: *capacity,
+                }),
+        )?
+        .to_owned();
+        let (_, incarnation, _) = live.into_iter().find(|(name, ..)| *name == chosen)?;
+        let key = (chosen, incarnation);
+        if let Some(&holder) = self.by_name.get(&key) {
+            return Some(holder);
+        }
+        self.holders.push(Holder {
+            worker: key.0.clone(),
+            incarnation: key.1.clone(),
+            load: 0,
+            seq: 0,
+            gone: false,
+        });
+        let holder = self.holders.len() - 1;
+        self.by_name.insert(key, holder);
+        Some(holder)
+    }
+
+    /// Sends each worker the step's commands, one batch each. Blocks while
+    /// the outbox is full: NATS is behind, and the driver waits with it.
+    pub fn flush(&mut self) {
+        for (holder, commands) in std::mem::take(&mut self.pending) {
+            let h = &mut self.holders[holder];
+            if h.gone {
+                continue;
+            }
+            h.seq += 1;
+            let batch = CommandBatch {
+                epoch: self.link.epoch,
+                incarnation: h.incarnation.clone(),
+                seq: h.seq,
+                commands,
+            };
+            let subject = self.link.config.commands(&h.worker);
+            if self
+                .out
+                .blocking_send((subject, Bytes::from(batch.encode())))
+                .is_err()
+            {
+                warn!("the command publisher is gone; commands dropped");
+            }
+        }
+    }
+
+    /// Notes the terminal events of worker sockets as the core takes them.
+    pub fn observe(&mut self, event: &NetEvent) {
+        if let NetEvent::Closed { conn, .. } | NetEvent::OpenFailed { conn, .. } = event
+            && let Some(holder) = self.owner.remove(conn)
+        {
+            let h = &mut self.holders[holder];
+            h.load = h.load.saturating_sub(1);
+        }
+    }
+
+    /// Closes, in the core's eyes, every socket of each worker lost since
+    /// the last call. O(sockets) per loss, which is rare.
+    pub fn poll(&mut self) {
+        for lost in self.link.roster.take_lost() {
+            let key = (lost.worker, lost.incarnation);
+            let Some(&holder) = self.by_name.get(&key) else {
+                continue;
+            };
+            self.holders[holder].gone = true;
+            self.pending.remove(&holder);
+            let mut closed = 0usize;
+            self.owner.retain(|&conn, h| {
+                if *h != holder {
+                    return true;
+                }
+                closed += 1;
+                let _ = self.events.send_final(NetEvent::Closed {
+                    conn,
+                    reason: CloseReason::WorkerLost,
+                });
+                false
+            });
+            self.holders[holder].load = 0;
+            warn!(worker = %key.0, sockets = closed, why = lost.why, "closing a lost worker's sockets");
+        }
+    }
+
+    /// Sockets on each live worker, by name (for `/metrics` and logs).
+    pub fn loads(&self) -> BTreeMap<String, usize> {
+        let mut loads = BTreeMap::new();
+        for h in self.holders.iter().filter(|h| !h.gone) {
+            *loads.entry(h.worker.clone()).or_insert(0) += h.load;
+        }
+        loads
+    }
+}
+
+/// Publishes command batches in order.
+async fn publish(client: async_nats::Client, mut commands: mpsc::Receiver<(String, Bytes)>) {
+    while let Some((subject, body)) = commands.recv().await {
+        if let Err(error) = client.publish(subject, body).await {
+            warn!(%error, "publishing a command batch failed");
+        }
+    }
+}
+
+/// Takes the workers' event batches into the inbox: only this epoch's,
+/// only from live workers, in sequence. A batch out of sequence means NATS
+/// dropped one (a slow consumer, a reconnect): that worker's incarnation
+/// is revoked (its lease deleted; it fences itself on its next renewal)
+/// and nothing more of it is taken; its sockets are closed in the core's
+/// eyes once the worker is lost.
+async fn ingress(link: LeaderLink, mut events: EventSender) {
+    let subject = link.config.all_events();
+    let mut batches = match link.client.subscribe(subject.clone()).await {
+        Ok(batches) => batches,
+        Err(error) => {
+            warn!(%error, subject, "cannot take the workers' events");
+            return;
+        }
+    };
+    let mut next: HashMap<(String, String), u64> = HashMap::new();
+    while let Some(message) = batches.next().await {
+        let batch = match EventBatch::decode(&message.payload) {
+            Ok(batch) => batch,
+            Err(error) => {
+                warn!(%error, subject = %message.subject, "an event batch that does not read; ignored");
+                continue;
+            }
+        };
+        if batch.epoch != link.epoch || !link.roster.is_live(&batch.worker, &batch.incarnation) {
+            debug!(
+                worker = batch.worker,
+                epoch = batch.epoch,
+                "events of another epoch or a gone worker"
+            );
+            continue;
+        }
+        let key = (batch.worker, batch.incarnation);
+        let expected = next.entry(key.clone()).or_insert(1);
+        if *expected == 0 {
+            continue; // revoked
+        }
+        if batch.seq != *expected {
+            warn!(worker = %key.0, expected = *expected, got = batch.seq, "events lost in transit; revoking the worker");
+            *expected = 0;
+            link.roster.revoke(&key.0, &key.1);
+            let _ = link.buckets.workers.delete(&key.0).await;
+            continue;
+        }
+        *expected += 1;
+        for event in batch.events {
+            let terminal = matches!(event, NetEvent::Closed { .. } | NetEvent::OpenFailed { .. });
+            let sent = if terminal {
+                events.send_final(event)
+            } else {
+                match poll_fn(|cx| events.poll_ready(cx)).await {
+                    Ok(()) => events.send(event),
+                    Err(e) => Err(e),
+                }
+            };
+            if sent.is_err() {
+                return; // the driver is gone
+            }
+        }
+    }
+}

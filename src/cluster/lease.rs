@@ -1,0 +1,270 @@
+//! Leases in JetStream KV, one mechanism for two uses.
+//!
+//! A lease is a key in a bucket whose max age is the lease: an entry not
+//! renewed within it expires on the server, whoever held it. It is renewed
+//! by a revision-checked update, so a holder whose entry was replaced (a
+//! takeover) or deleted (a revocation) learns it on its next renewal and
+//! stops at once.
+//!
+//! - The leader's: key `leader` in `<cluster>_leader`, taken by `create`
+//!   (which succeeds only when no live entry exists). The revision of that
+//!   create is the leader's **epoch**: JetStream revisions only grow, so
+//!   every takeover has a larger one, and a worker obeys only the largest
+//!   it has seen.
+//! - A worker's: key `<name>` in `<cluster>_workers`, its value the
+//!   worker's incarnation and capacity, written by `put` (a restarted
+//!   worker replaces the dead one's entry; the dead one, were it alive,
+//!   fails its next renewal and fences itself).
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::{ClusterConfig, ClusterError};
+
+/// The leader lease's key.
+const LEADER_KEY: &str = "leader";
+
+/// The cluster's two buckets.
+#[derive(Clone, Debug)]
+pub struct Buckets {
+    /// The leader lease.
+    pub leader: kv::Store,
+    /// The workers' leases.
+    pub workers: kv::Store,
+}
+
+/// Opens the buckets, creating them when absent (with the lease as their
+/// max age; a bucket that exists keeps its own, which every process then
+/// reads back as the lease).
+pub async fn buckets(
+    js: &jetstream::Context,
+    config: &ClusterConfig,
+) -> Result<(Buckets, Duration), ClusterError> {
+    let leader = bucket(js, config.leader_bucket(), config.lease).await?;
+    let workers = bucket(js, config.workers_bucket(), config.lease).await?;
+    let lease = leader
+        .status()
+        .await
+        .map(|s| s.max_age())
+        .unwrap_or(config.lease);
+    if lease != config.lease {
+        tracing::warn!(
+            bucket_ms = lease.as_millis() as u64,
+            asked_ms = config.lease.as_millis() as u64,
+            "the cluster's lease is its bucket's, not the one asked for"
+        );
+    }
+    Ok((Buckets { leader, workers }, lease))
+}
+
+async fn bucket(
+    js: &jetstream::Context,
+    name: String,
+    max_age: Duration,
+) -> Result<kv::Store, ClusterError> {
+    if let Ok(store) = js.get_key_value(&name).await {
+        return Ok(store);
+    }
+    // The bucket's stream as `create_key_value` would make it, made
+    // directly: async-nats 0.51's `create_key_value` first reads the
+    // account's info and fails on the reply of a nats-server before 2.10
+    // (Debian's 2.9), which lacks the `reserved_*` fields it requires.
+    js.get_or_create_stream(jetstream::stream::Config {
+        name: format!("KV_{name}"),
+        subjects: vec![format!("$KV.{name}.>")],
+        max_messages_per_subject: 1,
+        max_age,
+        storage: jetstream::stream::StorageType::File,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: jetstream::stream::DiscardPolicy::New,
+        num_replicas: 1,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| ClusterError::JetStream(format!("bucket {name}: {e}")))?;
+    js.get_key_value(&name)
+        .await
+        .map_err(|e| ClusterError::JetStream(format!("bucket {name}: {e}")))
+}
+
+/// Why a renewal failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RenewError {
+    /// Someone else's entry replaced ours, or ours was deleted: the lease
+    /// is lost for good.
+    #[error("the lease was taken or revoked")]
+    Lost,
+    /// No answer: try again (the lease may still be ours).
+    #[error("no answer: {0}")]
+    Unreachable(String),
+}
+
+fn renew_error(error: kv::UpdateError) -> RenewError {
+    match error.kind() {
+        kv::UpdateErrorKind::WrongLastRevision => RenewError::Lost,
+        _ => RenewError::Unreachable(error.to_string()),
+    }
+}
+
+/// What the leader's entry says.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderValue {
+    /// Who holds it (`host:pid` unless named).
+    pub holder: String,
+    /// The epoch (0 in the entry that took the lease: the epoch is that
+    /// entry's revision, known only once written).
+    pub epoch: u64,
+}
+
+/// The leader lease, held.
+#[derive(Debug)]
+pub struct LeaderLease {
+    store: kv::Store,
+    holder: String,
+    /// The fencing token.
+    pub epoch: u64,
+    revision: u64,
+}
+
+/// Takes the leader lease if nobody holds it; `None` if somebody does.
+pub async fn try_lead(
+    store: &kv::Store,
+    holder: &str,
+) -> Result<Option<LeaderLease>, ClusterError> {
+    let value = LeaderValue {
+        holder: holder.to_owned(),
+        epoch: 0,
+    };
+    match store.create(LEADER_KEY, to_bytes(&value)).await {
+        Ok(revision) => Ok(Some(LeaderLease {
+            store: store.clone(),
+            holder: holder.to_owned(),
+            epoch: revision,
+            revision,
+        })),
+        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
+        Err(e) => Err(ClusterError::JetStream(e.to_string())),
+    }
+}
+
+/// Who leads now, if anyone: the entry's holder and epoch.
+pub async fn current_leader(store: &kv::Store) -> Result<Option<LeaderValue>, ClusterError> {
+    let entry = store
+        .entry(LEADER_KEY)
+        .await
+        .map_err(|e| ClusterError::JetStream(e.to_string()))?;
+    Ok(entry.and_then(|entry| {
+        if entry.operation != kv::Operation::Put {
+            return None;
+        }
+        let mut value: LeaderValue = serde_json::from_slice(&entry.value).ok()?;
+        if value.epoch == 0 {
+            value.epoch = entry.revision;
+        }
+        Some(value)
+    }))
+}
+
+impl LeaderLease {
+    /// Renews the lease (revision-checked).
+    pub async fn renew(&mut self) -> Result<(), RenewError> {
+        let value = LeaderValue {
+            holder: self.holder.clone(),
+            epoch: self.epoch,
+        };
+        self.revision = self
+            .store
+            .update(LEADER_KEY, to_bytes(&value), self.revision)
+            .await
+            .map_err(renew_error)?;
+        Ok(())
+    }
+
+    /// Gives the lease up (at a clean exit), so a standby need not wait
+    /// for it to expire. Only if still ours.
+    pub async fn release(self) {
+        // A delete is not revision-checked; an update to an empty holder
+        // that is would still block `create`. Purge only if still ours.
+        if let Ok(Some(entry)) = self.store.entry(LEADER_KEY).await
+            && entry.revision == self.revision
+        {
+            let _ = self.store.purge(LEADER_KEY).await;
+        }
+    }
+}
+
+/// What a worker's entry says.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerValue {
+    /// This run of the worker: a new one after a restart or a fence.
+    pub incarnation: String,
+    /// Most sockets it takes.
+    pub capacity: usize,
+    /// It is handing its teams over before it exits: place nothing new on
+    /// it.
+    #[serde(default)]
+    pub leaving: bool,
+}
+
+/// A worker's lease, held.
+#[derive(Debug)]
+pub struct WorkerLease {
+    store: kv::Store,
+    name: String,
+    /// What it says.
+    pub value: WorkerValue,
+    revision: u64,
+}
+
+impl WorkerLease {
+    /// Registers (or re-registers) the worker `name` with `value`.
+    pub async fn register(
+        store: &kv::Store,
+        name: &str,
+        value: WorkerValue,
+    ) -> Result<WorkerLease, RenewError> {
+        let revision = store
+            .put(name, to_bytes(&value))
+            .await
+            .map_err(|e| RenewError::Unreachable(e.to_string()))?;
+        Ok(WorkerLease {
+            store: store.clone(),
+            name: name.to_owned(),
+            value,
+            revision,
+        })
+    }
+
+    /// Renews it (revision-checked).
+    pub async fn renew(&mut self) -> Result<(), RenewError> {
+        self.revision = self
+            .store
+            .update(&self.name, to_bytes(&self.value), self.revision)
+            .await
+            .map_err(renew_error)?;
+        Ok(())
+    }
+
+    /// Deletes it: the worker holds no socket any more.
+    pub async fn release(self) -> Result<(), RenewError> {
+        self.store
+            .delete(&self.name)
+            .await
+            .map_err(|e| RenewError::Unreachable(e.to_string()))
+    }
+}
+
+fn to_bytes(value: &impl Serialize) -> Bytes {
+    // Serialising these plain structs cannot fail.
+    Bytes::from(serde_json::to_vec(value).unwrap_or_default())
+}
+
+/// A worker's entry read back; `None` if it is not one.
+pub fn worker_value(bytes: &[u8]) -> Option<WorkerValue> {
+    serde_json::from_slice(bytes).ok()
+}

@@ -1,0 +1,257 @@
+//! The leader's view of the live workers, kept from their leases: a watch
+//! on the workers' bucket, and the leader's own clock for expiry.
+//!
+//! A worker is lost when its entry is deleted by the worker (it closed its
+//! sockets and left), replaced by a new incarnation (it restarted, or
+//! fenced itself and came back), or not renewed for a whole lease. A
+//! worker that cannot renew fences itself after half a lease, so by the
+//! time the leader declares it lost its sockets are closed: break before
+//! make. A worker the leader revoked (its events had a gap) is lost only
+//! the same ways, never on the revocation itself.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::kv;
+use futures_util::StreamExt;
+use tracing::{info, warn};
+
+use super::lease::{WorkerValue, worker_value};
+use crate::inbox::Wake;
+
+/// One live worker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// Its lease's value.
+    pub value: WorkerValue,
+    last_seen: Instant,
+    revoked: bool,
+}
+
+/// A worker incarnation that is gone: every socket it held is closed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lost {
+    /// The worker.
+    pub worker: String,
+    /// Which run of it.
+    pub incarnation: String,
+    /// Why, for the log.
+    pub why: &'static str,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    live: BTreeMap<String, Member>,
+    lost: Vec<Lost>,
+    wake: Option<Wake>,
+}
+
+/// The live workers, shared by the watch task, the event ingress and the
+/// dispatcher. Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct Roster(Arc<Mutex<State>>);
+
+impl Roster {
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic elsewhere while holding it leaves plain data: go on.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wakes the driver whenever a worker is lost.
+    pub fn attach(&self, wake: Wake) {
+        self.state().wake = Some(wake);
+    }
+
+    /// The live workers, by name.
+    pub fn live(&self) -> BTreeMap<String, WorkerValue> {
+        self.state()
+            .live
+            .iter()
+            .map(|(name, m)| (name.clone(), m.value.clone()))
+            .collect()
+    }
+
+    /// Calls `each` with every live worker (no copies: for placement).
+    pub fn each_live(&self, mut each: impl FnMut(&str, &WorkerValue)) {
+        for (name, member) in &self.state().live {
+            each(name, &member.value);
+        }
+    }
+
+    /// Whether this incarnation of `worker` is live.
+    pub fn is_live(&self, worker: &str, incarnation: &str) -> bool {
+        self.state()
+            .live
+            .get(worker)
+            .is_some_and(|m| m.value.incarnation == incarnation)
+    }
+
+    /// Workers lost since the last call.
+    pub fn take_lost(&self) -> Vec<Lost> {
+        std::mem::take(&mut self.state().lost)
+    }
+
+    /// Marks this incarnation revoked: its entry's deletion (which the
+    /// caller asks for) is then not a loss; its expiry or successor is.
+    pub fn revoke(&self, worker: &str, incarnation: &str) {
+        if let Some(m) = self.state().live.get_mut(worker)
+            && m.value.incarnation == incarnation
+        {
+            m.revoked = true;
+        }
+    }
+
+    /// A put of `worker`'s entry, seen at `now`.
+    pub fn seen(&self, worker: &str, value: WorkerValue, now: Instant) {
+        let mut state = self.state();
+        let replaced = match state.live.get_mut(worker) {
+            Some(m) if m.value.incarnation == value.incarnation => {
+                m.value = value;
+                m.last_seen = now;
+                return;
+            }
+            Some(_) => state.live.remove(worker),
+            None => None,
+        };
+        if let Some(old) = replaced {
+            lose(&mut state, worker, old, "replaced by a new incarnation");
+        }
+        info!(worker, incarnation = %value.incarnation, capacity = value.capacity, "worker joined");
+        state.live.insert(
+            worker.to_owned(),
+            Member {
+                value,
+                last_seen: now,
+                revoked: false,
+            },
+        );
+    }
+
+    /// `worker`'s entry was deleted or purged.
+    pub fn deleted(&self, worker: &str) {
+        let mut state = self.state();
+        if state.live.get(worker).is_some_and(|m| !m.revoked)
+            && let Some(old) = state.live.remove(worker)
+        {
+            lose(&mut state, worker, old, "left");
+        }
+    }
+
+    /// Declares lost every worker not seen for `lease` before `now`.
+    pub fn expire(&self, now: Instant, lease: Duration) {
+        let mut state = self.state();
+        let expired: Vec<String> = state
+            .live
+            .iter()
+            .filter(|(_, m)| now.saturating_duration_since(m.last_seen) > lease)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in expired {
+            if let Some(old) = state.live.remove(&name) {
+                lose(&mut state, &name, old, "lease expired");
+            }
+        }
+    }
+}
+
+fn lose(state: &mut State, worker: &str, old: Member, why: &'static str) {
+    warn!(worker, incarnation = %old.value.incarnation, why, "worker lost");
+    state.lost.push(Lost {
+        worker: worker.to_owned(),
+        incarnation: old.value.incarnation,
+        why,
+    });
+    if let Some(wake) = &state.wake {
+        wake.wake();
+    }
+}
+
+/// Keeps `roster` in step with the workers' bucket, for as long as the
+/// process runs: a watch (remade after an error), and an expiry check ten
+/// times a lease.
+pub async fn watch(store: kv::Store, roster: Roster, lease: Duration) {
+    let mut check = tokio::time::interval(lease / 10);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let mut entries = match store.watch_with_history(">").await {
+            Ok(entries) => entries,
+            Err(error) => {
+                warn!(%error, "watching the workers' leases; retrying");
+                check.tick().await;
+                roster.expire(Instant::now(), lease);
+                continue;
+            }
+        };
+        loop {
+            tokio::select! {
+                entry = entries.next() => match entry {
+                    Some(Ok(entry)) => apply(&roster, entry),
+                    Some(Err(error)) => {
+                        warn!(%error, "the workers' lease watch failed; remaking it");
+                        break;
+                    }
+                    None => break,
+                },
+                _ = check.tick() => roster.expire(Instant::now(), lease),
+            }
+        }
+    }
+}
+
+fn apply(roster: &Roster, entry: kv::Entry) {
+    match entry.operation {
+        kv::Operation::Put => match worker_value(&entry.value) {
+            Some(value) => roster.seen(&entry.key, value, Instant::now()),
+            None => warn!(worker = %entry.key, "a worker lease that does not read; ignored"),
+        },
+        kv::Operation::Delete | kv::Operation::Purge => roster.deleted(&entry.key),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(inc: &str) -> WorkerValue {
+        WorkerValue {
+            incarnation: inc.into(),
+            capacity: 10,
+            leaving: false,
+        }
+    }
+
+    #[test]
+    fn a_worker_is_lost_by_leaving_restarting_or_expiring_but_not_by_revocation() {
+        let roster = Roster::default();
+        let t0 = Instant::now();
+        let lease = Duration::from_secs(5);
+        roster.seen("a", value("1"), t0);
+        roster.seen("b", value("1"), t0);
+        roster.seen("c", value("1"), t0);
+        // A restart: the old incarnation is lost, the new one live.
+        roster.seen("a", value("2"), t0);
+        assert!(roster.is_live("a", "2") && !roster.is_live("a", "1"));
+        // A revoked worker's deletion is no loss; its expiry is.
+        roster.revoke("b", "1");
+        roster.deleted("b");
+        assert!(roster.is_live("b", "1"));
+        roster.deleted("c");
+        roster.seen("a", value("2"), t0 + lease);
+        roster.expire(t0 + lease + Duration::from_millis(1), lease);
+        let lost: Vec<_> = roster
+            .take_lost()
+            .into_iter()
+            .map(|l| (l.worker, l.incarnation, l.why))
+            .collect();
+        assert_eq!(
+            lost,
+            [
+                ("a".into(), "1".into(), "replaced by a new incarnation"),
+                ("c".into(), "1".into(), "left"),
+                ("b".into(), "1".into(), "lease expired"),
+            ]
+        );
+        assert!(roster.is_live("a", "2"));
+    }
+}

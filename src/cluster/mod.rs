@@ -1,0 +1,129 @@
+//! Past one process: team sockets on workers, the core on a leader, NATS
+//! between them (see `docs/CLUSTER.md` for the design and its failure
+//! table).
+//!
+//! - [`wire`]: the core's contract (`NetCommand` out, `NetEvent` in) as
+//!   batches on core NATS subjects, stamped with the leader's epoch.
+//! - [`lease`]: the leases in JetStream KV: one for the leader (its
+//!   creation's revision is the epoch, the fencing token), one per worker.
+//! - [`membership`]: the leader's view of the live workers, from their
+//!   leases.
+//! - [`dispatch`]: the leader's side of the transport: places each team on
+//!   a worker ([`placement`]), sends the commands, takes the events, and
+//!   closes a lost worker's sockets in the core's eyes.
+//! - [`worker`]: `switchboard worker`, the transport alone.
+
+pub mod dispatch;
+pub mod lease;
+pub mod membership;
+pub mod placement;
+pub mod wire;
+pub mod worker;
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+
+/// A lease's default length, for the leader and for each worker.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(5);
+
+/// The default cluster name: the prefix of its subjects and buckets.
+pub const DEFAULT_NAME: &str = "switchboard";
+
+/// How a process reaches its cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// The NATS server, `nats://host:port`.
+    pub url: String,
+    /// Names the cluster's subjects and buckets: several fleets can share
+    /// one NATS.
+    pub name: String,
+    /// How long a lease lasts unrenewed (the buckets' max age). A worker
+    /// fences itself after half of it; a standby leads within it plus the
+    /// poll.
+    pub lease: Duration,
+}
+
+impl ClusterConfig {
+    /// The subject a worker takes its command batches on.
+    pub fn commands(&self, worker: &str) -> String {
+        format!("{}.cmd.{worker}", self.name)
+    }
+
+    /// The subject a worker publishes its event batches on.
+    pub fn events(&self, worker: &str) -> String {
+        format!("{}.evt.{worker}", self.name)
+    }
+
+    /// Every worker's event subject.
+    pub fn all_events(&self) -> String {
+        format!("{}.evt.*", self.name)
+    }
+
+    /// The leader lease's bucket.
+    pub fn leader_bucket(&self) -> String {
+        format!("{}_leader", self.name)
+    }
+
+    /// The workers' leases' bucket.
+    pub fn workers_bucket(&self) -> String {
+        format!("{}_workers", self.name)
+    }
+}
+
+/// Whether `name` may name a worker or a cluster: it becomes a NATS
+/// subject token and a KV key or bucket name.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// A cluster operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// NATS could not be reached or refused us.
+    #[error("NATS at {url}: {error}")]
+    Connect {
+        /// Where.
+        url: String,
+        /// Why.
+        error: String,
+    },
+    /// A JetStream request failed.
+    #[error("JetStream: {0}")]
+    JetStream(String),
+}
+
+/// Connects to the cluster's NATS (and keeps reconnecting in the
+/// background for as long as the process runs).
+pub async fn connect(
+    config: &ClusterConfig,
+    role: &str,
+) -> Result<(async_nats::Client, jetstream::Context), ClusterError> {
+    let client = async_nats::ConnectOptions::new()
+        .name(format!("switchboard {role}"))
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .reconnect_delay_callback(|attempts| {
+            Duration::from_millis(50)
+                .saturating_mul(2u32.saturating_pow(attempts.min(10) as u32))
+                .min(Duration::from_secs(1))
+        })
+        // Event batches wait here while the leader's inbox is full; past
+        // this NATS drops them (a slow consumer) and the leader sees the
+        // gap in their sequence.
+        .subscription_capacity(16 * 1024)
+        .connect(config.url.as_str())
+        .await
+        .map_err(|e| ClusterError::Connect {
+            url: config.url.clone(),
+            error: e.to_string(),
+        })?;
+    let context = jetstream::context::ContextBuilder::new()
+        .timeout(Duration::from_secs(2))
+        .build(client.clone());
+    Ok((client, context))
+}

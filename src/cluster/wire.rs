@@ -1,0 +1,353 @@
+//! The core's contract with the network, as NATS messages: one batch of
+//! commands per step per worker, one batch of events per flush per worker.
+//!
+//! Both are JSON objects. A command batch names the leader's epoch (the
+//! fencing token), the worker incarnation it is for, and its sequence
+//! number in that (epoch, incarnation) pair, counting from 1; commands are
+//! arrays: `["o",conn,team,url]`, `["s",conn,text]`, `["p",conn]`,
+//! `["c",conn,code]`, `["a",conn]`. An event batch names the epoch it
+//! serves, the worker and its incarnation, and its sequence number in that
+//! incarnation, counting from 1; its events are the flight recorder's
+//! encoding ([`crate::record::codec`]), so one event has one encoding
+//! everywhere.
+
+use serde_json::{Value, json};
+
+use crate::bridge::{ConnId, ConnKind, NetCommand, NetEvent};
+use crate::protocol::TeamId;
+use crate::record::codec;
+
+/// A message that is not a batch this build reads.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad batch: {0}")]
+pub struct BadBatch(pub String);
+
+fn bad(what: impl Into<String>) -> BadBatch {
+    BadBatch(what.into())
+}
+
+/// A team command for a worker (Global's never leave the leader).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Open the team's socket.
+    Open {
+        /// The leader's id for it.
+        conn: ConnId,
+        /// The team.
+        team: TeamId,
+        /// Where.
+        url: String,
+    },
+    /// Send one text frame.
+    Send {
+        /// On which socket.
+        conn: ConnId,
+        /// The frame.
+        text: String,
+    },
+    /// A websocket ping.
+    Probe {
+        /// Which socket.
+        conn: ConnId,
+    },
+    /// A close handshake with this code.
+    Close {
+        /// Which socket.
+        conn: ConnId,
+        /// The code.
+        code: u16,
+    },
+    /// Drop at once.
+    Abort {
+        /// Which socket.
+        conn: ConnId,
+    },
+}
+
+impl Command {
+    /// The worker's form of a team command; `None` for Global's.
+    pub fn from_net(command: NetCommand) -> Option<Command> {
+        Some(match command {
+            NetCommand::Open {
+                conn,
+                kind: ConnKind::Team(team),
+                url,
+            } => Command::Open { conn, team, url },
+            NetCommand::Open {
+                kind: ConnKind::Global,
+                ..
+            } => return None,
+            NetCommand::Send { conn, text } => Command::Send {
+                conn,
+                text: text.as_str().to_owned(),
+            },
+            NetCommand::Probe { conn } => Command::Probe { conn },
+            NetCommand::Close { conn, code } => Command::Close { conn, code },
+            NetCommand::Abort { conn } => Command::Abort { conn },
+        })
+    }
+
+    /// The transport's form.
+    pub fn into_net(self) -> NetCommand {
+        match self {
+            Command::Open { conn, team, url } => NetCommand::Open {
+                conn,
+                kind: ConnKind::Team(team),
+                url,
+            },
+            Command::Send { conn, text } => NetCommand::Send {
+                conn,
+                text: text.into(),
+            },
+            Command::Probe { conn } => NetCommand::Probe { conn },
+            Command::Close { conn, code } => NetCommand::Close { conn, code },
+            Command::Abort { conn } => NetCommand::Abort { conn },
+        }
+    }
+
+    /// The socket it concerns.
+    pub fn conn(&self) -> ConnId {
+        match self {
+            Command::Open { conn, .. }
+            | Command::Send { conn, .. }
+            | Command::Probe { conn }
+            | Command::Close { conn, .. }
+            | Command::Abort { conn } => *conn,
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        match self {
+            Command::Open { conn, team, url } => json!(["o", conn.0, team.0, url]),
+            Command::Send { conn, text } => json!(["s", conn.0, text]),
+            Command::Probe { conn } => json!(["p", conn.0]),
+            Command::Close { conn, code } => json!(["c", conn.0, code]),
+            Command::Abort { conn } => json!(["a", conn.0]),
+        }
+    }
+
+    fn from_json(value: &Value) -> Result<Command, BadBatch> {
+        let items = value
+            .as_array()
+            .ok_or_else(|| bad("a command is not an array"))?;
+        let tag = items.first().and_then(Value::as_str).unwrap_or("");
+        let num = |i: usize| {
+            items
+                .get(i)
+                .and_then(Value::as_u64)
+                .ok_or_else(|| bad(format!("command {tag:?}: item {i} is not a number")))
+        };
+        let text = |i: usize| {
+            items
+                .get(i)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .ok_or_else(|| bad(format!("command {tag:?}: item {i} is not a string")))
+        };
+        let conn = ConnId(num(1)?);
+        Ok(match tag {
+            "o" => Command::Open {
+                conn,
+                team: TeamId(num(2)?),
+                url: text(3)?,
+            },
+            "s" => Command::Send {
+                conn,
+                text: text(2)?,
+            },
+            "p" => Command::Probe { conn },
+            "c" => Command::Close {
+                conn,
+                code: u16::try_from(num(2)?).map_err(|_| bad("a close code above 65535"))?,
+            },
+            "a" => Command::Abort { conn },
+            other => return Err(bad(format!("unknown command {other:?}"))),
+        })
+    }
+}
+
+/// One step's commands for one worker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommandBatch {
+    /// The leader's epoch: a worker obeys only the newest it has seen.
+    pub epoch: u64,
+    /// The worker incarnation it is for: another ignores it.
+    pub incarnation: String,
+    /// 1, 2, … within (epoch, incarnation): a gap means a batch was lost.
+    pub seq: u64,
+    /// In order.
+    pub commands: Vec<Command>,
+}
+
+impl CommandBatch {
+    /// The message body.
+    pub fn encode(&self) -> Vec<u8> {
+        let commands: Vec<Value> = self.commands.iter().map(Command::to_json).collect();
+        let body = json!({
+            "epoch": self.epoch,
+            "inc": self.incarnation,
+            "seq": self.seq,
+            "cmds": commands,
+        });
+        body.to_string().into_bytes()
+    }
+
+    /// Reads a message body.
+    pub fn decode(bytes: &[u8]) -> Result<CommandBatch, BadBatch> {
+        let value: Value = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
+        let commands = value
+            .get("cmds")
+            .and_then(Value::as_array)
+            .ok_or_else(|| bad("no cmds"))?
+            .iter()
+            .map(Command::from_json)
+            .collect::<Result<_, _>>()?;
+        Ok(CommandBatch {
+            epoch: field_u64(&value, "epoch")?,
+            incarnation: field_str(&value, "inc")?,
+            seq: field_u64(&value, "seq")?,
+            commands,
+        })
+    }
+}
+
+/// A worker's events since its last flush.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EventBatch {
+    /// The epoch whose commands opened these sockets.
+    pub epoch: u64,
+    /// The worker.
+    pub worker: String,
+    /// Its incarnation.
+    pub incarnation: String,
+    /// 1, 2, … within the incarnation: a gap means a batch was lost.
+    pub seq: u64,
+    /// In the order the worker's sockets produced them.
+    pub events: Vec<NetEvent>,
+}
+
+impl EventBatch {
+    /// The message body.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + 24 * self.events.len());
+        let head = json!({
+            "epoch": self.epoch,
+            "worker": self.worker,
+            "inc": self.incarnation,
+            "seq": self.seq,
+        })
+        .to_string();
+        // `{…}` without its closing brace, then the events.
+        out.extend_from_slice(&head.as_bytes()[..head.len() - 1]);
+        out.extend_from_slice(b",\"events\":[");
+        for (i, event) in self.events.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            codec::encode(&mut out, event);
+        }
+        out.extend_from_slice(b"]}");
+        out
+    }
+
+    /// Reads a message body.
+    pub fn decode(bytes: &[u8]) -> Result<EventBatch, BadBatch> {
+        let value: Value = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
+        let events = value
+            .get("events")
+            .and_then(Value::as_array)
+            .ok_or_else(|| bad("no events"))?
+            .iter()
+            .map(|e| codec::decode(e).map_err(|e| bad(e.0)))
+            .collect::<Result<_, _>>()?;
+        Ok(EventBatch {
+            epoch: field_u64(&value, "epoch")?,
+            worker: field_str(&value, "worker")?,
+            incarnation: field_str(&value, "inc")?,
+            seq: field_u64(&value, "seq")?,
+            events,
+        })
+    }
+}
+
+fn field_u64(value: &Value, name: &str) -> Result<u64, BadBatch> {
+    value
+        .get(name)
+        .and_then(Value::as_u64)
+        .ok_or_else(|| bad(format!("{name} is not a number")))
+}
+
+fn field_str(value: &Value, name: &str) -> Result<String, BadBatch> {
+    value
+        .get(name)
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| bad(format!("{name} is not a string")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bridge::CloseReason;
+
+    #[test]
+    fn batches_read_back_as_written() {
+        let commands = CommandBatch {
+            epoch: 7,
+            incarnation: "a1".into(),
+            seq: 3,
+            commands: vec![
+                Command::Open {
+                    conn: ConnId(1),
+                    team: TeamId(9),
+                    url: "ws://h/t?x=\"y\"".into(),
+                },
+                Command::Send {
+                    conn: ConnId(1),
+                    text: "{\"type\":\"ping\"}".into(),
+                },
+                Command::Probe { conn: ConnId(1) },
+                Command::Close {
+                    conn: ConnId(1),
+                    code: 1000,
+                },
+                Command::Abort { conn: ConnId(2) },
+            ],
+        };
+        assert_eq!(CommandBatch::decode(&commands.encode()), Ok(commands));
+        let events = EventBatch {
+            epoch: 7,
+            worker: "w1".into(),
+            incarnation: "a1".into(),
+            seq: 1,
+            events: vec![
+                NetEvent::Opened { conn: ConnId(1) },
+                NetEvent::Messages {
+                    conn: ConnId(1),
+                    first: 0,
+                    count: 5,
+                    props: 2,
+                },
+                NetEvent::Closed {
+                    conn: ConnId(1),
+                    reason: CloseReason::WorkerLost,
+                },
+            ],
+        };
+        assert_eq!(EventBatch::decode(&events.encode()), Ok(events));
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        for body in [
+            &b""[..],
+            b"[]",
+            b"{}",
+            b"{\"cmds\":[[\"z\",1]]}",
+            b"{\"cmds\":[[\"c\",1,70000]]}",
+        ] {
+            assert!(CommandBatch::decode(body).is_err());
+            assert!(EventBatch::decode(body).is_err());
+        }
+    }
+}

@@ -1,0 +1,564 @@
+//! `switchboard worker`: team sockets and nothing else. It executes the
+//! leader's command batches on the same transport the single process uses,
+//! and sends back the same events, batched once per tick, and decides
+//! nothing.
+//!
+//! Its rules, all for "never two sockets for one team":
+//! - It obeys only the newest epoch it has seen. A batch of a newer epoch
+//!   (a new leader) first ends every socket of the old one; the new
+//!   batch runs once they have all ended.
+//! - Its lease is renewed every quarter lease. Unrenewed for half a lease,
+//!   or lost (taken over, revoked), it ends every socket at once, and
+//!   only then registers again as a new incarnation: the leader declares
+//!   the old one lost, and reopens its teams elsewhere, only after that
+//!   (or after a whole lease), so a worker cut off from NATS, or paused
+//!   and resumed, has closed its sockets by then or closes them before it
+//!   reads anything more.
+//! - A command batch out of sequence (NATS lost one) is the same: fence,
+//!   then come back as a new incarnation.
+//! - SIGTERM hands its teams over: it marks itself leaving (the leader
+//!   places nothing new on it), closes every socket with a normal close
+//!   (the leader re-requests each team elsewhere, once), deletes its lease
+//!   and exits. A second signal ends every socket at once.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::runtime::Handle;
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use super::lease::{self, WorkerLease, WorkerValue};
+use super::wire::{CommandBatch, EventBatch};
+use super::{ClusterConfig, ClusterError};
+use crate::bridge::{CLOSE_NORMAL, ConnId, NetCommand, NetEvent};
+use crate::core::Config;
+use crate::inbox::{self, EventReceiver, Wake};
+use crate::transport::{Transport, TransportConfig};
+
+/// Command batches taken from NATS and not yet executed: past this the
+/// subscription waits (and NATS buffers, then drops: a gap, and a fence).
+const QUEUED_BATCHES: usize = 256;
+
+/// Events handed to the leader in one batch, at most.
+const EVENTS_PER_BATCH: usize = 4096;
+
+/// Everything a worker needs.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// The cluster.
+    pub cluster: ClusterConfig,
+    /// This worker's name: unique among live workers.
+    pub name: String,
+    /// Most sockets it takes.
+    pub capacity: usize,
+    /// Socket limits.
+    pub transport: TransportConfig,
+    /// The core's settings the sockets follow (the stall limit is the pong
+    /// timeout; the close handshake's bound).
+    pub core: Config,
+}
+
+/// How a worker ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkerEnd {
+    /// Handed every team over and left.
+    HandedOver,
+    /// A second signal: sockets dropped at once.
+    Forced,
+}
+
+/// Asks a running worker to leave (1) or to stop at once (2).
+#[derive(Clone, Debug, Default)]
+pub struct Leave(Arc<AtomicU8>, Arc<Mutex<Option<Wake>>>);
+
+impl Leave {
+    /// A fresh handle.
+    pub fn new() -> Leave {
+        Leave::default()
+    }
+
+    /// First call: leave gracefully; second: at once.
+    pub fn signal(&self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        if let Ok(wake) = self.1.lock()
+            && let Some(wake) = wake.as_ref()
+        {
+            wake.wake();
+        }
+    }
+
+    fn level(&self) -> u8 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// What the worker loop asks of its lease task.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Desired {
+    /// The incarnation to hold (registered anew when it changes); `None`
+    /// while sockets of a fenced one are still ending.
+    incarnation: Option<String>,
+    leaving: bool,
+    /// Delete the lease and stop.
+    released: bool,
+}
+
+/// What the lease task reports.
+#[derive(Debug)]
+struct LeaseView {
+    /// The incarnation registered, if any.
+    registered: Option<String>,
+    /// Last successful register or renewal.
+    last_ok: Instant,
+    /// The registered lease was taken or revoked.
+    lost: bool,
+    /// Released (the worker may exit).
+    released: bool,
+}
+
+/// Runs a worker until it has handed its teams over (or is forced).
+/// Blocks the calling thread, which must not be a tokio worker.
+pub fn run(
+    config: &WorkerConfig,
+    runtime: &Handle,
+    leave: &Leave,
+) -> Result<WorkerEnd, ClusterError> {
+    let (client, js) = runtime.block_on(super::connect(&config.cluster, "worker"))?;
+    let (buckets, lease) = runtime.block_on(lease::buckets(&js, &config.cluster))?;
+    let (events, inbox) = inbox::channel();
+    let doorbell = inbox.doorbell();
+    let wake = doorbell.waker();
+    if let Ok(mut slot) = leave.1.lock() {
+        *slot = Some(wake.clone());
+    }
+    // Commands: subscribed before the lease exists, so none is missed.
+    let (batches_in, batches) = mpsc::channel(QUEUED_BATCHES);
+    let subscription = runtime
+        .block_on(client.subscribe(config.cluster.commands(&config.name)))
+        .map_err(|e| ClusterError::Connect {
+            url: config.cluster.url.clone(),
+            error: e.to_string(),
+        })?;
+    runtime.spawn(take_commands(subscription, batches_in, wake.clone()));
+    let first = Desired {
+        incarnation: Some(new_incarnation()),
+        leaving: false,
+        released: false,
+    };
+    let (desired, desired_rx) = watch::channel(first.clone());
+    let view = Arc::new(Mutex::new(LeaseView {
+        registered: None,
+        last_ok: Instant::now(),
+        lost: false,
+        released: false,
+    }));
+    runtime.spawn(hold_lease(
+        buckets.workers.clone(),
+        config.name.clone(),
+        config.capacity,
+        lease,
+        desired_rx,
+        view.clone(),
+        wake.clone(),
+    ));
+    let transport = Transport::new(
+        runtime.clone(),
+        events,
+        &config.transport,
+        &config.core,
+        None,
+    );
+    let mut worker = Worker {
+        config,
+        runtime: runtime.clone(),
+        client,
+        lease,
+        transport,
+        inbox,
+        batches,
+        desired,
+        want: first,
+        view,
+        epoch: 0,
+        expected: 1,
+        held: None,
+        live: HashSet::new(),
+        discarding: false,
+        outgoing: Vec::new(),
+        sent: 0,
+        last_flush: Instant::now(),
+        leaving_since: None,
+    };
+    info!(worker = %config.name, capacity = config.capacity, lease_ms = lease.as_millis() as u64, "worker started");
+    Ok(worker.drive(&doorbell, leave))
+}
+
+fn new_incarnation() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{:x}-{:x}", std::process::id(), nanos)
+}
+
+struct Worker<'a> {
+    config: &'a WorkerConfig,
+    runtime: Handle,
+    client: async_nats::Client,
+    lease: Duration,
+    transport: Transport,
+    inbox: EventReceiver,
+    batches: mpsc::Receiver<CommandBatch>,
+    desired: watch::Sender<Desired>,
+    want: Desired,
+    view: Arc<Mutex<LeaseView>>,
+    /// The newest epoch obeyed.
+    epoch: u64,
+    /// The next command batch's sequence number in (epoch, incarnation).
+    expected: u64,
+    /// A batch of a newer epoch, waiting for the old epoch's sockets to end.
+    held: Option<CommandBatch>,
+    /// Sockets opened and not yet ended.
+    live: HashSet<ConnId>,
+    /// Every live socket is being ended: none of their events is sent.
+    discarding: bool,
+    outgoing: Vec<NetEvent>,
+    /// Event batches sent in this incarnation.
+    sent: u64,
+    last_flush: Instant,
+    leaving_since: Option<Instant>,
+}
+
+impl Worker<'_> {
+    fn drive(&mut self, doorbell: &inbox::Doorbell, leave: &Leave) -> WorkerEnd {
+        let tick = self.config.core.tick;
+        loop {
+            if leave.level() >= 2 {
+                self.transport.abort_all();
+                return WorkerEnd::Forced;
+            }
+            if leave.level() == 1 && self.leaving_since.is_none() {
+                self.start_leaving();
+            }
+            self.check_lease();
+            self.take_events();
+            self.take_commands();
+            let now = Instant::now();
+            if self.leaving_since.is_some() && self.leave_step(now) {
+                info!(worker = %self.config.name, "handed over; leaving");
+                return WorkerEnd::HandedOver;
+            }
+            if !self.outgoing.is_empty() && now >= self.last_flush + tick {
+                self.flush();
+            }
+            let next_flush = (!self.outgoing.is_empty()).then(|| self.last_flush + tick);
+            let next_check = now + self.lease / 8;
+            let wake_by = next_flush.map_or(next_check, |f| f.min(next_check));
+            if next_flush.is_some() {
+                // Events in hand: wait for the tick, woken early only by
+                // a command batch or a signal.
+                std::thread::park_timeout(wake_by.saturating_duration_since(Instant::now()));
+            } else {
+                doorbell.wait(Some(wake_by));
+            }
+        }
+    }
+
+    /// One step of leaving; true once done. Sockets that have not closed
+    /// by twice the close timeout are ended; once none is left and their
+    /// events are sent, the lease is deleted (or left to expire, if NATS
+    /// does not answer within a lease).
+    fn leave_step(&mut self, now: Instant) -> bool {
+        let Some(since) = self.leaving_since else {
+            return false;
+        };
+        let closes_due = since + self.config.core.close_timeout * 2;
+        if !self.live.is_empty() {
+            if now >= closes_due {
+                self.transport.abort_all();
+            }
+            return false;
+        }
+        self.flush();
+        if !self.want.released {
+            self.want.released = true;
+            let _ = self.desired.send(self.want.clone());
+        }
+        self.view().released || now >= closes_due + self.lease
+    }
+
+    fn view(&self) -> std::sync::MutexGuard<'_, LeaseView> {
+        self.view.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Fences when the lease is lost or stale; registers the next
+    /// incarnation once every socket of the last has ended.
+    fn check_lease(&mut self) {
+        let (registered, stale, lost) = {
+            let view = self.view();
+            (
+                view.registered.clone(),
+                view.last_ok.elapsed() > self.lease / 2,
+                view.lost,
+            )
+        };
+        let holding = registered.is_some() && registered == self.want.incarnation;
+        if holding && (stale || lost) {
+            warn!(
+                worker = %self.config.name,
+                why = if lost { "lease taken or revoked" } else { "lease not renewed for half its length" },
+                sockets = self.live.len(),
+                "fencing: ending every socket"
+            );
+            self.fence();
+        }
+        if self.want.incarnation.is_none() && self.live.is_empty() && self.leaving_since.is_none() {
+            self.want.incarnation = Some(new_incarnation());
+            self.expected = 1;
+            self.sent = 0;
+            self.discarding = false;
+            let _ = self.desired.send(self.want.clone());
+        }
+    }
+
+    /// Ends every socket now and gives up this incarnation.
+    fn fence(&mut self) {
+        self.transport.abort_all();
+        self.discarding = true;
+        self.outgoing.clear();
+        self.held = None;
+        self.want.incarnation = None;
+        let _ = self.desired.send(self.want.clone());
+    }
+
+    fn start_leaving(&mut self) {
+        info!(worker = %self.config.name, sockets = self.live.len(), "leaving: handing every team over");
+        self.leaving_since = Some(Instant::now());
+        self.want.leaving = true;
+        let _ = self.desired.send(self.want.clone());
+        for &conn in &self.live {
+            self.transport.execute(NetCommand::Close {
+                conn,
+                code: CLOSE_NORMAL,
+            });
+        }
+    }
+
+    /// Takes the sockets' events; keeps those to send.
+    fn take_events(&mut self) {
+        let live = &mut self.live;
+        let outgoing = &mut self.outgoing;
+        let discarding = self.discarding;
+        self.inbox.drain(usize::MAX, |event| {
+            let conn = event.conn();
+            if !live.contains(&conn) {
+                return;
+            }
+            if matches!(event, NetEvent::Closed { .. } | NetEvent::OpenFailed { .. }) {
+                live.remove(&conn);
+            }
+            if !discarding {
+                outgoing.push(event);
+            }
+        });
+        if self.outgoing.len() >= EVENTS_PER_BATCH {
+            self.flush();
+        }
+    }
+
+    /// Executes the command batches that are this worker's to execute.
+    fn take_commands(&mut self) {
+        loop {
+            if let Some(batch) = self.held.take() {
+                if !self.live.is_empty() {
+                    self.held = Some(batch);
+                    return; // the old epoch's sockets are still ending
+                }
+                self.discarding = false;
+                self.epoch = batch.epoch;
+                self.expected = 1;
+                info!(worker = %self.config.name, epoch = batch.epoch, "obeying a new leader");
+                self.execute(batch);
+                continue;
+            }
+            let Ok(batch) = self.batches.try_recv() else {
+                return;
+            };
+            if self.want.incarnation.as_deref() != Some(batch.incarnation.as_str())
+                || batch.epoch < self.epoch
+            {
+                continue; // another incarnation's, or a deposed leader's
+            }
+            if batch.epoch > self.epoch {
+                if !self.live.is_empty() {
+                    warn!(worker = %self.config.name, old = self.epoch, new = batch.epoch, sockets = self.live.len(), "a new leader: ending the old one's sockets first");
+                    self.transport.abort_all();
+                    self.discarding = true;
+                    self.outgoing.clear();
+                }
+                self.held = Some(batch);
+                continue;
+            }
+            self.execute(batch);
+        }
+    }
+
+    fn execute(&mut self, batch: CommandBatch) {
+        if batch.seq != self.expected {
+            warn!(worker = %self.config.name, expected = self.expected, got = batch.seq, "commands lost in transit: fencing");
+            self.fence();
+            return;
+        }
+        self.expected += 1;
+        for command in batch.commands {
+            let command = command.into_net();
+            match command {
+                NetCommand::Open { conn, .. } => {
+                    let refuse = if self.leaving_since.is_some() {
+                        Some("worker leaving")
+                    } else if self.live.len() >= self.config.capacity {
+                        Some("worker full")
+                    } else {
+                        None
+                    };
+                    if let Some(error) = refuse {
+                        self.outgoing.push(NetEvent::OpenFailed {
+                            conn,
+                            error: error.into(),
+                        });
+                        continue;
+                    }
+                    self.live.insert(conn);
+                    self.transport.execute(command);
+                }
+                other => self.transport.execute(other),
+            }
+        }
+    }
+
+    /// Sends the events in hand as one batch.
+    fn flush(&mut self) {
+        self.last_flush = Instant::now();
+        if self.outgoing.is_empty() {
+            return;
+        }
+        let Some(incarnation) = self.want.incarnation.clone() else {
+            self.outgoing.clear();
+            return;
+        };
+        self.sent += 1;
+        let batch = EventBatch {
+            epoch: self.epoch,
+            worker: self.config.name.clone(),
+            incarnation,
+            seq: self.sent,
+            events: std::mem::take(&mut self.outgoing),
+        };
+        let subject = self.config.cluster.events(&self.config.name);
+        let body = Bytes::from(batch.encode());
+        // Waits while the connection's buffer is full: the sockets' reads
+        // wait with it (their credits are not given back meanwhile).
+        if let Err(error) = self.runtime.block_on(self.client.publish(subject, body)) {
+            warn!(%error, "publishing an event batch failed");
+        }
+    }
+}
+
+/// Takes command batches from NATS, in order, into the worker's queue.
+async fn take_commands(
+    mut subscription: async_nats::Subscriber,
+    queue: mpsc::Sender<CommandBatch>,
+    wake: Wake,
+) {
+    while let Some(message) = subscription.next().await {
+        match CommandBatch::decode(&message.payload) {
+            Ok(batch) => {
+                if queue.send(batch).await.is_err() {
+                    return;
+                }
+                wake.wake();
+            }
+            Err(error) => warn!(%error, "a command batch that does not read; ignored"),
+        }
+    }
+}
+
+/// Holds the worker's lease as the loop asks: registers each new
+/// incarnation, renews every quarter lease, marks it leaving, deletes it
+/// at the end.
+async fn hold_lease(
+    store: async_nats::jetstream::kv::Store,
+    name: String,
+    capacity: usize,
+    lease: Duration,
+    mut desired: watch::Receiver<Desired>,
+    view: Arc<Mutex<LeaseView>>,
+    wake: Wake,
+) {
+    let report = |f: &dyn Fn(&mut LeaseView)| {
+        if let Ok(mut v) = view.lock() {
+            f(&mut v);
+        }
+        wake.wake();
+    };
+    let mut held: Option<WorkerLease> = None;
+    let mut every = tokio::time::interval(lease / 4);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let want = desired.borrow_and_update().clone();
+        if want.released {
+            if let Some(lease) = held.take() {
+                let _ = lease.release().await;
+            }
+            report(&|v| v.released = true);
+            return;
+        }
+        match (&mut held, &want.incarnation) {
+            (_, None) => {
+                held = None;
+                report(&|v| v.registered = None);
+            }
+            (Some(lease), Some(inc)) if &lease.value.incarnation == inc => {
+                lease.value.leaving = want.leaving;
+                match lease.renew().await {
+                    Ok(()) => report(&|v| v.last_ok = Instant::now()),
+                    Err(lease::RenewError::Lost) => {
+                        held = None;
+                        report(&|v| v.lost = true);
+                    }
+                    Err(lease::RenewError::Unreachable(error)) => {
+                        warn!(%error, "renewing the worker lease");
+                    }
+                }
+            }
+            (_, Some(inc)) => {
+                let value = WorkerValue {
+                    incarnation: inc.clone(),
+                    capacity,
+                    leaving: want.leaving,
+                };
+                match WorkerLease::register(&store, &name, value).await {
+                    Ok(lease) => {
+                        info!(worker = %name, incarnation = %inc, "registered");
+                        held = Some(lease);
+                        let inc = inc.clone();
+                        report(&move |v| {
+                            v.registered = Some(inc.clone());
+                            v.last_ok = Instant::now();
+                            v.lost = false;
+                        });
+                    }
+                    Err(error) => warn!(%error, "registering the worker"),
+                }
+            }
+        }
+        tokio::select! {
+            _ = every.tick() => {}
+            changed = desired.changed() => if changed.is_err() { return },
+        }
+    }
+}
