@@ -310,5 +310,8 @@ async fn ingress(link: LeaderLink, mut events: EventSender) {
                 return; // the driver is gone
             }
         }
+        if batch.bye {
+            link.roster.left(&key.0, &key.1);
+        }
     }
 }

@@ -128,10 +128,29 @@ impl Roster {
         );
     }
 
-    /// `worker`'s entry was deleted or purged.
+    /// `worker`'s entry was deleted or purged. A leaving worker deletes
+    /// its own after its last events: it is lost when the leader has taken
+    /// them ([`Roster::left`]), or else when its lease would have expired,
+    /// as is a revoked one. Any other deletion (an operator's) is a loss.
     pub fn deleted(&self, worker: &str) {
         let mut state = self.state();
-        if state.live.get(worker).is_some_and(|m| !m.revoked)
+        if state
+            .live
+            .get(worker)
+            .is_some_and(|m| !m.revoked && !m.value.leaving)
+            && let Some(old) = state.live.remove(worker)
+        {
+            lose(&mut state, worker, old, "lease deleted");
+        }
+    }
+
+    /// This incarnation of `worker` sent its last events and left.
+    pub fn left(&self, worker: &str, incarnation: &str) {
+        let mut state = self.state();
+        if state
+            .live
+            .get(worker)
+            .is_some_and(|m| m.value.incarnation == incarnation)
             && let Some(old) = state.live.remove(worker)
         {
             lose(&mut state, worker, old, "left");
@@ -237,6 +256,18 @@ mod tests {
         roster.deleted("b");
         assert!(roster.is_live("b", "1"));
         roster.deleted("c");
+        // A leaving worker's deletion waits for its last events.
+        roster.seen(
+            "d",
+            WorkerValue {
+                leaving: true,
+                ..value("1")
+            },
+            t0,
+        );
+        roster.deleted("d");
+        assert!(roster.is_live("d", "1"));
+        roster.left("d", "1");
         roster.seen("a", value("2"), t0 + lease);
         roster.expire(t0 + lease + Duration::from_millis(1), lease);
         let lost: Vec<_> = roster
@@ -248,7 +279,8 @@ mod tests {
             lost,
             [
                 ("a".into(), "1".into(), "replaced by a new incarnation"),
-                ("c".into(), "1".into(), "left"),
+                ("c".into(), "1".into(), "lease deleted"),
+                ("d".into(), "1".into(), "left"),
                 ("b".into(), "1".into(), "lease expired"),
             ]
         );

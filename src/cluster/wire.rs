@@ -7,7 +7,7 @@
 //! arrays: `["o",conn,team,url]`, `["s",conn,text]`, `["p",conn]`,
 //! `["c",conn,code]`, `["a",conn]`. An event batch names the epoch it
 //! serves, the worker and its incarnation, and its sequence number in that
-//! incarnation, counting from 1; its events are the flight recorder's
+//! (epoch, incarnation), counting from 1; its events are the flight recorder's
 //! encoding ([`crate::record::codec`]), so one event has one encoding
 //! everywhere.
 
@@ -220,10 +220,14 @@ pub struct EventBatch {
     pub worker: String,
     /// Its incarnation.
     pub incarnation: String,
-    /// 1, 2, … within the incarnation: a gap means a batch was lost.
+    /// 1, 2, … within (epoch, incarnation): a gap means a batch was lost.
     pub seq: u64,
     /// In the order the worker's sockets produced them.
     pub events: Vec<NetEvent>,
+    /// The worker's last batch: it holds no socket any more and is
+    /// leaving. Sent in order after every event, so the leader treats the
+    /// worker as gone only once it has taken them all.
+    pub bye: bool,
 }
 
 impl EventBatch {
@@ -235,6 +239,7 @@ impl EventBatch {
             "worker": self.worker,
             "inc": self.incarnation,
             "seq": self.seq,
+            "bye": self.bye,
         })
         .to_string();
         // `{…}` without its closing brace, then the events.
@@ -266,6 +271,7 @@ impl EventBatch {
             incarnation: field_str(&value, "inc")?,
             seq: field_u64(&value, "seq")?,
             events,
+            bye: value.get("bye").and_then(Value::as_bool).unwrap_or(false),
         })
     }
 }
@@ -333,6 +339,7 @@ mod tests {
                     reason: CloseReason::WorkerLost,
                 },
             ],
+            bye: true,
         };
         assert_eq!(EventBatch::decode(&events.encode()), Ok(events));
     }

@@ -227,7 +227,7 @@ struct Worker<'a> {
     /// Every live socket is being ended: none of their events is sent.
     discarding: bool,
     outgoing: Vec<NetEvent>,
-    /// Event batches sent in this incarnation.
+    /// Event batches sent in this (epoch, incarnation).
     sent: u64,
     last_flush: Instant,
     leaving_since: Option<Instant>,
@@ -283,8 +283,8 @@ impl Worker<'_> {
             }
             return false;
         }
-        self.flush();
         if !self.want.released {
+            self.flush_bye(true);
             self.want.released = true;
             let _ = self.desired.send(self.want.clone());
         }
@@ -381,6 +381,9 @@ impl Worker<'_> {
                 self.discarding = false;
                 self.epoch = batch.epoch;
                 self.expected = 1;
+                // Event batches are numbered per (epoch, incarnation) too:
+                // the new leader expects 1.
+                self.sent = 0;
                 info!(worker = %self.config.name, epoch = batch.epoch, "obeying a new leader");
                 self.execute(batch);
                 continue;
@@ -442,8 +445,14 @@ impl Worker<'_> {
 
     /// Sends the events in hand as one batch.
     fn flush(&mut self) {
+        self.flush_bye(false);
+    }
+
+    /// Sends the events in hand as one batch; with `bye`, even none, as
+    /// the last.
+    fn flush_bye(&mut self, bye: bool) {
         self.last_flush = Instant::now();
-        if self.outgoing.is_empty() {
+        if self.outgoing.is_empty() && !bye {
             return;
         }
         let Some(incarnation) = self.want.incarnation.clone() else {
@@ -457,6 +466,7 @@ impl Worker<'_> {
             incarnation,
             seq: self.sent,
             events: std::mem::take(&mut self.outgoing),
+            bye,
         };
         let subject = self.config.cluster.events(&self.config.name);
         let body = Bytes::from(batch.encode());

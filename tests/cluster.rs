@@ -1,0 +1,426 @@
+//! The cluster as it runs: a real `nats-server -js`, the simulator, and
+//! the real binary as cores (`connect --cluster`) and workers (`worker`),
+//! killed with SIGKILL and stopped with SIGTERM mid-run. The simulator
+//! counts every team's sockets, so "never two sockets for one team" is its
+//! `max_sockets_per_team`, checked against its own books.
+
+#[allow(dead_code)]
+#[path = "publish/nats.rs"]
+mod nats;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use switchboard::Config;
+use switchboard::sim::{Chaos, Scenario, Schedule, SimConfig, SimServer, Verdict};
+
+use nats::Nats;
+
+/// The lease every process of these clusters uses.
+const LEASE: Duration = Duration::from_secs(3);
+const RATE: f64 = 50.0;
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// One cluster at a time: each is a NATS server, a simulator and five or
+/// six processes, too much to run side by side on a small CI machine.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// The client's timings (the simulator waits for a recovery this slow).
+fn timings() -> Config {
+    Config {
+        ping_interval: Duration::from_secs(1),
+        pong_timeout: Duration::from_secs(2),
+        backoff_min: Duration::from_millis(50),
+        backoff_max: Duration::from_millis(500),
+        ..Config::default()
+    }
+}
+
+fn timing_flags() -> Vec<String> {
+    let t = timings();
+    let flag = |name: &str, d: Duration| [name.into(), humantime::format_duration(d).to_string()];
+    [
+        flag("--ping-interval", t.ping_interval),
+        flag("--pong-timeout", t.pong_timeout),
+        flag("--backoff-min", t.backoff_min),
+        flag("--backoff-max", t.backoff_max),
+    ]
+    .concat()
+}
+
+/// A worker's teams are back within twice the lease (its fence at half a
+/// lease, the leader's expiry at one, the watch's check) plus the backoff
+/// and a re-request.
+fn worker_loss_wait() -> Duration {
+    LEASE * 2 + timings().backoff_max + Duration::from_secs(2)
+}
+
+async fn simulator(teams: u64, messages: u64, chaos: Chaos) -> SimServer {
+    SimServer::start(SimConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        scenario: Scenario {
+            teams,
+            messages,
+            rate: RATE,
+            leave_fraction: 0.0,
+            join_over: Duration::from_millis(500),
+            healthcheck_every: Duration::from_millis(500),
+            max_duration: Duration::from_secs(120),
+            recovery_wait: Scenario::recovery_wait_for(&timings()) + worker_loss_wait() + LEASE,
+            ..Scenario::default()
+        },
+        chaos,
+        schedule: Schedule::none(),
+        seed: 19,
+        tls: false,
+    })
+    .await
+    .expect("simulator binds")
+}
+
+/// A process of the cluster, its stderr in a file to search.
+struct Proc {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {sig}");
+    }
+
+    /// Waits (deadline-bounded) until its log has `needle`.
+    async fn logged(&self, needle: &str) -> Instant {
+        let started = Instant::now();
+        loop {
+            if self.log().contains(needle) {
+                return Instant::now();
+            }
+            assert!(
+                started.elapsed() < DEADLINE,
+                "never logged {needle:?}:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits (deadline-bounded) for it to exit; its stdout.
+    async fn exit(mut self) -> (std::process::ExitStatus, Vec<u8>) {
+        let started = Instant::now();
+        while self.child.try_wait().expect("wait").is_none() {
+            if started.elapsed() > DEADLINE {
+                let _ = self.child.kill();
+                panic!("did not exit:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut stdout = Vec::new();
+        if let Some(mut pipe) = self.child.stdout.take() {
+            // The report is small (a line per team): it fits the pipe.
+            std::io::Read::read_to_end(&mut pipe, &mut stdout).expect("stdout");
+        }
+        (self.child.wait().expect("status"), stdout)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(dir: &Path, name: &str, args: &[String]) -> Proc {
+    let log = dir.join(format!("{name}.log"));
+    let child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(args)
+        .env("RUST_LOG", "info,async_nats=warn")
+        .env("SWITCHBOARD_LOG_FORMAT", "json")
+        .stdout(Stdio::piped())
+        .stderr(File::create(&log).expect("log file"))
+        .spawn()
+        .expect("binary starts");
+    Proc { child, log }
+}
+
+fn lease() -> String {
+    humantime::format_duration(LEASE).to_string()
+}
+
+fn worker(dir: &Path, nats: &Nats, name: &str) -> Proc {
+    let args = [
+        "worker",
+        "--cluster",
+        &nats.url(),
+        "--name",
+        name,
+        "--lease",
+        &lease(),
+        "--pong-timeout",
+        "2s",
+    ];
+    spawn(dir, name, &args.map(String::from))
+}
+
+fn core(dir: &Path, nats: &Nats, name: &str, global: &str, state: &Path) -> Proc {
+    let mut args: Vec<String> = [
+        "connect",
+        global,
+        "--cluster",
+        &nats.url(),
+        "--lease",
+        &lease(),
+    ]
+    .map(String::from)
+    .into();
+    args.extend(["--state".into(), state.display().to_string()]);
+    args.extend([
+        "--report".into(),
+        "json".into(),
+        "--status-interval".into(),
+        "0s".into(),
+    ]);
+    args.extend(timing_flags());
+    spawn(dir, name, &args)
+}
+
+async fn verdict(server: SimServer) -> Verdict {
+    tokio::time::timeout(Duration::from_secs(150), server.verdict())
+        .await
+        .expect("verdict in time")
+}
+
+async fn written(server: &SimServer, n: u64) {
+    let started = Instant::now();
+    while server.progress().messages < n {
+        assert!(started.elapsed() < DEADLINE, "simulator stalled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Each team's (messages, props) in a core's JSON report.
+fn counts(report: &[u8]) -> BTreeMap<u64, (u64, u64)> {
+    let report: Value = serde_json::from_slice(report).expect("a JSON report");
+    report["teams"]
+        .as_array()
+        .expect("teams")
+        .iter()
+        .map(|t| {
+            let n = |k: &str| t[k].as_u64().expect("a count");
+            (n("id"), (n("messages"), n("props")))
+        })
+        .collect()
+}
+
+/// Every team short by at most `most` messages (never over): what a run
+/// that lost only what was in flight may show. Returns the total short.
+fn short_by_at_most(verdict: &Verdict, report: &BTreeMap<u64, (u64, u64)>, most: u64) -> u64 {
+    let mut short = 0;
+    for truth in &verdict.truth {
+        let (got, props) = report.get(&truth.id.0).copied().unwrap_or_default();
+        assert!(
+            got <= truth.messages && props <= truth.props,
+            "team {}: counted {got}/{props}, written {}/{}",
+            truth.id,
+            truth.messages,
+            truth.props
+        );
+        let gap = truth.messages - got;
+        assert!(
+            gap <= most,
+            "team {}: short by {gap} (at most {most})",
+            truth.id
+        );
+        short += gap;
+    }
+    short
+}
+
+fn verdict_problems(verdict: &Verdict) -> String {
+    verdict.mismatches.join("\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_cores_and_three_workers_keep_every_count_under_chaos() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = Nats::start(&dir.path().join("js"), 0);
+    let server = simulator(300, 300, Chaos::level(1.0)).await;
+    let workers: Vec<Proc> = ["a", "b", "c"]
+        .iter()
+        .map(|n| worker(dir.path(), &nats, n))
+        .collect();
+    let state = dir.path().join("state.redb");
+    let leader = core(dir.path(), &nats, "core1", &server.global_url(), &state);
+    leader.logged("\"leading\"").await;
+    let standby = core(dir.path(), &nats, "core2", &server.global_url(), &state);
+    standby
+        .logged("standby: waiting for the leader lease")
+        .await;
+    let verdict = verdict(server).await;
+    let (status, _) = leader.exit().await;
+    assert!(status.success(), "the leader ends as the run does");
+    assert!(verdict.verified, "{}", verdict_problems(&verdict));
+    assert_eq!(verdict.max_sockets_per_team, 1);
+    assert!(verdict.injected() > 0, "chaos injected nothing");
+    assert!(
+        !standby.log().contains("\"leading\""),
+        "the standby led while the leader lived"
+    );
+    for w in &workers {
+        assert!(
+            w.log().contains("obeying a new leader"),
+            "worker never commanded:\n{}",
+            w.log()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_s_teams_come_back_on_the_others_and_never_twice() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = Nats::start(&dir.path().join("js"), 0);
+    let teams = 150;
+    let messages = 800;
+    let server = simulator(teams, messages, Chaos::none()).await;
+    let workers: Vec<Proc> = ["a", "b", "c"]
+        .iter()
+        .map(|n| worker(dir.path(), &nats, n))
+        .collect();
+    let leader = core(
+        dir.path(),
+        &nats,
+        "core",
+        &server.global_url(),
+        &dir.path().join("s.redb"),
+    );
+    written(&server, teams * messages / 4).await;
+    workers[1].signal("-KILL");
+    let killed = Instant::now();
+    let moved = leader.logged("closing a lost worker's sockets").await;
+    let verdict = verdict(server).await;
+    let (_, report) = leader.exit().await;
+    assert_eq!(verdict.max_sockets_per_team, 1, "two sockets for a team");
+    assert!(
+        moved - killed <= LEASE * 2,
+        "declared lost {:?} after the kill",
+        moved - killed
+    );
+    let outage = verdict
+        .longest_disconnect
+        .expect("the lost worker's teams were without a socket");
+    assert!(
+        !outage.unended && outage.length <= worker_loss_wait(),
+        "{outage:?}"
+    );
+    // What the killed worker had read and not yet sent, or not yet read
+    // from its kernel's buffers, is lost with it: a tick's worth and the
+    // socket buffers, never more than a second of a team's stream.
+    let short = short_by_at_most(&verdict, &counts(&report), RATE as u64);
+    eprintln!(
+        "lost with the killed worker: {short} messages of {}",
+        verdict.messages
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standby_leads_within_the_lease_when_the_leader_is_killed() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = Nats::start(&dir.path().join("js"), 0);
+    let teams = 150;
+    let messages = 800;
+    let server = simulator(teams, messages, Chaos::none()).await;
+    let _workers: Vec<Proc> = ["a", "b", "c"]
+        .iter()
+        .map(|n| worker(dir.path(), &nats, n))
+        .collect();
+    let state = dir.path().join("state.redb");
+    let leader = core(dir.path(), &nats, "core1", &server.global_url(), &state);
+    leader.logged("\"leading\"").await;
+    let standby = core(dir.path(), &nats, "core2", &server.global_url(), &state);
+    standby
+        .logged("standby: waiting for the leader lease")
+        .await;
+    written(&server, teams * messages / 4).await;
+    leader.signal("-KILL");
+    let killed = Instant::now();
+    let led = standby.logged("\"leading\"").await;
+    let takeover = led - killed;
+    eprintln!("the standby led {takeover:?} after the kill");
+    assert!(
+        takeover <= LEASE + Duration::from_secs(1),
+        "took over after {takeover:?}"
+    );
+    let verdict = verdict(server).await;
+    let (status, report) = standby.exit().await;
+    assert!(status.success());
+    assert_eq!(verdict.max_sockets_per_team, 1, "two sockets for a team");
+    // The new leader resumes from the state file (on this machine) and
+    // reopens every socket: what arrived since the old one's last commit,
+    // and while no one led, is lost (see docs/CLUSTER.md).
+    let most = (RATE
+        * (LEASE + Duration::from_secs(2) + switchboard::persistence::DEFAULT_INTERVAL)
+            .as_secs_f64()) as u64;
+    let short = short_by_at_most(&verdict, &counts(&report), most);
+    eprintln!(
+        "lost in the takeover: {short} messages of {}",
+        verdict.messages
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_hands_each_worker_s_teams_over_and_loses_nothing() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = Nats::start(&dir.path().join("js"), 0);
+    let teams = 150;
+    let messages = 800;
+    let server = simulator(teams, messages, Chaos::none()).await;
+    let mut workers: Vec<Proc> = ["a", "b", "c"]
+        .iter()
+        .map(|n| worker(dir.path(), &nats, n))
+        .collect();
+    let leader = core(
+        dir.path(),
+        &nats,
+        "core",
+        &server.global_url(),
+        &dir.path().join("s.redb"),
+    );
+    // A rolling deploy: each worker in turn is told to go, and a new one
+    // takes its place once it has.
+    for (i, name) in ["a2", "b2", "c2"].iter().enumerate() {
+        written(&server, teams * messages * (i as u64 + 1) / 5).await;
+        let old = std::mem::replace(&mut workers[i], worker(dir.path(), &nats, name));
+        old.signal("-TERM");
+        let log = old.log.clone();
+        let (status, _) = old.exit().await;
+        let log = std::fs::read_to_string(log).unwrap_or_default();
+        assert!(
+            status.success(),
+            "worker {i} did not hand over cleanly:\n{log}"
+        );
+        assert!(log.contains("handed over"), "{log}");
+    }
+    let verdict = verdict(server).await;
+    let (_, report) = leader.exit().await;
+    assert_eq!(verdict.max_sockets_per_team, 1, "two sockets for a team");
+    assert!(verdict.verified, "{}", verdict_problems(&verdict));
+    assert_eq!(short_by_at_most(&verdict, &counts(&report), 0), 0);
+}
