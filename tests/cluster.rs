@@ -12,7 +12,6 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -28,7 +27,7 @@ const DEADLINE: Duration = Duration::from_secs(60);
 
 /// One cluster at a time: each is a NATS server, a simulator and five or
 /// six processes, too much to run side by side on a small CI machine.
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The client's timings (the simulator waits for a recovery this slow).
 fn timings() -> Config {
@@ -256,7 +255,7 @@ fn verdict_problems(verdict: &Verdict) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_cores_and_three_workers_keep_every_count_under_chaos() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let nats = Nats::start(&dir.path().join("js"), 0);
     let server = simulator(300, 300, Chaos::level(1.0)).await;
@@ -292,7 +291,7 @@ async fn two_cores_and_three_workers_keep_every_count_under_chaos() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_worker_s_teams_come_back_on_the_others_and_never_twice() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let nats = Nats::start(&dir.path().join("js"), 0);
     let teams = 150;
@@ -340,7 +339,7 @@ async fn a_killed_worker_s_teams_come_back_on_the_others_and_never_twice() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_standby_leads_within_the_lease_when_the_leader_is_killed() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let nats = Nats::start(&dir.path().join("js"), 0);
     let teams = 150;
@@ -386,7 +385,7 @@ async fn the_standby_leads_within_the_lease_when_the_leader_is_killed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_hands_each_worker_s_teams_over_and_loses_nothing() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let nats = Nats::start(&dir.path().join("js"), 0);
     let teams = 150;
