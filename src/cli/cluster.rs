@@ -73,8 +73,10 @@ impl Where {
 pub struct ClusterArgs {
     /// Run as one core of a cluster whose team sockets live on `switchboard
     /// worker`s: lead when the leader lease is free, else wait as a standby.
+    /// Not with --publish yet: the texts are read on the workers, which do
+    /// not publish them.
     #[arg(long, env = "SWITCHBOARD_CLUSTER", value_parser = nats_url,
-          value_name = "NATS_URL", help_heading = HEADING)]
+          value_name = "NATS_URL", help_heading = HEADING, conflicts_with = "publish")]
     cluster: Option<String>,
     #[command(flatten)]
     place: Where,
