@@ -17,13 +17,40 @@ use crate::inbox::Wake;
 use crate::runtime::{RunEnd, Sidecar, Step};
 use crate::store::{Store, StoreError, StoreWriter, WriterStats};
 
+/// The teams of `a` and `b`, one entry each: where both have a team, the
+/// one that counted more (counts only grow).
+pub fn merge(a: Vec<SavedTeam>, b: Vec<SavedTeam>) -> Vec<SavedTeam> {
+    let mut all: std::collections::BTreeMap<crate::protocol::TeamId, SavedTeam> =
+        std::collections::BTreeMap::new();
+    for team in a.into_iter().chain(b) {
+        all.entry(team.id)
+            .and_modify(|kept| {
+                if (team.message_count, team.props_count) > (kept.message_count, kept.props_count) {
+                    *kept = team;
+                }
+            })
+            .or_insert(team);
+    }
+    all.into_values().collect()
+}
+
 /// The default interval between hand-overs (and commits).
 pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(250);
 
-/// The state file, as a sidecar.
+/// A copy of the saved teams kept elsewhere (a cluster's, in JetStream),
+/// fed the same changes as the state file.
+pub trait Mirror: Send {
+    /// Teams whose counts or standing changed. Never blocks.
+    fn update(&mut self, changed: &[SavedTeam]);
+    /// Sends what is left, by `deadline`.
+    fn flush(&mut self, deadline: Instant);
+}
+
+/// The state file (and a mirror of it, if any), as a sidecar.
 pub struct Persistence {
     saved: Vec<SavedTeam>,
     writer: Option<StoreWriter>,
+    mirror: Option<Box<dyn Mirror>>,
     interval: Duration,
     last: Instant,
     /// A step ran since the last hand-over: something may have changed.
@@ -40,11 +67,33 @@ impl Persistence {
         Ok(Persistence {
             saved,
             writer: Some(writer),
+            mirror: None,
             interval,
             last: Instant::now(),
             dirty: false,
             stats: None,
         })
+    }
+
+    /// No state file: only `mirror`, which held `saved` at start.
+    pub fn mirror_only(mirror: Box<dyn Mirror>, saved: Vec<SavedTeam>, interval: Duration) -> Persistence {
+        Persistence {
+            saved,
+            writer: None,
+            mirror: Some(mirror),
+            interval,
+            last: Instant::now(),
+            dirty: false,
+            stats: None,
+        }
+    }
+
+    /// Adds `mirror`, which held `saved` at start: each team is restored
+    /// from whichever of the file and the mirror counted more of it.
+    pub fn with_mirror(mut self, mirror: Box<dyn Mirror>, saved: Vec<SavedTeam>) -> Persistence {
+        self.saved = merge(std::mem::take(&mut self.saved), saved);
+        self.mirror = Some(mirror);
+        self
     }
 
     /// The teams the file held at start.
@@ -62,10 +111,14 @@ impl Persistence {
         self.last = Instant::now();
         self.dirty = false;
         let changed = core.changed_teams();
-        if let Some(writer) = &self.writer
-            && !changed.is_empty()
-        {
+        if changed.is_empty() {
+            return;
+        }
+        if let Some(writer) = &self.writer {
             writer.update(&changed);
+        }
+        if let Some(mirror) = self.mirror.as_mut() {
+            mirror.update(&changed);
         }
     }
 }
@@ -109,6 +162,9 @@ impl Sidecar for Persistence {
 
     fn finish(&mut self, core: &mut Core, _end: &RunEnd, deadline: Instant) {
         self.hand_over(core);
+        if let Some(mirror) = self.mirror.as_mut() {
+            mirror.flush(deadline);
+        }
         if let Some(writer) = self.writer.take() {
             match writer.flush(deadline) {
                 Ok(stats) => {

@@ -349,10 +349,13 @@ async fn the_standby_leads_within_the_lease_when_the_leader_is_killed() {
         .iter()
         .map(|n| worker(dir.path(), &nats, n))
         .collect();
-    let state = dir.path().join("state.redb");
-    let leader = core(dir.path(), &nats, "core1", &server.global_url(), &state);
+    // Each core its own state file, as on two machines: the standby
+    // resumes from the leader's copy in JetStream.
+    let one = dir.path().join("1.redb");
+    let leader = core(dir.path(), &nats, "core1", &server.global_url(), &one);
     leader.logged("\"leading\"").await;
-    let standby = core(dir.path(), &nats, "core2", &server.global_url(), &state);
+    let two = dir.path().join("2.redb");
+    let standby = core(dir.path(), &nats, "core2", &server.global_url(), &two);
     standby
         .logged("standby: waiting for the leader lease")
         .await;
@@ -360,6 +363,7 @@ async fn the_standby_leads_within_the_lease_when_the_leader_is_killed() {
     leader.signal("-KILL");
     let killed = Instant::now();
     let led = standby.logged("\"leading\"").await;
+    standby.logged("saved teams in the cluster").await;
     let takeover = led - killed;
     eprintln!("the standby led {takeover:?} after the kill");
     assert!(
@@ -370,11 +374,11 @@ async fn the_standby_leads_within_the_lease_when_the_leader_is_killed() {
     let (status, report) = standby.exit().await;
     assert!(status.success());
     assert_eq!(verdict.max_sockets_per_team, 1, "two sockets for a team");
-    // The new leader resumes from the state file (on this machine) and
-    // reopens every socket: what arrived since the old one's last commit,
-    // and while no one led, is lost (see docs/CLUSTER.md).
+    // The new leader resumes from the copy in JetStream and reopens every
+    // socket: what arrived since the last copy, and while no one led, is
+    // lost (see docs/CLUSTER.md).
     let most = (RATE
-        * (LEASE + Duration::from_secs(2) + switchboard::persistence::DEFAULT_INTERVAL)
+        * (LEASE + Duration::from_secs(2) + switchboard::cluster::state::MIRROR_EVERY)
             .as_secs_f64()) as u64;
     let short = short_by_at_most(&verdict, &counts(&report), most);
     eprintln!(

@@ -561,6 +561,20 @@ pub fn connect(
         Ok(persistence) => persistence,
         Err(code) => return code,
     };
+    // A leader keeps its saved teams in the cluster too, for a standby on
+    // another machine, and resumes from whichever copy counted more.
+    let persistence = match leading
+        .as_ref()
+        .map(|l| l.state(&runtime, &global_url))
+        .transpose()
+    {
+        Err(code) => return code,
+        Ok(None) => persistence,
+        Ok(Some((mirror, saved))) => Some(match persistence {
+            Some(file) => file.with_mirror(mirror, saved),
+            None => Persistence::mirror_only(mirror, saved, service.state_interval.into()),
+        }),
+    };
     let recorder = match service.recorder(&config) {
         Ok(recorder) => recorder,
         Err(code) => return code,

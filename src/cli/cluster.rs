@@ -91,6 +91,31 @@ pub struct Leading {
 }
 
 impl Leading {
+    /// The saved teams of `global_url` in the cluster's bucket, and the mirror that keeps
+    /// them current from now on.
+    pub fn state(
+        &self,
+        runtime: &tokio::runtime::Runtime,
+        global_url: &str,
+    ) -> Result<
+        (
+            Box<dyn crate::persistence::Mirror>,
+            Vec<crate::core::SavedTeam>,
+        ),
+        ExitCode,
+    > {
+        let store = self.link.buckets.state.clone();
+        let saved = runtime
+            .block_on(cluster::state::load(&store, global_url))
+            .map_err(|e| {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            })?;
+        info!(teams = saved.len(), "saved teams in the cluster");
+        let mirror = cluster::state::KvState::start(store, runtime.handle(), global_url, &saved);
+        Ok((Box::new(mirror), saved))
+    }
+
     /// Whether the lease was lost while leading.
     pub fn deposed(&self) -> bool {
         self.deposed.load(Ordering::SeqCst)

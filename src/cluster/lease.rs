@@ -34,10 +34,12 @@ pub struct Buckets {
     pub leader: kv::Store,
     /// The workers' leases.
     pub workers: kv::Store,
+    /// The leader's saved teams ([`super::state`]); entries never expire.
+    pub state: kv::Store,
 }
 
-/// Opens the buckets, creating them when absent (with the lease as their
-/// max age; a bucket that exists keeps its own, which every process then
+/// Opens the buckets, creating them when absent (the leases' with the
+/// lease as their max age; a bucket that exists keeps its own, which every process then
 /// reads back as the lease).
 pub async fn buckets(
     js: &jetstream::Context,
@@ -45,6 +47,7 @@ pub async fn buckets(
 ) -> Result<(Buckets, Duration), ClusterError> {
     let leader = bucket(js, config.leader_bucket(), config.lease).await?;
     let workers = bucket(js, config.workers_bucket(), config.lease).await?;
+    let state = bucket(js, config.state_bucket(), Duration::ZERO).await?;
     let lease = leader
         .status()
         .await
@@ -57,7 +60,14 @@ pub async fn buckets(
             "the cluster's lease is its bucket's, not the one asked for"
         );
     }
-    Ok((Buckets { leader, workers }, lease))
+    Ok((
+        Buckets {
+            leader,
+            workers,
+            state,
+        },
+        lease,
+    ))
 }
 
 async fn bucket(

@@ -11,12 +11,15 @@
 //! - [`dispatch`]: the leader's side of the transport: places each team on
 //!   a worker ([`placement`]), sends the commands, takes the events, and
 //!   closes a lost worker's sockets in the core's eyes.
+//! - [`state`]: the leader's saved teams copied to KV, for a standby on
+//!   another machine.
 //! - [`worker`]: `switchboard worker`, the transport alone.
 
 pub mod dispatch;
 pub mod lease;
 pub mod membership;
 pub mod placement;
+pub mod state;
 pub mod wire;
 pub mod worker;
 
@@ -63,6 +66,11 @@ impl ClusterConfig {
     /// The leader lease's bucket.
     pub fn leader_bucket(&self) -> String {
         format!("{}_leader", self.name)
+    }
+
+    /// The saved teams' bucket.
+    pub fn state_bucket(&self) -> String {
+        format!("{}_state", self.name)
     }
 
     /// The workers' leases' bucket.
