@@ -270,6 +270,23 @@ async fn two_cores_and_three_workers_keep_every_count_under_chaos() {
     standby
         .logged("standby: waiting for the leader lease")
         .await;
+    written(&server, 300 * 300 / 2).await;
+    // `status` sees the leader, the standby and every worker with teams.
+    let shown = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["status", "--cluster", &nats.url()])
+        .output()
+        .expect("status runs");
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.starts_with("leader   ") && shown.contains("\nstandby  "),
+        "{shown}"
+    );
+    let teams: Vec<usize> = shown
+        .lines()
+        .filter(|l| l.starts_with("worker "))
+        .filter_map(|l| l.split("teams ").nth(1)?.split(' ').next()?.parse().ok())
+        .collect();
+    assert!(teams.len() == 3 && teams.iter().all(|&n| n > 0), "{shown}");
     let verdict = verdict(server).await;
     let (status, _) = leader.exit().await;
     assert!(status.success(), "the leader ends as the run does");

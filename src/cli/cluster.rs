@@ -150,7 +150,9 @@ impl ClusterArgs {
             ..config
         };
         let holder = format!("{}:{}", hostname(), std::process::id());
+        let standby = lease::standby_key(&holder);
         let mut said = false;
+        let mut announced: Option<Instant> = None;
         let lease = loop {
             if stop.is_stopped() {
                 info!("stopped while standing by");
@@ -159,6 +161,12 @@ impl ClusterArgs {
             match runtime.block_on(lease::try_lead(&buckets.leader, &holder)) {
                 Ok(Some(lease)) => break lease,
                 Ok(None) => {
+                    // Seen by `status` for as long as it is renewed.
+                    if announced.is_none_or(|at| at.elapsed() >= lease_length / 3) {
+                        let _ =
+                            runtime.block_on(buckets.leader.put(&standby, holder.clone().into()));
+                        announced = Some(Instant::now());
+                    }
                     if !said {
                         let leader = runtime
                             .block_on(lease::current_leader(&buckets.leader))
@@ -174,6 +182,9 @@ impl ClusterArgs {
             // the leader's last renewal.
             std::thread::sleep(lease_length / 10);
         };
+        if announced.is_some() {
+            let _ = runtime.block_on(buckets.leader.delete(&standby));
+        }
         info!(epoch = lease.epoch, holder, "leading");
         let roster = Roster::default();
         runtime.spawn(membership::watch(
@@ -188,10 +199,12 @@ impl ClusterArgs {
             client,
             buckets,
             roster,
+            loads: Default::default(),
         };
         runtime.spawn(keep_leading(
             lease,
             lease_length,
+            link.loads.clone(),
             stop.clone(),
             deposed.clone(),
         ));
@@ -205,6 +218,7 @@ impl ClusterArgs {
 async fn keep_leading(
     mut lease: LeaderLease,
     length: Duration,
+    loads: Arc<std::sync::Mutex<std::collections::BTreeMap<String, usize>>>,
     stop: StopHandle,
     deposed: Arc<AtomicBool>,
 ) {
@@ -218,7 +232,8 @@ async fn keep_leading(
             lease.release().await;
             return;
         }
-        match tokio::time::timeout(length / 4, lease.renew()).await {
+        let now = loads.lock().map(|l| l.clone()).unwrap_or_default();
+        match tokio::time::timeout(length / 4, lease.renew(now)).await {
             Ok(Ok(())) => last_ok = Instant::now(),
             Ok(Err(RenewError::Lost)) => {
                 error!("the leader lease was taken: stopping");
@@ -364,5 +379,43 @@ async fn watch_signals(leave: Leave) {
         }
         info!("signal received: handing the teams over (again to end at once)");
         leave.signal();
+    }
+}
+
+/// `switchboard status`'s flags.
+#[derive(Args, Debug, Clone)]
+pub struct StatusArgs {
+    /// The cluster's NATS server.
+    #[arg(long, env = "SWITCHBOARD_CLUSTER", value_parser = nats_url,
+          value_name = "NATS_URL", help_heading = HEADING)]
+    cluster: String,
+    #[command(flatten)]
+    place: Where,
+}
+
+/// `switchboard status --cluster`: prints the leader, the standbys and the
+/// workers with their teams, one line each.
+pub fn run_status(args: &StatusArgs) -> ExitCode {
+    let config = args.place.config(args.cluster.clone());
+    let runtime = match super::tokio_runtime() {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
+    let read = runtime.block_on(async {
+        let (_client, js) = cluster::connect(&config, "status").await?;
+        tokio::time::timeout(Duration::from_secs(10), cluster::status::read(&js, &config))
+            .await
+            .map_err(|_| cluster::ClusterError::JetStream("no answer in 10 s".into()))?
+    });
+    runtime.shutdown_background();
+    match read {
+        Ok(status) => {
+            print!("{}", status.text());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }

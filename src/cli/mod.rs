@@ -93,6 +93,8 @@ enum Command {
     /// Hold team sockets for a cluster's leader (`connect --cluster`):
     /// open, read and count them as it commands, and decide nothing.
     Worker(cluster::WorkerArgs),
+    /// Print a cluster's leader, standbys and workers (with their teams).
+    Status(cluster::StatusArgs),
     /// Run the simulated Global API server for one scenario, then print its
     /// verdict (exit 0 only when the client's counts were exact).
     Sim(sim::SimCommand),
@@ -139,6 +141,10 @@ pub fn main() -> ExitCode {
                 file.log();
             }
             client::connect(global_url, &client, &service, &cluster)
+        }
+        Some(Command::Status(args)) => {
+            logging::init(cli.log_format, logging::Audience::Quiet);
+            cluster::run_status(&args)
         }
         Some(Command::Worker(args)) => {
             logging::init(cli.log_format, logging::Audience::Service);

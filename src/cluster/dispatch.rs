@@ -13,6 +13,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::poll_fn;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -45,6 +47,9 @@ pub struct LeaderLink {
     pub buckets: Buckets,
     /// The live workers.
     pub roster: Roster,
+    /// Team sockets per live worker, as the dispatch last counted them
+    /// (for the leader lease's value, which `status` reads).
+    pub loads: Arc<Mutex<BTreeMap<String, usize>>>,
 }
 
 /// A worker incarnation, interned: sockets point at it by index.
@@ -68,7 +73,11 @@ pub struct Dispatch {
     owner: HashMap<ConnId, usize>,
     pending: BTreeMap<usize, Vec<Command>>,
     out: mpsc::Sender<(String, Bytes)>,
+    loads_at: Instant,
 }
+
+/// How often the shared loads are recounted (O(workers)).
+const LOADS_EVERY: Duration = Duration::from_secs(1);
 
 impl Dispatch {
     /// Starts the event ingress and the command publisher on `runtime`;
@@ -86,6 +95,7 @@ impl Dispatch {
             owner: HashMap::new(),
             pending: BTreeMap::new(),
             out,
+            loads_at: Instant::now(),
         }
     }
 
@@ -206,8 +216,16 @@ impl Dispatch {
     }
 
     /// Closes, in the core's eyes, every socket of each worker lost since
-    /// the last call. O(sockets) per loss, which is rare.
+    /// the last call (O(sockets) per loss, which is rare), and recounts the
+    /// shared loads once a second.
     pub fn poll(&mut self) {
+        if self.loads_at.elapsed() >= LOADS_EVERY {
+            self.loads_at = Instant::now();
+            let loads = self.loads();
+            if let Ok(mut shared) = self.link.loads.lock() {
+                *shared = loads;
+            }
+        }
         for lost in self.link.roster.take_lost() {
             let key = (lost.worker, lost.incarnation);
             let Some(&holder) = self.by_name.get(&key) else {

@@ -16,6 +16,7 @@
 //!   worker replaces the dead one's entry; the dead one, were it alive,
 //!   fails its next renewal and fences itself).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
@@ -129,6 +130,9 @@ pub struct LeaderValue {
     /// The epoch (0 in the entry that took the lease: the epoch is that
     /// entry's revision, known only once written).
     pub epoch: u64,
+    /// Team sockets per worker, as of the last renewal.
+    #[serde(default)]
+    pub loads: BTreeMap<String, usize>,
 }
 
 /// The leader lease, held.
@@ -149,6 +153,7 @@ pub async fn try_lead(
     let value = LeaderValue {
         holder: holder.to_owned(),
         epoch: 0,
+        loads: BTreeMap::new(),
     };
     match store.create(LEADER_KEY, to_bytes(&value)).await {
         Ok(revision) => Ok(Some(LeaderLease {
@@ -181,11 +186,12 @@ pub async fn current_leader(store: &kv::Store) -> Result<Option<LeaderValue>, Cl
 }
 
 impl LeaderLease {
-    /// Renews the lease (revision-checked).
-    pub async fn renew(&mut self) -> Result<(), RenewError> {
+    /// Renews the lease (revision-checked), with the current `loads`.
+    pub async fn renew(&mut self, loads: BTreeMap<String, usize>) -> Result<(), RenewError> {
         let value = LeaderValue {
             holder: self.holder.clone(),
             epoch: self.epoch,
+            loads,
         };
         self.revision = self
             .store
@@ -206,6 +212,23 @@ impl LeaderLease {
             let _ = self.store.purge(LEADER_KEY).await;
         }
     }
+}
+
+/// The key a standby announces itself under (its holder name, made a
+/// valid key), in the leader's bucket: it expires a lease after the
+/// standby stops renewing it.
+pub fn standby_key(holder: &str) -> String {
+    let name: String = holder
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("standby.{name}")
 }
 
 /// What a worker's entry says.

@@ -13,6 +13,7 @@
 //!   closes a lost worker's sockets in the core's eyes.
 //! - [`state`]: the leader's saved teams copied to KV, for a standby on
 //!   another machine.
+//! - [`status`]: what `switchboard status --cluster` reads and prints.
 //! - [`worker`]: `switchboard worker`, the transport alone.
 
 pub mod dispatch;
@@ -20,6 +21,7 @@ pub mod lease;
 pub mod membership;
 pub mod placement;
 pub mod state;
+pub mod status;
 pub mod wire;
 pub mod worker;
 
