@@ -23,9 +23,9 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::ClusterConfig;
+use super::book::{Book, Candidate};
 use super::lease::Buckets;
 use super::membership::Roster;
-use super::placement::{self, Slot};
 use super::wire::{Command, CommandBatch, EventBatch};
 use crate::bridge::{CloseReason, ConnId, NetCommand, NetEvent};
 use crate::inbox::{EventSender, Wake};
@@ -52,25 +52,11 @@ pub struct LeaderLink {
     pub loads: Arc<Mutex<BTreeMap<String, usize>>>,
 }
 
-/// A worker incarnation, interned: sockets point at it by index.
-#[derive(Debug)]
-struct Holder {
-    worker: String,
-    incarnation: String,
-    /// Sockets it holds or was asked to open.
-    load: usize,
-    /// Command batches sent to it in this epoch.
-    seq: u64,
-    gone: bool,
-}
-
 /// The leader's team transport; lives on the driver thread.
 pub struct Dispatch {
     link: LeaderLink,
     events: EventSender,
-    holders: Vec<Holder>,
-    by_name: HashMap<(String, String), usize>,
-    owner: HashMap<ConnId, usize>,
+    book: Book,
     pending: BTreeMap<usize, Vec<Command>>,
     out: mpsc::Sender<(String, Bytes)>,
     loads_at: Instant,
@@ -90,9 +76,7 @@ impl Dispatch {
         Dispatch {
             link,
             events,
-            holders: Vec::new(),
-            by_name: HashMap::new(),
-            owner: HashMap::new(),
+            book: Book::default(),
             pending: BTreeMap::new(),
             out,
             loads_at: Instant::now(),
@@ -102,7 +86,7 @@ impl Dispatch {
     /// Whether the socket `conn` is a worker's (else it is the leader's
     /// own: Global).
     pub fn owns(&self, conn: ConnId) -> bool {
-        self.owner.contains_key(&conn)
+        self.book.holder_of(conn).is_some()
     }
 
     /// Takes one team command (an `Open` of a team, or a command for a
@@ -113,12 +97,8 @@ impl Dispatch {
         };
         let conn = command.conn();
         let holder = match &command {
-            Command::Open { team, .. } => match self.place(*team) {
-                Some(holder) => {
-                    self.owner.insert(conn, holder);
-                    self.holders[holder].load += 1;
-                    holder
-                }
+            Command::Open { team, .. } => match self.place(conn, *team) {
+                Some(holder) => holder,
                 None => {
                     let _ = self.events.send_final(NetEvent::OpenFailed {
                         conn,
@@ -127,71 +107,46 @@ impl Dispatch {
                     return;
                 }
             },
-            _ => match self.owner.get(&conn) {
-                Some(&holder) => holder,
+            _ => match self.book.holder_of(conn) {
+                Some(holder) => holder,
                 None => return,
             },
         };
         self.pending.entry(holder).or_default().push(command);
     }
 
-    /// The holder (a live worker with room) for a new socket of `team`.
-    fn place(&mut self, team: crate::protocol::TeamId) -> Option<usize> {
-        let mut live = Vec::new();
+    /// Places `conn`, a new socket of `team`, on a live worker that is not
+    /// leaving and has room; its holder.
+    fn place(&mut self, conn: ConnId, team: crate::protocol::TeamId) -> Option<usize> {
+        let mut live: Vec<(String, String, usize)> = Vec::new();
         self.link.roster.each_live(|name, value| {
             if !value.leaving {
                 live.push((name.to_owned(), value.incarnation.clone(), value.capacity));
             }
         });
-        let loads: Vec<usize> = live
+        let candidates: Vec<Candidate<'_>> = live
             .iter()
-            .map(|(w, i, _)| {
-                self.by_name
-                    .get(&(w.clone(), i.clone()))
-                    .map_or(0, |&h| self.holders[h].load)
+            .map(|(worker, incarnation, capacity)| Candidate {
+                worker,
+                incarnation,
+                capacity: *capacity,
             })
             .collect();
-        let chosen = placement::choose(
-            team,
-            live.iter()
-                .zip(&loads)
-                .map(|((name, _, capacity), &load)| Slot {
-                    name,
-                    load,
-                    capacity: *capacity,
-                }),
-        )?
-        .to_owned();
-        let (_, incarnation, _) = live.into_iter().find(|(name, ..)| *name == chosen)?;
-        let key = (chosen, incarnation);
-        if let Some(&holder) = self.by_name.get(&key) {
-            return Some(holder);
-        }
-        self.holders.push(Holder {
-            worker: key.0.clone(),
-            incarnation: key.1.clone(),
-            load: 0,
-            seq: 0,
-            gone: false,
-        });
-        let holder = self.holders.len() - 1;
-        self.by_name.insert(key, holder);
-        Some(holder)
+        self.book.open(conn, team, &candidates)
     }
 
     /// Sends each worker the step's commands, one batch each. Blocks while
     /// the outbox is full: NATS is behind, and the driver waits with it.
     pub fn flush(&mut self) {
         for (holder, commands) in std::mem::take(&mut self.pending) {
-            let h = &mut self.holders[holder];
-            if h.gone {
-                continue;
-            }
-            h.seq += 1;
+            let Some(seq) = self.book.next_seq(holder) else {
+                continue; // lost
+            };
+            let h = self.book.holder(holder);
             let batch = CommandBatch {
                 epoch: self.link.epoch,
                 incarnation: h.incarnation.clone(),
-                seq: h.seq,
+                seq,
                 commands,
             };
             let subject = self.link.config.commands(&h.worker);
@@ -207,11 +162,8 @@ impl Dispatch {
 
     /// Notes the terminal events of worker sockets as the core takes them.
     pub fn observe(&mut self, event: &NetEvent) {
-        if let NetEvent::Closed { conn, .. } | NetEvent::OpenFailed { conn, .. } = event
-            && let Some(holder) = self.owner.remove(conn)
-        {
-            let h = &mut self.holders[holder];
-            h.load = h.load.saturating_sub(1);
+        if let NetEvent::Closed { conn, .. } | NetEvent::OpenFailed { conn, .. } = event {
+            self.book.ended(*conn);
         }
     }
 
@@ -227,36 +179,23 @@ impl Dispatch {
             }
         }
         for lost in self.link.roster.take_lost() {
-            let key = (lost.worker, lost.incarnation);
-            let Some(&holder) = self.by_name.get(&key) else {
+            let Some((holder, conns)) = self.book.lose(&lost.worker, &lost.incarnation) else {
                 continue;
             };
-            self.holders[holder].gone = true;
             self.pending.remove(&holder);
-            let mut closed = 0usize;
-            self.owner.retain(|&conn, h| {
-                if *h != holder {
-                    return true;
-                }
-                closed += 1;
+            for &conn in &conns {
                 let _ = self.events.send_final(NetEvent::Closed {
                     conn,
                     reason: CloseReason::WorkerLost,
                 });
-                false
-            });
-            self.holders[holder].load = 0;
-            warn!(worker = %key.0, sockets = closed, why = lost.why, "closing a lost worker's sockets");
+            }
+            warn!(worker = %lost.worker, sockets = conns.len(), why = lost.why, "closing a lost worker's sockets");
         }
     }
 
-    /// Sockets on each live worker, by name (for `/metrics` and logs).
+    /// Sockets on each live worker, by name.
     pub fn loads(&self) -> BTreeMap<String, usize> {
-        let mut loads = BTreeMap::new();
-        for h in self.holders.iter().filter(|h| !h.gone) {
-            *loads.entry(h.worker.clone()).or_insert(0) += h.load;
-        }
-        loads
+        self.book.loads()
     }
 }
 

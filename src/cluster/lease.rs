@@ -25,6 +25,19 @@ use serde::{Deserialize, Serialize};
 
 use super::{ClusterConfig, ClusterError};
 
+/// A worker whose lease was last renewed `since` ago ends every socket:
+/// half a lease, so that it has by the time the leader may declare it lost
+/// ([`lost_after`]), however late the leader heard of that renewal.
+pub fn must_fence(since: Duration, lease: Duration) -> bool {
+    since > lease / 2
+}
+
+/// The leader declares a worker lost once it has seen no renewal of its
+/// lease for `since`: a whole lease.
+pub fn lost_after(since: Duration, lease: Duration) -> bool {
+    since > lease
+}
+
 /// The leader lease's key.
 const LEADER_KEY: &str = "leader";
 
@@ -300,4 +313,51 @@ fn to_bytes(value: &impl Serialize) -> Bytes {
 /// A worker's entry read back; `None` if it is not one.
 pub fn worker_value(bytes: &[u8]) -> Option<WorkerValue> {
     serde_json::from_slice(bytes).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Break before make, over random histories: a worker renews every
+        /// quarter lease; each renewal reaches the server, then the worker
+        /// (its answer) and the leader (its watch) after delays below a
+        /// quarter lease each; renewals fail while it is cut off. Whenever
+        /// the leader declares it lost, it has already fenced itself.
+        #[test]
+        fn a_worker_fences_before_the_leader_declares_it_lost(
+            lease_ms in 400u64..10_000,
+            history in proptest::collection::vec((any::<bool>(), 0.0f64..1.0, 0.0f64..1.0), 1..200),
+        ) {
+            let lease = Duration::from_millis(lease_ms);
+            let every = lease / 4;
+            let (mut worker_ok, mut leader_seen) = (Duration::ZERO, Duration::ZERO);
+            let mut fenced_at: Option<Duration> = None;
+            let mut t = Duration::ZERO;
+            for (cut_off, answer, watch) in history {
+                // Between renewals, check both rules at a fine grain.
+                let next = t + every;
+                let mut now = t;
+                while now < next {
+                    if fenced_at.is_none() && must_fence(now.saturating_sub(worker_ok), lease) {
+                        fenced_at = Some(now);
+                    }
+                    if lost_after(now.saturating_sub(leader_seen), lease) {
+                        prop_assert!(fenced_at.is_some_and(|f| f <= now),
+                            "declared lost at {now:?}, worker fenced at {fenced_at:?}");
+                        return Ok(());
+                    }
+                    now += Duration::from_millis(5);
+                }
+                t = next;
+                if !cut_off && fenced_at.is_none() {
+                    // Written at t; heard by each side a little later.
+                    worker_ok = worker_ok.max(t + every.mul_f64(answer));
+                    leader_seen = leader_seen.max(t + every.mul_f64(watch));
+                }
+            }
+        }
+    }
 }

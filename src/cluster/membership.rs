@@ -17,7 +17,7 @@ use async_nats::jetstream::kv;
 use futures_util::StreamExt;
 use tracing::{info, warn};
 
-use super::lease::{WorkerValue, worker_value};
+use super::lease::{WorkerValue, lost_after, worker_value};
 use crate::inbox::Wake;
 
 /// One live worker.
@@ -72,9 +72,10 @@ impl Roster {
             .collect()
     }
 
-    /// Calls `each` with every live worker (no copies: for placement).
+    /// Calls `each` with every live worker that may take sockets (not
+    /// revoked; no copies: for placement).
     pub fn each_live(&self, mut each: impl FnMut(&str, &WorkerValue)) {
-        for (name, member) in &self.state().live {
+        for (name, member) in self.state().live.iter().filter(|(_, m)| !m.revoked) {
             each(name, &member.value);
         }
     }
@@ -163,7 +164,7 @@ impl Roster {
         let expired: Vec<String> = state
             .live
             .iter()
-            .filter(|(_, m)| now.saturating_duration_since(m.last_seen) > lease)
+            .filter(|(_, m)| lost_after(now.saturating_duration_since(m.last_seen), lease))
             .map(|(name, _)| name.clone())
             .collect();
         for name in expired {

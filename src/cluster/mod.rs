@@ -8,6 +8,7 @@
 //!   creation's revision is the epoch, the fencing token), one per worker.
 //! - [`membership`]: the leader's view of the live workers, from their
 //!   leases.
+//! - [`book`]: which worker incarnation holds which socket (plain data).
 //! - [`dispatch`]: the leader's side of the transport: places each team on
 //!   a worker ([`placement`]), sends the commands, takes the events, and
 //!   closes a lost worker's sockets in the core's eyes.
@@ -16,6 +17,7 @@
 //! - [`status`]: what `switchboard status --cluster` reads and prints.
 //! - [`worker`]: `switchboard worker`, the transport alone.
 
+pub mod book;
 pub mod dispatch;
 pub mod lease;
 pub mod membership;

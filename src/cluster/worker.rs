@@ -302,7 +302,7 @@ impl Worker<'_> {
             let view = self.view();
             (
                 view.registered.clone(),
-                view.last_ok.elapsed() > self.lease / 2,
+                lease::must_fence(view.last_ok.elapsed(), self.lease),
                 view.lost,
             )
         };
