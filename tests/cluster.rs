@@ -192,6 +192,8 @@ fn core(dir: &Path, nats: &Nats, name: &str, global: &str, state: &Path) -> Proc
         "json".into(),
         "--status-interval".into(),
         "0s".into(),
+        "--http".into(),
+        "127.0.0.1:0".into(),
     ]);
     args.extend(timing_flags());
     spawn(dir, name, &args)
@@ -249,6 +251,29 @@ fn short_by_at_most(verdict: &Verdict, report: &BTreeMap<u64, (u64, u64)>, most:
     short
 }
 
+/// A GET on the HTTP server the process logged it serves.
+fn http_get(proc: &Proc, path: &str) -> String {
+    use std::io::{Read, Write};
+    let log = proc.log();
+    let url = log
+        .lines()
+        .find(|l| l.contains("HTTP: metrics"))
+        .and_then(|l| serde_json::from_str::<Value>(l).ok())
+        .and_then(|l| l["fields"]["url"].as_str().map(str::to_owned))
+        .expect("the HTTP server's URL in the log");
+    let host = url.trim_start_matches("http://").trim_end_matches('/');
+    let mut socket = std::net::TcpStream::connect(host).expect("HTTP up");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(socket, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").expect("request");
+    let mut response = String::new();
+    socket.read_to_string(&mut response).expect("response");
+    response
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_owned())
+}
+
 fn verdict_problems(verdict: &Verdict) -> String {
     verdict.mismatches.join("\n")
 }
@@ -287,6 +312,21 @@ async fn two_cores_and_three_workers_keep_every_count_under_chaos() {
         .filter_map(|l| l.split("teams ").nth(1)?.split(' ').next()?.parse().ok())
         .collect();
     assert!(teams.len() == 3 && teams.iter().all(|&n| n > 0), "{shown}");
+    // The leader's /workers and /metrics agree on three workers with teams.
+    let shown: Value = serde_json::from_str(&http_get(&leader, "/workers")).expect("JSON");
+    let listed = shown["workers"].as_array().expect("workers");
+    assert_eq!(listed.len(), 3, "{shown}");
+    assert!(
+        listed.iter().all(|w| w["teams"].as_u64() > Some(0)),
+        "{shown}"
+    );
+    let metrics = http_get(&leader, "/metrics");
+    assert!(metrics.contains("switchboard_cluster_epoch "), "{metrics}");
+    assert_eq!(
+        metrics.matches("switchboard_cluster_worker_teams{").count(),
+        3,
+        "{metrics}"
+    );
     let verdict = verdict(server).await;
     let (status, _) = leader.exit().await;
     assert!(status.success(), "the leader ends as the run does");

@@ -583,6 +583,9 @@ pub fn connect(
         Ok(http) => http,
         Err(code) => return code,
     };
+    if let (Some(http), Some(leading)) = (http.as_ref(), leading.as_ref()) {
+        http.watch_cluster(leading.watch.clone());
+    }
     let publishing = match args.publish.start(&runtime, &mut config, http.as_ref()) {
         Ok(publishing) => publishing,
         Err(code) => return code,

@@ -87,6 +87,8 @@ pub struct ClusterArgs {
 pub struct Leading {
     /// For the driver.
     pub link: LeaderLink,
+    /// For `/metrics` and `/workers`.
+    pub watch: cluster::LeaderWatch,
     deposed: Arc<AtomicBool>,
 }
 
@@ -201,14 +203,24 @@ impl ClusterArgs {
             roster,
             loads: Default::default(),
         };
+        let watch = cluster::LeaderWatch {
+            epoch: link.epoch,
+            lease: lease_length,
+            renewed: Arc::new(std::sync::Mutex::new(Instant::now())),
+            loads: link.loads.clone(),
+            roster: link.roster.clone(),
+        };
         runtime.spawn(keep_leading(
             lease,
-            lease_length,
-            link.loads.clone(),
+            watch.clone(),
             stop.clone(),
             deposed.clone(),
         ));
-        Ok(Some(Leading { link, deposed }))
+        Ok(Some(Leading {
+            link,
+            watch,
+            deposed,
+        }))
     }
 }
 
@@ -217,11 +229,11 @@ impl ClusterArgs {
 /// cannot prove its lease stops commanding before a standby may lead.
 async fn keep_leading(
     mut lease: LeaderLease,
-    length: Duration,
-    loads: Arc<std::sync::Mutex<std::collections::BTreeMap<String, usize>>>,
+    watch: cluster::LeaderWatch,
     stop: StopHandle,
     deposed: Arc<AtomicBool>,
 ) {
+    let length = watch.lease;
     let mut every = tokio::time::interval(length / 3);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_ok = Instant::now();
@@ -232,9 +244,14 @@ async fn keep_leading(
             lease.release().await;
             return;
         }
-        let now = loads.lock().map(|l| l.clone()).unwrap_or_default();
+        let now = watch.loads.lock().map(|l| l.clone()).unwrap_or_default();
         match tokio::time::timeout(length / 4, lease.renew(now)).await {
-            Ok(Ok(())) => last_ok = Instant::now(),
+            Ok(Ok(())) => {
+                last_ok = Instant::now();
+                if let Ok(mut renewed) = watch.renewed.lock() {
+                    *renewed = last_ok;
+                }
+            }
             Ok(Err(RenewError::Lost)) => {
                 error!("the leader lease was taken: stopping");
                 break;

@@ -191,6 +191,9 @@ mod tests {
     }
 
     proptest! {
+        // Failures are kept as named tests, not files beside the sources.
+        #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
+
         /// Over random histories of workers joining (again: a restart),
         /// leaving, being lost, and teams opening and ending: no team has
         /// two owned sockets, no socket two owners, a lost incarnation owns

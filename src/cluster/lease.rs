@@ -321,6 +321,9 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
+        // Failures are kept as named tests, not files beside the sources.
+        #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
+
         /// Break before make, over random histories: a worker renews every
         /// quarter lease; each renewal reaches the server, then the worker
         /// (its answer) and the leader (its watch) after delays below a

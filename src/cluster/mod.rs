@@ -27,9 +27,12 @@ pub mod status;
 pub mod wire;
 pub mod worker;
 
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
+use serde::Serialize;
 
 /// A lease's default length, for the leader and for each worker.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(5);
@@ -138,4 +141,61 @@ pub async fn connect(
         .timeout(Duration::from_secs(2))
         .build(client.clone());
     Ok((client, context))
+}
+
+/// What a leader shows of its cluster (`/metrics`, `/workers`): cheap to
+/// clone, read at scrape time.
+#[derive(Clone, Debug)]
+pub struct LeaderWatch {
+    /// Its epoch.
+    pub epoch: u64,
+    /// The lease.
+    pub lease: Duration,
+    /// When it last renewed the lease.
+    pub renewed: Arc<Mutex<Instant>>,
+    /// Team sockets per worker, recounted once a second.
+    pub loads: Arc<Mutex<BTreeMap<String, usize>>>,
+    /// The live workers.
+    pub roster: membership::Roster,
+}
+
+/// One worker, as `/workers` lists it.
+#[derive(Clone, Debug, Serialize)]
+pub struct WorkerLine {
+    /// Its name.
+    pub name: String,
+    /// Its live incarnation.
+    pub incarnation: String,
+    /// Most sockets it takes.
+    pub capacity: usize,
+    /// Handing its teams over.
+    pub leaving: bool,
+    /// Team sockets it holds.
+    pub teams: usize,
+}
+
+impl LeaderWatch {
+    /// How long since the lease was renewed.
+    pub fn lease_age(&self) -> Duration {
+        self.renewed
+            .lock()
+            .map(|at| at.elapsed())
+            .unwrap_or_default()
+    }
+
+    /// The live workers with their teams, by name.
+    pub fn workers(&self) -> Vec<WorkerLine> {
+        let loads = self.loads.lock().map(|l| l.clone()).unwrap_or_default();
+        self.roster
+            .live()
+            .into_iter()
+            .map(|(name, value)| WorkerLine {
+                teams: loads.get(&name).copied().unwrap_or(0),
+                name,
+                incarnation: value.incarnation,
+                capacity: value.capacity,
+                leaving: value.leaving,
+            })
+            .collect()
+    }
 }

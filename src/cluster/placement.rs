@@ -81,6 +81,9 @@ mod tests {
     }
 
     proptest! {
+        // Failures are kept as named tests, not files beside the sources.
+        #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
+
         /// Losing a worker moves exactly the teams it held; a joining
         /// worker takes teams only for itself.
         #[test]

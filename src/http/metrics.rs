@@ -124,6 +124,9 @@ impl prometheus_client::collector::Collector for ViewCollector {
         if let Some(watch) = self.0.publish.get() {
             publish(&mut e, &watch.stats())?;
         }
+        if let Some(watch) = self.0.cluster.get() {
+            cluster(&mut e, watch)?;
+        }
         process(&mut e)
     }
 }
@@ -266,6 +269,27 @@ fn process(e: &mut DescriptorEncoder) -> Result<(), fmt::Error> {
         )?;
     }
     Ok(())
+}
+
+/// The cluster this process leads (`--cluster`).
+fn cluster(e: &mut DescriptorEncoder, watch: &crate::cluster::LeaderWatch) -> Result<(), fmt::Error> {
+    gauge(e, "cluster_epoch", "The leader lease's epoch this process leads in", None, i64::try_from(watch.epoch).unwrap_or(i64::MAX))?;
+    let age = ConstGauge::new(watch.lease_age().as_secs_f64());
+    age.encode(e.encode_descriptor(
+        "cluster_lease_age",
+        "Time since the leader lease was last renewed",
+        Some(&Unit::Seconds),
+        age.metric_type(),
+    )?)?;
+    let workers = watch.workers();
+    family(
+        e,
+        "cluster_worker_teams",
+        "Team sockets each live worker holds",
+        MetricType::Gauge,
+        "worker",
+        workers.iter().map(|w| (w.name.as_str(), w.teams as u64)),
+    )
 }
 
 /// The NATS publisher's numbers (`--publish`).

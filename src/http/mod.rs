@@ -85,6 +85,7 @@ impl HttpServer {
             .route("/fleet", get(fleet))
             .route("/teams", get(teams))
             .route("/teams/{id}", get(team))
+            .route("/workers", get(workers))
             .with_state(state);
         let slots = Arc::new(serve::Slots::default());
         let hosts = Arc::new(host::Hosts::new(&options.allow_hosts));
@@ -121,6 +122,11 @@ impl HttpServer {
     /// The sidecar that feeds this server from the driver.
     pub fn telemetry(&self) -> Telemetry {
         Telemetry::new(self.shared.clone())
+    }
+
+    /// Adds the cluster this process leads to `/metrics` and `/workers`.
+    pub fn watch_cluster(&self, watch: crate::cluster::LeaderWatch) {
+        let _ = self.shared.cluster.set(watch);
     }
 
     /// Adds the NATS publisher's numbers to `/metrics` (the first one
@@ -208,6 +214,26 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         Some(why) => answer(
             StatusCode::SERVICE_UNAVAILABLE,
             json!({"ready": false, "why": why}),
+        ),
+    }
+}
+
+/// The leader's workers: epoch, lease, and each live worker with its
+/// teams; 404 when this process leads no cluster.
+async fn workers(State(state): State<Arc<AppState>>) -> Response {
+    match state.shared.cluster.get() {
+        Some(watch) => answer(
+            StatusCode::OK,
+            serde_json::json!({
+                "epoch": watch.epoch,
+                "lease_ms": watch.lease.as_millis() as u64,
+                "lease_age_ms": watch.lease_age().as_millis() as u64,
+                "workers": watch.workers(),
+            }),
+        ),
+        None => answer(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error": "this process leads no cluster"}),
         ),
     }
 }

@@ -145,6 +145,8 @@ pub struct Shared {
     pub started: Instant,
     /// The NATS publisher's numbers, once one is attached.
     pub publish: std::sync::OnceLock<crate::publish::PublishWatch>,
+    /// The cluster, when this process leads one.
+    pub cluster: std::sync::OnceLock<crate::cluster::LeaderWatch>,
 }
 
 /// Reads a published pointer, whatever a panicking writer left.
@@ -172,6 +174,7 @@ impl Shared {
             step_seconds: Histogram::new(STEP_BUCKETS),
             started: Instant::now(),
             publish: std::sync::OnceLock::new(),
+            cluster: std::sync::OnceLock::new(),
         })
     }
 
