@@ -16,13 +16,13 @@
 use std::fmt;
 
 use bytes::Bytes;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::protocol::{DecodeError, GlobalServerEvent, TeamId};
 
 /// Names one connection attempt. Fresh for every `Open`, never reused, so an
 /// event from an abandoned attempt can never be mistaken for the current one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct ConnId(pub u64);
 

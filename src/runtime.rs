@@ -153,6 +153,9 @@ pub enum RunError {
     /// The configuration is unusable.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The workers' sockets could not be taken over.
+    #[error("taking over the workers' sockets: {0}")]
+    Adopt(#[from] crate::core::RestoreError),
 }
 
 /// One step, as sidecars see it.
@@ -264,8 +267,16 @@ impl<'a> Driver<'a> {
         for sidecar in sidecars.iter_mut() {
             sidecar.start(&mut core, &wake);
         }
-        let dispatch =
-            cluster.map(|link| Dispatch::new(link, &runtime, events.clone(), wake.clone()));
+        let dispatch = match cluster {
+            Some(link) => {
+                let mut dispatch = Dispatch::new(link, &runtime, events.clone(), wake.clone());
+                // After the sidecars restored the saved teams: the workers'
+                // reports add to those counts.
+                dispatch.adopt(&mut core, &runtime)?;
+                Some(dispatch)
+            }
+            None => None,
+        };
         let transport = Transport::new(
             runtime,
             events,

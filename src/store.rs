@@ -45,6 +45,10 @@ const KEY_VERSION: &str = "schema_version";
 const KEY_GLOBAL_URL: &str = "global_url";
 /// Team id → (joined, message_count, props_count).
 const TEAMS: TableDefinition<u64, (bool, u64, u64)> = TableDefinition::new("teams");
+/// Team id → (socket id, messages, props) of its [`crate::core::SocketMark`]:
+/// kept beside the counts so that a leader resuming from this file adds
+/// exactly what the workers read since (files without it read as no marks).
+const MARKS: TableDefinition<u64, (u64, u64, u64)> = TableDefinition::new("socket_marks");
 
 /// redb's page cache grows up to this; the file for 10,000 teams is far smaller.
 const CACHE_BYTES: usize = 16 * 1024 * 1024;
@@ -231,15 +235,35 @@ impl Store {
         let rows = table
             .iter()
             .map_err(|e| db_error(&self.path, "read teams", e.into()))?;
+        let marks = match txn.open_table(MARKS) {
+            Ok(marks) => Some(marks),
+            Err(TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(db_error(&self.path, "open marks table", e.into())),
+        };
         let mut teams = Vec::new();
         for row in rows {
             let (id, value) = row.map_err(|e| db_error(&self.path, "read teams", e.into()))?;
             let (joined, message_count, props_count) = value.value();
+            let socket = match &marks {
+                Some(marks) => marks
+                    .get(id.value())
+                    .map_err(|e| db_error(&self.path, "read marks", e.into()))?
+                    .map(|m| {
+                        let (conn, messages, props) = m.value();
+                        crate::core::SocketMark {
+                            conn: crate::bridge::ConnId(conn),
+                            messages,
+                            props,
+                        }
+                    }),
+                None => None,
+            };
             teams.push(SavedTeam {
                 id: TeamId(id.value()),
                 joined,
                 message_count,
                 props_count,
+                socket,
             });
         }
         Ok(teams)
@@ -263,6 +287,9 @@ impl Store {
             let mut table = txn
                 .open_table(TEAMS)
                 .map_err(|e| db_error(path, "open teams table", e.into()))?;
+            let mut marks = txn
+                .open_table(MARKS)
+                .map_err(|e| db_error(path, "open marks table", e.into()))?;
             for team in teams {
                 let old = table
                     .insert(
@@ -283,6 +310,12 @@ impl Store {
                     table
                         .insert(team.id.0, kept)
                         .map_err(|e| db_error(path, "write team", e.into()))?;
+                } else if let Some(mark) = team.socket {
+                    // With the counts it describes only (a regression
+                    // keeps the old counts and their mark).
+                    marks
+                        .insert(team.id.0, (mark.conn.0, mark.messages, mark.props))
+                        .map_err(|e| db_error(path, "write mark", e.into()))?;
                 }
                 report.teams += 1;
             }
@@ -983,6 +1016,7 @@ mod tests {
             joined: true,
             message_count,
             props_count,
+            socket: None,
         }
     }
 

@@ -1015,18 +1015,21 @@ fn restored_teams_resume_their_counts_and_reconnect_unless_global_disowns_them()
             joined: true,
             message_count: 40,
             props_count: 4,
+            socket: None,
         },
         SavedTeam {
             id: T2,
             joined: true,
             message_count: 7,
             props_count: 0,
+            socket: None,
         },
         SavedTeam {
             id: T3,
             joined: false,
             message_count: 9,
             props_count: 9,
+            socket: None,
         },
     ];
     peer.core
@@ -1069,6 +1072,102 @@ fn restored_teams_resume_their_counts_and_reconnect_unless_global_disowns_them()
         Err(switchboard::core::RestoreError::AlreadyRunning)
     );
     snapshot("restored_teams_resume_their_counts_and_reconnect", &peer);
+}
+
+#[test]
+fn adopted_sockets_stay_open_and_add_exactly_what_the_copy_missed() {
+    use switchboard::core::{AdoptedSocket, SocketMark};
+    use switchboard::store::SavedTeam;
+    let mut peer = Peer::new(32);
+    let mark = |conn, messages, props| {
+        Some(SocketMark {
+            conn: ConnId(conn),
+            messages,
+            props,
+        })
+    };
+    // The old leader's last copy: T1's counts include 30 messages (3
+    // props) of socket 7; T2's include 20 of socket 5.
+    peer.core
+        .restore(&[
+            SavedTeam {
+                id: T1,
+                joined: true,
+                message_count: 100,
+                props_count: 10,
+                socket: mark(7, 30, 3),
+            },
+            SavedTeam {
+                id: T2,
+                joined: true,
+                message_count: 50,
+                props_count: 5,
+                socket: mark(5, 20, 2),
+            },
+        ])
+        .expect("restored");
+    let socket = |team, conn, messages, props, open| AdoptedSocket {
+        team,
+        conn: ConnId(conn),
+        messages,
+        props,
+        open,
+    };
+    let refused = peer
+        .adopt(&[
+            // Socket 7 read 15 more (1 props) after the copy.
+            socket(T1, 7, 45, 4, true),
+            // Socket 5 ended with nothing new; socket 9 opened after the copy.
+            socket(T2, 5, 20, 2, false),
+            socket(T2, 9, 6, 1, true),
+            // A team the copy does not know: joined, from zero; a second
+            // open socket for it is refused.
+            socket(T3, 11, 2, 0, true),
+            socket(T3, 12, 1, 0, true),
+            // An earlier socket of T1's, fully counted already.
+            socket(T1, 3, 80, 8, false),
+        ])
+        .expect("adopted before the first step");
+    assert_eq!(refused, vec![ConnId(12)]);
+    let counts = |peer: &Peer, id| {
+        let t = team(peer, id);
+        (
+            t.counters.message_count,
+            t.counters.props_count,
+            t.connected,
+        )
+    };
+    assert_eq!(counts(&peer, T1), (115, 11, true));
+    assert_eq!(counts(&peer, T2), (56, 6, true));
+    assert_eq!(counts(&peer, T3), (2, 0, true));
+    peer.open_global();
+    assert!(
+        peer.global_conn() > ConnId(12),
+        "new ids above every adopted one"
+    );
+    // Global replays its joins: nothing is requested, nothing reopened.
+    for id in [T1, T2, T3] {
+        peer.join(id);
+    }
+    assert_eq!(peer.requests(), Vec::<TeamId>::new());
+    assert!(
+        !peer
+            .commands
+            .iter()
+            .any(|c| matches!(c, NetCommand::Open { conn, .. } if *conn != peer.global_conn())),
+        "no team socket reopened"
+    );
+    // Traffic on an adopted socket counts; its pings go out on it.
+    peer.messages(T1, 5, 2);
+    peer.step();
+    assert_eq!(counts(&peer, T1), (120, 13, true));
+    peer.advance(Duration::from_secs(30));
+    assert!(peer.commands.iter().any(|c| matches!(c,
+        NetCommand::Send { conn, text } if *conn == ConnId(7) && text.as_str().contains("ping"))));
+    assert_eq!(
+        peer.adopt(&[]),
+        Err(switchboard::core::RestoreError::AlreadyRunning)
+    );
 }
 
 #[test]

@@ -300,12 +300,14 @@ fn scripted(options: RecordOptions) -> (Vec<String>, Snapshot) {
             joined: true,
             message_count: 40,
             props_count: 4,
+            socket: None,
         },
         SavedTeam {
             id: TeamId(8),
             joined: false,
             message_count: 7,
             props_count: 0,
+            socket: None,
         },
     ];
     let mut s = Scripted::new(options, &restored);

@@ -20,6 +20,7 @@ fn team(id: u64, message_count: u64, props_count: u64) -> SavedTeam {
         joined: true,
         message_count,
         props_count,
+        socket: None,
     }
 }
 
@@ -67,6 +68,37 @@ fn counts_survive_close_and_reopen() {
     assert_eq!(store.load().unwrap(), expected);
     drop(store);
     assert_eq!(Store::open(&path, URL).unwrap().load().unwrap(), expected);
+}
+
+#[test]
+fn socket_marks_are_kept_with_the_counts_they_describe() {
+    use switchboard::ConnId;
+    use switchboard::core::SocketMark;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    let store = Store::open(&path, URL).unwrap();
+    let mark = |conn, messages| {
+        Some(SocketMark {
+            conn: ConnId(conn),
+            messages,
+            props: 1,
+        })
+    };
+    let marked = SavedTeam {
+        socket: mark(9, 40),
+        ..team(1, 100, 10)
+    };
+    store.save(&[marked, team(2, 5, 0)]).unwrap();
+    assert_eq!(store.load().unwrap(), vec![marked, team(2, 5, 0)]);
+    // A lower count is not written back, and neither is its mark.
+    let report = store
+        .save(&[SavedTeam {
+            socket: mark(12, 1),
+            ..team(1, 90, 10)
+        }])
+        .unwrap();
+    assert_eq!(report.regressions, 1);
+    assert_eq!(store.load().unwrap()[0], marked);
 }
 
 #[test]

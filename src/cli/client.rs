@@ -509,6 +509,10 @@ pub fn run_client_on(
     {
         Ok(outcome) => outcome,
         Err(RunError::Config(error)) => return Err(usage_error(error)),
+        Err(error @ RunError::Adopt(_)) => {
+            eprintln!("error: {error}");
+            return Err(ExitCode::FAILURE);
+        }
     };
     print_report(&outcome.report, report);
     info!(

@@ -64,30 +64,39 @@ impl Book {
             }),
         )?;
         let candidate = live.iter().find(|c| c.worker == chosen)?;
-        let holder = match self.holder_index(candidate) {
-            Some(holder) => holder,
-            None => {
-                self.holders.push(Holder {
-                    worker: candidate.worker.to_owned(),
-                    incarnation: candidate.incarnation.to_owned(),
-                    load: 0,
-                    seq: 0,
-                    gone: false,
-                });
-                let holder = self.holders.len() - 1;
-                self.by_name.insert(
-                    (
-                        candidate.worker.to_owned(),
-                        candidate.incarnation.to_owned(),
-                    ),
-                    holder,
-                );
-                holder
-            }
-        };
+        let holder = self.holder_for(candidate.worker, candidate.incarnation);
         self.owner.insert(conn, holder);
         self.holders[holder].load += 1;
         Some(holder)
+    }
+
+    /// Records `conn`, a socket a worker kept through a change of leader,
+    /// as that worker incarnation's.
+    pub fn adopt(&mut self, conn: ConnId, worker: &str, incarnation: &str) {
+        let holder = self.holder_for(worker, incarnation);
+        if self.owner.insert(conn, holder).is_none() {
+            self.holders[holder].load += 1;
+        }
+    }
+
+    /// The live holder for this incarnation, made if new.
+    fn holder_for(&mut self, worker: &str, incarnation: &str) -> usize {
+        let key = (worker.to_owned(), incarnation.to_owned());
+        if let Some(&h) = self.by_name.get(&key)
+            && !self.holders[h].gone
+        {
+            return h;
+        }
+        self.holders.push(Holder {
+            worker: worker.to_owned(),
+            incarnation: incarnation.to_owned(),
+            load: 0,
+            seq: 0,
+            gone: false,
+        });
+        let holder = self.holders.len() - 1;
+        self.by_name.insert(key, holder);
+        holder
     }
 
     fn holder_index(&self, c: &Candidate<'_>) -> Option<usize> {

@@ -20,14 +20,16 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::ClusterConfig;
 use super::book::{Book, Candidate};
 use super::lease::Buckets;
+use super::lease::{WorkerValue, worker_value};
 use super::membership::Roster;
-use super::wire::{Command, CommandBatch, EventBatch};
+use super::wire::{Command, CommandBatch, EventBatch, Inventory, ToWorker};
 use crate::bridge::{CloseReason, ConnId, NetCommand, NetEvent};
+use crate::core::{AdoptedSocket, Core, RestoreError};
 use crate::inbox::{EventSender, Wake};
 
 /// Command batches waiting for the publisher task. When full, the driver
@@ -68,11 +70,21 @@ const LOADS_EVERY: Duration = Duration::from_secs(1);
 impl Dispatch {
     /// Starts the event ingress and the command publisher on `runtime`;
     /// events go to `events`, and a lost worker wakes `wake`.
+    /// Blocks the calling thread (not a tokio worker) until the workers'
+    /// events are subscribed to.
     pub fn new(link: LeaderLink, runtime: &Handle, events: EventSender, wake: Wake) -> Dispatch {
         link.roster.attach(wake);
         let (out, commands) = mpsc::channel(OUTBOX);
         runtime.spawn(publish(link.client.clone(), commands));
-        runtime.spawn(ingress(link.clone(), events.clone()));
+        // Subscribed before any worker is called: its first batch after
+        // answering must not be missed (a gap revokes it).
+        let subject = link.config.all_events();
+        match runtime.block_on(link.client.subscribe(subject.clone())) {
+            Ok(batches) => {
+                runtime.spawn(ingress(link.clone(), batches, events.clone()));
+            }
+            Err(error) => warn!(%error, subject, "cannot take the workers' events"),
+        }
         Dispatch {
             link,
             events,
@@ -81,6 +93,56 @@ impl Dispatch {
             out,
             loads_at: Instant::now(),
         }
+    }
+
+    /// At a takeover, before the core's first step: calls every registered
+    /// worker, adopts the sockets each reports into the book and the core
+    /// ([`Core::adopt`]), and returns how many it adopted. A worker that
+    /// does not answer within half a lease is revoked (it fences itself on
+    /// its next renewal), and this waits three quarters of a lease more so
+    /// that it has, before any of its teams may be opened elsewhere.
+    pub fn adopt(&mut self, core: &mut Core, runtime: &Handle) -> Result<usize, RestoreError> {
+        let lease = self.link.config.lease;
+        let workers = runtime.block_on(registered(&self.link));
+        for (name, value) in &workers {
+            self.link.roster.seen(name, value.clone(), Instant::now());
+        }
+        let answers = runtime.block_on(call(&self.link, &workers, lease / 2));
+        let mut sockets = Vec::new();
+        let mut silent = 0;
+        for (name, value) in &workers {
+            match answers.get(&(name.clone(), value.incarnation.clone())) {
+                Some(reported) => {
+                    for socket in reported.iter().filter(|s| s.open) {
+                        self.book.adopt(socket.conn, name, &value.incarnation);
+                    }
+                    sockets.extend_from_slice(reported);
+                }
+                None => {
+                    warn!(worker = %name, "no answer to the new leader's call: revoking it");
+                    self.link.roster.revoke(name, &value.incarnation);
+                    let _ = runtime.block_on(self.link.buckets.workers.delete(name));
+                    silent += 1;
+                }
+            }
+        }
+        if silent > 0 {
+            std::thread::sleep(lease * 3 / 4);
+        }
+        let refused = core.adopt(&sockets)?;
+        for &conn in &refused {
+            self.execute(NetCommand::Abort { conn });
+        }
+        let adopted = sockets.iter().filter(|s| s.open).count() - refused.len();
+        info!(
+            workers = workers.len() - silent,
+            silent,
+            adopted,
+            refused = refused.len(),
+            ended = sockets.iter().filter(|s| !s.open).count(),
+            "took over the workers' sockets"
+        );
+        Ok(adopted)
     }
 
     /// Whether the socket `conn` is a worker's (else it is the leader's
@@ -199,6 +261,86 @@ impl Dispatch {
     }
 }
 
+/// The workers registered now, by name (read from the bucket: the
+/// roster's watch may not have caught up). Bounded by a lease.
+async fn registered(link: &LeaderLink) -> Vec<(String, WorkerValue)> {
+    let store = &link.buckets.workers;
+    let read = async {
+        let mut found = Vec::new();
+        let mut keys = match store.keys().await {
+            Ok(keys) => keys,
+            Err(error) => {
+                warn!(%error, "listing the workers");
+                return found;
+            }
+        };
+        while let Some(Ok(key)) = keys.next().await {
+            if let Ok(Some(bytes)) = store.get(&key).await
+                && let Some(value) = worker_value(&bytes)
+            {
+                found.push((key, value));
+            }
+        }
+        found
+    };
+    tokio::time::timeout(link.config.lease, read)
+        .await
+        .unwrap_or_default()
+}
+
+/// Calls each worker to report its sockets; the complete answers by
+/// (worker, incarnation), within `wait`.
+async fn call(
+    link: &LeaderLink,
+    workers: &[(String, WorkerValue)],
+    wait: Duration,
+) -> HashMap<(String, String), Vec<AdoptedSocket>> {
+    let mut done = HashMap::new();
+    if workers.is_empty() {
+        return done;
+    }
+    let inbox = link.client.new_inbox();
+    let Ok(mut replies) = link.client.subscribe(inbox.clone()).await else {
+        return done;
+    };
+    for (name, value) in workers {
+        let body = Bytes::from(ToWorker::adopt(link.epoch, &value.incarnation));
+        if let Err(error) = link
+            .client
+            .publish_with_reply(link.config.commands(name), inbox.clone(), body)
+            .await
+        {
+            warn!(%error, worker = %name, "calling a worker");
+        }
+    }
+    let _ = link.client.flush().await;
+    let mut partial: HashMap<(String, String), (u64, Vec<AdoptedSocket>)> = HashMap::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    while done.len() < workers.len() {
+        let Ok(Some(message)) = tokio::time::timeout_at(deadline, replies.next()).await else {
+            break;
+        };
+        let part = match Inventory::decode(&message.payload) {
+            Ok(part) if part.epoch == link.epoch => part,
+            Ok(_) => continue,
+            Err(error) => {
+                warn!(%error, "an answer that does not read; ignored");
+                continue;
+            }
+        };
+        let key = (part.worker.clone(), part.incarnation.clone());
+        let entry = partial.entry(key.clone()).or_default();
+        entry.0 += 1;
+        entry.1.extend(part.sockets);
+        if entry.0 == part.parts
+            && let Some((_, sockets)) = partial.remove(&key)
+        {
+            done.insert(key, sockets);
+        }
+    }
+    done
+}
+
 /// Publishes command batches in order.
 async fn publish(client: async_nats::Client, mut commands: mpsc::Receiver<(String, Bytes)>) {
     while let Some((subject, body)) = commands.recv().await {
@@ -214,15 +356,7 @@ async fn publish(client: async_nats::Client, mut commands: mpsc::Receiver<(Strin
 /// is revoked (its lease deleted; it fences itself on its next renewal)
 /// and nothing more of it is taken; its sockets are closed in the core's
 /// eyes once the worker is lost.
-async fn ingress(link: LeaderLink, mut events: EventSender) {
-    let subject = link.config.all_events();
-    let mut batches = match link.client.subscribe(subject.clone()).await {
-        Ok(batches) => batches,
-        Err(error) => {
-            warn!(%error, subject, "cannot take the workers' events");
-            return;
-        }
-    };
+async fn ingress(link: LeaderLink, mut batches: async_nats::Subscriber, mut events: EventSender) {
     let mut next: HashMap<(String, String), u64> = HashMap::new();
     while let Some(message) = batches.next().await {
         let batch = match EventBatch::decode(&message.payload) {

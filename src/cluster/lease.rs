@@ -25,11 +25,20 @@ use serde::{Deserialize, Serialize};
 
 use super::{ClusterConfig, ClusterError};
 
-/// A worker whose lease was last renewed `since` ago ends every socket:
-/// half a lease, so that it has by the time the leader may declare it lost
-/// ([`lost_after`]), however late the leader heard of that renewal.
+/// A worker whose lease was last renewed `since` ago fences itself: from
+/// half a lease it closes every socket with a close handshake (so nothing
+/// the server wrote is left unread), and drops any still open at
+/// [`fence_deadline`].
 pub fn must_fence(since: Duration, lease: Duration) -> bool {
     since > lease / 2
+}
+
+/// How long after its last renewal a fencing worker's sockets are all
+/// ended: five eighths of a lease, an eighth before the leader may declare
+/// it lost ([`lost_after`]) however late (below a quarter lease) it heard
+/// of that renewal.
+pub fn fence_deadline(lease: Duration) -> Duration {
+    lease * 5 / 8
 }
 
 /// The leader declares a worker lost once it has seen no renewal of its
@@ -328,7 +337,8 @@ mod tests {
         /// quarter lease; each renewal reaches the server, then the worker
         /// (its answer) and the leader (its watch) after delays below a
         /// quarter lease each; renewals fail while it is cut off. Whenever
-        /// the leader declares it lost, it has already fenced itself.
+        /// the leader declares it lost, every socket of the worker has
+        /// already ended (closed, or dropped at the fence's deadline).
         #[test]
         fn a_worker_fences_before_the_leader_declares_it_lost(
             lease_ms in 400u64..10_000,
@@ -338,6 +348,7 @@ mod tests {
             let every = lease / 4;
             let (mut worker_ok, mut leader_seen) = (Duration::ZERO, Duration::ZERO);
             let mut fenced_at: Option<Duration> = None;
+            let mut ended_at: Option<Duration> = None;
             let mut t = Duration::ZERO;
             for (cut_off, answer, watch) in history {
                 // Between renewals, check both rules at a fine grain.
@@ -347,9 +358,13 @@ mod tests {
                     if fenced_at.is_none() && must_fence(now.saturating_sub(worker_ok), lease) {
                         fenced_at = Some(now);
                     }
+                    if ended_at.is_none() && fenced_at.is_some()
+                        && now.saturating_sub(worker_ok) >= fence_deadline(lease) {
+                        ended_at = Some(now);
+                    }
                     if lost_after(now.saturating_sub(leader_seen), lease) {
-                        prop_assert!(fenced_at.is_some_and(|f| f <= now),
-                            "declared lost at {now:?}, worker fenced at {fenced_at:?}");
+                        prop_assert!(ended_at.is_some_and(|f| f <= now),
+                            "declared lost at {now:?}, worker's sockets ended at {ended_at:?}");
                         return Ok(());
                     }
                     now += Duration::from_millis(5);

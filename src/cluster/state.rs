@@ -200,6 +200,7 @@ mod tests {
             joined,
             message_count: m,
             props_count: m / 5,
+            socket: None,
         }
     }
 

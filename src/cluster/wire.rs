@@ -14,6 +14,7 @@
 use serde_json::{Value, json};
 
 use crate::bridge::{ConnId, ConnKind, NetCommand, NetEvent};
+use crate::core::AdoptedSocket;
 use crate::protocol::TeamId;
 use crate::record::codec;
 
@@ -276,6 +277,130 @@ impl EventBatch {
     }
 }
 
+/// What a worker reads on its command subject: a batch, or a new
+/// leader's call to report its sockets (adoption).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ToWorker {
+    /// Commands.
+    Batch(CommandBatch),
+    /// "Report your sockets to `reply` and obey `epoch` from now on."
+    Adopt {
+        /// The new leader's epoch.
+        epoch: u64,
+        /// The incarnation it calls: another ignores it.
+        incarnation: String,
+    },
+}
+
+impl ToWorker {
+    /// The body of an adoption call.
+    pub fn adopt(epoch: u64, incarnation: &str) -> Vec<u8> {
+        json!({"epoch": epoch, "inc": incarnation, "adopt": true})
+            .to_string()
+            .into_bytes()
+    }
+
+    /// Reads a message body.
+    pub fn decode(bytes: &[u8]) -> Result<ToWorker, BadBatch> {
+        let value: Value = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
+        if value.get("adopt").and_then(Value::as_bool) == Some(true) {
+            return Ok(ToWorker::Adopt {
+                epoch: field_u64(&value, "epoch")?,
+                incarnation: field_str(&value, "inc")?,
+            });
+        }
+        CommandBatch::decode(bytes).map(ToWorker::Batch)
+    }
+}
+
+/// Sockets listed per inventory message, at most: 4,096 entries of about
+/// 40 bytes stay well inside NATS's default 1 MiB payload.
+pub const SOCKETS_PER_PART: usize = 4096;
+
+/// One part of a worker's answer to an adoption call: the sockets it holds
+/// open and those that ended lately, each with what it read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Inventory {
+    /// The epoch that called.
+    pub epoch: u64,
+    /// The worker.
+    pub worker: String,
+    /// Its incarnation.
+    pub incarnation: String,
+    /// This part, from 1.
+    pub part: u64,
+    /// Parts in all (at least 1).
+    pub parts: u64,
+    /// The sockets.
+    pub sockets: Vec<AdoptedSocket>,
+}
+
+impl Inventory {
+    /// The message body: sockets as `[conn, team, messages, props, open]`.
+    pub fn encode(&self) -> Vec<u8> {
+        let sockets: Vec<Value> = self
+            .sockets
+            .iter()
+            .map(|s| json!([s.conn.0, s.team.0, s.messages, s.props, s.open]))
+            .collect();
+        json!({
+            "epoch": self.epoch,
+            "worker": self.worker,
+            "inc": self.incarnation,
+            "part": self.part,
+            "parts": self.parts,
+            "sockets": sockets,
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    /// Reads a message body.
+    pub fn decode(bytes: &[u8]) -> Result<Inventory, BadBatch> {
+        let value: Value = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
+        let sockets = value
+            .get("sockets")
+            .and_then(Value::as_array)
+            .ok_or_else(|| bad("no sockets"))?
+            .iter()
+            .map(|s| {
+                let items = s
+                    .as_array()
+                    .ok_or_else(|| bad("a socket is not an array"))?;
+                let num = |i: usize| {
+                    items
+                        .get(i)
+                        .and_then(Value::as_u64)
+                        .ok_or_else(|| bad(format!("socket item {i} is not a number")))
+                };
+                Ok(AdoptedSocket {
+                    conn: ConnId(num(0)?),
+                    team: TeamId(num(1)?),
+                    messages: num(2)?,
+                    props: num(3)?,
+                    open: items
+                        .get(4)
+                        .and_then(Value::as_bool)
+                        .ok_or_else(|| bad("socket item 4 is not a boolean"))?,
+                })
+            })
+            .collect::<Result<_, BadBatch>>()?;
+        let parts = field_u64(&value, "parts")?;
+        let part = field_u64(&value, "part")?;
+        if parts == 0 || part == 0 || part > parts {
+            return Err(bad(format!("part {part} of {parts}")));
+        }
+        Ok(Inventory {
+            epoch: field_u64(&value, "epoch")?,
+            worker: field_str(&value, "worker")?,
+            incarnation: field_str(&value, "inc")?,
+            part,
+            parts,
+            sockets,
+        })
+    }
+}
+
 fn field_u64(value: &Value, name: &str) -> Result<u64, BadBatch> {
     value
         .get(name)
@@ -295,6 +420,39 @@ fn field_str(value: &Value, name: &str) -> Result<String, BadBatch> {
 mod tests {
     use super::*;
     use crate::bridge::CloseReason;
+
+    #[test]
+    fn adoption_calls_and_inventories_read_back_as_written() {
+        let call = ToWorker::decode(&ToWorker::adopt(9, "i1")).expect("reads");
+        assert_eq!(
+            call,
+            ToWorker::Adopt {
+                epoch: 9,
+                incarnation: "i1".into()
+            }
+        );
+        let inventory = Inventory {
+            epoch: 9,
+            worker: "a".into(),
+            incarnation: "i1".into(),
+            part: 2,
+            parts: 2,
+            sockets: vec![AdoptedSocket {
+                team: TeamId(4),
+                conn: ConnId(17),
+                messages: 1 << 40,
+                props: 3,
+                open: false,
+            }],
+        };
+        assert_eq!(
+            Inventory::decode(&inventory.encode()),
+            Ok(inventory.clone())
+        );
+        let mut bad_part = inventory;
+        bad_part.part = 3;
+        assert!(Inventory::decode(&bad_part.encode()).is_err());
+    }
 
     #[test]
     fn batches_read_back_as_written() {

@@ -4,11 +4,17 @@
 //! nothing.
 //!
 //! Its rules, all for "never two sockets for one team":
-//! - It obeys only the newest epoch it has seen. A batch of a newer epoch
-//!   (a new leader) first ends every socket of the old one; the new
-//!   batch runs once they have all ended.
+//! - It obeys only the newest epoch it has seen. A new leader first calls
+//!   it to report its sockets (adoption): it answers with every open
+//!   socket and every socket that ended lately, each with what it has
+//!   read, and from then on obeys the new epoch; its sockets stay open
+//!   (one still connecting is ended: the new leader does not know it). A
+//!   batch of a newer epoch that did not call first ends every socket of
+//!   the old one; that batch runs once they have all ended.
 //! - Its lease is renewed every quarter lease. Unrenewed for half a lease,
-//!   or lost (taken over, revoked), it ends every socket at once, and
+//!   or lost (taken over, revoked), it closes every socket (a close
+//!   handshake, so nothing written to it is left unread; dropped if not
+//!   done by five eighths of a lease, or at once if that is past), and
 //!   only then registers again as a new incarnation: the leader declares
 //!   the old one lost, and reopens its teams elsewhere, only after that
 //!   (or after a whole lease), so a worker cut off from NATS, or paused
@@ -21,7 +27,7 @@
 //!   (the leader re-requests each team elsewhere, once), deletes its lease
 //!   and exits. A second signal ends every socket at once.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -33,11 +39,12 @@ use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use super::lease::{self, WorkerLease, WorkerValue};
-use super::wire::{CommandBatch, EventBatch};
+use super::wire::{CommandBatch, EventBatch, Inventory, SOCKETS_PER_PART, ToWorker};
 use super::{ClusterConfig, ClusterError};
-use crate::bridge::{CLOSE_NORMAL, ConnId, NetCommand, NetEvent};
-use crate::core::Config;
+use crate::bridge::{CLOSE_NORMAL, ConnId, ConnKind, NetCommand, NetEvent};
+use crate::core::{AdoptedSocket, Config};
 use crate::inbox::{self, EventReceiver, Wake};
+use crate::protocol::TeamId;
 use crate::transport::{Transport, TransportConfig};
 
 /// Command batches taken from NATS and not yet executed: past this the
@@ -46,6 +53,29 @@ const QUEUED_BATCHES: usize = 256;
 
 /// Events handed to the leader in one batch, at most.
 const EVENTS_PER_BATCH: usize = 4096;
+
+/// How long an ended socket's reading is kept for a new leader's call: it
+/// must outlast the old leader's last copy of the counts (at most a second
+/// old, [`super::state::MIRROR_EVERY`]) plus the takeover (a lease and a
+/// second). Twice the lease and ten seconds more.
+fn ended_kept(lease: Duration) -> Duration {
+    lease * 2 + Duration::from_secs(10)
+}
+
+/// A socket this worker opened, and what it has read.
+#[derive(Clone, Copy, Debug)]
+struct Held {
+    team: TeamId,
+    messages: u64,
+    props: u64,
+    /// Its handshake completed.
+    open: bool,
+    /// The leader asked to close it.
+    closing: bool,
+    /// Ended at an adoption while still connecting: the new leader never
+    /// knew it, so nothing of it is sent.
+    orphan: bool,
+}
 
 /// Everything a worker needs.
 #[derive(Clone, Debug)]
@@ -187,12 +217,14 @@ pub fn run(
         epoch: 0,
         expected: 1,
         held: None,
-        live: HashSet::new(),
+        live: HashMap::new(),
+        ended: VecDeque::new(),
         discarding: false,
         outgoing: Vec::new(),
         sent: 0,
         last_flush: Instant::now(),
         leaving_since: None,
+        fence_by: None,
     };
     info!(worker = %config.name, capacity = config.capacity, lease_ms = lease.as_millis() as u64, "worker started");
     Ok(worker.drive(&doorbell, leave))
@@ -212,7 +244,7 @@ struct Worker<'a> {
     lease: Duration,
     transport: Transport,
     inbox: EventReceiver,
-    batches: mpsc::Receiver<CommandBatch>,
+    batches: mpsc::Receiver<(ToWorker, Option<String>)>,
     desired: watch::Sender<Desired>,
     want: Desired,
     view: Arc<Mutex<LeaseView>>,
@@ -223,7 +255,10 @@ struct Worker<'a> {
     /// A batch of a newer epoch, waiting for the old epoch's sockets to end.
     held: Option<CommandBatch>,
     /// Sockets opened and not yet ended.
-    live: HashSet<ConnId>,
+    live: HashMap<ConnId, Held>,
+    /// Sockets that ended, with when, kept for a new leader's call
+    /// ([`ended_kept`]); at most twice the capacity (the oldest goes).
+    ended: VecDeque<(Instant, AdoptedSocket)>,
     /// Every live socket is being ended: none of their events is sent.
     discarding: bool,
     outgoing: Vec<NetEvent>,
@@ -231,6 +266,8 @@ struct Worker<'a> {
     sent: u64,
     last_flush: Instant,
     leaving_since: Option<Instant>,
+    /// Fencing: sockets still open then are dropped.
+    fence_by: Option<Instant>,
 }
 
 impl Worker<'_> {
@@ -256,7 +293,9 @@ impl Worker<'_> {
                 self.flush();
             }
             let next_flush = (!self.outgoing.is_empty()).then(|| self.last_flush + tick);
-            let next_check = now + self.lease / 8;
+            let next_check = self
+                .fence_by
+                .map_or(now + self.lease / 8, |by| by.min(now + self.lease / 8));
             let wake_by = next_flush.map_or(next_check, |f| f.min(next_check));
             if next_flush.is_some() {
                 // Events in hand: wait for the tick, woken early only by
@@ -298,14 +337,23 @@ impl Worker<'_> {
     /// Fences when the lease is lost or stale; registers the next
     /// incarnation once every socket of the last has ended.
     fn check_lease(&mut self) {
-        let (registered, stale, lost) = {
+        let (registered, stale, lost, last_ok) = {
             let view = self.view();
             (
                 view.registered.clone(),
                 lease::must_fence(view.last_ok.elapsed(), self.lease),
                 view.lost,
+                view.last_ok,
             )
         };
+        if let Some(by) = self.fence_by {
+            if self.live.is_empty() {
+                self.fence_by = None;
+            } else if Instant::now() >= by {
+                self.transport.abort_all();
+                self.fence_by = None;
+            }
+        }
         let holding = registered.is_some() && registered == self.want.incarnation;
         if holding && (stale || lost) {
             warn!(
@@ -314,7 +362,7 @@ impl Worker<'_> {
                 sockets = self.live.len(),
                 "fencing: ending every socket"
             );
-            self.fence();
+            self.fence(last_ok);
         }
         if self.want.incarnation.is_none() && self.live.is_empty() && self.leaving_since.is_none() {
             self.want.incarnation = Some(new_incarnation());
@@ -325,9 +373,23 @@ impl Worker<'_> {
         }
     }
 
-    /// Ends every socket now and gives up this incarnation.
-    fn fence(&mut self) {
-        self.transport.abort_all();
+    /// Ends every socket and gives up this incarnation: a close handshake
+    /// each while there is time before the fence's deadline (counted from
+    /// `last_ok`, the last renewal), else dropped now.
+    fn fence(&mut self, last_ok: Instant) {
+        let by = last_ok + lease::fence_deadline(self.lease);
+        if Instant::now() < by {
+            for (&conn, held) in self.live.iter_mut() {
+                held.closing = true;
+                self.transport.execute(NetCommand::Close {
+                    conn,
+                    code: CLOSE_NORMAL,
+                });
+            }
+            self.fence_by = Some(by);
+        } else {
+            self.transport.abort_all();
+        }
         self.discarding = true;
         self.outgoing.clear();
         self.held = None;
@@ -340,7 +402,7 @@ impl Worker<'_> {
         self.leaving_since = Some(Instant::now());
         self.want.leaving = true;
         let _ = self.desired.send(self.want.clone());
-        for &conn in &self.live {
+        for &conn in self.live.keys() {
             self.transport.execute(NetCommand::Close {
                 conn,
                 code: CLOSE_NORMAL,
@@ -351,20 +413,47 @@ impl Worker<'_> {
     /// Takes the sockets' events; keeps those to send.
     fn take_events(&mut self) {
         let live = &mut self.live;
+        let ended = &mut self.ended;
         let outgoing = &mut self.outgoing;
         let discarding = self.discarding;
+        let now = Instant::now();
+        let most_ended = self.config.capacity.saturating_mul(2).max(1);
         self.inbox.drain(usize::MAX, |event| {
             let conn = event.conn();
-            if !live.contains(&conn) {
+            let Some(held) = live.get_mut(&conn) else {
                 return;
+            };
+            match &event {
+                NetEvent::Opened { .. } => held.open = true,
+                NetEvent::Messages { count, props, .. } => {
+                    held.messages += u64::from(*count);
+                    held.props += u64::from(*props);
+                }
+                _ => {}
             }
+            let (orphan, copy) = (held.orphan, *held);
             if matches!(event, NetEvent::Closed { .. } | NetEvent::OpenFailed { .. }) {
                 live.remove(&conn);
+                let held = copy;
+                if held.messages > 0 && !orphan {
+                    if ended.len() >= most_ended {
+                        ended.pop_front();
+                    }
+                    ended.push_back((now, held.report(conn, false)));
+                }
             }
-            if !discarding {
+            if !discarding && !orphan {
                 outgoing.push(event);
             }
         });
+        let kept = ended_kept(self.lease);
+        while self
+            .ended
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) > kept)
+        {
+            self.ended.pop_front();
+        }
         if self.outgoing.len() >= EVENTS_PER_BATCH {
             self.flush();
         }
@@ -388,8 +477,15 @@ impl Worker<'_> {
                 self.execute(batch);
                 continue;
             }
-            let Ok(batch) = self.batches.try_recv() else {
+            let Ok((message, reply)) = self.batches.try_recv() else {
                 return;
+            };
+            let batch = match message {
+                ToWorker::Batch(batch) => batch,
+                ToWorker::Adopt { epoch, incarnation } => {
+                    self.answer_adoption(epoch, &incarnation, reply);
+                    continue;
+                }
             };
             if self.want.incarnation.as_deref() != Some(batch.incarnation.as_str())
                 || batch.epoch < self.epoch
@@ -413,7 +509,8 @@ impl Worker<'_> {
     fn execute(&mut self, batch: CommandBatch) {
         if batch.seq != self.expected {
             warn!(worker = %self.config.name, expected = self.expected, got = batch.seq, "commands lost in transit: fencing");
-            self.fence();
+            let last_ok = self.view().last_ok;
+            self.fence(last_ok);
             return;
         }
         self.expected += 1;
@@ -435,11 +532,102 @@ impl Worker<'_> {
                         });
                         continue;
                     }
-                    self.live.insert(conn);
+                    let team = match &command {
+                        NetCommand::Open {
+                            kind: ConnKind::Team(team),
+                            ..
+                        } => *team,
+                        _ => TeamId(0),
+                    };
+                    self.live.insert(
+                        conn,
+                        Held {
+                            team,
+                            messages: 0,
+                            props: 0,
+                            open: false,
+                            closing: false,
+                            orphan: false,
+                        },
+                    );
                     self.transport.execute(command);
                 }
-                other => self.transport.execute(other),
+                other => {
+                    if let NetCommand::Close { conn, .. } | NetCommand::Abort { conn } = &other
+                        && let Some(held) = self.live.get_mut(conn)
+                    {
+                        held.closing = true;
+                    }
+                    self.transport.execute(other);
+                }
             }
+        }
+    }
+
+    /// A new leader's call: report every socket (open ones it adopts, ended
+    /// ones it counts), then obey its epoch. Sockets still connecting are
+    /// ended (it never heard of them); events not yet sent are dropped
+    /// (what they counted is in the report; a socket they closed is
+    /// reported ended). Ignored unless it names this incarnation and a
+    /// newer epoch: the caller then hears nothing, and fences this worker.
+    fn answer_adoption(&mut self, epoch: u64, incarnation: &str, reply: Option<String>) {
+        let Some(reply) = reply else { return };
+        if self.want.incarnation.as_deref() != Some(incarnation) || epoch <= self.epoch {
+            return;
+        }
+        let mut sockets: Vec<AdoptedSocket> = self.ended.iter().map(|(_, s)| *s).collect();
+        let mut orphaned = 0;
+        for (&conn, held) in self.live.iter_mut() {
+            if held.orphan {
+                continue;
+            }
+            if held.open && !held.closing && !self.discarding {
+                sockets.push(held.report(conn, true));
+                continue;
+            }
+            // Ending (a fence, a close the old leader asked for) or not
+            // open yet: reported as ended, and from now on nothing of it
+            // is sent.
+            if held.messages > 0 {
+                sockets.push(held.report(conn, false));
+            }
+            held.orphan = true;
+            orphaned += 1;
+            if !self.discarding && !held.closing {
+                self.transport.execute(NetCommand::Abort { conn });
+            }
+        }
+        let parts = sockets.len().div_ceil(SOCKETS_PER_PART).max(1);
+        let open = sockets.iter().filter(|s| s.open).count();
+        for (i, chunk) in sockets
+            .chunks(SOCKETS_PER_PART)
+            .chain(sockets.is_empty().then_some(&[][..]))
+            .enumerate()
+        {
+            let part = Inventory {
+                epoch,
+                worker: self.config.name.clone(),
+                incarnation: incarnation.to_owned(),
+                part: i as u64 + 1,
+                parts: parts as u64,
+                sockets: chunk.to_vec(),
+            };
+            let body = Bytes::from(part.encode());
+            if let Err(error) = self
+                .runtime
+                .block_on(self.client.publish(reply.clone(), body))
+            {
+                warn!(%error, "answering a new leader's call failed");
+            }
+        }
+        info!(worker = %self.config.name, epoch, open, reported = sockets.len(), orphaned, "a new leader adopts this worker's sockets");
+        self.epoch = epoch;
+        self.expected = 1;
+        self.sent = 0;
+        self.outgoing.clear();
+        self.discarding = false;
+        if self.held.as_ref().is_some_and(|b| b.epoch <= epoch) {
+            self.held = None;
         }
     }
 
@@ -481,13 +669,14 @@ impl Worker<'_> {
 /// Takes command batches from NATS, in order, into the worker's queue.
 async fn take_commands(
     mut subscription: async_nats::Subscriber,
-    queue: mpsc::Sender<CommandBatch>,
+    queue: mpsc::Sender<(ToWorker, Option<String>)>,
     wake: Wake,
 ) {
     while let Some(message) = subscription.next().await {
-        match CommandBatch::decode(&message.payload) {
+        match ToWorker::decode(&message.payload) {
             Ok(batch) => {
-                if queue.send(batch).await.is_err() {
+                let reply = message.reply.map(|r| r.to_string());
+                if queue.send((batch, reply)).await.is_err() {
                     return;
                 }
                 wake.wake();
@@ -569,6 +758,18 @@ async fn hold_lease(
         tokio::select! {
             _ = every.tick() => {}
             changed = desired.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+impl Held {
+    fn report(&self, conn: ConnId, open: bool) -> AdoptedSocket {
+        AdoptedSocket {
+            team: self.team,
+            conn,
+            messages: self.messages,
+            props: self.props,
+            open,
         }
     }
 }

@@ -7,6 +7,7 @@ use bevy_ecs::prelude::*;
 use serde::Serialize;
 
 use crate::bridge::ConnId;
+use crate::core::saved::SocketMark;
 use crate::protocol::TeamId;
 
 /// A team's identity. Teams are never despawned: a team that left stays in
@@ -270,6 +271,10 @@ pub struct Counters {
     pub message_count: u64,
     /// Those whose text contains `props`.
     pub props_count: u64,
+    /// What the counts include of the latest socket counted from (saved
+    /// with them: see [`SocketMark`]).
+    #[serde(skip)]
+    pub socket: Option<SocketMark>,
 }
 
 impl Counters {
@@ -277,6 +282,25 @@ impl Counters {
     pub fn add(&mut self, count: u64, props: u64) {
         self.message_count += count;
         self.props_count += props;
+    }
+
+    /// Notes `count` messages (`props` with props) counted from `conn`. A
+    /// late run of an earlier socket leaves the mark on the later one.
+    pub fn from_socket(&mut self, conn: ConnId, count: u64, props: u64) {
+        match &mut self.socket {
+            Some(mark) if mark.conn == conn => {
+                mark.messages += count;
+                mark.props += props;
+            }
+            Some(mark) if mark.conn > conn => {}
+            _ => {
+                self.socket = Some(SocketMark {
+                    conn,
+                    messages: count,
+                    props,
+                })
+            }
+        }
     }
 }
 

@@ -118,9 +118,10 @@ impl Links<'_> {
 
     /// Counts messages received for a team: the one counting path, for the
     /// team's counters and the fleet's totals alike.
-    pub fn count(&mut self, counters: &mut Counters, messages: u32, props: u32) {
-        counters.add(u64::from(messages), u64::from(props));
-        self.fleet.counted(u64::from(messages), u64::from(props));
+    pub fn count(&mut self, counters: &mut Counters, conn: ConnId, messages: u64, props: u64) {
+        counters.add(messages, props);
+        counters.from_socket(conn, messages, props);
+        self.fleet.counted(messages, props);
     }
 
     /// The next state deadline due now, if any.
@@ -215,6 +216,43 @@ impl Links<'_> {
             link.state = LinkState::NeedsUrl;
             self.requests.enqueue(entity, self.clock.now);
         }
+    }
+
+    /// Ids handed out from now on are larger than `conn`.
+    pub(crate) fn skip_past(&mut self, conn: ConnId) {
+        self.conns.skip_past(conn);
+    }
+
+    /// A joined team without a socket takes over `conn`, a socket a worker
+    /// kept open through a change of leader: it is open from now, pinged
+    /// as any. False (nothing done) for a team with a socket already.
+    pub(crate) fn adopt(
+        &mut self,
+        entity: Entity,
+        link: &mut Link,
+        health: &mut Health,
+        conn: ConnId,
+    ) -> bool {
+        if !link.state.is_joined() || link.state.conn().is_some() {
+            return false;
+        }
+        self.conns.adopt(conn, Owner::Team(entity));
+        let now = self.clock.now;
+        health.heard(now, self.clock.step);
+        health.pings_in_flight.clear();
+        self.set_because(
+            entity,
+            link,
+            LinkState::Open { conn, since: now },
+            Some("adopted: kept open by its worker"),
+        );
+        self.beats.set(
+            now + self.settings.ping_interval,
+            entity,
+            link.epoch,
+            Beat::Ping,
+        );
+        true
     }
 
     /// `team.join`: a team not joined starts asking for a URL. Returns false

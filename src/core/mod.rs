@@ -28,7 +28,7 @@ pub use config::{Config, ConfigError, MAX_TICK, Settings};
 pub use global_link::{GlobalLink, GlobalState};
 pub use lifecycle::{Fleet, History, HistoryEntry, Lifecycle, TeamEvent};
 pub use resources::{Clock, RttHistogram, Shutdown, ShutdownCause, Stats};
-pub use saved::SavedTeam;
+pub use saved::{AdoptedSocket, SavedTeam, SocketMark};
 pub use snapshot::{Snapshot, TeamSnapshot};
 pub(crate) use systems::healthcheck::max_reply_bytes;
 pub use url_policy::HostPattern;
@@ -38,7 +38,7 @@ use std::time::Duration;
 use bevy_ecs::prelude::*;
 use bevy_ecs::schedule::ScheduleLabel;
 
-use crate::bridge::{NetCommand, NetEvent};
+use crate::bridge::{ConnId, NetCommand, NetEvent};
 use crate::protocol::TeamStats;
 use bevy_ecs::system::RunSystemOnce;
 use components::{Link, Team};
@@ -178,6 +178,52 @@ impl Core {
         self.world.resource_mut::<resources::Restored>().0 = saved.to_vec();
         self.world
             .run_system_once_with(systems::restore::restore_teams, saved.to_vec())
+            .map_err(|_| RestoreError::AlreadyRunning)
+    }
+
+    /// Takes over the team sockets workers kept open through a change of
+    /// leader, after [`Core::restore`] and before the first step: each
+    /// open one becomes its team's socket with no new `team.connect`, and
+    /// every report adds to its team's counts exactly what the restored
+    /// counts do not include (their [`SocketMark`]s say how much of which
+    /// socket they do). A team the restored state does not know is
+    /// restored joined, from zero. From now on the core's socket ids are
+    /// larger than any reported or marked.
+    ///
+    /// Returns the open sockets it did not take (a second one reported for
+    /// a team): the caller ends them.
+    pub fn adopt(&mut self, sockets: &[AdoptedSocket]) -> Result<Vec<ConnId>, RestoreError> {
+        if self.world.resource::<Clock>().step > 0 {
+            return Err(RestoreError::AlreadyRunning);
+        }
+        let index = &self.world.resource::<resources::TeamIndex>().0;
+        let mut unknown: Vec<SavedTeam> = sockets
+            .iter()
+            .filter(|s| !index.contains_key(&s.team))
+            .map(|s| SavedTeam {
+                id: s.team,
+                joined: true,
+                message_count: 0,
+                props_count: 0,
+                socket: None,
+            })
+            .collect();
+        unknown.sort_by_key(|t| t.id);
+        unknown.dedup_by_key(|t| t.id);
+        let max = self.world.resource::<Settings>().max_teams;
+        if index.len() + unknown.len() > max {
+            return Err(RestoreError::TooMany {
+                saved: index.len() + unknown.len(),
+                max,
+            });
+        }
+        self.world
+            .run_system_once_with(systems::restore::restore_teams, unknown)
+            .map_err(|_| RestoreError::AlreadyRunning)?;
+        let mut sockets = sockets.to_vec();
+        sockets.sort_by_key(|s| (s.team, s.conn));
+        self.world
+            .run_system_once_with(systems::restore::adopt_sockets, sockets)
             .map_err(|_| RestoreError::AlreadyRunning)
     }
 

@@ -86,6 +86,19 @@ impl Connections {
         conn
     }
 
+    /// Takes over `conn`, a socket another process opened, for `owner`;
+    /// ids handed out from now on are larger.
+    pub fn adopt(&mut self, conn: ConnId, owner: Owner) {
+        self.skip_past(conn);
+        self.owners.insert(conn, (owner, true));
+    }
+
+    /// Ids handed out from now on are larger than `conn` (an id some other
+    /// leader gave out: marks compare ids, so later must mean larger).
+    pub fn skip_past(&mut self, conn: ConnId) {
+        self.next = self.next.max(conn.0);
+    }
+
     /// Who owns `conn`, and whether it is still live (not retired).
     pub fn owner(&self, conn: ConnId) -> Option<(Owner, bool)> {
         self.owners.get(&conn).copied()

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::bridge::ConnId;
 use crate::protocol::TeamId;
 
 /// What of a team survives a restart: its counts, and whether it was joined
@@ -18,4 +19,54 @@ pub struct SavedTeam {
     pub message_count: u64,
     /// Those whose text contains `props`.
     pub props_count: u64,
+    /// How much of its latest socket's traffic the counts include: what a
+    /// new leader needs to add exactly what a worker read after this copy
+    /// (see [`crate::Core::adopt`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<SocketMark>,
+}
+
+/// The messages counted from one socket, from its first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SocketMark {
+    /// The socket (ids only grow, across leaders too: a larger one is a
+    /// later socket).
+    pub conn: ConnId,
+    /// Messages counted from it.
+    pub messages: u64,
+    /// Of those, with `props`.
+    pub props: u64,
+}
+
+impl SocketMark {
+    /// What a socket that has now read `messages` (`props`) adds to counts
+    /// that include this mark: all of it if it is a later socket, the rest
+    /// if it is this one, nothing if it is an earlier one.
+    pub fn unseen(mark: Option<SocketMark>, now: SocketMark) -> (u64, u64) {
+        match mark {
+            Some(m) if m.conn == now.conn => (
+                now.messages.saturating_sub(m.messages),
+                now.props.saturating_sub(m.props),
+            ),
+            Some(m) if m.conn > now.conn => (0, 0),
+            _ => (now.messages, now.props),
+        }
+    }
+}
+
+/// A team socket a worker kept through a change of leader, as it reports
+/// it to the new one: what it has read since it opened, and whether it is
+/// still open (else it ended after the last copy of the counts).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdoptedSocket {
+    /// The team.
+    pub team: TeamId,
+    /// The socket, by the id the old leader gave it.
+    pub conn: ConnId,
+    /// Messages it has read.
+    pub messages: u64,
+    /// Of those, with `props`.
+    pub props: u64,
+    /// Still open.
+    pub open: bool,
 }

@@ -374,6 +374,7 @@ mod tests {
                 joined: true,
                 message_count: 10,
                 props_count: 2,
+                socket: None,
             }]),
             step: None,
             now: None,

@@ -4,8 +4,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use crate::bridge::{CloseReason, ConnId, ConnKind, NetCommand, NetEvent};
-use crate::core::Config;
 use crate::core::Core;
+use crate::core::{AdoptedSocket, Config};
 use crate::protocol::{
     GlobalClientEvent, GlobalServerEvent, TeamClientEvent, TeamId, TeamServerEvent,
     decode_global_client, decode_team_client, encode,
@@ -224,6 +224,28 @@ impl Peer {
     /// Hands an event to the core for the next step.
     pub fn push(&mut self, event: NetEvent) {
         self.core.handle(event);
+    }
+
+    /// Takes over sockets a worker kept open through a change of leader
+    /// ([`Core::adopt`]); each one adopted gets a reader, as the worker's
+    /// socket has one. Returns the sockets the core refused.
+    ///
+    /// # Errors
+    /// As [`Core::adopt`].
+    pub fn adopt(
+        &mut self,
+        sockets: &[AdoptedSocket],
+    ) -> Result<Vec<ConnId>, crate::core::RestoreError> {
+        let refused = self.core.adopt(sockets)?;
+        for s in sockets
+            .iter()
+            .filter(|s| s.open && !refused.contains(&s.conn))
+        {
+            self.readers
+                .insert(s.conn, Reader::new(s.conn, ConnKind::Team(s.team)));
+            self.teams.insert(s.team, s.conn);
+        }
+        Ok(refused)
     }
 
     /// The current Global connection id.

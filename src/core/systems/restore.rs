@@ -3,11 +3,12 @@
 
 use bevy_ecs::prelude::*;
 
-use crate::core::components::{Counters, Health, Link, Team};
+use crate::bridge::ConnId;
+use crate::core::components::{Counters, Health, Link, LinkState, Team};
 use crate::core::lifecycle::History;
 use crate::core::links::Links;
 use crate::core::resources::TeamIndex;
-use crate::core::saved::SavedTeam;
+use crate::core::saved::{AdoptedSocket, SavedTeam, SocketMark};
 
 /// Spawns every saved team with its counts; joined ones ask for a URL as
 /// soon as Global is ready (marked `resumed` until Global confirms them).
@@ -25,7 +26,11 @@ pub fn restore_teams(
         let counters = Counters {
             message_count: team.message_count,
             props_count: team.props_count,
+            socket: team.socket,
         };
+        if let Some(mark) = team.socket {
+            links.skip_past(mark.conn);
+        }
         let mut link = Link::default();
         links.restore(entity, &mut link, team.joined, &counters);
         commands.entity(entity).insert((
@@ -56,6 +61,59 @@ pub fn changed_teams(teams: Query<(&Team, &Counters, &Link), SavedChanged>) -> V
             joined: link.state.was_joined(),
             message_count: counters.message_count,
             props_count: counters.props_count,
+            socket: counters.socket,
         })
         .collect()
+}
+
+/// Takes over sockets a worker kept through a change of leader (after
+/// [`restore_teams`], before the first step; teams they serve that were
+/// not saved are restored first, joined, from zero). Each report adds what
+/// the restored counts do not include ([`SocketMark::unseen`]); an open
+/// one becomes the team's socket, without a `team.connect`. Reports come
+/// sorted by team, then socket.
+/// Returns the open sockets it could not adopt (a second one for a team:
+/// the caller ends them).
+pub fn adopt_sockets(
+    In(sockets): In<Vec<AdoptedSocket>>,
+    index: Res<TeamIndex>,
+    mut links: Links,
+    mut teams: Query<(&mut Counters, &mut Link, &mut Health)>,
+) -> Vec<ConnId> {
+    let mut refused = Vec::new();
+    for socket in sockets {
+        links.skip_past(socket.conn);
+        let Some(&entity) = index.0.get(&socket.team) else {
+            refused.extend(socket.open.then_some(socket.conn));
+            continue;
+        };
+        let Ok((mut counters, mut link, mut health)) = teams.get_mut(entity) else {
+            refused.extend(socket.open.then_some(socket.conn));
+            continue;
+        };
+        if socket.open && link.state.conn().is_some() {
+            // A second open socket for one team: not counted (its mark
+            // would hide the first's), ended by the caller.
+            refused.push(socket.conn);
+            continue;
+        }
+        let now = SocketMark {
+            conn: socket.conn,
+            messages: socket.messages,
+            props: socket.props,
+        };
+        let (messages, props) = SocketMark::unseen(counters.socket, now);
+        links.count(&mut counters, socket.conn, messages, props);
+        if socket.open {
+            // A live socket means the team was joined when the old leader
+            // last acted, whatever the copy says.
+            if link.state == LinkState::Left {
+                links.join(entity, &mut link);
+            }
+            if !links.adopt(entity, &mut link, &mut health, socket.conn) {
+                refused.push(socket.conn);
+            }
+        }
+    }
+    refused
 }

@@ -87,8 +87,11 @@ impl Around<'_, '_> {
     /// core gave up on were still received for the team, and count.
     fn not_the_teams_socket(&mut self, row: &mut Row<'_>, event: NetEvent) {
         match event {
-            NetEvent::Messages { count, props, .. } => {
-                self.links.count(&mut row.counters, count, props);
+            NetEvent::Messages {
+                conn, count, props, ..
+            } => {
+                self.links
+                    .count(&mut row.counters, conn, count.into(), props.into());
                 self.stats.late_messages += u64::from(count);
             }
             _ => self.stats.stale_events += 1,
@@ -121,9 +124,12 @@ impl Around<'_, '_> {
                 row.health.paused = paused;
                 row.health.heard(now, step);
             }
-            NetEvent::Messages { count, props, .. } => {
+            NetEvent::Messages {
+                conn, count, props, ..
+            } => {
                 row.health.heard(now, step);
-                self.links.count(&mut row.counters, count, props);
+                self.links
+                    .count(&mut row.counters, conn, count.into(), props.into());
             }
             NetEvent::Closed { reason, .. } => {
                 if !matches!(row.link.state, LinkState::Closing { .. })
