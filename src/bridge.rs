@@ -22,7 +22,9 @@ use crate::protocol::{DecodeError, GlobalServerEvent, TeamId};
 
 /// Names one connection attempt. Fresh for every `Open`, never reused, so an
 /// event from an abandoned attempt can never be mistaken for the current one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct ConnId(pub u64);
 

@@ -319,7 +319,10 @@ impl<'a> Driver<'a> {
                 self.core.shutdown();
             }
             if let Some(dispatch) = &mut self.dispatch {
-                dispatch.poll();
+                let late = dispatch.poll();
+                if !late.is_empty() {
+                    self.core.late_reports(&late);
+                }
             }
             let owed = self.grid.owed(Instant::now());
             // An urgent event (Global's) steps at once, between grid ticks,

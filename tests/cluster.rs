@@ -160,11 +160,11 @@ fn lease() -> String {
     humantime::format_duration(LEASE).to_string()
 }
 
-fn worker(dir: &Path, nats: &Nats, name: &str) -> Proc {
+fn worker(dir: &Path, nats: &str, name: &str) -> Proc {
     let args = [
         "worker",
         "--cluster",
-        &nats.url(),
+        nats,
         "--name",
         name,
         "--lease",
@@ -175,17 +175,10 @@ fn worker(dir: &Path, nats: &Nats, name: &str) -> Proc {
     spawn(dir, name, &args.map(String::from))
 }
 
-fn core(dir: &Path, nats: &Nats, name: &str, global: &str, state: &Path) -> Proc {
-    let mut args: Vec<String> = [
-        "connect",
-        global,
-        "--cluster",
-        &nats.url(),
-        "--lease",
-        &lease(),
-    ]
-    .map(String::from)
-    .into();
+fn core(dir: &Path, nats: &str, name: &str, global: &str, state: &Path) -> Proc {
+    let mut args: Vec<String> = ["connect", global, "--cluster", nats, "--lease", &lease()]
+        .map(String::from)
+        .into();
     args.extend(["--state".into(), state.display().to_string()]);
     args.extend([
         "--report".into(),
@@ -286,12 +279,24 @@ async fn two_cores_and_three_workers_keep_every_count_under_chaos() {
     let server = simulator(300, 300, Chaos::level(1.0)).await;
     let workers: Vec<Proc> = ["a", "b", "c"]
         .iter()
-        .map(|n| worker(dir.path(), &nats, n))
+        .map(|n| worker(dir.path(), &nats.url(), n))
         .collect();
     let state = dir.path().join("state.redb");
-    let leader = core(dir.path(), &nats, "core1", &server.global_url(), &state);
+    let leader = core(
+        dir.path(),
+        &nats.url(),
+        "core1",
+        &server.global_url(),
+        &state,
+    );
     leader.logged("\"leading\"").await;
-    let standby = core(dir.path(), &nats, "core2", &server.global_url(), &state);
+    let standby = core(
+        dir.path(),
+        &nats.url(),
+        "core2",
+        &server.global_url(),
+        &state,
+    );
     standby
         .logged("standby: waiting for the leader lease")
         .await;
@@ -356,11 +361,11 @@ async fn a_killed_worker_s_teams_come_back_on_the_others_and_never_twice() {
     let server = simulator(teams, messages, Chaos::none()).await;
     let workers: Vec<Proc> = ["a", "b", "c"]
         .iter()
-        .map(|n| worker(dir.path(), &nats, n))
+        .map(|n| worker(dir.path(), &nats.url(), n))
         .collect();
     let leader = core(
         dir.path(),
-        &nats,
+        &nats.url(),
         "core",
         &server.global_url(),
         &dir.path().join("s.redb"),
@@ -404,15 +409,15 @@ async fn the_standby_leads_within_the_lease_when_the_leader_is_killed() {
     let server = simulator(teams, messages, Chaos::none()).await;
     let _workers: Vec<Proc> = ["a", "b", "c"]
         .iter()
-        .map(|n| worker(dir.path(), &nats, n))
+        .map(|n| worker(dir.path(), &nats.url(), n))
         .collect();
     // Each core its own state file, as on two machines: the standby
     // resumes from the leader's copy in JetStream.
     let one = dir.path().join("1.redb");
-    let leader = core(dir.path(), &nats, "core1", &server.global_url(), &one);
+    let leader = core(dir.path(), &nats.url(), "core1", &server.global_url(), &one);
     leader.logged("\"leading\"").await;
     let two = dir.path().join("2.redb");
-    let standby = core(dir.path(), &nats, "core2", &server.global_url(), &two);
+    let standby = core(dir.path(), &nats.url(), "core2", &server.global_url(), &two);
     standby
         .logged("standby: waiting for the leader lease")
         .await;
@@ -459,11 +464,11 @@ async fn sigterm_hands_each_worker_s_teams_over_and_loses_nothing() {
     let server = simulator(teams, messages, Chaos::none()).await;
     let mut workers: Vec<Proc> = ["a", "b", "c"]
         .iter()
-        .map(|n| worker(dir.path(), &nats, n))
+        .map(|n| worker(dir.path(), &nats.url(), n))
         .collect();
     let leader = core(
         dir.path(),
-        &nats,
+        &nats.url(),
         "core",
         &server.global_url(),
         &dir.path().join("s.redb"),
@@ -472,7 +477,7 @@ async fn sigterm_hands_each_worker_s_teams_over_and_loses_nothing() {
     // takes its place once it has.
     for (i, name) in ["a2", "b2", "c2"].iter().enumerate() {
         written(&server, teams * messages * (i as u64 + 1) / 5).await;
-        let old = std::mem::replace(&mut workers[i], worker(dir.path(), &nats, name));
+        let old = std::mem::replace(&mut workers[i], worker(dir.path(), &nats.url(), name));
         old.signal("-TERM");
         let log = old.log.clone();
         let (status, _) = old.exit().await;
@@ -510,11 +515,11 @@ async fn a_paused_worker_fences_itself_and_its_teams_move() {
     let server = simulator(teams, messages, Chaos::none()).await;
     let workers: Vec<Proc> = ["a", "b", "c"]
         .iter()
-        .map(|n| worker(dir.path(), &nats, n))
+        .map(|n| worker(dir.path(), &nats.url(), n))
         .collect();
     let leader = core(
         dir.path(),
-        &nats,
+        &nats.url(),
         "core",
         &server.global_url(),
         &dir.path().join("s.redb"),
@@ -560,12 +565,24 @@ async fn after_a_nats_restart_a_standby_leads_and_every_team_comes_back() {
     let server = simulator(teams, messages, Chaos::none()).await;
     let _workers: Vec<Proc> = ["a", "b", "c"]
         .iter()
-        .map(|n| worker(dir.path(), &nats, n))
+        .map(|n| worker(dir.path(), &nats.url(), n))
         .collect();
     let state = dir.path().join("state.redb");
-    let leader = core(dir.path(), &nats, "core1", &server.global_url(), &state);
+    let leader = core(
+        dir.path(),
+        &nats.url(),
+        "core1",
+        &server.global_url(),
+        &state,
+    );
     leader.logged("\"leading\"").await;
-    let standby = core(dir.path(), &nats, "core2", &server.global_url(), &state);
+    let standby = core(
+        dir.path(),
+        &nats.url(),
+        "core2",
+        &server.global_url(),
+        &state,
+    );
     standby
         .logged("standby: waiting for the leader lease")
         .await;
@@ -600,4 +617,120 @@ async fn after_a_nats_restart_a_standby_leads_and_every_team_comes_back() {
     // leader's call; the bucket survived the restart (file store).
     assert!(verdict.verified, "{}", verdict_problems(&verdict));
     assert_eq!(short, 0);
+}
+
+/// Three `nats-server -js` in one cluster on loopback; their client URLs,
+/// comma-separated, as `--cluster` takes them.
+async fn nats_cluster(dir: &Path) -> (Vec<Nats>, String) {
+    // Route ports must be known before any server starts (JetStream
+    // clustering wants its routes configured): taken free, then let go.
+    let ports: Vec<u16> = (0..3)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free port"))
+        .collect::<Vec<_>>()
+        .iter()
+        .map(|l| l.local_addr().expect("bound").port())
+        .collect();
+    let routes = ports
+        .iter()
+        .map(|p| format!("nats://127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let servers: Vec<Nats> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, port)| {
+            let args = [
+                "-n".to_string(),
+                format!("n{i}"),
+                "--cluster_name".into(),
+                "sb".into(),
+                "-cluster".into(),
+                format!("nats://127.0.0.1:{port}"),
+                "-routes".into(),
+                routes.clone(),
+            ];
+            Nats::start_with(&dir.join(format!("js{i}")), 0, &args)
+        })
+        .collect();
+    let urls = servers.iter().map(Nats::url).collect::<Vec<_>>().join(",");
+    // Ready once JetStream takes a stream on all three.
+    let started = Instant::now();
+    let client = async_nats::connect(servers[0].url()).await.expect("NATS");
+    let js = async_nats::jetstream::new(client);
+    loop {
+        let config = async_nats::jetstream::stream::Config {
+            name: "ready".into(),
+            subjects: vec!["ready".into()],
+            num_replicas: 3,
+            ..Default::default()
+        };
+        if js.get_or_create_stream(config).await.is_ok() {
+            let _ = js.delete_stream("ready").await;
+            break;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the NATS cluster never formed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (servers, urls)
+}
+
+/// Not yet true, so not run by default (`cargo test --test cluster --
+/// --ignored` runs it): on Debian's nats-server 2.9.10 it passed 2 of 6
+/// runs on 2026-12-03. The failures: a team with two sockets at once, teams
+/// reported connected with no socket for seconds, and (before the retries
+/// it led to) a new leader exiting on a bucket read that timed out while
+/// NATS elected the bucket's new leader. See docs/CLUSTER.md.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "two sockets for a team in some runs: docs/CLUSTER.md, Not yet"]
+async fn a_nats_server_lost_from_a_cluster_of_three_loses_nothing() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut servers, urls) = nats_cluster(dir.path()).await;
+    let teams = 150;
+    let messages = 1000;
+    let server = simulator(teams, messages, Chaos::none()).await;
+    let _workers: Vec<Proc> = ["a", "b", "c"]
+        .iter()
+        .map(|n| worker(dir.path(), &urls, n))
+        .collect();
+    let one = dir.path().join("1.redb");
+    let leader = core(dir.path(), &urls, "core1", &server.global_url(), &one);
+    leader.logged("\"leading\"").await;
+    let two = dir.path().join("2.redb");
+    let standby = core(dir.path(), &urls, "core2", &server.global_url(), &two);
+    standby
+        .logged("standby: waiting for the leader lease")
+        .await;
+    let js = async_nats::jetstream::new(async_nats::connect(servers[1].url()).await.expect("NATS"));
+    for bucket in ["leader", "workers", "state"] {
+        let mut stream = js
+            .get_stream(format!("KV_switchboard_{bucket}"))
+            .await
+            .expect("the bucket's stream");
+        let info = stream.info().await.expect("stream info");
+        assert_eq!(info.config.num_replicas, 3, "bucket {bucket}");
+    }
+    written(&server, teams * messages / 4).await;
+    drop(servers.remove(0)); // kill -9
+    let verdict = verdict(server).await;
+    let logs = format!(
+        "core1:\n{}\ncore2:\n{}\nworker a:\n{}",
+        leader.log(),
+        standby.log(),
+        _workers[0].log()
+    );
+    // Whichever core leads at the end reports; a leader that could not
+    // renew through the loss stopped (exit 1) and the standby took over.
+    let (first, _) = leader.exit().await;
+    if !first.success() {
+        let (second, _) = standby.exit().await;
+        assert!(second.success(), "no core ended the run\n{logs}");
+    }
+    every_team_reconnected(&verdict);
+    assert_eq!(verdict.max_sockets_per_team, 1, "two sockets for a team");
+    // The simulator checks the final healthcheck against what it wrote.
+    assert!(verdict.verified, "{}\n{logs}", verdict_problems(&verdict));
 }

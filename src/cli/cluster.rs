@@ -34,11 +34,16 @@ fn cluster_name(name: &str) -> Result<String, String> {
     }
 }
 
+/// One NATS URL, or several separated by commas (the servers of a NATS
+/// cluster: the first that answers is used, the others on a reconnect).
 fn nats_url(url: &str) -> Result<String, String> {
-    if url.starts_with("nats://") || url.starts_with("tls://") {
+    if url
+        .split(',')
+        .all(|u| u.trim().starts_with("nats://") || u.trim().starts_with("tls://"))
+    {
         Ok(url.to_owned())
     } else {
-        Err("expected nats://HOST:PORT".into())
+        Err("expected nats://HOST:PORT[,nats://HOST:PORT…]".into())
     }
 }
 

@@ -62,6 +62,19 @@ pub struct Dispatch {
     pending: BTreeMap<usize, Vec<Command>>,
     out: mpsc::Sender<(String, Bytes)>,
     loads_at: Instant,
+    runtime: Handle,
+    /// Answers to report calls, from their tasks.
+    reports: (
+        std::sync::mpsc::Sender<Vec<AdoptedSocket>>,
+        std::sync::mpsc::Receiver<Vec<AdoptedSocket>>,
+    ),
+    /// Reports held until the core has taken the lost socket's close.
+    held: Vec<AdoptedSocket>,
+    /// Joined workers to call for a report.
+    joins: Vec<(String, WorkerValue)>,
+    /// A lost worker's sockets whose synthesized close the core has not
+    /// taken yet.
+    closing: std::collections::HashSet<ConnId>,
 }
 
 /// How often the shared loads are recounted (O(workers)).
@@ -74,6 +87,7 @@ impl Dispatch {
     /// events are subscribed to.
     pub fn new(link: LeaderLink, runtime: &Handle, events: EventSender, wake: Wake) -> Dispatch {
         link.roster.attach(wake);
+        let reports = std::sync::mpsc::channel();
         let (out, commands) = mpsc::channel(OUTBOX);
         runtime.spawn(publish(link.client.clone(), commands));
         // Subscribed before any worker is called: its first batch after
@@ -81,7 +95,12 @@ impl Dispatch {
         let subject = link.config.all_events();
         match runtime.block_on(link.client.subscribe(subject.clone())) {
             Ok(batches) => {
-                runtime.spawn(ingress(link.clone(), batches, events.clone()));
+                runtime.spawn(ingress(
+                    link.clone(),
+                    batches,
+                    events.clone(),
+                    reports.0.clone(),
+                ));
             }
             Err(error) => warn!(%error, subject, "cannot take the workers' events"),
         }
@@ -92,6 +111,11 @@ impl Dispatch {
             pending: BTreeMap::new(),
             out,
             loads_at: Instant::now(),
+            runtime: runtime.clone(),
+            reports,
+            held: Vec::new(),
+            joins: Vec::new(),
+            closing: std::collections::HashSet::new(),
         }
     }
 
@@ -107,7 +131,18 @@ impl Dispatch {
         for (name, value) in &workers {
             self.link.roster.seen(name, value.clone(), Instant::now());
         }
-        let answers = runtime.block_on(call(&self.link, &workers, lease / 2));
+        let answers = runtime.block_on(call(&self.link, &workers, lease / 2, ToWorker::adopt));
+        // Joiners that did not answer (or were not called) get a report
+        // call from `poll`.
+        self.joins = self
+            .link
+            .roster
+            .take_joined()
+            .into_iter()
+            .filter(|(name, value)| {
+                !answers.contains_key(&(name.clone(), value.incarnation.clone()))
+            })
+            .collect();
         let mut sockets = Vec::new();
         let mut silent = 0;
         for (name, value) in &workers {
@@ -226,13 +261,17 @@ impl Dispatch {
     pub fn observe(&mut self, event: &NetEvent) {
         if let NetEvent::Closed { conn, .. } | NetEvent::OpenFailed { conn, .. } = event {
             self.book.ended(*conn);
+            self.closing.remove(conn);
         }
     }
 
     /// Closes, in the core's eyes, every socket of each worker lost since
-    /// the last call (O(sockets) per loss, which is rare), and recounts the
-    /// shared loads once a second.
-    pub fn poll(&mut self) {
+    /// the last call (O(sockets) per loss, which is rare), calls each
+    /// worker that joined for what its ended sockets read, and recounts
+    /// the shared loads once a second. Returns the readings reported, for
+    /// [`Core::late_reports`]: a lost socket's only once the core has taken
+    /// its close.
+    pub fn poll(&mut self) -> Vec<AdoptedSocket> {
         if self.loads_at.elapsed() >= LOADS_EVERY {
             self.loads_at = Instant::now();
             let loads = self.loads();
@@ -251,8 +290,32 @@ impl Dispatch {
                     reason: CloseReason::WorkerLost,
                 });
             }
+            self.closing.extend(conns.iter().copied());
             warn!(worker = %lost.worker, sockets = conns.len(), why = lost.why, "closing a lost worker's sockets");
         }
+        let mut joined = std::mem::take(&mut self.joins);
+        joined.extend(self.link.roster.take_joined());
+        if !joined.is_empty() {
+            let (link, answers) = (self.link.clone(), self.reports.0.clone());
+            self.runtime.spawn(async move {
+                let wait = link.config.lease / 2;
+                for (_, sockets) in call(&link, &joined, wait, ToWorker::report).await {
+                    let _ = answers.send(sockets);
+                }
+            });
+        }
+        while let Ok(sockets) = self.reports.1.try_recv() {
+            self.held.extend(sockets.into_iter().filter(|s| !s.open));
+        }
+        if self.held.is_empty() {
+            return Vec::new();
+        }
+        let closing = &self.closing;
+        let (wait, ready): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|s| closing.contains(&s.conn));
+        self.held = wait;
+        ready
     }
 
     /// Sockets on each live worker, by name.
@@ -261,39 +324,52 @@ impl Dispatch {
     }
 }
 
-/// The workers registered now, by name (read from the bucket: the
-/// roster's watch may not have caught up). Bounded by a lease.
+/// The workers registered now, by name: read from the bucket (the
+/// roster's watch may not have caught up), three tries of a third of a
+/// lease each (a NATS cluster may still be electing the bucket's leader),
+/// and whatever the roster has seen besides.
 async fn registered(link: &LeaderLink) -> Vec<(String, WorkerValue)> {
     let store = &link.buckets.workers;
-    let read = async {
+    let list = || async {
         let mut found = Vec::new();
-        let mut keys = match store.keys().await {
-            Ok(keys) => keys,
-            Err(error) => {
-                warn!(%error, "listing the workers");
-                return found;
-            }
-        };
-        while let Some(Ok(key)) = keys.next().await {
-            if let Ok(Some(bytes)) = store.get(&key).await
-                && let Some(value) = worker_value(&bytes)
+        let mut keys = store.keys().await.ok()?;
+        while let Some(key) = keys.next().await {
+            let key = key.ok()?;
+            if let Some(value) = store
+                .get(&key)
+                .await
+                .ok()?
+                .as_deref()
+                .and_then(worker_value)
             {
                 found.push((key, value));
             }
         }
-        found
+        Some(found)
     };
-    tokio::time::timeout(link.config.lease, read)
-        .await
-        .unwrap_or_default()
+    let mut found: BTreeMap<String, WorkerValue> = BTreeMap::new();
+    for attempt in 1..=3 {
+        match tokio::time::timeout(link.config.lease / 3, list()).await {
+            Ok(Some(listed)) => {
+                found.extend(listed);
+                break;
+            }
+            _ => warn!(attempt, "listing the workers failed"),
+        }
+    }
+    for (name, value) in link.roster.live() {
+        found.entry(name).or_insert(value);
+    }
+    found.into_iter().collect()
 }
 
-/// Calls each worker to report its sockets; the complete answers by
+/// Calls each worker (to adopt, or for a report); the complete answers by
 /// (worker, incarnation), within `wait`.
 async fn call(
     link: &LeaderLink,
     workers: &[(String, WorkerValue)],
     wait: Duration,
+    body: fn(u64, &str) -> Vec<u8>,
 ) -> HashMap<(String, String), Vec<AdoptedSocket>> {
     let mut done = HashMap::new();
     if workers.is_empty() {
@@ -304,7 +380,7 @@ async fn call(
         return done;
     };
     for (name, value) in workers {
-        let body = Bytes::from(ToWorker::adopt(link.epoch, &value.incarnation));
+        let body = Bytes::from(body(link.epoch, &value.incarnation));
         if let Err(error) = link
             .client
             .publish_with_reply(link.config.commands(name), inbox.clone(), body)
@@ -356,7 +432,12 @@ async fn publish(client: async_nats::Client, mut commands: mpsc::Receiver<(Strin
 /// is revoked (its lease deleted; it fences itself on its next renewal)
 /// and nothing more of it is taken; its sockets are closed in the core's
 /// eyes once the worker is lost.
-async fn ingress(link: LeaderLink, mut batches: async_nats::Subscriber, mut events: EventSender) {
+async fn ingress(
+    link: LeaderLink,
+    mut batches: async_nats::Subscriber,
+    mut events: EventSender,
+    reports: std::sync::mpsc::Sender<Vec<AdoptedSocket>>,
+) {
     let mut next: HashMap<(String, String), u64> = HashMap::new();
     while let Some(message) = batches.next().await {
         let batch = match EventBatch::decode(&message.payload) {
@@ -387,6 +468,9 @@ async fn ingress(link: LeaderLink, mut batches: async_nats::Subscriber, mut even
             continue;
         }
         *expected += 1;
+        if !batch.ended.is_empty() {
+            let _ = reports.send(batch.ended);
+        }
         for event in batch.events {
             let terminal = matches!(event, NetEvent::Closed { .. } | NetEvent::OpenFailed { .. });
             let sent = if terminal {

@@ -68,9 +68,15 @@ pub async fn buckets(
     js: &jetstream::Context,
     config: &ClusterConfig,
 ) -> Result<(Buckets, Duration), ClusterError> {
-    let leader = bucket(js, config.leader_bucket(), config.lease).await?;
-    let workers = bucket(js, config.workers_bucket(), config.lease).await?;
-    let state = bucket(js, config.state_bucket(), Duration::ZERO).await?;
+    // Replicated on up to three servers of a NATS cluster, so that the
+    // leases and the saved counts outlive one lost server: the servers
+    // are those `--cluster` names, or the one reached and those it tells
+    // of, whichever are more.
+    let told = 1 + js.client().server_info().connect_urls.len();
+    let replicas = config.servers().len().max(told).min(3);
+    let leader = bucket(js, config.leader_bucket(), config.lease, replicas).await?;
+    let workers = bucket(js, config.workers_bucket(), config.lease, replicas).await?;
+    let state = bucket(js, config.state_bucket(), Duration::ZERO, replicas).await?;
     let lease = leader
         .status()
         .await
@@ -93,12 +99,38 @@ pub async fn buckets(
     ))
 }
 
+/// Tries to reach or make a bucket this often before giving up: a NATS
+/// cluster electing its leaders, or several processes making replicated
+/// buckets at once, can take several seconds.
+const BUCKET_ATTEMPTS: u32 = 15;
+
 async fn bucket(
     js: &jetstream::Context,
     name: String,
     max_age: Duration,
+    replicas: usize,
 ) -> Result<kv::Store, ClusterError> {
-    if let Ok(store) = js.get_key_value(&name).await {
+    let mut attempt = 1;
+    loop {
+        match try_bucket(js, &name, max_age, replicas).await {
+            Ok(store) => return Ok(store),
+            Err(error) if attempt < BUCKET_ATTEMPTS => {
+                tracing::warn!(%error, attempt, "the cluster's bucket; trying again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                attempt += 1;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+async fn try_bucket(
+    js: &jetstream::Context,
+    name: &str,
+    max_age: Duration,
+    replicas: usize,
+) -> Result<kv::Store, ClusterError> {
+    if let Ok(store) = js.get_key_value(name).await {
         return Ok(store);
     }
     // The bucket's stream as `create_key_value` would make it, made
@@ -115,12 +147,13 @@ async fn bucket(
         deny_delete: true,
         allow_direct: true,
         discard: jetstream::stream::DiscardPolicy::New,
-        num_replicas: 1,
+        num_replicas: replicas,
         ..Default::default()
     })
     .await
     .map_err(|e| ClusterError::JetStream(format!("bucket {name}: {e}")))?;
-    js.get_key_value(&name)
+    tracing::info!(bucket = %name, replicas, "created");
+    js.get_key_value(name)
         .await
         .map_err(|e| ClusterError::JetStream(format!("bucket {name}: {e}")))
 }

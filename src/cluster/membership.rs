@@ -20,6 +20,11 @@ use tracing::{info, warn};
 use super::lease::{WorkerValue, lost_after, worker_value};
 use crate::inbox::Wake;
 
+/// Joins kept for [`Roster::take_joined`], at most (the leader takes them
+/// every loop; more means it is not running, and a join then needs no
+/// call).
+const MOST_JOINED: usize = 4096;
+
 /// One live worker.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Member {
@@ -44,6 +49,8 @@ pub struct Lost {
 struct State {
     live: BTreeMap<String, Member>,
     lost: Vec<Lost>,
+    /// Incarnations that joined since the last [`Roster::take_joined`].
+    joined: Vec<(String, WorkerValue)>,
     wake: Option<Wake>,
 }
 
@@ -88,6 +95,13 @@ impl Roster {
             .is_some_and(|m| m.value.incarnation == incarnation)
     }
 
+    /// Worker incarnations that joined since the last call (the leader
+    /// calls each for what its ended sockets read: a worker that fenced
+    /// comes back as one).
+    pub fn take_joined(&self) -> Vec<(String, WorkerValue)> {
+        std::mem::take(&mut self.state().joined)
+    }
+
     /// Workers lost since the last call.
     pub fn take_lost(&self) -> Vec<Lost> {
         std::mem::take(&mut self.state().lost)
@@ -119,6 +133,9 @@ impl Roster {
             lose(&mut state, worker, old, "replaced by a new incarnation");
         }
         info!(worker, incarnation = %value.incarnation, capacity = value.capacity, "worker joined");
+        if state.joined.len() < MOST_JOINED {
+            state.joined.push((worker.to_owned(), value.clone()));
+        }
         state.live.insert(
             worker.to_owned(),
             Member {

@@ -43,7 +43,8 @@ pub const DEFAULT_NAME: &str = "switchboard";
 /// How a process reaches its cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterConfig {
-    /// The NATS server, `nats://host:port`.
+    /// The NATS server, `nats://host:port`, or a NATS cluster's servers
+    /// separated by commas.
     pub url: String,
     /// Names the cluster's subjects and buckets: several fleets can share
     /// one NATS.
@@ -65,7 +66,12 @@ impl ClusterConfig {
         format!("{}.evt.{worker}", self.name)
     }
 
-    /// Every worker's event subject.
+    /// The NATS servers to try, in order.
+    pub fn servers(&self) -> Vec<&str> {
+        self.url.split(',').map(str::trim).collect()
+    }
+
+    /// Every worker's event subject (the leader subscribes to this).
     pub fn all_events(&self) -> String {
         format!("{}.evt.*", self.name)
     }
@@ -131,7 +137,7 @@ pub async fn connect(
         // this NATS drops them (a slow consumer) and the leader sees the
         // gap in their sequence.
         .subscription_capacity(16 * 1024)
-        .connect(config.url.as_str())
+        .connect(config.servers().as_slice())
         .await
         .map_err(|e| ClusterError::Connect {
             url: config.url.clone(),

@@ -167,7 +167,29 @@ fn prefix(global_url: &str) -> String {
 }
 
 /// Every team the bucket holds for `global_url`.
+///
+/// Tries [`LOAD_ATTEMPTS`] times, a second apart: a NATS cluster that just
+/// lost a server may take seconds to elect the bucket's new leader, and a
+/// core that has just taken the lead must not give it up for that.
 pub async fn load(store: &kv::Store, global_url: &str) -> Result<Vec<SavedTeam>, ClusterError> {
+    let mut attempt = 1;
+    loop {
+        match load_once(store, global_url).await {
+            Ok(teams) => return Ok(teams),
+            Err(error) if attempt < LOAD_ATTEMPTS => {
+                warn!(%error, attempt, "reading the saved teams; trying again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                attempt += 1;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// How many times [`load`] tries.
+pub const LOAD_ATTEMPTS: u32 = 15;
+
+async fn load_once(store: &kv::Store, global_url: &str) -> Result<Vec<SavedTeam>, ClusterError> {
     let prefix = prefix(global_url);
     let failed = |e: String| ClusterError::JetStream(format!("reading the saved teams: {e}"));
     let mut keys = store.keys().await.map_err(|e| failed(e.to_string()))?;

@@ -229,20 +229,27 @@ pub struct EventBatch {
     /// leaving. Sent in order after every event, so the leader treats the
     /// worker as gone only once it has taken them all.
     pub bye: bool,
+    /// Readings of sockets that ended without their events reaching this
+    /// leader (a fence, an older leader's sockets ended for this one): in
+    /// the first batch of a stream no adoption call began.
+    pub ended: Vec<AdoptedSocket>,
 }
 
 impl EventBatch {
     /// The message body.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(64 + 24 * self.events.len());
-        let head = json!({
+        let mut head = json!({
             "epoch": self.epoch,
             "worker": self.worker,
             "inc": self.incarnation,
             "seq": self.seq,
             "bye": self.bye,
-        })
-        .to_string();
+        });
+        if !self.ended.is_empty() {
+            head["ended"] = sockets_json(&self.ended);
+        }
+        let head = head.to_string();
         // `{…}` without its closing brace, then the events.
         out.extend_from_slice(&head.as_bytes()[..head.len() - 1]);
         out.extend_from_slice(b",\"events\":[");
@@ -273,6 +280,10 @@ impl EventBatch {
             seq: field_u64(&value, "seq")?,
             events,
             bye: value.get("bye").and_then(Value::as_bool).unwrap_or(false),
+            ended: match value.get("ended") {
+                Some(ended) => sockets_from_json(ended)?,
+                None => Vec::new(),
+            },
         })
     }
 }
@@ -290,6 +301,14 @@ pub enum ToWorker {
         /// The incarnation it calls: another ignores it.
         incarnation: String,
     },
+    /// "Report what your ended sockets read to `reply`": the leader's call
+    /// to a worker that joined after it took over.
+    Report {
+        /// The leader's epoch.
+        epoch: u64,
+        /// The incarnation it calls.
+        incarnation: String,
+    },
 }
 
 impl ToWorker {
@@ -300,11 +319,24 @@ impl ToWorker {
             .into_bytes()
     }
 
+    /// The body of a report call.
+    pub fn report(epoch: u64, incarnation: &str) -> Vec<u8> {
+        json!({"epoch": epoch, "inc": incarnation, "report": true})
+            .to_string()
+            .into_bytes()
+    }
+
     /// Reads a message body.
     pub fn decode(bytes: &[u8]) -> Result<ToWorker, BadBatch> {
         let value: Value = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
         if value.get("adopt").and_then(Value::as_bool) == Some(true) {
             return Ok(ToWorker::Adopt {
+                epoch: field_u64(&value, "epoch")?,
+                incarnation: field_str(&value, "inc")?,
+            });
+        }
+        if value.get("report").and_then(Value::as_bool) == Some(true) {
+            return Ok(ToWorker::Report {
                 epoch: field_u64(&value, "epoch")?,
                 incarnation: field_str(&value, "inc")?,
             });
@@ -338,11 +370,7 @@ pub struct Inventory {
 impl Inventory {
     /// The message body: sockets as `[conn, team, messages, props, open]`.
     pub fn encode(&self) -> Vec<u8> {
-        let sockets: Vec<Value> = self
-            .sockets
-            .iter()
-            .map(|s| json!([s.conn.0, s.team.0, s.messages, s.props, s.open]))
-            .collect();
+        let sockets = sockets_json(&self.sockets);
         json!({
             "epoch": self.epoch,
             "worker": self.worker,
@@ -358,33 +386,7 @@ impl Inventory {
     /// Reads a message body.
     pub fn decode(bytes: &[u8]) -> Result<Inventory, BadBatch> {
         let value: Value = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
-        let sockets = value
-            .get("sockets")
-            .and_then(Value::as_array)
-            .ok_or_else(|| bad("no sockets"))?
-            .iter()
-            .map(|s| {
-                let items = s
-                    .as_array()
-                    .ok_or_else(|| bad("a socket is not an array"))?;
-                let num = |i: usize| {
-                    items
-                        .get(i)
-                        .and_then(Value::as_u64)
-                        .ok_or_else(|| bad(format!("socket item {i} is not a number")))
-                };
-                Ok(AdoptedSocket {
-                    conn: ConnId(num(0)?),
-                    team: TeamId(num(1)?),
-                    messages: num(2)?,
-                    props: num(3)?,
-                    open: items
-                        .get(4)
-                        .and_then(Value::as_bool)
-                        .ok_or_else(|| bad("socket item 4 is not a boolean"))?,
-                })
-            })
-            .collect::<Result<_, BadBatch>>()?;
+        let sockets = sockets_from_json(value.get("sockets").ok_or_else(|| bad("no sockets"))?)?;
         let parts = field_u64(&value, "parts")?;
         let part = field_u64(&value, "part")?;
         if parts == 0 || part == 0 || part > parts {
@@ -399,6 +401,43 @@ impl Inventory {
             sockets,
         })
     }
+}
+
+/// Sockets as `[conn, team, messages, props, open]` arrays.
+fn sockets_json(sockets: &[AdoptedSocket]) -> Value {
+    sockets
+        .iter()
+        .map(|s| json!([s.conn.0, s.team.0, s.messages, s.props, s.open]))
+        .collect()
+}
+
+fn sockets_from_json(value: &Value) -> Result<Vec<AdoptedSocket>, BadBatch> {
+    value
+        .as_array()
+        .ok_or_else(|| bad("sockets are not an array"))?
+        .iter()
+        .map(|s| {
+            let items = s
+                .as_array()
+                .ok_or_else(|| bad("a socket is not an array"))?;
+            let num = |i: usize| {
+                items
+                    .get(i)
+                    .and_then(Value::as_u64)
+                    .ok_or_else(|| bad(format!("socket item {i} is not a number")))
+            };
+            Ok(AdoptedSocket {
+                conn: ConnId(num(0)?),
+                team: TeamId(num(1)?),
+                messages: num(2)?,
+                props: num(3)?,
+                open: items
+                    .get(4)
+                    .and_then(Value::as_bool)
+                    .ok_or_else(|| bad("socket item 4 is not a boolean"))?,
+            })
+        })
+        .collect()
 }
 
 fn field_u64(value: &Value, name: &str) -> Result<u64, BadBatch> {
@@ -427,6 +466,13 @@ mod tests {
         assert_eq!(
             call,
             ToWorker::Adopt {
+                epoch: 9,
+                incarnation: "i1".into()
+            }
+        );
+        assert_eq!(
+            ToWorker::decode(&ToWorker::report(9, "i1")).expect("reads"),
+            ToWorker::Report {
                 epoch: 9,
                 incarnation: "i1".into()
             }
@@ -498,6 +544,13 @@ mod tests {
                 },
             ],
             bye: true,
+            ended: vec![AdoptedSocket {
+                team: TeamId(3),
+                conn: ConnId(0),
+                messages: 9,
+                props: 1,
+                open: false,
+            }],
         };
         assert_eq!(EventBatch::decode(&events.encode()), Ok(events));
     }

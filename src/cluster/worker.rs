@@ -225,6 +225,8 @@ pub fn run(
         last_flush: Instant::now(),
         leaving_since: None,
         fence_by: None,
+        ended_unreported: false,
+        ended_due: false,
     };
     info!(worker = %config.name, capacity = config.capacity, lease_ms = lease.as_millis() as u64, "worker started");
     Ok(worker.drive(&doorbell, leave))
@@ -268,6 +270,11 @@ struct Worker<'a> {
     leaving_since: Option<Instant>,
     /// Fencing: sockets still open then are dropped.
     fence_by: Option<Instant>,
+    /// This stream (epoch, incarnation) began without an adoption call:
+    /// the ended sockets' readings go with its first batch of events,
+    /// once a command batch of it ran (so the leader knows this stream).
+    ended_unreported: bool,
+    ended_due: bool,
 }
 
 impl Worker<'_> {
@@ -289,7 +296,7 @@ impl Worker<'_> {
                 info!(worker = %self.config.name, "handed over; leaving");
                 return WorkerEnd::HandedOver;
             }
-            if !self.outgoing.is_empty() && now >= self.last_flush + tick {
+            if (!self.outgoing.is_empty() || self.ended_due) && now >= self.last_flush + tick {
                 self.flush();
             }
             let next_flush = (!self.outgoing.is_empty()).then(|| self.last_flush + tick);
@@ -368,6 +375,7 @@ impl Worker<'_> {
             self.want.incarnation = Some(new_incarnation());
             self.expected = 1;
             self.sent = 0;
+            self.ended_unreported = true;
             self.discarding = false;
             let _ = self.desired.send(self.want.clone());
         }
@@ -473,6 +481,7 @@ impl Worker<'_> {
                 // Event batches are numbered per (epoch, incarnation) too:
                 // the new leader expects 1.
                 self.sent = 0;
+                self.ended_unreported = true;
                 info!(worker = %self.config.name, epoch = batch.epoch, "obeying a new leader");
                 self.execute(batch);
                 continue;
@@ -484,6 +493,16 @@ impl Worker<'_> {
                 ToWorker::Batch(batch) => batch,
                 ToWorker::Adopt { epoch, incarnation } => {
                     self.answer_adoption(epoch, &incarnation, reply);
+                    continue;
+                }
+                ToWorker::Report { epoch, incarnation } => {
+                    if self.want.incarnation.as_deref() == Some(incarnation.as_str())
+                        && let Some(reply) = reply
+                    {
+                        let ended: Vec<AdoptedSocket> =
+                            self.ended.iter().map(|(_, s)| *s).collect();
+                        self.answer(&reply, epoch, &incarnation, &ended);
+                    }
                     continue;
                 }
             };
@@ -514,6 +533,9 @@ impl Worker<'_> {
             return;
         }
         self.expected += 1;
+        if std::mem::take(&mut self.ended_unreported) {
+            self.ended_due = true;
+        }
         for command in batch.commands {
             let command = command.into_net();
             match command {
@@ -597,8 +619,24 @@ impl Worker<'_> {
                 self.transport.execute(NetCommand::Abort { conn });
             }
         }
-        let parts = sockets.len().div_ceil(SOCKETS_PER_PART).max(1);
+        self.answer(&reply, epoch, incarnation, &sockets);
         let open = sockets.iter().filter(|s| s.open).count();
+        info!(worker = %self.config.name, epoch, open, reported = sockets.len(), orphaned, "a new leader adopts this worker's sockets");
+        self.epoch = epoch;
+        self.expected = 1;
+        self.sent = 0;
+        self.ended_unreported = false;
+        self.ended_due = false;
+        self.outgoing.clear();
+        self.discarding = false;
+        if self.held.as_ref().is_some_and(|b| b.epoch <= epoch) {
+            self.held = None;
+        }
+    }
+
+    /// Sends `sockets` to a leader's call, in parts.
+    fn answer(&self, reply: &str, epoch: u64, incarnation: &str, sockets: &[AdoptedSocket]) {
+        let parts = sockets.len().div_ceil(SOCKETS_PER_PART).max(1);
         for (i, chunk) in sockets
             .chunks(SOCKETS_PER_PART)
             .chain(sockets.is_empty().then_some(&[][..]))
@@ -615,19 +653,10 @@ impl Worker<'_> {
             let body = Bytes::from(part.encode());
             if let Err(error) = self
                 .runtime
-                .block_on(self.client.publish(reply.clone(), body))
+                .block_on(self.client.publish(reply.to_owned(), body))
             {
-                warn!(%error, "answering a new leader's call failed");
+                warn!(%error, "answering a leader's call failed");
             }
-        }
-        info!(worker = %self.config.name, epoch, open, reported = sockets.len(), orphaned, "a new leader adopts this worker's sockets");
-        self.epoch = epoch;
-        self.expected = 1;
-        self.sent = 0;
-        self.outgoing.clear();
-        self.discarding = false;
-        if self.held.as_ref().is_some_and(|b| b.epoch <= epoch) {
-            self.held = None;
         }
     }
 
@@ -640,7 +669,7 @@ impl Worker<'_> {
     /// the last.
     fn flush_bye(&mut self, bye: bool) {
         self.last_flush = Instant::now();
-        if self.outgoing.is_empty() && !bye {
+        if self.outgoing.is_empty() && !bye && !self.ended_due {
             return;
         }
         let Some(incarnation) = self.want.incarnation.clone() else {
@@ -655,6 +684,11 @@ impl Worker<'_> {
             seq: self.sent,
             events: std::mem::take(&mut self.outgoing),
             bye,
+            ended: if std::mem::take(&mut self.ended_due) {
+                self.ended.iter().map(|(_, s)| *s).collect()
+            } else {
+                Vec::new()
+            },
         };
         let subject = self.config.cluster.events(&self.config.name);
         let body = Bytes::from(batch.encode());

@@ -11,7 +11,9 @@ use tracing::debug;
 use super::components::{AfterClose, Counters, Health, Link, LinkState};
 use super::config::Settings;
 use super::lifecycle::{Fleet, Transition, Transitions};
+use super::reconcile::Reconcile;
 use super::resources::{Clock, Connections, Jitter, Outbox, Owner, UrlRequests};
+use super::saved::SocketMark;
 use super::timers::{Due, Timers};
 use super::url_policy::TeamUrlError;
 use crate::bridge::{CLOSE_NORMAL, ConnId, ConnKind, NetCommand, Text};
@@ -50,6 +52,7 @@ pub struct Links<'w> {
     deadlines: ResMut<'w, Timers<StateDeadline>>,
     fleet: ResMut<'w, Fleet>,
     transitions: ResMut<'w, Transitions>,
+    reconcile: ResMut<'w, Reconcile>,
 }
 
 impl Links<'_> {
@@ -223,6 +226,37 @@ impl Links<'_> {
         self.conns.skip_past(conn);
     }
 
+    /// The ids handed out so far were earlier leaders': late reports of
+    /// them are held to the restored marks.
+    pub(crate) fn own_from_now(&mut self) {
+        let next = self.conns.next_id();
+        self.reconcile.own_from(next);
+    }
+
+    /// A restored team's counts include `mark`.
+    pub(crate) fn restored_mark(&mut self, team: TeamId, mark: SocketMark) {
+        self.reconcile.restored(team, mark);
+    }
+
+    /// The core gave `conn` up with its lost worker: what it counted of
+    /// it is kept for the worker's late report.
+    pub(crate) fn gave_up(&mut self, team: TeamId, counters: &Counters, conn: ConnId) {
+        let counted = match counters.socket {
+            Some(mark) if mark.conn == conn => (mark.messages, mark.props),
+            _ => (0, 0),
+        };
+        self.reconcile.gave_up(conn, team, counted);
+    }
+
+    /// Counts what `report`, a socket's whole reading, adds to `team`'s
+    /// counts (nothing it or an earlier leader counted already).
+    pub(crate) fn reported(&mut self, team: TeamId, counters: &mut Counters, report: SocketMark) {
+        let (messages, props) = self.reconcile.unseen(report, team);
+        if messages > 0 || props > 0 {
+            self.count(counters, report.conn, messages, props);
+        }
+    }
+
     /// A joined team without a socket takes over `conn`, a socket a worker
     /// kept open through a change of leader: it is open from now, pinged
     /// as any. False (nothing done) for a team with a socket already.
@@ -237,6 +271,7 @@ impl Links<'_> {
             return false;
         }
         self.conns.adopt(conn, Owner::Team(entity));
+        self.reconcile.adopted(conn);
         let now = self.clock.now;
         health.heard(now, self.clock.step);
         health.pings_in_flight.clear();

@@ -13,6 +13,7 @@ pub(crate) mod config;
 pub(crate) mod global_link;
 pub(crate) mod lifecycle;
 pub(crate) mod links;
+pub(crate) mod reconcile;
 pub(crate) mod resources;
 pub(crate) mod saved;
 pub(crate) mod snapshot;
@@ -149,6 +150,7 @@ impl Core {
         world.init_resource::<lifecycle::Fleet>();
         world.init_resource::<resources::Recorded>();
         world.init_resource::<resources::Restored>();
+        world.init_resource::<reconcile::Reconcile>();
         world.init_resource::<lifecycle::Transitions>();
         world.init_resource::<lifecycle::TeamEvents>();
         let changed_teams = world.register_system(systems::restore::changed_teams);
@@ -225,6 +227,17 @@ impl Core {
         self.world
             .run_system_once_with(systems::restore::adopt_sockets, sockets)
             .map_err(|_| RestoreError::AlreadyRunning)
+    }
+
+    /// Readings of ended sockets reported late (by a worker a leader
+    /// called after it was lost, or that registered after the takeover):
+    /// each adds to its team what no count holds yet, exactly once (see
+    /// `core/reconcile.rs`). Open ones are ignored: only [`Core::adopt`]
+    /// takes sockets over. Any time, between steps.
+    pub fn late_reports(&mut self, sockets: &[AdoptedSocket]) {
+        let _ = self
+            .world
+            .run_system_once_with(systems::restore::late_reports, sockets.to_vec());
     }
 
     /// The teams restored before the first step (for the flight recorder).

@@ -99,6 +99,11 @@ impl Connections {
         self.next = self.next.max(conn.0);
     }
 
+    /// The id the next [`Connections::open`] hands out.
+    pub fn next_id(&self) -> ConnId {
+        ConnId(self.next + 1)
+    }
+
     /// Who owns `conn`, and whether it is still live (not retired).
     pub fn owner(&self, conn: ConnId) -> Option<(Owner, bool)> {
         self.owners.get(&conn).copied()

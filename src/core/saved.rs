@@ -70,3 +70,14 @@ pub struct AdoptedSocket {
     /// Still open.
     pub open: bool,
 }
+
+impl AdoptedSocket {
+    /// Its reading as a mark.
+    pub fn mark(&self) -> SocketMark {
+        SocketMark {
+            conn: self.conn,
+            messages: self.messages,
+            props: self.props,
+        }
+    }
+}

@@ -24,6 +24,11 @@ pub struct Nats {
 impl Nats {
     /// Starts a server storing under `dir`, on `port` (0: any free port).
     pub fn start(dir: &Path, port: u16) -> Nats {
+        Nats::start_with(dir, port, &[])
+    }
+
+    /// [`Nats::start`], with more arguments (a cluster's, say).
+    pub fn start_with(dir: &Path, port: u16, extra: &[String]) -> Nats {
         let port_arg = if port == 0 {
             "-1".to_string()
         } else {
@@ -32,6 +37,7 @@ impl Nats {
         let mut child = Command::new("nats-server")
             .args(["-js", "-a", "127.0.0.1", "-p", &port_arg, "-sd"])
             .arg(dir)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

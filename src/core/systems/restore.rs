@@ -8,7 +8,7 @@ use crate::core::components::{Counters, Health, Link, LinkState, Team};
 use crate::core::lifecycle::History;
 use crate::core::links::Links;
 use crate::core::resources::TeamIndex;
-use crate::core::saved::{AdoptedSocket, SavedTeam, SocketMark};
+use crate::core::saved::{AdoptedSocket, SavedTeam};
 
 /// Spawns every saved team with its counts; joined ones ask for a URL as
 /// soon as Global is ready (marked `resumed` until Global confirms them).
@@ -30,6 +30,7 @@ pub fn restore_teams(
         };
         if let Some(mark) = team.socket {
             links.skip_past(mark.conn);
+            links.restored_mark(team.id, mark);
         }
         let mut link = Link::default();
         links.restore(entity, &mut link, team.joined, &counters);
@@ -45,6 +46,7 @@ pub fn restore_teams(
         ));
         index.0.insert(team.id, entity);
     }
+    links.own_from_now();
 }
 
 /// What a saved team is made of changed.
@@ -81,8 +83,11 @@ pub fn adopt_sockets(
     mut teams: Query<(&mut Counters, &mut Link, &mut Health)>,
 ) -> Vec<ConnId> {
     let mut refused = Vec::new();
-    for socket in sockets {
+    for socket in &sockets {
         links.skip_past(socket.conn);
+    }
+    links.own_from_now();
+    for socket in sockets {
         let Some(&entity) = index.0.get(&socket.team) else {
             refused.extend(socket.open.then_some(socket.conn));
             continue;
@@ -97,13 +102,7 @@ pub fn adopt_sockets(
             refused.push(socket.conn);
             continue;
         }
-        let now = SocketMark {
-            conn: socket.conn,
-            messages: socket.messages,
-            props: socket.props,
-        };
-        let (messages, props) = SocketMark::unseen(counters.socket, now);
-        links.count(&mut counters, socket.conn, messages, props);
+        links.reported(socket.team, &mut counters, socket.mark());
         if socket.open {
             // A live socket means the team was joined when the old leader
             // last acted, whatever the copy says.
@@ -116,4 +115,22 @@ pub fn adopt_sockets(
         }
     }
     refused
+}
+
+/// Late reports ([`crate::Core::late_reports`]): ended sockets whose
+/// readings add what no count holds yet.
+pub fn late_reports(
+    In(sockets): In<Vec<AdoptedSocket>>,
+    index: Res<TeamIndex>,
+    mut links: Links,
+    mut teams: Query<&mut Counters>,
+) {
+    for socket in sockets.iter().filter(|s| !s.open) {
+        let Some(&entity) = index.0.get(&socket.team) else {
+            continue;
+        };
+        if let Ok(mut counters) = teams.get_mut(entity) {
+            links.reported(socket.team, &mut counters, socket.mark());
+        }
+    }
 }

@@ -3,7 +3,7 @@
 use bevy_ecs::prelude::*;
 use tracing::{debug, info, warn};
 
-use crate::bridge::{Inbound, NetEvent, TeamControl};
+use crate::bridge::{CloseReason, Inbound, NetEvent, TeamControl};
 use crate::core::components::{AfterClose, Counters, Health, Link, LinkState, Team};
 use crate::core::links::Links;
 use crate::core::resources::{LogLimiter, Stats, TeamInbox, Visits};
@@ -94,6 +94,10 @@ impl Around<'_, '_> {
                     .count(&mut row.counters, conn, count.into(), props.into());
                 self.stats.late_messages += u64::from(count);
             }
+            NetEvent::Closed {
+                conn,
+                reason: CloseReason::WorkerLost,
+            } => self.links.gave_up(row.team.id, &row.counters, conn),
             _ => self.stats.stale_events += 1,
         }
     }
@@ -131,7 +135,10 @@ impl Around<'_, '_> {
                 self.links
                     .count(&mut row.counters, conn, count.into(), props.into());
             }
-            NetEvent::Closed { reason, .. } => {
+            NetEvent::Closed { conn, reason } => {
+                if reason == CloseReason::WorkerLost {
+                    self.links.gave_up(row.team.id, &row.counters, conn);
+                }
                 if !matches!(row.link.state, LinkState::Closing { .. })
                     && self.limiter.allow("team_drop", now).is_some()
                 {

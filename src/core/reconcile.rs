@@ -1,0 +1,136 @@
+//! Counts that reach the core late: what a worker read on sockets whose
+//! last events never came (the worker was lost, or served an earlier
+//! leader), reported when a leader calls it. Each report is added at most
+//! once, exactly: for a socket an earlier leader gave out, against the mark
+//! the restored counts carry; for one of this core's, against what it had
+//! counted when it gave the socket up.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use bevy_ecs::prelude::*;
+
+use crate::bridge::ConnId;
+use crate::core::saved::SocketMark;
+use crate::protocol::TeamId;
+
+/// Sockets of this core given up without their last events, kept for a
+/// late report: at most this many (the oldest goes first).
+pub const MOST_LOST: usize = 100_000;
+
+/// What late reports are reconciled against.
+#[derive(Resource, Default, Debug)]
+pub struct Reconcile {
+    /// Socket ids below this were given out by earlier leaders.
+    first_own: ConnId,
+    /// Per team, how much of an earlier leader's sockets its counts hold.
+    restored: HashMap<TeamId, SocketMark>,
+    /// This core's sockets given up for a lost worker: what it counted.
+    lost: HashMap<ConnId, (TeamId, u64, u64)>,
+    order: VecDeque<ConnId>,
+    /// Earlier leaders' sockets this core adopted: counted from their
+    /// events since, so only [`Reconcile::gave_up`] makes a late report of
+    /// one count.
+    adopted: HashSet<ConnId>,
+}
+
+impl Reconcile {
+    /// Counts restored for `team` include `mark` of an earlier leader's
+    /// socket.
+    pub fn restored(&mut self, team: TeamId, mark: SocketMark) {
+        self.restored.insert(team, mark);
+    }
+
+    /// Ids from `first` on are this core's own.
+    pub fn own_from(&mut self, first: ConnId) {
+        self.first_own = first;
+    }
+
+    /// `conn`, an earlier leader's socket, is this core's from now on.
+    pub fn adopted(&mut self, conn: ConnId) {
+        self.adopted.insert(conn);
+    }
+
+    /// This core gave `conn` up with its worker, having counted `counted`
+    /// (messages, props) of it.
+    pub fn gave_up(&mut self, conn: ConnId, team: TeamId, counted: (u64, u64)) {
+        if self
+            .lost
+            .insert(conn, (team, counted.0, counted.1))
+            .is_none()
+        {
+            self.order.push_back(conn);
+        }
+        while self.order.len() > MOST_LOST {
+            if let Some(old) = self.order.pop_front() {
+                self.lost.remove(&old);
+            }
+        }
+    }
+
+    /// What `report` (a socket's whole reading) adds to its team's counts
+    /// now, remembered so that the same report adds nothing twice.
+    pub fn unseen(&mut self, report: SocketMark, team: TeamId) -> (u64, u64) {
+        if let Some((owner, messages, props)) = self.lost.get_mut(&report.conn) {
+            if *owner != team {
+                return (0, 0);
+            }
+            let add = (
+                report.messages.saturating_sub(*messages),
+                report.props.saturating_sub(*props),
+            );
+            *messages = (*messages).max(report.messages);
+            *props = (*props).max(report.props);
+            return add;
+        }
+        if report.conn < self.first_own && !self.adopted.contains(&report.conn) {
+            let mark = self.restored.get(&team).copied();
+            let add = SocketMark::unseen(mark, report);
+            if mark.is_none_or(|m| report.conn >= m.conn) {
+                self.restored.insert(team, report);
+            }
+            return add;
+        }
+        (0, 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mark(conn: u64, messages: u64) -> SocketMark {
+        SocketMark {
+            conn: ConnId(conn),
+            messages,
+            props: 0,
+        }
+    }
+
+    #[test]
+    fn each_report_adds_once_and_only_what_was_not_counted() {
+        let mut r = Reconcile::default();
+        let t = TeamId(1);
+        r.restored(t, mark(5, 10));
+        r.own_from(ConnId(20));
+        // An earlier leader's sockets: before the mark nothing, the marked
+        // one the rest, a later one all; each once.
+        assert_eq!(r.unseen(mark(4, 99), t), (0, 0));
+        assert_eq!(r.unseen(mark(5, 15), t), (5, 0));
+        assert_eq!(r.unseen(mark(5, 15), t), (0, 0));
+        assert_eq!(r.unseen(mark(7, 3), t), (3, 0));
+        assert_eq!(r.unseen(mark(7, 3), t), (0, 0));
+        // This core's: only one it gave up, against what it counted.
+        assert_eq!(r.unseen(mark(21, 8), t), (0, 0));
+        r.gave_up(ConnId(22), t, (6, 0));
+        assert_eq!(r.unseen(mark(22, 8), TeamId(2)), (0, 0), "another team's");
+        assert_eq!(r.unseen(mark(22, 8), t), (2, 0));
+        assert_eq!(r.unseen(mark(22, 8), t), (0, 0));
+        // An adopted socket counts its own events: a report of it adds
+        // nothing, unless the core gave it up.
+        assert_eq!(r.unseen(mark(9, 4), t), (4, 0));
+        r.adopted(ConnId(9));
+        assert_eq!(r.unseen(mark(9, 30), t), (0, 0));
+        r.gave_up(ConnId(9), t, (25, 0));
+        assert_eq!(r.unseen(mark(9, 30), t), (5, 0));
+    }
+}
