@@ -31,6 +31,8 @@ pub struct Member {
     /// Its lease's value.
     pub value: WorkerValue,
     last_seen: Instant,
+    /// The entry's revision when last seen (0: not known).
+    revision: u64,
     revoked: bool,
 }
 
@@ -119,11 +121,17 @@ impl Roster {
 
     /// A put of `worker`'s entry, seen at `now`.
     pub fn seen(&self, worker: &str, value: WorkerValue, now: Instant) {
+        self.seen_at(worker, value, 0, now);
+    }
+
+    /// [`Roster::seen`], with the entry's revision.
+    pub fn seen_at(&self, worker: &str, value: WorkerValue, revision: u64, now: Instant) {
         let mut state = self.state();
         let replaced = match state.live.get_mut(worker) {
             Some(m) if m.value.incarnation == value.incarnation => {
                 m.value = value;
                 m.last_seen = now;
+                m.revision = m.revision.max(revision);
                 return;
             }
             Some(_) => state.live.remove(worker),
@@ -141,6 +149,7 @@ impl Roster {
             Member {
                 value,
                 last_seen: now,
+                revision,
                 revoked: false,
             },
         );
@@ -175,6 +184,31 @@ impl Roster {
         }
     }
 
+    /// Workers not seen for `lease` before `now`: name, incarnation and
+    /// the revision last seen, to be checked against the bucket before
+    /// they are declared lost ([`watch`]).
+    pub fn overdue(&self, now: Instant, lease: Duration) -> Vec<(String, String, u64)> {
+        self.state()
+            .live
+            .iter()
+            .filter(|(_, m)| lost_after(now.saturating_duration_since(m.last_seen), lease))
+            .map(|(name, m)| (name.clone(), m.value.incarnation.clone(), m.revision))
+            .collect()
+    }
+
+    /// Declares this incarnation of `worker` lost: its lease lapsed.
+    pub fn expire_one(&self, worker: &str, incarnation: &str) {
+        let mut state = self.state();
+        if state
+            .live
+            .get(worker)
+            .is_some_and(|m| m.value.incarnation == incarnation)
+            && let Some(old) = state.live.remove(worker)
+        {
+            lose(&mut state, worker, old, "lease expired");
+        }
+    }
+
     /// Declares lost every worker not seen for `lease` before `now`.
     pub fn expire(&self, now: Instant, lease: Duration) {
         let mut state = self.state();
@@ -206,7 +240,10 @@ fn lose(state: &mut State, worker: &str, old: Member, why: &'static str) {
 
 /// Keeps `roster` in step with the workers' bucket, for as long as the
 /// process runs: a watch (remade after an error), and an expiry check ten
-/// times a lease.
+/// times a lease. A worker the watch has not seen renewed for a lease is
+/// read from the bucket first: a watch that stalled (its server lost, a
+/// reconnect) must not declare lost a worker that renewed meanwhile, which
+/// would then hold its sockets while the teams are opened elsewhere.
 pub async fn watch(store: kv::Store, roster: Roster, lease: Duration) {
     let mut check = tokio::time::interval(lease / 10);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -216,7 +253,7 @@ pub async fn watch(store: kv::Store, roster: Roster, lease: Duration) {
             Err(error) => {
                 warn!(%error, "watching the workers' leases; retrying");
                 check.tick().await;
-                roster.expire(Instant::now(), lease);
+                recheck(&store, &roster, lease).await;
                 continue;
             }
         };
@@ -230,8 +267,30 @@ pub async fn watch(store: kv::Store, roster: Roster, lease: Duration) {
                     }
                     None => break,
                 },
-                _ = check.tick() => roster.expire(Instant::now(), lease),
+                _ = check.tick() => recheck(&store, &roster, lease).await,
             }
+        }
+    }
+}
+
+/// Reads each overdue worker's entry: renewed since (a newer revision)
+/// keeps it; unrenewed, expired or deleted loses it; no answer decides
+/// nothing yet (a leader that cannot read the bucket cannot renew its own
+/// lease either, and stops).
+async fn recheck(store: &kv::Store, roster: &Roster, lease: Duration) {
+    for (name, incarnation, revision) in roster.overdue(Instant::now(), lease) {
+        match tokio::time::timeout(lease / 10, store.entry(name.as_str())).await {
+            Ok(Ok(Some(entry)))
+                if entry.operation == kv::Operation::Put && entry.revision > revision =>
+            {
+                match worker_value(&entry.value) {
+                    Some(value) => roster.seen_at(&name, value, entry.revision, Instant::now()),
+                    None => roster.expire_one(&name, &incarnation),
+                }
+            }
+            Ok(Ok(_)) => roster.expire_one(&name, &incarnation),
+            Ok(Err(error)) => warn!(%error, worker = %name, "reading an overdue worker's lease"),
+            Err(_) => warn!(worker = %name, "reading an overdue worker's lease: no answer"),
         }
     }
 }
@@ -239,7 +298,7 @@ pub async fn watch(store: kv::Store, roster: Roster, lease: Duration) {
 fn apply(roster: &Roster, entry: kv::Entry) {
     match entry.operation {
         kv::Operation::Put => match worker_value(&entry.value) {
-            Some(value) => roster.seen(&entry.key, value, Instant::now()),
+            Some(value) => roster.seen_at(&entry.key, value, entry.revision, Instant::now()),
             None => warn!(worker = %entry.key, "a worker lease that does not read; ignored"),
         },
         kv::Operation::Delete | kv::Operation::Purge => roster.deleted(&entry.key),
@@ -303,5 +362,26 @@ mod tests {
             ]
         );
         assert!(roster.is_live("a", "2"));
+    }
+
+    #[test]
+    fn an_overdue_worker_is_lost_only_once_its_entry_is_known_unrenewed() {
+        let roster = Roster::default();
+        let t0 = Instant::now();
+        let lease = Duration::from_secs(5);
+        roster.seen_at("a", value("1"), 7, t0);
+        let later = t0 + lease + Duration::from_millis(1);
+        assert_eq!(roster.overdue(later, lease), [("a".into(), "1".into(), 7)]);
+        assert!(roster.is_live("a", "1"), "overdue is not lost yet");
+        // The bucket shows a renewal the watch missed: alive again.
+        roster.seen_at("a", value("1"), 9, later);
+        assert!(roster.overdue(later, lease).is_empty());
+        // Unrenewed: lost, once; another incarnation's expiry is not its.
+        roster.expire_one("a", "0");
+        assert!(roster.is_live("a", "1"));
+        roster.expire_one("a", "1");
+        roster.expire_one("a", "1");
+        assert_eq!(roster.take_lost().len(), 1);
+        assert!(!roster.is_live("a", "1"));
     }
 }
