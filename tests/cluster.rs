@@ -175,6 +175,26 @@ fn worker(dir: &Path, nats: &str, name: &str) -> Proc {
     spawn(dir, name, &args.map(String::from))
 }
 
+/// Workers a, b and c.
+fn workers(dir: &Path, nats: &str) -> Vec<Proc> {
+    ["a", "b", "c"]
+        .iter()
+        .map(|n| worker(dir, nats, n))
+        .collect()
+}
+
+/// `core1` leading and `core2` standing by, each waited for; their state
+/// files `one` and `two` (one path: as on one machine).
+async fn two_cores(dir: &Path, nats: &str, global: &str, one: &Path, two: &Path) -> (Proc, Proc) {
+    let leader = core(dir, nats, "core1", global, one);
+    leader.logged("\"leading\"").await;
+    let standby = core(dir, nats, "core2", global, two);
+    standby
+        .logged("standby: waiting for the leader lease")
+        .await;
+    (leader, standby)
+}
+
 fn core(dir: &Path, nats: &str, name: &str, global: &str, state: &Path) -> Proc {
     let mut args: Vec<String> = ["connect", global, "--cluster", nats, "--lease", &lease()]
         .map(String::from)
@@ -277,29 +297,16 @@ async fn two_cores_and_three_workers_keep_every_count_under_chaos() {
     let dir = tempfile::tempdir().expect("tempdir");
     let nats = Nats::start(&dir.path().join("js"), 0);
     let server = simulator(300, 300, Chaos::level(1.0)).await;
-    let workers: Vec<Proc> = ["a", "b", "c"]
-        .iter()
-        .map(|n| worker(dir.path(), &nats.url(), n))
-        .collect();
+    let workers = workers(dir.path(), &nats.url());
     let state = dir.path().join("state.redb");
-    let leader = core(
+    let (leader, standby) = two_cores(
         dir.path(),
         &nats.url(),
-        "core1",
         &server.global_url(),
         &state,
-    );
-    leader.logged("\"leading\"").await;
-    let standby = core(
-        dir.path(),
-        &nats.url(),
-        "core2",
-        &server.global_url(),
         &state,
-    );
-    standby
-        .logged("standby: waiting for the leader lease")
-        .await;
+    )
+    .await;
     written(&server, 300 * 300 / 2).await;
     // `status` sees the leader, the standby and every worker with teams.
     let shown = Command::new(env!("CARGO_BIN_EXE_switchboard"))
@@ -359,10 +366,7 @@ async fn a_killed_worker_s_teams_come_back_on_the_others_and_never_twice() {
     let teams = 150;
     let messages = 800;
     let server = simulator(teams, messages, Chaos::none()).await;
-    let workers: Vec<Proc> = ["a", "b", "c"]
-        .iter()
-        .map(|n| worker(dir.path(), &nats.url(), n))
-        .collect();
+    let workers = workers(dir.path(), &nats.url());
     let leader = core(
         dir.path(),
         &nats.url(),
@@ -407,20 +411,13 @@ async fn the_standby_leads_within_the_lease_when_the_leader_is_killed() {
     let teams = 150;
     let messages = 800;
     let server = simulator(teams, messages, Chaos::none()).await;
-    let _workers: Vec<Proc> = ["a", "b", "c"]
-        .iter()
-        .map(|n| worker(dir.path(), &nats.url(), n))
-        .collect();
+    let _workers = workers(dir.path(), &nats.url());
     // Each core its own state file, as on two machines: the standby
     // resumes from the leader's copy in JetStream.
     let one = dir.path().join("1.redb");
-    let leader = core(dir.path(), &nats.url(), "core1", &server.global_url(), &one);
-    leader.logged("\"leading\"").await;
     let two = dir.path().join("2.redb");
-    let standby = core(dir.path(), &nats.url(), "core2", &server.global_url(), &two);
-    standby
-        .logged("standby: waiting for the leader lease")
-        .await;
+    let (leader, standby) =
+        two_cores(dir.path(), &nats.url(), &server.global_url(), &one, &two).await;
     written(&server, teams * messages / 4).await;
     leader.signal("-KILL");
     let killed = Instant::now();
@@ -513,10 +510,7 @@ async fn a_paused_worker_fences_itself_and_its_teams_move() {
     let teams = 150;
     let messages = 1000;
     let server = simulator(teams, messages, Chaos::none()).await;
-    let workers: Vec<Proc> = ["a", "b", "c"]
-        .iter()
-        .map(|n| worker(dir.path(), &nats.url(), n))
-        .collect();
+    let workers = workers(dir.path(), &nats.url());
     let leader = core(
         dir.path(),
         &nats.url(),
@@ -563,29 +557,16 @@ async fn after_a_nats_restart_a_standby_leads_and_every_team_comes_back() {
     let teams = 150;
     let messages = 1000;
     let server = simulator(teams, messages, Chaos::none()).await;
-    let _workers: Vec<Proc> = ["a", "b", "c"]
-        .iter()
-        .map(|n| worker(dir.path(), &nats.url(), n))
-        .collect();
+    let _workers = workers(dir.path(), &nats.url());
     let state = dir.path().join("state.redb");
-    let leader = core(
+    let (leader, standby) = two_cores(
         dir.path(),
         &nats.url(),
-        "core1",
         &server.global_url(),
         &state,
-    );
-    leader.logged("\"leading\"").await;
-    let standby = core(
-        dir.path(),
-        &nats.url(),
-        "core2",
-        &server.global_url(),
         &state,
-    );
-    standby
-        .logged("standby: waiting for the leader lease")
-        .await;
+    )
+    .await;
     written(&server, teams * messages / 5).await;
     let port = nats.kill();
     // Down for longer than half a lease: every worker fences itself and the
@@ -694,18 +675,10 @@ async fn a_nats_server_lost_from_a_cluster_of_three_loses_nothing() {
     let teams = 150;
     let messages = 1000;
     let server = simulator(teams, messages, Chaos::none()).await;
-    let _workers: Vec<Proc> = ["a", "b", "c"]
-        .iter()
-        .map(|n| worker(dir.path(), &urls, n))
-        .collect();
+    let _workers = workers(dir.path(), &urls);
     let one = dir.path().join("1.redb");
-    let leader = core(dir.path(), &urls, "core1", &server.global_url(), &one);
-    leader.logged("\"leading\"").await;
     let two = dir.path().join("2.redb");
-    let standby = core(dir.path(), &urls, "core2", &server.global_url(), &two);
-    standby
-        .logged("standby: waiting for the leader lease")
-        .await;
+    let (leader, standby) = two_cores(dir.path(), &urls, &server.global_url(), &one, &two).await;
     let js = async_nats::jetstream::new(async_nats::connect(servers[1].url()).await.expect("NATS"));
     for bucket in ["leader", "workers", "state"] {
         let mut stream = js

@@ -157,41 +157,7 @@ impl ClusterArgs {
             ..config
         };
         let holder = format!("{}:{}", hostname(), std::process::id());
-        let standby = lease::standby_key(&holder);
-        let mut said = false;
-        let mut announced: Option<Instant> = None;
-        let lease = loop {
-            if stop.is_stopped() {
-                info!("stopped while standing by");
-                return Err(ExitCode::SUCCESS);
-            }
-            match runtime.block_on(lease::try_lead(&buckets.leader, &holder)) {
-                Ok(Some(lease)) => break lease,
-                Ok(None) => {
-                    // Seen by `status` for as long as it is renewed.
-                    if announced.is_none_or(|at| at.elapsed() >= lease_length / 3) {
-                        let _ =
-                            runtime.block_on(buckets.leader.put(&standby, holder.clone().into()));
-                        announced = Some(Instant::now());
-                    }
-                    if !said {
-                        let leader = runtime
-                            .block_on(lease::current_leader(&buckets.leader))
-                            .ok()
-                            .flatten();
-                        info!(leader = ?leader.map(|l| l.holder), "standby: waiting for the leader lease");
-                        said = true;
-                    }
-                }
-                Err(e) => warn!(error = %e, "taking the leader lease"),
-            }
-            // A tenth of a lease: a standby leads within lease + this of
-            // the leader's last renewal.
-            std::thread::sleep(lease_length / 10);
-        };
-        if announced.is_some() {
-            let _ = runtime.block_on(buckets.leader.delete(&standby));
-        }
+        let lease = stand_by(runtime, stop, &buckets, &holder, lease_length)?;
         info!(epoch = lease.epoch, holder, "leading");
         let roster = Roster::default();
         runtime.spawn(membership::watch(
@@ -227,6 +193,54 @@ impl ClusterArgs {
             deposed,
         }))
     }
+}
+
+/// Waits as a standby (announced in the leader's bucket, for `status`)
+/// until the leader lease is free and taken, polling every tenth of a
+/// lease; `Err` (exit 0) when stopped meanwhile.
+fn stand_by(
+    runtime: &tokio::runtime::Runtime,
+    stop: &StopHandle,
+    buckets: &lease::Buckets,
+    holder: &str,
+    lease_length: Duration,
+) -> Result<LeaderLease, ExitCode> {
+    let standby = lease::standby_key(holder);
+    let mut said = false;
+    let mut announced: Option<Instant> = None;
+    let lease = loop {
+        if stop.is_stopped() {
+            info!("stopped while standing by");
+            return Err(ExitCode::SUCCESS);
+        }
+        match runtime.block_on(lease::try_lead(&buckets.leader, holder)) {
+            Ok(Some(lease)) => break lease,
+            Ok(None) => {
+                // Seen by `status` for as long as it is renewed.
+                if announced.is_none_or(|at| at.elapsed() >= lease_length / 3) {
+                    let _ =
+                        runtime.block_on(buckets.leader.put(&standby, holder.to_owned().into()));
+                    announced = Some(Instant::now());
+                }
+                if !said {
+                    let leader = runtime
+                        .block_on(lease::current_leader(&buckets.leader))
+                        .ok()
+                        .flatten();
+                    info!(leader = ?leader.map(|l| l.holder), "standby: waiting for the leader lease");
+                    said = true;
+                }
+            }
+            Err(e) => warn!(error = %e, "taking the leader lease"),
+        }
+        // A tenth of a lease: a standby leads within lease + this of
+        // the leader's last renewal.
+        std::thread::sleep(lease_length / 10);
+    };
+    if announced.is_some() {
+        let _ = runtime.block_on(buckets.leader.delete(&standby));
+    }
+    Ok(lease)
 }
 
 /// Renews the leader lease every third of a lease. Lost (taken, revoked)

@@ -173,6 +173,11 @@ impl Roster {
 
     /// This incarnation of `worker` sent its last events and left.
     pub fn left(&self, worker: &str, incarnation: &str) {
+        self.lose_incarnation(worker, incarnation, "left");
+    }
+
+    /// Loses `worker` if `incarnation` is the live one.
+    fn lose_incarnation(&self, worker: &str, incarnation: &str, why: &'static str) {
         let mut state = self.state();
         if state
             .live
@@ -180,7 +185,7 @@ impl Roster {
             .is_some_and(|m| m.value.incarnation == incarnation)
             && let Some(old) = state.live.remove(worker)
         {
-            lose(&mut state, worker, old, "left");
+            lose(&mut state, worker, old, why);
         }
     }
 
@@ -198,15 +203,7 @@ impl Roster {
 
     /// Declares this incarnation of `worker` lost: its lease lapsed.
     pub fn expire_one(&self, worker: &str, incarnation: &str) {
-        let mut state = self.state();
-        if state
-            .live
-            .get(worker)
-            .is_some_and(|m| m.value.incarnation == incarnation)
-            && let Some(old) = state.live.remove(worker)
-        {
-            lose(&mut state, worker, old, "lease expired");
-        }
+        self.lose_incarnation(worker, incarnation, "lease expired");
     }
 
     /// Declares lost every worker not seen for `lease` before `now`.
