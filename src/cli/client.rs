@@ -428,28 +428,9 @@ pub(super) fn raise_fd_limit() -> Option<u64> {
 /// SIGINT/SIGTERM: the first asks for a graceful shutdown, the second for
 /// an immediate one (report and state still written), a third exits at once.
 async fn watch_signals(stop: StopHandle) {
-    #[cfg(unix)]
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => Some(term),
-        Err(error) => {
-            warn!(%error, "cannot watch SIGTERM");
-            None
-        }
-    };
+    let mut signals = super::signals::Signals::new();
     loop {
-        #[cfg(unix)]
-        let terminated = async {
-            match term.as_mut() {
-                Some(term) => term.recv().await,
-                None => std::future::pending().await,
-            }
-        };
-        #[cfg(not(unix))]
-        let terminated = std::future::pending::<Option<()>>();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = terminated => {}
-        }
+        signals.next().await;
         if stop.is_forced() {
             eprintln!("third signal: exiting without a report");
             std::process::exit(130);

@@ -397,22 +397,9 @@ pub fn run_worker(args: &WorkerArgs) -> ExitCode {
 
 /// SIGINT/SIGTERM: the first hands the teams over, the second ends at once.
 async fn watch_signals(leave: Leave) {
-    #[cfg(unix)]
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let mut signals = super::signals::Signals::new();
     loop {
-        #[cfg(unix)]
-        let terminated = async {
-            match term.as_mut() {
-                Some(term) => term.recv().await,
-                None => std::future::pending().await,
-            }
-        };
-        #[cfg(not(unix))]
-        let terminated = std::future::pending::<Option<()>>();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = terminated => {}
-        }
+        signals.next().await;
         info!("signal received: handing the teams over (again to end at once)");
         leave.signal();
     }

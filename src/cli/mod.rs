@@ -14,6 +14,7 @@ mod demo;
 mod logging;
 mod publish;
 mod replay;
+mod signals;
 mod sim;
 
 use std::ffi::OsString;
