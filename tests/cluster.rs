@@ -171,6 +171,8 @@ fn worker(dir: &Path, nats: &str, name: &str) -> Proc {
         &lease(),
         "--pong-timeout",
         "2s",
+        "--http",
+        "127.0.0.1:0",
     ];
     spawn(dir, name, &args.map(String::from))
 }
@@ -334,6 +336,22 @@ async fn two_cores_and_three_workers_keep_every_count_under_chaos() {
     );
     let metrics = http_get(&leader, "/metrics");
     assert!(metrics.contains("switchboard_cluster_epoch "), "{metrics}");
+    // Each worker's own /metrics and /healthz.
+    for w in &workers {
+        let metrics = http_get(w, "/metrics");
+        let sockets: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("switchboard_worker_sockets "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no socket gauge:\n{metrics}"));
+        assert!(sockets > 0, "{metrics}");
+        assert!(
+            metrics.contains("switchboard_worker_lease_age_seconds "),
+            "{metrics}"
+        );
+        let health: Value = serde_json::from_str(&http_get(w, "/healthz")).expect("JSON");
+        assert_eq!(health["ok"], true, "{health}");
+    }
     assert_eq!(
         metrics.matches("switchboard_cluster_worker_teams{").count(),
         3,

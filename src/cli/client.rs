@@ -250,9 +250,17 @@ pub struct ServiceArgs {
           default_value_t = crate::record::DEFAULT_KEEP,
           help_heading = heading::RECORDING)]
     record_keep: usize,
-    /// Serve metrics, health, team views and the status page on this
-    /// address (e.g. 127.0.0.1:9090), or `none` [default for connect: none;
-    /// demo: 127.0.0.1 on a free port].
+    #[command(flatten)]
+    http: HttpArgs,
+}
+
+/// The HTTP server's flags (`connect`, `demo`, `worker`).
+#[derive(Args, Debug, Clone)]
+pub struct HttpArgs {
+    /// Serve HTTP (metrics and health; on a core also team views and the
+    /// status page) on this address (e.g. 127.0.0.1:9090), or `none`
+    /// [default for connect and worker: none; demo: 127.0.0.1 on a free
+    /// port].
     #[arg(long, env = "SWITCHBOARD_HTTP", help_heading = heading::HTTP)]
     http: Option<String>,
     /// Serve HTTP on an address other machines can reach (it has no
@@ -271,6 +279,51 @@ pub struct ServiceArgs {
           default_value_t = Limits::default().max_connections,
           help_heading = heading::HTTP)]
     http_max_connections: usize,
+}
+
+impl HttpArgs {
+    /// Where to serve and how, checked (one clear line and exit 2 on a bad
+    /// flag); `None` without `--http` (unless `default_on`) or with `none`.
+    pub fn options(
+        &self,
+        default_on: bool,
+    ) -> Result<Option<(std::net::SocketAddr, HttpOptions)>, ExitCode> {
+        let addr: std::net::SocketAddr = match self.http.as_deref() {
+            Some("none") => return Ok(None),
+            Some(text) => text
+                .parse()
+                .map_err(|_| usage_error(format!("--http {text:?}: expected ADDR:PORT or none")))?,
+            None if default_on => std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            None => return Ok(None),
+        };
+        if !addr.ip().is_loopback() && !self.http_public {
+            return Err(usage_error(format!(
+                "--http {addr}: reachable from other machines, and HTTP has no authentication; \
+                 add --http-public to mean it"
+            )));
+        }
+        if self.http_max_connections == 0 {
+            return Err(usage_error("--http-max-connections: at least 1"));
+        }
+        let max_connections = http_connection_budget(self.http_max_connections, open_files_limit());
+        if max_connections < self.http_max_connections {
+            warn!(
+                asked = self.http_max_connections,
+                max_connections,
+                "HTTP: connection cap lowered to its share of the open-files limit"
+            );
+        }
+        Ok(Some((
+            addr,
+            HttpOptions {
+                limits: Limits {
+                    max_connections,
+                    ..Limits::default()
+                },
+                allow_hosts: self.http_allow_hosts.clone(),
+            },
+        )))
+    }
 }
 
 impl ServiceArgs {
@@ -310,38 +363,10 @@ impl ServiceArgs {
         runtime: &tokio::runtime::Runtime,
         default_on: bool,
     ) -> Result<Option<HttpServer>, ExitCode> {
-        let addr: std::net::SocketAddr = match self.http.as_deref() {
-            Some("none") => return Ok(None),
-            Some(text) => text
-                .parse()
-                .map_err(|_| usage_error(format!("--http {text:?}: expected ADDR:PORT or none")))?,
-            None if default_on => std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-            None => return Ok(None),
+        let Some((addr, options)) = self.http.options(default_on)? else {
+            return Ok(None);
         };
-        if !addr.ip().is_loopback() && !self.http_public {
-            return Err(usage_error(format!(
-                "--http {addr}: reachable from other machines, and HTTP has no authentication; \
-                 add --http-public to mean it"
-            )));
-        }
-        if self.http_max_connections == 0 {
-            return Err(usage_error("--http-max-connections: at least 1"));
-        }
-        let max_connections = http_connection_budget(self.http_max_connections, open_files_limit());
-        if max_connections < self.http_max_connections {
-            warn!(
-                asked = self.http_max_connections,
-                max_connections,
-                "HTTP: connection cap lowered to its share of the open-files limit"
-            );
-        }
-        let options = HttpOptions {
-            limits: Limits {
-                max_connections,
-                ..Limits::default()
-            },
-            allow_hosts: self.http_allow_hosts.clone(),
-        };
+        let max_connections = options.limits.max_connections;
         let server = runtime
             .block_on(HttpServer::start_with(addr, options))
             .map_err(|e| usage_error(format!("--http {addr}: {e}")))?;

@@ -332,6 +332,8 @@ pub struct WorkerArgs {
     /// PEM file of extra CA certificates to trust for wss:// team URLs.
     #[arg(long, env = "SWITCHBOARD_CA_FILE", help_heading = HEADING)]
     ca_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    http: super::client::HttpArgs,
 }
 
 /// `switchboard worker`.
@@ -381,9 +383,24 @@ pub fn run_worker(args: &WorkerArgs) -> ExitCode {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
+    let watch = worker::WorkerWatch::new();
+    match args.http.options(false) {
+        Ok(None) => {}
+        Ok(Some((addr, options))) => {
+            match runtime.block_on(crate::http::worker::serve_worker(
+                addr,
+                options,
+                watch.clone(),
+            )) {
+                Ok(addr) => info!(url = %format!("http://{addr}/"), "HTTP: metrics, health"),
+                Err(e) => return usage_error(format!("--http {addr}: {e}")),
+            }
+        }
+        Err(code) => return code,
+    }
     let leave = Leave::new();
     runtime.spawn(watch_signals(leave.clone()));
-    let code = match worker::run(&config, runtime.handle(), &leave) {
+    let code = match worker::run(&config, runtime.handle(), &leave, &watch) {
         Ok(WorkerEnd::HandedOver) => ExitCode::SUCCESS,
         Ok(WorkerEnd::Forced) => ExitCode::from(130),
         Err(e) => {

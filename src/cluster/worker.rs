@@ -93,6 +93,78 @@ pub struct WorkerConfig {
     pub core: Config,
 }
 
+/// What a worker shows on `/metrics` and `/healthz`: written by its loop
+/// once per turn, read at scrape time. Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct WorkerWatch(Arc<WatchState>);
+
+#[derive(Debug, Default)]
+struct WatchState {
+    /// The cluster's lease, ms, once read from its bucket.
+    lease_ms: std::sync::atomic::AtomicU64,
+    sockets: std::sync::atomic::AtomicUsize,
+    ended: std::sync::atomic::AtomicUsize,
+    epoch: std::sync::atomic::AtomicU64,
+    renewed: Mutex<Option<Instant>>,
+}
+
+impl WorkerWatch {
+    /// A fresh watch (nothing registered yet).
+    pub fn new() -> WorkerWatch {
+        WorkerWatch(Arc::new(WatchState {
+            lease_ms: Default::default(),
+            sockets: Default::default(),
+            ended: Default::default(),
+            epoch: Default::default(),
+            renewed: Mutex::new(None),
+        }))
+    }
+
+    /// Team sockets it holds.
+    pub fn sockets(&self) -> usize {
+        self.0.sockets.load(Ordering::Relaxed)
+    }
+
+    /// Ended sockets' readings it keeps for a leader's call.
+    pub fn ended(&self) -> usize {
+        self.0.ended.load(Ordering::Relaxed)
+    }
+
+    /// The leader epoch it obeys (0: none yet).
+    pub fn epoch(&self) -> u64 {
+        self.0.epoch.load(Ordering::Relaxed)
+    }
+
+    /// Since its lease was last registered or renewed; `None` before the
+    /// first time.
+    pub fn lease_age(&self) -> Option<Duration> {
+        self.0
+            .renewed
+            .lock()
+            .ok()
+            .and_then(|r| r.map(|at| at.elapsed()))
+    }
+
+    /// Healthy: its lease is fresh enough that it is not fencing.
+    pub fn healthy(&self) -> bool {
+        let lease = Duration::from_millis(self.0.lease_ms.load(Ordering::Relaxed));
+        self.lease_age()
+            .is_some_and(|age| !lease.is_zero() && !lease::must_fence(age, lease))
+    }
+
+    fn record(&self, sockets: usize, ended: usize, epoch: u64, renewed: Instant, lease: Duration) {
+        self.0
+            .lease_ms
+            .store(lease.as_millis() as u64, Ordering::Relaxed);
+        self.0.sockets.store(sockets, Ordering::Relaxed);
+        self.0.ended.store(ended, Ordering::Relaxed);
+        self.0.epoch.store(epoch, Ordering::Relaxed);
+        if let Ok(mut at) = self.0.renewed.lock() {
+            *at = Some(renewed);
+        }
+    }
+}
+
 /// How a worker ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WorkerEnd {
@@ -157,6 +229,7 @@ pub fn run(
     config: &WorkerConfig,
     runtime: &Handle,
     leave: &Leave,
+    watch: &WorkerWatch,
 ) -> Result<WorkerEnd, ClusterError> {
     let (client, js) = runtime.block_on(super::connect(&config.cluster, "worker"))?;
     let (buckets, lease) = runtime.block_on(lease::buckets(&js, &config.cluster))?;
@@ -229,7 +302,7 @@ pub fn run(
         ended_due: false,
     };
     info!(worker = %config.name, capacity = config.capacity, lease_ms = lease.as_millis() as u64, "worker started");
-    Ok(worker.drive(&doorbell, leave))
+    Ok(worker.drive(&doorbell, leave, watch))
 }
 
 fn new_incarnation() -> String {
@@ -278,9 +351,22 @@ struct Worker<'a> {
 }
 
 impl Worker<'_> {
-    fn drive(&mut self, doorbell: &inbox::Doorbell, leave: &Leave) -> WorkerEnd {
+    fn drive(
+        &mut self,
+        doorbell: &inbox::Doorbell,
+        leave: &Leave,
+        watch: &WorkerWatch,
+    ) -> WorkerEnd {
         let tick = self.config.core.tick;
         loop {
+            let renewed = self.view().last_ok;
+            watch.record(
+                self.live.len(),
+                self.ended.len(),
+                self.epoch,
+                renewed,
+                self.lease,
+            );
             if leave.level() >= 2 {
                 self.transport.abort_all();
                 return WorkerEnd::Forced;

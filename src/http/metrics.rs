@@ -31,6 +31,42 @@ pub(crate) fn registry(shared: &Arc<Shared>) -> Registry {
     registry
 }
 
+/// A worker's registry (`switchboard worker --http`).
+pub(crate) fn worker_registry(watch: &crate::cluster::worker::WorkerWatch) -> Registry {
+    let mut registry = Registry::with_prefix("switchboard");
+    registry.register_collector(Box::new(WorkerCollector(watch.clone())));
+    registry
+}
+
+#[derive(Debug)]
+struct WorkerCollector(crate::cluster::worker::WorkerWatch);
+
+impl prometheus_client::collector::Collector for WorkerCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let w = &self.0;
+        let int = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        gauge(&mut e, "worker_sockets", "Team sockets this worker holds", None, int(w.sockets() as u64))?;
+        gauge(&mut e, "worker_epoch", "The leader epoch this worker obeys (0: none yet)", None, int(w.epoch()))?;
+        gauge(
+            &mut e,
+            "worker_ended_kept",
+            "Ended sockets' readings kept for a leader's call",
+            None,
+            int(w.ended() as u64),
+        )?;
+        if let Some(age) = w.lease_age() {
+            let age = ConstGauge::new(age.as_secs_f64());
+            age.encode(e.encode_descriptor(
+                "worker_lease_age",
+                "Time since this worker's lease was last renewed",
+                Some(&Unit::Seconds),
+                age.metric_type(),
+            )?)?;
+        }
+        process(&mut e)
+    }
+}
+
 /// Encodes the registry as Prometheus text (0.0.4), or OpenMetrics text
 /// with `openmetrics`.
 pub(crate) fn render(registry: &Registry, openmetrics: bool) -> Result<String, fmt::Error> {

@@ -10,6 +10,7 @@ pub mod book;
 pub mod host;
 mod metrics;
 pub mod serve;
+pub mod worker;
 pub mod view;
 
 use std::net::SocketAddr;
