@@ -185,6 +185,11 @@ fn workers(dir: &Path, nats: &str) -> Vec<Proc> {
         .collect()
 }
 
+/// One core, `core`, with its state file `s.redb`.
+fn one_core(dir: &Path, nats: &str, global: &str) -> Proc {
+    core(dir, nats, "core", global, &dir.join("s.redb"))
+}
+
 /// `core1` leading and `core2` standing by, each waited for; their state
 /// files `one` and `two` (one path: as on one machine).
 async fn two_cores(dir: &Path, nats: &str, global: &str, one: &Path, two: &Path) -> (Proc, Proc) {
@@ -385,13 +390,7 @@ async fn a_killed_worker_s_teams_come_back_on_the_others_and_never_twice() {
     let messages = 800;
     let server = simulator(teams, messages, Chaos::none()).await;
     let workers = workers(dir.path(), &nats.url());
-    let leader = core(
-        dir.path(),
-        &nats.url(),
-        "core",
-        &server.global_url(),
-        &dir.path().join("s.redb"),
-    );
+    let leader = one_core(dir.path(), &nats.url(), &server.global_url());
     written(&server, teams * messages / 4).await;
     workers[1].signal("-KILL");
     let killed = Instant::now();
@@ -481,13 +480,7 @@ async fn sigterm_hands_each_worker_s_teams_over_and_loses_nothing() {
         .iter()
         .map(|n| worker(dir.path(), &nats.url(), n))
         .collect();
-    let leader = core(
-        dir.path(),
-        &nats.url(),
-        "core",
-        &server.global_url(),
-        &dir.path().join("s.redb"),
-    );
+    let leader = one_core(dir.path(), &nats.url(), &server.global_url());
     // A rolling deploy: each worker in turn is told to go, and a new one
     // takes its place once it has.
     for (i, name) in ["a2", "b2", "c2"].iter().enumerate() {
@@ -529,13 +522,7 @@ async fn a_paused_worker_fences_itself_and_its_teams_move() {
     let messages = 1000;
     let server = simulator(teams, messages, Chaos::none()).await;
     let workers = workers(dir.path(), &nats.url());
-    let leader = core(
-        dir.path(),
-        &nats.url(),
-        "core",
-        &server.global_url(),
-        &dir.path().join("s.redb"),
-    );
+    let leader = one_core(dir.path(), &nats.url(), &server.global_url());
     written(&server, teams * messages / 5).await;
     let pause = LEASE * 3;
     workers[1].signal("-STOP");

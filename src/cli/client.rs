@@ -544,6 +544,23 @@ pub fn run_client_on(
     }
 }
 
+/// A leader keeps its saved teams in the cluster too, for a standby on
+/// another machine, and resumes from whichever of its file and that copy
+/// counted more.
+fn with_cluster_copy(
+    leading: &super::cluster::Leading,
+    runtime: &tokio::runtime::Runtime,
+    global_url: &str,
+    file: Option<Persistence>,
+    service: &ServiceArgs,
+) -> Result<Option<Persistence>, ExitCode> {
+    let (mirror, saved) = leading.state(runtime, global_url)?;
+    Ok(Some(match file {
+        Some(file) => file.with_mirror(mirror, saved),
+        None => Persistence::mirror_only(mirror, saved, service.state_interval.into()),
+    }))
+}
+
 /// `switchboard connect URL`.
 pub fn connect(
     global_url: String,
@@ -571,19 +588,14 @@ pub fn connect(
         Ok(persistence) => persistence,
         Err(code) => return code,
     };
-    // A leader keeps its saved teams in the cluster too, for a standby on
-    // another machine, and resumes from whichever copy counted more.
-    let persistence = match leading
-        .as_ref()
-        .map(|l| l.state(&runtime, &global_url))
-        .transpose()
-    {
-        Err(code) => return code,
-        Ok(None) => persistence,
-        Ok(Some((mirror, saved))) => Some(match persistence {
-            Some(file) => file.with_mirror(mirror, saved),
-            None => Persistence::mirror_only(mirror, saved, service.state_interval.into()),
-        }),
+    let persistence = match leading.as_ref() {
+        Some(leading) => {
+            match with_cluster_copy(leading, &runtime, &global_url, persistence, service) {
+                Ok(persistence) => persistence,
+                Err(code) => return code,
+            }
+        }
+        None => persistence,
     };
     let recorder = match service.recorder(&config) {
         Ok(recorder) => recorder,

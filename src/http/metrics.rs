@@ -55,13 +55,7 @@ impl prometheus_client::collector::Collector for WorkerCollector {
             int(w.ended() as u64),
         )?;
         if let Some(age) = w.lease_age() {
-            let age = ConstGauge::new(age.as_secs_f64());
-            age.encode(e.encode_descriptor(
-                "worker_lease_age",
-                "Time since this worker's lease was last renewed",
-                Some(&Unit::Seconds),
-                age.metric_type(),
-            )?)?;
+            seconds(&mut e, "worker_lease_age", "Time since this worker's lease was last renewed", age)?;
         }
         process(&mut e)
     }
@@ -106,6 +100,17 @@ fn gauge(
 ) -> Result<(), fmt::Error> {
     let metric = ConstGauge::new(value);
     metric.encode(encoder.encode_descriptor(name, help, unit, metric.metric_type())?)
+}
+
+/// A duration gauge, in seconds.
+fn seconds(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: std::time::Duration,
+) -> Result<(), fmt::Error> {
+    let metric = ConstGauge::new(value.as_secs_f64());
+    metric.encode(encoder.encode_descriptor(name, help, Some(&Unit::Seconds), metric.metric_type())?)
 }
 
 /// One labelled series per key.
@@ -310,13 +315,7 @@ fn process(e: &mut DescriptorEncoder) -> Result<(), fmt::Error> {
 /// The cluster this process leads (`--cluster`).
 fn cluster(e: &mut DescriptorEncoder, watch: &crate::cluster::LeaderWatch) -> Result<(), fmt::Error> {
     gauge(e, "cluster_epoch", "The leader lease's epoch this process leads in", None, i64::try_from(watch.epoch).unwrap_or(i64::MAX))?;
-    let age = ConstGauge::new(watch.lease_age().as_secs_f64());
-    age.encode(e.encode_descriptor(
-        "cluster_lease_age",
-        "Time since the leader lease was last renewed",
-        Some(&Unit::Seconds),
-        age.metric_type(),
-    )?)?;
+    seconds(e, "cluster_lease_age", "Time since the leader lease was last renewed", watch.lease_age())?;
     let workers = watch.workers();
     family(
         e,
