@@ -161,7 +161,12 @@ fn lease() -> String {
 }
 
 fn worker(dir: &Path, nats: &str, name: &str) -> Proc {
-    let args = [
+    worker_with(dir, nats, name, &[])
+}
+
+/// [`worker`], with more flags.
+fn worker_with(dir: &Path, nats: &str, name: &str, extra: &[&str]) -> Proc {
+    let mut args: Vec<String> = [
         "worker",
         "--cluster",
         nats,
@@ -173,8 +178,11 @@ fn worker(dir: &Path, nats: &str, name: &str) -> Proc {
         "2s",
         "--http",
         "127.0.0.1:0",
-    ];
-    spawn(dir, name, &args.map(String::from))
+    ]
+    .map(String::from)
+    .into();
+    args.extend(extra.iter().map(|a| a.to_string()));
+    spawn(dir, name, &args)
 }
 
 /// Workers a, b and c.
@@ -203,6 +211,18 @@ async fn two_cores(dir: &Path, nats: &str, global: &str, one: &Path, two: &Path)
 }
 
 fn core(dir: &Path, nats: &str, name: &str, global: &str, state: &Path) -> Proc {
+    core_with(dir, nats, name, global, state, &[])
+}
+
+/// [`core`], with more flags.
+fn core_with(
+    dir: &Path,
+    nats: &str,
+    name: &str,
+    global: &str,
+    state: &Path,
+    extra: &[&str],
+) -> Proc {
     let mut args: Vec<String> = ["connect", global, "--cluster", nats, "--lease", &lease()]
         .map(String::from)
         .into();
@@ -216,6 +236,7 @@ fn core(dir: &Path, nats: &str, name: &str, global: &str, state: &Path) -> Proc 
         "127.0.0.1:0".into(),
     ]);
     args.extend(timing_flags());
+    args.extend(extra.iter().map(|a| a.to_string()));
     spawn(dir, name, &args)
 }
 
@@ -476,16 +497,21 @@ async fn sigterm_hands_each_worker_s_teams_over_and_loses_nothing() {
     let teams = 150;
     let messages = 800;
     let server = simulator(teams, messages, Chaos::none()).await;
+    // Publishing: the workers publish the texts, the leader the lifecycle.
+    let publish = ["--publish", &nats.url()];
     let mut workers: Vec<Proc> = ["a", "b", "c"]
         .iter()
-        .map(|n| worker(dir.path(), &nats.url(), n))
+        .map(|n| worker_with(dir.path(), &nats.url(), n, &publish))
         .collect();
-    let leader = one_core(dir.path(), &nats.url(), &server.global_url());
+    let state = dir.path().join("s.redb");
+    let global = server.global_url();
+    let leader = core_with(dir.path(), &nats.url(), "core", &global, &state, &publish);
     // A rolling deploy: each worker in turn is told to go, and a new one
     // takes its place once it has.
     for (i, name) in ["a2", "b2", "c2"].iter().enumerate() {
         written(&server, teams * messages * (i as u64 + 1) / 5).await;
-        let old = std::mem::replace(&mut workers[i], worker(dir.path(), &nats.url(), name));
+        let new = worker_with(dir.path(), &nats.url(), name, &publish);
+        let old = std::mem::replace(&mut workers[i], new);
         old.signal("-TERM");
         let log = old.log.clone();
         let (status, _) = old.exit().await;
@@ -500,7 +526,48 @@ async fn sigterm_hands_each_worker_s_teams_over_and_loses_nothing() {
     let (_, report) = leader.exit().await;
     assert_eq!(verdict.max_sockets_per_team, 1, "two sockets for a team");
     assert!(verdict.verified, "{}", verdict_problems(&verdict));
-    assert_eq!(short_by_at_most(&verdict, &counts(&report), 0), 0);
+    let counted = counts(&report);
+    assert_eq!(short_by_at_most(&verdict, &counted, 0), 0);
+    // The last workers publish what they still hold before they exit.
+    for w in workers {
+        w.signal("-TERM");
+        let (status, _) = w.exit().await;
+        assert!(status.success(), "a worker's publisher did not drain");
+    }
+    let stored = nats::read_stream(&nats.url(), "SWITCHBOARD").await;
+    published_once_each(&stored, &counted);
+}
+
+/// Every counted message of every team is in the stream once: no message
+/// id twice, each publishing worker's records of a team numbered 1, 2, 3…
+/// in order, and as many as the leader counted; each team joined once and
+/// ended stopped (published by the leader).
+fn published_once_each(stored: &[nats::Stored], counted: &BTreeMap<u64, (u64, u64)>) {
+    let ids: std::collections::BTreeSet<&str> = stored.iter().map(|s| s.msg_id.as_str()).collect();
+    assert_eq!(ids.len(), stored.len(), "a message id stored twice");
+    for (&team, &(messages, _)) in counted {
+        let subject = format!("switchboard.teams.{team}.message");
+        let mut runs: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+        for s in stored.iter().filter(|s| s.subject == subject) {
+            let run = s.payload["run"].as_str().expect("run");
+            runs.entry(run)
+                .or_default()
+                .push(s.payload["seq"].as_u64().expect("seq"));
+        }
+        let mut total = 0;
+        for (run, seqs) in &runs {
+            let want: Vec<u64> = (1..=seqs.len() as u64).collect();
+            assert_eq!(seqs, &want, "team {team}, worker run {run}: in order, once");
+            total += seqs.len() as u64;
+        }
+        assert_eq!(total, messages, "team {team}: every counted message stored");
+        let kinds = |kind: &str| {
+            let subject = format!("switchboard.teams.{team}.{kind}");
+            stored.iter().filter(|s| s.subject == subject).count()
+        };
+        assert_eq!(kinds("joined"), 1, "team {team} joined once");
+        assert_eq!(kinds("stopped"), 1, "team {team} stopped once");
+    }
 }
 
 /// Every team had a socket at the end: no "no socket" problem.

@@ -78,10 +78,10 @@ impl Where {
 pub struct ClusterArgs {
     /// Run as one core of a cluster whose team sockets live on `switchboard
     /// worker`s: lead when the leader lease is free, else wait as a standby.
-    /// Not with --publish yet: the texts are read on the workers, which do
-    /// not publish them.
+    /// With --publish, the leader publishes the teams' lifecycle events and
+    /// each worker (given --publish too) its own teams' messages.
     #[arg(long, env = "SWITCHBOARD_CLUSTER", value_parser = nats_url,
-          value_name = "NATS_URL", help_heading = HEADING, conflicts_with = "publish")]
+          value_name = "NATS_URL", help_heading = HEADING)]
     cluster: Option<String>,
     #[command(flatten)]
     place: Where,
@@ -334,6 +334,10 @@ pub struct WorkerArgs {
     ca_file: Option<std::path::PathBuf>,
     #[command(flatten)]
     http: super::client::HttpArgs,
+    /// The texts of its teams' messages are published from here (the
+    /// leader gets counts only), with the same flags as `connect`'s.
+    #[command(flatten)]
+    publish: super::publish::PublishArgs,
 }
 
 /// `switchboard worker`.
@@ -398,9 +402,17 @@ pub fn run_worker(args: &WorkerArgs) -> ExitCode {
         }
         Err(code) => return code,
     }
+    let publishing = match args.publish.begin(&runtime) {
+        Ok(publishing) => publishing,
+        Err(code) => return code,
+    };
+    if let Some(publishing) = &publishing {
+        watch.watch_publisher(publishing.watch());
+    }
+    let tap = publishing.as_ref().and_then(|p| p.tap());
     let leave = Leave::new();
     runtime.spawn(watch_signals(leave.clone()));
-    let code = match worker::run(&config, runtime.handle(), &leave, &watch) {
+    let mut code = match worker::run(&config, runtime.handle(), &leave, &watch, tap) {
         Ok(WorkerEnd::HandedOver) => ExitCode::SUCCESS,
         Ok(WorkerEnd::Forced) => ExitCode::from(130),
         Err(e) => {
@@ -408,6 +420,14 @@ pub fn run_worker(args: &WorkerArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     };
+    // Every socket has ended: what the tap still holds is published
+    // (within --publish-drain-timeout) before the exit.
+    if let Some(publishing) = publishing
+        && let Err(failed) = publishing.finish(&runtime)
+        && code == ExitCode::SUCCESS
+    {
+        code = failed;
+    }
     runtime.shutdown_background();
     code
 }

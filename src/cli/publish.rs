@@ -115,6 +115,19 @@ impl PublishArgs {
         config: &mut RunConfig,
         http: Option<&HttpServer>,
     ) -> Result<Option<Publishing>, ExitCode> {
+        let publishing = self.begin(runtime)?;
+        if let Some(publishing) = &publishing {
+            config.tap = publishing.publisher.tap();
+            if let Some(http) = http {
+                http.watch_publisher(publishing.publisher.watch());
+            }
+        }
+        Ok(publishing)
+    }
+
+    /// Starts the publisher, if asked for, without handing its tap to
+    /// anything ([`Publishing::tap`]): a cluster worker's sockets take it.
+    pub fn begin(&self, runtime: &tokio::runtime::Runtime) -> Result<Option<Publishing>, ExitCode> {
         let Some(publish) = self.config()? else {
             return Ok(None);
         };
@@ -124,10 +137,6 @@ impl PublishArgs {
         info!(url = %crate::redact::Redacted(&publish.url), stream = %publish.stream.name,
               subjects = %publish.stream.subjects(), run = publisher.run_id(),
               "publishing to NATS JetStream");
-        config.tap = publisher.tap();
-        if let Some(http) = http {
-            http.watch_publisher(publisher.watch());
-        }
         Ok(Some(Publishing {
             publisher,
             drain: publish.drain_timeout,
@@ -142,6 +151,16 @@ pub struct Publishing {
 }
 
 impl Publishing {
+    /// The tap its records come from, for the sockets.
+    pub fn tap(&self) -> Option<crate::tap::Tap> {
+        self.publisher.tap()
+    }
+
+    /// Its numbers, for `/metrics`.
+    pub fn watch(&self) -> crate::publish::PublishWatch {
+        self.publisher.watch()
+    }
+
     /// After the run: drains what is left (within the drain timeout), says
     /// what was published on stderr, and fails the exit if any record never
     /// reached NATS.

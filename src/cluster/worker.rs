@@ -106,6 +106,8 @@ struct WatchState {
     ended: std::sync::atomic::AtomicUsize,
     epoch: std::sync::atomic::AtomicU64,
     renewed: Mutex<Option<Instant>>,
+    /// Its publisher's numbers (`--publish`).
+    publish: std::sync::OnceLock<crate::publish::PublishWatch>,
 }
 
 impl WorkerWatch {
@@ -117,7 +119,18 @@ impl WorkerWatch {
             ended: Default::default(),
             epoch: Default::default(),
             renewed: Mutex::new(None),
+            publish: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Shows the publisher's numbers too.
+    pub fn watch_publisher(&self, watch: crate::publish::PublishWatch) {
+        let _ = self.0.publish.set(watch);
+    }
+
+    /// The publisher's numbers, if it publishes.
+    pub fn publisher(&self) -> Option<&crate::publish::PublishWatch> {
+        self.0.publish.get()
     }
 
     /// Team sockets it holds.
@@ -224,12 +237,15 @@ struct LeaseView {
 }
 
 /// Runs a worker until it has handed its teams over (or is forced).
-/// Blocks the calling thread, which must not be a tokio worker.
+/// Blocks the calling thread, which must not be a tokio worker. With a
+/// `tap` (`--publish`), its sockets hand every message's text to it: the
+/// texts are published here, and only counts go to the leader.
 pub fn run(
     config: &WorkerConfig,
     runtime: &Handle,
     leave: &Leave,
     watch: &WorkerWatch,
+    tap: Option<crate::tap::Tap>,
 ) -> Result<WorkerEnd, ClusterError> {
     let (client, js) = runtime.block_on(super::connect(&config.cluster, "worker"))?;
     let (buckets, lease) = runtime.block_on(lease::buckets(&js, &config.cluster))?;
@@ -274,7 +290,7 @@ pub fn run(
         events,
         &config.transport,
         &config.core,
-        None,
+        tap,
     );
     let mut worker = Worker {
         config,

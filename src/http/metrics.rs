@@ -57,6 +57,9 @@ impl prometheus_client::collector::Collector for WorkerCollector {
         if let Some(age) = w.lease_age() {
             seconds(&mut e, "worker_lease_age", "Time since this worker's lease was last renewed", age)?;
         }
+        if let Some(publisher) = w.publisher() {
+            publish(&mut e, &publisher.stats())?;
+        }
         process(&mut e)
     }
 }
