@@ -28,6 +28,9 @@ pub struct TeamLine {
     pub reconnects: u64,
     /// Round-trip time of the last answered ping, ms.
     pub rtt_ms: Option<u64>,
+    /// In a cluster, the worker holding its socket (`/teams` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker: Option<std::sync::Arc<str>>,
 }
 
 impl TeamLine {
@@ -41,6 +44,7 @@ impl TeamLine {
             props: team.counters.props_count,
             reconnects: team.health.reconnects,
             rtt_ms: team.health.rtt_ms,
+            worker: None,
         }
     }
 }
@@ -121,6 +125,7 @@ mod tests {
             props: 1,
             reconnects: 1,
             rtt_ms: Some(5),
+            worker: None,
         };
         let json = serde_json::to_value(&line).expect("serialises");
         let want = serde_json::json!({"id": 3, "state": "backoff", "connected": false,

@@ -7,6 +7,8 @@
 #[allow(dead_code)]
 #[path = "publish/nats.rs"]
 mod nats;
+#[path = "common/promtool.rs"]
+mod promtool;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -362,6 +364,42 @@ async fn two_cores_and_three_workers_keep_every_count_under_chaos() {
     );
     let metrics = http_get(&leader, "/metrics");
     assert!(metrics.contains("switchboard_cluster_epoch "), "{metrics}");
+    assert!(
+        metrics.contains("switchboard_cluster_role{role=\"leader\"} 1"),
+        "{metrics}"
+    );
+    // Each team's line on /teams names the worker holding it, one of the
+    // three, as /workers lists them.
+    let names: Vec<&str> = listed.iter().filter_map(|w| w["name"].as_str()).collect();
+    let lines: Value = serde_json::from_str(&http_get(&leader, "/teams")).expect("JSON");
+    let on_workers = lines
+        .as_array()
+        .expect("lines")
+        .iter()
+        .filter(|t| t["worker"].as_str().is_some_and(|w| names.contains(&w)))
+        .count();
+    assert!(on_workers > 150, "most teams on a named worker:\n{lines}");
+    // The standby serves too: alive, not ready, its role and the leader's
+    // epoch, and no team numbers.
+    let standby_metrics = http_get(&standby, "/metrics");
+    assert!(
+        standby_metrics.contains("switchboard_cluster_role{role=\"standby\"} 1"),
+        "{standby_metrics}"
+    );
+    assert!(
+        standby_metrics.contains("switchboard_cluster_leader_epoch "),
+        "{standby_metrics}"
+    );
+    assert!(
+        !standby_metrics.contains("switchboard_teams"),
+        "{standby_metrics}"
+    );
+    promtool::assert_promtool_accepts(&standby_metrics);
+    promtool::assert_promtool_accepts(&metrics);
+    let health: Value = serde_json::from_str(&http_get(&standby, "/healthz")).expect("JSON");
+    assert_eq!(health["role"], "standby", "{health}");
+    let ready: Value = serde_json::from_str(&http_get(&standby, "/readyz")).expect("JSON");
+    assert_eq!(ready["ready"], false, "{ready}");
     // Each worker's own /metrics and /healthz.
     for w in &workers {
         let metrics = http_get(w, "/metrics");
@@ -375,6 +413,11 @@ async fn two_cores_and_three_workers_keep_every_count_under_chaos() {
             metrics.contains("switchboard_worker_lease_age_seconds "),
             "{metrics}"
         );
+        assert!(
+            metrics.contains("switchboard_cluster_role{role=\"worker\"} 1"),
+            "{metrics}"
+        );
+        promtool::assert_promtool_accepts(&metrics);
         let health: Value = serde_json::from_str(&http_get(w, "/healthz")).expect("JSON");
         assert_eq!(health["ok"], true, "{health}");
     }

@@ -578,9 +578,19 @@ pub fn connect(
     };
     let stop = StopHandle::new();
     runtime.spawn(watch_signals(stop.clone()));
+    // HTTP first: a standby serves /metrics, /healthz and /readyz (not
+    // ready) while it waits.
+    let http = match service.http(&runtime, false) {
+        Ok(http) => http,
+        Err(code) => return code,
+    };
+    let standby = crate::cluster::StandbyWatch::default();
+    if let Some(http) = http.as_ref() {
+        http.watch_standby(standby.clone());
+    }
     // A core of a cluster stands by here until it leads: it opens the
-    // state file, HTTP and the rest only then.
-    let leading = match cluster.lead(&runtime, &stop) {
+    // state file and the rest only then.
+    let leading = match cluster.lead(&runtime, &stop, &standby) {
         Ok(leading) => leading,
         Err(code) => return code,
     };
@@ -599,10 +609,6 @@ pub fn connect(
     };
     let recorder = match service.recorder(&config) {
         Ok(recorder) => recorder,
-        Err(code) => return code,
-    };
-    let http = match service.http(&runtime, false) {
-        Ok(http) => http,
         Err(code) => return code,
     };
     if let (Some(http), Some(leading)) = (http.as_ref(), leading.as_ref()) {

@@ -137,6 +137,7 @@ impl ClusterArgs {
         &self,
         runtime: &tokio::runtime::Runtime,
         stop: &StopHandle,
+        standby: &cluster::StandbyWatch,
     ) -> Result<Option<Leading>, ExitCode> {
         let Some(url) = self.cluster.clone() else {
             return Ok(None);
@@ -157,7 +158,8 @@ impl ClusterArgs {
             ..config
         };
         let holder = format!("{}:{}", hostname(), std::process::id());
-        let lease = stand_by(runtime, stop, &buckets, &holder, lease_length)?;
+        let lease = stand_by(runtime, stop, &buckets, &holder, lease_length, standby)?;
+        standby.leads();
         info!(epoch = lease.epoch, holder, "leading");
         let roster = Roster::default();
         runtime.spawn(membership::watch(
@@ -173,12 +175,14 @@ impl ClusterArgs {
             buckets,
             roster,
             loads: Default::default(),
+            placed: Default::default(),
         };
         let watch = cluster::LeaderWatch {
             epoch: link.epoch,
             lease: lease_length,
             renewed: Arc::new(std::sync::Mutex::new(Instant::now())),
             loads: link.loads.clone(),
+            placed: link.placed.clone(),
             roster: link.roster.clone(),
         };
         runtime.spawn(keep_leading(
@@ -195,19 +199,22 @@ impl ClusterArgs {
     }
 }
 
-/// Waits as a standby (announced in the leader's bucket, for `status`)
-/// until the leader lease is free and taken, polling every tenth of a
-/// lease; `Err` (exit 0) when stopped meanwhile.
+/// Waits as a standby (announced in the leader's bucket, for `status`;
+/// shown on `watch`, for HTTP) until the leader lease is free and taken,
+/// polling every tenth of a lease; `Err` (exit 0) when stopped meanwhile.
 fn stand_by(
     runtime: &tokio::runtime::Runtime,
     stop: &StopHandle,
     buckets: &lease::Buckets,
     holder: &str,
     lease_length: Duration,
+    watch: &cluster::StandbyWatch,
 ) -> Result<LeaderLease, ExitCode> {
     let standby = lease::standby_key(holder);
     let mut said = false;
     let mut announced: Option<Instant> = None;
+    let since = Instant::now();
+    watch.waiting(since, None);
     let lease = loop {
         if stop.is_stopped() {
             info!("stopped while standing by");
@@ -221,14 +228,16 @@ fn stand_by(
                     let _ =
                         runtime.block_on(buckets.leader.put(&standby, holder.to_owned().into()));
                     announced = Some(Instant::now());
-                }
-                if !said {
                     let leader = runtime
                         .block_on(lease::current_leader(&buckets.leader))
                         .ok()
-                        .flatten();
-                    info!(leader = ?leader.map(|l| l.holder), "standby: waiting for the leader lease");
-                    said = true;
+                        .flatten()
+                        .map(|l| (l.holder, l.epoch));
+                    if !said {
+                        info!(leader = ?leader.as_ref().map(|l| &l.0), "standby: waiting for the leader lease");
+                        said = true;
+                    }
+                    watch.waiting(since, leader);
                 }
             }
             Err(e) => warn!(error = %e, "taking the leader lease"),

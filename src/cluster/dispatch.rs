@@ -31,6 +31,7 @@ use super::wire::{Command, CommandBatch, EventBatch, Inventory, ToWorker};
 use crate::bridge::{CloseReason, ConnId, NetCommand, NetEvent};
 use crate::core::{AdoptedSocket, Core, RestoreError};
 use crate::inbox::{EventSender, Wake};
+use crate::protocol::TeamId;
 
 /// Command batches waiting for the publisher task. When full, the driver
 /// waits (its next step with it): commands are never dropped.
@@ -52,6 +53,8 @@ pub struct LeaderLink {
     /// Team sockets per live worker, as the dispatch last counted them
     /// (for the leader lease's value, which `status` reads).
     pub loads: Arc<Mutex<BTreeMap<String, usize>>>,
+    /// Which worker holds each socket (for `/teams`).
+    pub placed: super::Placed,
 }
 
 /// The leader's team transport; lives on the driver thread.
@@ -148,8 +151,12 @@ impl Dispatch {
         for (name, value) in &workers {
             match answers.get(&(name.clone(), value.incarnation.clone())) {
                 Some(reported) => {
+                    let worker: Arc<str> = Arc::from(name.as_str());
                     for socket in reported.iter().filter(|s| s.open) {
                         self.book.adopt(socket.conn, name, &value.incarnation);
+                        self.placed(|p| {
+                            p.insert(socket.conn, (socket.team, worker.clone()));
+                        });
                     }
                     sockets.extend_from_slice(reported);
                 }
@@ -167,6 +174,9 @@ impl Dispatch {
         let refused = core.adopt(&sockets)?;
         for &conn in &refused {
             self.execute(NetCommand::Abort { conn });
+            self.placed(|p| {
+                p.remove(&conn);
+            });
         }
         let adopted = sockets.iter().filter(|s| s.open).count() - refused.len();
         info!(
@@ -178,6 +188,14 @@ impl Dispatch {
             "took over the workers' sockets"
         );
         Ok(adopted)
+    }
+
+    /// Updates the shared map of which worker holds each socket.
+    fn placed(
+        &self,
+        change: impl FnOnce(&mut std::collections::HashMap<ConnId, (TeamId, Arc<str>)>),
+    ) {
+        change(&mut self.link.placed.lock().unwrap_or_else(|e| e.into_inner()));
     }
 
     /// Whether the socket `conn` is a worker's (else it is the leader's
@@ -195,7 +213,14 @@ impl Dispatch {
         let conn = command.conn();
         let holder = match &command {
             Command::Open { team, .. } => match self.place(conn, *team) {
-                Some(holder) => holder,
+                Some(holder) => {
+                    let worker = Arc::from(self.book.holder(holder).worker.as_str());
+                    let team = *team;
+                    self.placed(|p| {
+                        p.insert(conn, (team, worker));
+                    });
+                    holder
+                }
                 None => {
                     let _ = self.events.send_final(NetEvent::OpenFailed {
                         conn,
@@ -214,7 +239,7 @@ impl Dispatch {
 
     /// Places `conn`, a new socket of `team`, on a live worker that is not
     /// leaving and has room; its holder.
-    fn place(&mut self, conn: ConnId, team: crate::protocol::TeamId) -> Option<usize> {
+    fn place(&mut self, conn: ConnId, team: TeamId) -> Option<usize> {
         let mut live: Vec<(String, String, usize)> = Vec::new();
         self.link.roster.each_live(|name, value| {
             if !value.leaving {
@@ -262,6 +287,9 @@ impl Dispatch {
         if let NetEvent::Closed { conn, .. } | NetEvent::OpenFailed { conn, .. } = event {
             self.book.ended(*conn);
             self.closing.remove(conn);
+            self.placed(|p| {
+                p.remove(conn);
+            });
         }
     }
 
@@ -291,6 +319,11 @@ impl Dispatch {
                 });
             }
             self.closing.extend(conns.iter().copied());
+            self.placed(|p| {
+                for conn in &conns {
+                    p.remove(conn);
+                }
+            });
             warn!(worker = %lost.worker, sockets = conns.len(), why = lost.why, "closing a lost worker's sockets");
         }
         let mut joined = std::mem::take(&mut self.joins);

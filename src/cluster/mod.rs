@@ -27,12 +27,15 @@ pub mod status;
 pub mod wire;
 pub mod worker;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use serde::Serialize;
+
+use crate::bridge::ConnId;
+use crate::protocol::TeamId;
 
 /// A lease's default length, for the leader and for each worker.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(5);
@@ -163,6 +166,47 @@ pub struct LeaderWatch {
     pub loads: Arc<Mutex<BTreeMap<String, usize>>>,
     /// The live workers.
     pub roster: membership::Roster,
+    /// Which worker holds each socket.
+    pub placed: Placed,
+}
+
+/// Each worker socket's team and holder, kept by the leader's dispatch as
+/// it places, adopts and ends them (O(1) each), read by `/teams`.
+pub type Placed = Arc<Mutex<HashMap<ConnId, (TeamId, Arc<str>)>>>;
+
+/// What a core shows while it stands by for the leader lease (`/metrics`,
+/// `/healthz`, `/readyz`): since when, and who leads. Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct StandbyWatch(Arc<Mutex<Option<Waiting>>>);
+
+/// A core standing by.
+#[derive(Clone, Debug)]
+pub struct Waiting {
+    /// Since when.
+    pub since: Instant,
+    /// The leader as last read from its lease: holder and epoch.
+    pub leader: Option<(String, u64)>,
+}
+
+impl StandbyWatch {
+    /// Standing by, with the leader as last read.
+    pub fn waiting(&self, since: Instant, leader: Option<(String, u64)>) {
+        if let Ok(mut state) = self.0.lock() {
+            *state = Some(Waiting { since, leader });
+        }
+    }
+
+    /// No longer standing by: it leads.
+    pub fn leads(&self) {
+        if let Ok(mut state) = self.0.lock() {
+            *state = None;
+        }
+    }
+
+    /// While standing by, since when and who leads.
+    pub fn standing_by(&self) -> Option<Waiting> {
+        self.0.lock().ok().and_then(|s| s.clone())
+    }
 }
 
 /// One worker, as `/workers` lists it.
@@ -187,6 +231,21 @@ impl LeaderWatch {
             .lock()
             .map(|at| at.elapsed())
             .unwrap_or_default()
+    }
+
+    /// The worker holding each team's socket (the newest socket's, while
+    /// an old one is still closing). O(sockets): for `/teams`, once per
+    /// publication.
+    pub fn team_workers(&self) -> HashMap<TeamId, Arc<str>> {
+        let placed = self.placed.lock().unwrap_or_else(|e| e.into_inner());
+        let mut newest: HashMap<TeamId, (ConnId, Arc<str>)> = HashMap::with_capacity(placed.len());
+        for (&conn, (team, worker)) in placed.iter() {
+            let entry = newest.entry(*team).or_insert((conn, worker.clone()));
+            if conn > entry.0 {
+                *entry = (conn, worker.clone());
+            }
+        }
+        newest.into_iter().map(|(team, (_, w))| (team, w)).collect()
     }
 
     /// The live workers with their teams, by name.

@@ -45,6 +45,7 @@ impl prometheus_client::collector::Collector for WorkerCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), fmt::Error> {
         let w = &self.0;
         let int = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        role(&mut e, "worker")?;
         gauge(&mut e, "worker_sockets", "Team sockets this worker holds", None, int(w.sockets() as u64))?;
         gauge(&mut e, "worker_epoch", "The leader epoch this worker obeys (0: none yet)", None, int(w.epoch()))?;
         gauge(
@@ -160,6 +161,11 @@ fn rtt(encoder: &mut DescriptorEncoder, rtt: &RttHistogram) -> Result<(), fmt::E
 
 impl prometheus_client::collector::Collector for ViewCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), fmt::Error> {
+        if let Some(waiting) = self.0.standing_by() {
+            // No run yet: no team families, which would read as zeros.
+            standby(&mut e, &waiting)?;
+            return process(&mut e);
+        }
         let v: Arc<View> = self.0.view();
         teams(&mut e, &v)?;
         trouble(&mut e, &v)?;
@@ -315,8 +321,31 @@ fn process(e: &mut DescriptorEncoder) -> Result<(), fmt::Error> {
     Ok(())
 }
 
+/// A process's role in its cluster, as one labelled series of 1.
+fn role(e: &mut DescriptorEncoder, role: &str) -> Result<(), fmt::Error> {
+    family(
+        e,
+        "cluster_role",
+        "This process's role in its cluster (leader, standby or worker)",
+        MetricType::Gauge,
+        "role",
+        std::iter::once((role, 1)),
+    )
+}
+
+/// A core standing by for the leader lease.
+fn standby(e: &mut DescriptorEncoder, waiting: &crate::cluster::Waiting) -> Result<(), fmt::Error> {
+    role(e, "standby")?;
+    seconds(e, "cluster_standby", "Time this core has stood by for the leader lease", waiting.since.elapsed())?;
+    if let Some((_, epoch)) = &waiting.leader {
+        gauge(e, "cluster_leader_epoch", "The epoch of the leader this standby last read", None, i64::try_from(*epoch).unwrap_or(i64::MAX))?;
+    }
+    Ok(())
+}
+
 /// The cluster this process leads (`--cluster`).
 fn cluster(e: &mut DescriptorEncoder, watch: &crate::cluster::LeaderWatch) -> Result<(), fmt::Error> {
+    role(e, "leader")?;
     gauge(e, "cluster_epoch", "The leader lease's epoch this process leads in", None, i64::try_from(watch.epoch).unwrap_or(i64::MAX))?;
     seconds(e, "cluster_lease_age", "Time since the leader lease was last renewed", watch.lease_age())?;
     let workers = watch.workers();

@@ -130,6 +130,13 @@ impl HttpServer {
         let _ = self.shared.cluster.set(watch);
     }
 
+    /// Shows a core of a cluster standing by: `/healthz` answers for the
+    /// process, `/readyz` says it is not ready (only the leader is), and
+    /// `/metrics` carries its role, the cluster's and the process's own.
+    pub fn watch_standby(&self, watch: crate::cluster::StandbyWatch) {
+        let _ = self.shared.standby.set(watch);
+    }
+
     /// Adds the NATS publisher's numbers to `/metrics` (the first one
     /// attached stays).
     pub fn watch_publisher(&self, watch: crate::publish::PublishWatch) {
@@ -176,6 +183,12 @@ async fn metrics_text(
 /// (The step count is no proof: it stands still while the driver sleeps
 /// with nothing due.)
 async fn healthz(State(state): State<Arc<AppState>>) -> Response {
+    if let Some(waiting) = state.shared.standing_by() {
+        return answer(
+            StatusCode::OK,
+            json!({"ok": true, "role": "standby", "standby_ms": waiting.since.elapsed().as_millis() as u64}),
+        );
+    }
     match state.shared.driver_alive(ANSWER_WITHIN).await {
         Some(wakes) => answer(StatusCode::OK, json!({"ok": true, "driver_wakes": wakes})),
         None => answer(
@@ -189,7 +202,12 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Response {
 /// the request timeout.
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let view = state.shared.view();
-    let why = if view.at.is_none() {
+    let why = if let Some(waiting) = state.shared.standing_by() {
+        Some(match waiting.leader {
+            Some((holder, epoch)) => format!("standby: {holder} leads (epoch {epoch})"),
+            None => "standby: no leader seen yet".to_owned(),
+        })
+    } else if view.at.is_none() {
         Some("no run yet".to_owned())
     } else if !view.global_ready {
         Some(format!(
@@ -250,7 +268,14 @@ async fn teams(State(state): State<Arc<AppState>>) -> Response {
     let pages = state.shared.pages();
     let mut cached = state.teams_json.lock().await;
     if cached.0 != pages.version {
-        match serde_json::to_vec(&pages.lines()) {
+        let mut lines = pages.lines();
+        if let Some(cluster) = state.shared.cluster.get() {
+            let workers = cluster.team_workers();
+            for line in &mut lines {
+                line.worker = workers.get(&line.id).cloned();
+            }
+        }
+        match serde_json::to_vec(&lines) {
             Ok(json) => *cached = (pages.version, json.into()),
             Err(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
         }

@@ -147,6 +147,16 @@ pub struct Shared {
     pub publish: std::sync::OnceLock<crate::publish::PublishWatch>,
     /// The cluster, when this process leads one.
     pub cluster: std::sync::OnceLock<crate::cluster::LeaderWatch>,
+    /// A core of a cluster: whether it stands by.
+    pub standby: std::sync::OnceLock<crate::cluster::StandbyWatch>,
+}
+
+impl Shared {
+    /// While this core stands by for the leader lease: since when, and who
+    /// leads.
+    pub fn standing_by(&self) -> Option<crate::cluster::Waiting> {
+        self.standby.get().and_then(|w| w.standing_by())
+    }
 }
 
 /// Reads a published pointer, whatever a panicking writer left.
@@ -175,6 +185,7 @@ impl Shared {
             started: Instant::now(),
             publish: std::sync::OnceLock::new(),
             cluster: std::sync::OnceLock::new(),
+            standby: std::sync::OnceLock::new(),
         })
     }
 

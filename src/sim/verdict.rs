@@ -317,6 +317,7 @@ mod tests {
             props,
             reconnects: 0,
             rtt_ms: None,
+            worker: None,
         }
     }
 
