@@ -121,6 +121,10 @@ pub enum RunEnd {
     ShutdownTimedOut(ShutdownCause),
     /// A forced stop: sockets were dropped without waiting.
     Forced,
+    /// A cluster's leader asked to stop: it ended without closing any team
+    /// socket, which stay on the workers for the next leader to adopt (the
+    /// Global link is closed; the state is saved as at any end).
+    HandedOver,
     /// Global stayed unreachable for longer than `give_up_after`.
     GaveUp {
         /// How long it was down.
@@ -315,6 +319,12 @@ impl<'a> Driver<'a> {
                 return RunEnd::Forced;
             }
             if stop.is_stopped() && self.core.shutdown_cause().is_none() {
+                if self.dispatch.is_some() {
+                    info!(
+                        "stop requested: handing the lead over; the team sockets stay on the workers"
+                    );
+                    return RunEnd::HandedOver;
+                }
                 info!("stop requested: closing every connection");
                 self.core.shutdown();
             }

@@ -529,7 +529,7 @@ pub fn run_client_on(
         "run over"
     );
     match &outcome.end {
-        RunEnd::Finished(_) | RunEnd::ShutdownTimedOut(_) => Ok(outcome),
+        RunEnd::Finished(_) | RunEnd::ShutdownTimedOut(_) | RunEnd::HandedOver => Ok(outcome),
         RunEnd::Forced => Err(ExitCode::from(130)),
         RunEnd::GaveUp {
             down_for,
@@ -634,9 +634,13 @@ pub fn connect(
         Ok(_) => ExitCode::SUCCESS,
         Err(code) => code,
     };
-    if leading.as_ref().is_some_and(|l| l.deposed()) {
-        eprintln!("error: lost the leader lease; a standby leads now");
-        code = ExitCode::FAILURE;
+    if let Some(leading) = leading {
+        if leading.deposed() {
+            eprintln!("error: lost the leader lease; a standby leads now");
+            code = ExitCode::FAILURE;
+        } else {
+            leading.release(&runtime);
+        }
     }
     if let Some(publishing) = publishing
         && let Err(failed) = publishing.finish(&runtime)
