@@ -434,6 +434,9 @@ impl<'a> Driver<'a> {
         for sidecar in sidecars.iter() {
             wake_by = earliest(wake_by, sidecar.next_wake());
         }
+        if let Some(dispatch) = &self.dispatch {
+            wake_by = earliest(wake_by, dispatch.next_wake());
+        }
         if let Some(cause) = self.core.shutdown_cause() {
             // Past this, a shutdown stops waiting for close handshakes.
             let limit = *self.shutdown_at.get_or_insert(now)

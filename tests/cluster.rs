@@ -646,6 +646,92 @@ fn every_team_reconnected(verdict: &Verdict) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_joins_takes_its_share_of_the_placed_teams() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = Nats::start(&dir.path().join("js"), 0);
+    let teams = 150;
+    let messages = 800;
+    let server = simulator(teams, messages, Chaos::none()).await;
+    let _first = [
+        worker(dir.path(), &nats.url(), "a"),
+        worker(dir.path(), &nats.url(), "b"),
+    ];
+    let state = dir.path().join("s.redb");
+    let global = server.global_url();
+    let leader = core_with(
+        dir.path(),
+        &nats.url(),
+        "core",
+        &global,
+        &state,
+        &["--move-rate", "20"],
+    );
+    written(&server, teams * messages / 5).await;
+    let _c = worker(dir.path(), &nats.url(), "c");
+    // Every team ends on its first choice of the three: the teams that
+    // rank c first moved to it, and no other team moved.
+    let names = ["a", "b", "c"];
+    let started = Instant::now();
+    loop {
+        let lines: Value = serde_json::from_str(&http_get(&leader, "/teams")).expect("JSON");
+        let misplaced = lines
+            .as_array()
+            .expect("lines")
+            .iter()
+            .filter(|t| {
+                let team = switchboard::protocol::TeamId(t["id"].as_u64().expect("id"));
+                let first = switchboard::cluster::placement::choose(
+                    team,
+                    names
+                        .iter()
+                        .map(|name| switchboard::cluster::placement::Slot {
+                            name,
+                            load: 0,
+                            capacity: usize::MAX,
+                        }),
+                );
+                t["worker"].as_str() != first
+            })
+            .count();
+        if misplaced == 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "{misplaced} teams not on their first choice:\n{lines}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let metrics = http_get(&leader, "/metrics");
+    let moved: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("switchboard_cluster_moves_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no move counter:\n{metrics}"));
+    eprintln!("moved {moved} of {teams} teams onto the worker that joined");
+    assert!((20..=80).contains(&moved), "about a third moved: {moved}");
+    let verdict = verdict(server).await;
+    let (_, report) = leader.exit().await;
+    assert_eq!(verdict.max_sockets_per_team, 1, "two sockets for a team");
+    assert!(verdict.verified, "{}", verdict_problems(&verdict));
+    assert_eq!(short_by_at_most(&verdict, &counts(&report), 0), 0);
+    let dropped: u64 = counts_of(&report, "reconnects");
+    assert_eq!(dropped, moved, "each moved team dropped once, no other");
+}
+
+/// The sum of one field over a JSON report's teams.
+fn counts_of(report: &[u8], field: &str) -> u64 {
+    let report: Value = serde_json::from_slice(report).expect("a JSON report");
+    report["teams"]
+        .as_array()
+        .expect("teams")
+        .iter()
+        .filter_map(|t| t[field].as_u64())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_worker_fences_itself_and_its_teams_move() {
     let _one = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");

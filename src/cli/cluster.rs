@@ -85,6 +85,12 @@ pub struct ClusterArgs {
     cluster: Option<String>,
     #[command(flatten)]
     place: Where,
+    /// Teams moved a second onto a worker that joins (each closed on its
+    /// worker and reopened on the new one); 0: a worker that joins takes
+    /// only new sockets.
+    #[arg(long, env = "SWITCHBOARD_MOVE_RATE", value_name = "TEAMS_PER_SECOND",
+          default_value_t = cluster::DEFAULT_MOVE_RATE, help_heading = HEADING)]
+    move_rate: u32,
 }
 
 /// A core that holds the leader lease: what the driver needs, and how the
@@ -194,6 +200,8 @@ impl ClusterArgs {
             roster,
             loads: Default::default(),
             placed: Default::default(),
+            move_rate: self.move_rate,
+            moves: Default::default(),
         };
         let watch = cluster::LeaderWatch {
             epoch: link.epoch,
@@ -201,6 +209,7 @@ impl ClusterArgs {
             renewed: Arc::new(std::sync::Mutex::new(Instant::now())),
             loads: link.loads.clone(),
             placed: link.placed.clone(),
+            moves: link.moves.clone(),
             roster: link.roster.clone(),
         };
         let release = Arc::new(tokio::sync::Notify::new());

@@ -27,6 +27,7 @@ use super::book::{Book, Candidate};
 use super::lease::Buckets;
 use super::lease::{WorkerValue, worker_value};
 use super::membership::Roster;
+use super::rebalance::{self, Rebalance};
 use super::wire::{Command, CommandBatch, EventBatch, Inventory, ToWorker};
 use crate::bridge::{CloseReason, ConnId, NetCommand, NetEvent};
 use crate::core::{AdoptedSocket, Core, RestoreError};
@@ -55,6 +56,10 @@ pub struct LeaderLink {
     pub loads: Arc<Mutex<BTreeMap<String, usize>>>,
     /// Which worker holds each socket (for `/teams`).
     pub placed: super::Placed,
+    /// Teams moved a second onto a worker that joins (0: none).
+    pub move_rate: u32,
+    /// The rebalancing's numbers (for `/metrics`).
+    pub moves: Arc<super::Moves>,
 }
 
 /// The leader's team transport; lives on the driver thread.
@@ -78,6 +83,8 @@ pub struct Dispatch {
     /// A lost worker's sockets whose synthesized close the core has not
     /// taken yet.
     closing: std::collections::HashSet<ConnId>,
+    /// Moves onto workers that joined.
+    rebalance: Rebalance,
 }
 
 /// How often the shared loads are recounted (O(workers)).
@@ -108,7 +115,6 @@ impl Dispatch {
             Err(error) => warn!(%error, subject, "cannot take the workers' events"),
         }
         Dispatch {
-            link,
             events,
             book: Book::default(),
             pending: BTreeMap::new(),
@@ -119,6 +125,8 @@ impl Dispatch {
             held: Vec::new(),
             joins: Vec::new(),
             closing: std::collections::HashSet::new(),
+            rebalance: Rebalance::new(link.move_rate, Instant::now()),
+            link,
         }
     }
 
@@ -328,6 +336,12 @@ impl Dispatch {
         }
         let mut joined = std::mem::take(&mut self.joins);
         joined.extend(self.link.roster.take_joined());
+        for (name, value) in &joined {
+            if !value.leaving {
+                self.plan_moves(name);
+            }
+        }
+        self.move_some();
         if !joined.is_empty() {
             let (link, answers) = (self.link.clone(), self.reports.0.clone());
             self.runtime.spawn(async move {
@@ -354,6 +368,93 @@ impl Dispatch {
     /// Sockets on each live worker, by name.
     pub fn loads(&self) -> BTreeMap<String, usize> {
         self.book.loads()
+    }
+
+    /// `to` joined: plans the moves onto it (O(sockets), once per join).
+    fn plan_moves(&mut self, to: &str) {
+        let placed = self.link.placed.lock().unwrap_or_else(|e| e.into_inner());
+        let queued = self.rebalance.joined(
+            to,
+            placed
+                .iter()
+                .map(|(&conn, (team, worker))| rebalance::Placed {
+                    conn,
+                    team: *team,
+                    worker,
+                }),
+        );
+        drop(placed);
+        if queued > 0 {
+            info!(
+                worker = to,
+                teams = queued,
+                rate = self.link.move_rate,
+                "moving teams onto a worker that joined"
+            );
+        }
+    }
+
+    /// Asks the holders of the moves now due to close those sockets, and
+    /// sends the closes at once (no step may be due).
+    fn move_some(&mut self) {
+        if self.rebalance.queued() == 0 {
+            return;
+        }
+        let mut room: BTreeMap<String, usize> = BTreeMap::new();
+        self.link.roster.each_live(|name, value| {
+            if !value.leaving {
+                room.insert(name.to_owned(), value.capacity);
+            }
+        });
+        for (name, load) in self.book.loads() {
+            if let Some(free) = room.get_mut(&name) {
+                *free = free.saturating_sub(load);
+            }
+        }
+        let placed = self.link.placed.clone();
+        let placed = placed.lock().unwrap_or_else(|e| e.into_inner());
+        let (book, closing) = (&self.book, &self.closing);
+        let due = self.rebalance.due(Instant::now(), |conn, to| {
+            let held = book.holder_of(conn).is_some() && !closing.contains(&conn);
+            let ranks = placed
+                .get(&conn)
+                .is_some_and(|(team, from)| super::placement::prefers(*team, to, from));
+            match room.get_mut(to) {
+                Some(free) if held && ranks && *free > 0 => {
+                    *free -= 1;
+                    true
+                }
+                _ => false,
+            }
+        });
+        drop(placed);
+        for (conn, _) in &due {
+            if let Some(holder) = self.book.holder_of(*conn) {
+                self.pending
+                    .entry(holder)
+                    .or_default()
+                    .push(Command::Close {
+                        conn: *conn,
+                        code: crate::bridge::CLOSE_NORMAL,
+                    });
+            }
+        }
+        let moves = &self.link.moves;
+        moves
+            .asked
+            .store(self.rebalance.asked, std::sync::atomic::Ordering::Relaxed);
+        moves.queued.store(
+            self.rebalance.queued() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        if !due.is_empty() {
+            self.flush();
+        }
+    }
+
+    /// When the next move is due, for the driver's sleep.
+    pub fn next_wake(&self) -> Option<Instant> {
+        self.rebalance.next_due()
     }
 }
 

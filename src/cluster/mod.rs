@@ -12,6 +12,8 @@
 //! - [`dispatch`]: the leader's side of the transport: places each team on
 //!   a worker ([`placement`]), sends the commands, takes the events, and
 //!   closes a lost worker's sockets in the core's eyes.
+//! - [`rebalance`]: moving teams onto a worker that joins, at a bounded
+//!   rate (pure).
 //! - [`state`]: the leader's saved teams copied to KV, for a standby on
 //!   another machine.
 //! - [`status`]: what `switchboard status --cluster` reads and prints.
@@ -22,6 +24,7 @@ pub mod dispatch;
 pub mod lease;
 pub mod membership;
 pub mod placement;
+pub mod rebalance;
 pub mod state;
 pub mod status;
 pub mod wire;
@@ -39,6 +42,9 @@ use crate::protocol::TeamId;
 
 /// A lease's default length, for the leader and for each worker.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(5);
+
+/// Teams a leader moves a second onto a worker that joins, by default.
+pub const DEFAULT_MOVE_RATE: u32 = 100;
 
 /// The default cluster name: the prefix of its subjects and buckets.
 pub const DEFAULT_NAME: &str = "switchboard";
@@ -168,6 +174,17 @@ pub struct LeaderWatch {
     pub roster: membership::Roster,
     /// Which worker holds each socket.
     pub placed: Placed,
+    /// Moves onto joining workers: asked for, and waiting.
+    pub moves: Arc<Moves>,
+}
+
+/// The leader's rebalancing, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Moves {
+    /// Closes asked for to move a team onto a worker that joined.
+    pub asked: std::sync::atomic::AtomicU64,
+    /// Moves waiting for the rate.
+    pub queued: std::sync::atomic::AtomicU64,
 }
 
 /// Each worker socket's team and holder, kept by the leader's dispatch as

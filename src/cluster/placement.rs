@@ -33,6 +33,11 @@ pub fn choose<'a>(team: TeamId, workers: impl IntoIterator<Item = Slot<'a>>) -> 
         .map(|w| w.name)
 }
 
+/// Whether `team` ranks worker `a` above worker `b` (room aside).
+pub fn prefers(team: TeamId, a: &str, b: &str) -> bool {
+    (weight(team, a), a) > (weight(team, b), b)
+}
+
 /// The pair's rank: FNV-1a of the worker's name, mixed with the team id
 /// (splitmix64's finaliser), stable across releases and machines.
 fn weight(team: TeamId, worker: &str) -> u64 {

@@ -348,6 +348,20 @@ fn cluster(e: &mut DescriptorEncoder, watch: &crate::cluster::LeaderWatch) -> Re
     role(e, "leader")?;
     gauge(e, "cluster_epoch", "The leader lease's epoch this process leads in", None, i64::try_from(watch.epoch).unwrap_or(i64::MAX))?;
     seconds(e, "cluster_lease_age", "Time since the leader lease was last renewed", watch.lease_age())?;
+    let moves = &watch.moves;
+    counter(
+        e,
+        "cluster_moves",
+        "Teams moved onto a worker that joined (closed on their worker to reopen on it)",
+        moves.asked.load(std::sync::atomic::Ordering::Relaxed),
+    )?;
+    gauge(
+        e,
+        "cluster_moves_queued",
+        "Moves onto a worker that joined waiting for the move rate",
+        None,
+        i64::try_from(moves.queued.load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(i64::MAX),
+    )?;
     let workers = watch.workers();
     family(
         e,
