@@ -357,10 +357,12 @@ impl Dispatch {
         if self.held.is_empty() {
             return Vec::new();
         }
-        let closing = &self.closing;
+        // Until the core has taken the socket's end (and given it up, if
+        // its worker did): a reading applied before that would be lost.
+        let (closing, book) = (&self.closing, &self.book);
         let (wait, ready): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held)
             .into_iter()
-            .partition(|s| closing.contains(&s.conn));
+            .partition(|s| closing.contains(&s.conn) || book.holder_of(s.conn).is_some());
         self.held = wait;
         ready
     }
@@ -592,7 +594,24 @@ async fn ingress(
         let key = (batch.worker, batch.incarnation);
         let expected = next.entry(key.clone()).or_insert(1);
         if *expected == 0 {
-            continue; // revoked
+            // Revoked: what came between is lost, but each socket it says
+            // ended has (break before make holds), and the core gives it
+            // up at once rather than at the worker's loss; its reading
+            // comes when the worker registers again.
+            for event in batch.events {
+                let ended = match event {
+                    NetEvent::Closed { conn, .. } => NetEvent::Closed {
+                        conn,
+                        reason: CloseReason::WorkerLost,
+                    },
+                    failed @ NetEvent::OpenFailed { .. } => failed,
+                    _ => continue,
+                };
+                if events.send_final(ended).is_err() {
+                    return;
+                }
+            }
+            continue;
         }
         if batch.seq != *expected {
             warn!(worker = %key.0, expected = *expected, got = batch.seq, "events lost in transit; revoking the worker");
@@ -604,6 +623,19 @@ async fn ingress(
         *expected += 1;
         if !batch.ended.is_empty() {
             let _ = reports.send(batch.ended);
+        }
+        if batch.events.iter().any(|e| {
+            matches!(
+                e,
+                NetEvent::Closed {
+                    reason: CloseReason::WorkerLost,
+                    ..
+                }
+            )
+        }) {
+            // It is fencing: nothing new goes to it (its lease's lapse or
+            // its next incarnation makes it lost).
+            link.roster.revoke(&key.0, &key.1);
         }
         for event in batch.events {
             let terminal = matches!(event, NetEvent::Closed { .. } | NetEvent::OpenFailed { .. });

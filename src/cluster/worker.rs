@@ -22,6 +22,9 @@
 //!   reads anything more.
 //! - A command batch out of sequence (NATS lost one) is the same: fence,
 //!   then come back as a new incarnation.
+//! - While it fences, each socket's end still goes to the leader, in the
+//!   fenced incarnation's stream, as `worker lost`: the leader gives the
+//!   team up as soon as its socket has closed, not a lease later.
 //! - SIGTERM hands its teams over: it marks itself leaving (the leader
 //!   places nothing new on it), closes every socket with a normal close
 //!   (the leader re-requests each team elsewhere, once), deletes its lease
@@ -41,7 +44,7 @@ use tracing::{info, warn};
 use super::lease::{self, WorkerLease, WorkerValue};
 use super::wire::{CommandBatch, EventBatch, Inventory, SOCKETS_PER_PART, ToWorker};
 use super::{ClusterConfig, ClusterError};
-use crate::bridge::{CLOSE_NORMAL, ConnId, ConnKind, NetCommand, NetEvent};
+use crate::bridge::{CLOSE_NORMAL, CloseReason, ConnId, ConnKind, NetCommand, NetEvent};
 use crate::core::{AdoptedSocket, Config};
 use crate::inbox::{self, EventReceiver, Wake};
 use crate::protocol::TeamId;
@@ -309,6 +312,7 @@ pub fn run(
         live: HashMap::new(),
         ended: VecDeque::new(),
         discarding: false,
+        fenced_from: None,
         outgoing: Vec::new(),
         sent: 0,
         last_flush: Instant::now(),
@@ -352,6 +356,10 @@ struct Worker<'a> {
     ended: VecDeque<(Instant, AdoptedSocket)>,
     /// Every live socket is being ended: none of their events is sent.
     discarding: bool,
+    /// Fencing: the incarnation whose stream still carries each ending
+    /// socket's close, as [`CloseReason::WorkerLost`], so that the leader
+    /// learns it has ended without waiting for this incarnation's loss.
+    fenced_from: Option<String>,
     outgoing: Vec<NetEvent>,
     /// Event batches sent in this (epoch, incarnation).
     sent: u64,
@@ -474,6 +482,9 @@ impl Worker<'_> {
             self.fence(last_ok);
         }
         if self.want.incarnation.is_none() && self.live.is_empty() && self.leaving_since.is_none() {
+            // The fenced stream's last closes go before it is given up.
+            self.flush();
+            self.fenced_from = None;
             self.want.incarnation = Some(new_incarnation());
             self.expected = 1;
             self.sent = 0;
@@ -501,9 +512,8 @@ impl Worker<'_> {
             self.transport.abort_all();
         }
         self.discarding = true;
-        self.outgoing.clear();
         self.held = None;
-        self.want.incarnation = None;
+        self.fenced_from = self.want.incarnation.take();
         let _ = self.desired.send(self.want.clone());
     }
 
@@ -526,6 +536,7 @@ impl Worker<'_> {
         let ended = &mut self.ended;
         let outgoing = &mut self.outgoing;
         let discarding = self.discarding;
+        let fenced = self.fenced_from.is_some();
         let now = Instant::now();
         let most_ended = self.config.capacity.saturating_mul(2).max(1);
         self.inbox.drain(usize::MAX, |event| {
@@ -554,6 +565,17 @@ impl Worker<'_> {
             }
             if !discarding && !orphan {
                 outgoing.push(event);
+            } else if fenced && !orphan {
+                // Ended by the fence: the leader gives the socket up (its
+                // reading is reported when this worker registers again).
+                match event {
+                    NetEvent::Closed { .. } => outgoing.push(NetEvent::Closed {
+                        conn,
+                        reason: CloseReason::WorkerLost,
+                    }),
+                    NetEvent::OpenFailed { .. } => outgoing.push(event),
+                    _ => {}
+                }
             }
         });
         let kept = ended_kept(self.lease);
@@ -774,7 +796,12 @@ impl Worker<'_> {
         if self.outgoing.is_empty() && !bye && !self.ended_due {
             return;
         }
-        let Some(incarnation) = self.want.incarnation.clone() else {
+        let Some(incarnation) = self
+            .want
+            .incarnation
+            .clone()
+            .or_else(|| self.fenced_from.clone())
+        else {
             self.outgoing.clear();
             return;
         };

@@ -51,13 +51,13 @@ impl Reconcile {
     }
 
     /// This core gave `conn` up with its worker, having counted `counted`
-    /// (messages, props) of it.
+    /// (messages, props) of it. The first time counts: a second close of
+    /// the same socket (the worker's own, then the leader's for the lost
+    /// worker) comes when the team may have another socket, and must not
+    /// reset what a report already added.
     pub fn gave_up(&mut self, conn: ConnId, team: TeamId, counted: (u64, u64)) {
-        if self
-            .lost
-            .insert(conn, (team, counted.0, counted.1))
-            .is_none()
-        {
+        if let std::collections::hash_map::Entry::Vacant(slot) = self.lost.entry(conn) {
+            slot.insert((team, counted.0, counted.1));
             self.order.push_back(conn);
         }
         while self.order.len() > MOST_LOST {
@@ -124,6 +124,10 @@ mod tests {
         r.gave_up(ConnId(22), t, (6, 0));
         assert_eq!(r.unseen(mark(22, 8), TeamId(2)), (0, 0), "another team's");
         assert_eq!(r.unseen(mark(22, 8), t), (2, 0));
+        assert_eq!(r.unseen(mark(22, 8), t), (0, 0));
+        // Given up twice (the worker's close, then the loss's): the first
+        // stands, and the report adds nothing again.
+        r.gave_up(ConnId(22), t, (0, 0));
         assert_eq!(r.unseen(mark(22, 8), t), (0, 0));
         // An adopted socket counts its own events: a report of it adds
         // nothing, unless the core gave it up.
