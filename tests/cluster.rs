@@ -364,6 +364,19 @@ async fn two_cores_and_three_workers_keep_every_count_under_chaos() {
     );
     let metrics = http_get(&leader, "/metrics");
     assert!(metrics.contains("switchboard_cluster_epoch "), "{metrics}");
+    // The NATS hop was measured, and batches and bytes counted each way.
+    for counted in [
+        "switchboard_cluster_hop_seconds_count ",
+        "switchboard_cluster_event_bytes_total ",
+        "switchboard_cluster_command_bytes_total ",
+    ] {
+        let n: f64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(counted))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {counted}:\n{metrics}"));
+        assert!(n > 0.0, "{counted}{n}");
+    }
     assert!(
         metrics.contains("switchboard_cluster_role{role=\"leader\"} 1"),
         "{metrics}"

@@ -202,6 +202,7 @@ impl ClusterArgs {
             placed: Default::default(),
             move_rate: self.move_rate,
             moves: Default::default(),
+            traffic: Default::default(),
         };
         let watch = cluster::LeaderWatch {
             epoch: link.epoch,
@@ -210,6 +211,7 @@ impl ClusterArgs {
             loads: link.loads.clone(),
             placed: link.placed.clone(),
             moves: link.moves.clone(),
+            traffic: link.traffic.clone(),
             roster: link.roster.clone(),
         };
         let release = Arc::new(tokio::sync::Notify::new());

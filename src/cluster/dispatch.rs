@@ -60,6 +60,8 @@ pub struct LeaderLink {
     pub move_rate: u32,
     /// The rebalancing's numbers (for `/metrics`).
     pub moves: Arc<super::Moves>,
+    /// What crosses NATS (for `/metrics`).
+    pub traffic: Arc<super::traffic::Traffic>,
 }
 
 /// The leader's team transport; lives on the driver thread.
@@ -99,7 +101,7 @@ impl Dispatch {
         link.roster.attach(wake);
         let reports = std::sync::mpsc::channel();
         let (out, commands) = mpsc::channel(OUTBOX);
-        runtime.spawn(publish(link.client.clone(), commands));
+        runtime.spawn(publish(link.client.clone(), commands, link.traffic.clone()));
         // Subscribed before any worker is called: its first batch after
         // answering must not be missed (a gap revokes it).
         let subject = link.config.all_events();
@@ -554,8 +556,13 @@ async fn call(
 }
 
 /// Publishes command batches in order.
-async fn publish(client: async_nats::Client, mut commands: mpsc::Receiver<(String, Bytes)>) {
+async fn publish(
+    client: async_nats::Client,
+    mut commands: mpsc::Receiver<(String, Bytes)>,
+    traffic: Arc<super::traffic::Traffic>,
+) {
     while let Some((subject, body)) = commands.recv().await {
+        traffic.command_batch(body.len());
         if let Err(error) = client.publish(subject, body).await {
             warn!(%error, "publishing a command batch failed");
         }
@@ -576,6 +583,7 @@ async fn ingress(
 ) {
     let mut next: HashMap<(String, String), u64> = HashMap::new();
     while let Some(message) = batches.next().await {
+        link.traffic.event_batch(message.payload.len());
         let batch = match EventBatch::decode(&message.payload) {
             Ok(batch) => batch,
             Err(error) => {
@@ -621,6 +629,9 @@ async fn ingress(
             continue;
         }
         *expected += 1;
+        if !batch.events.is_empty() {
+            link.traffic.hop_from(batch.read_at_us);
+        }
         if !batch.ended.is_empty() {
             let _ = reports.send(batch.ended);
         }

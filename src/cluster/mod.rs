@@ -17,6 +17,7 @@
 //! - [`state`]: the leader's saved teams copied to KV, for a standby on
 //!   another machine.
 //! - [`status`]: what `switchboard status --cluster` reads and prints.
+//! - [`traffic`]: the leader's count of batches, bytes and hop latency.
 //! - [`worker`]: `switchboard worker`, the transport alone.
 
 pub mod book;
@@ -27,6 +28,7 @@ pub mod placement;
 pub mod rebalance;
 pub mod state;
 pub mod status;
+pub mod traffic;
 pub mod wire;
 pub mod worker;
 
@@ -176,6 +178,8 @@ pub struct LeaderWatch {
     pub placed: Placed,
     /// Moves onto joining workers: asked for, and waiting.
     pub moves: Arc<Moves>,
+    /// What crosses NATS, as the leader counts it.
+    pub traffic: Arc<traffic::Traffic>,
 }
 
 /// The leader's rebalancing, for `/metrics`.

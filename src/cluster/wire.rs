@@ -233,6 +233,11 @@ pub struct EventBatch {
     /// leader (a fence, an older leader's sockets ended for this one): in
     /// the first batch of a stream no adoption call began.
     pub ended: Vec<AdoptedSocket>,
+    /// The worker's wall clock (µs since the Unix epoch) when it took the
+    /// batch's oldest event off its sockets; 0: not known. The leader's
+    /// NATS-hop histogram is its own clock less this (one machine's clock,
+    /// or clocks kept in step).
+    pub read_at_us: u64,
 }
 
 impl EventBatch {
@@ -245,6 +250,7 @@ impl EventBatch {
             "inc": self.incarnation,
             "seq": self.seq,
             "bye": self.bye,
+            "at": self.read_at_us,
         });
         if !self.ended.is_empty() {
             head["ended"] = sockets_json(&self.ended);
@@ -280,6 +286,7 @@ impl EventBatch {
             seq: field_u64(&value, "seq")?,
             events,
             bye: value.get("bye").and_then(Value::as_bool).unwrap_or(false),
+            read_at_us: value.get("at").and_then(Value::as_u64).unwrap_or(0),
             ended: match value.get("ended") {
                 Some(ended) => sockets_from_json(ended)?,
                 None => Vec::new(),
@@ -551,6 +558,7 @@ mod tests {
                 props: 1,
                 open: false,
             }],
+            read_at_us: 1_796_300_000_000_000,
         };
         assert_eq!(EventBatch::decode(&events.encode()), Ok(events));
     }

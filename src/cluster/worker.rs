@@ -313,6 +313,7 @@ pub fn run(
         ended: VecDeque::new(),
         discarding: false,
         fenced_from: None,
+        oldest_at: None,
         outgoing: Vec::new(),
         sent: 0,
         last_flush: Instant::now(),
@@ -323,6 +324,11 @@ pub fn run(
     };
     info!(worker = %config.name, capacity = config.capacity, lease_ms = lease.as_millis() as u64, "worker started");
     Ok(worker.drive(&doorbell, leave, watch))
+}
+
+fn micros_since_epoch(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 fn new_incarnation() -> String {
@@ -360,6 +366,8 @@ struct Worker<'a> {
     /// socket's close, as [`CloseReason::WorkerLost`], so that the leader
     /// learns it has ended without waiting for this incarnation's loss.
     fenced_from: Option<String>,
+    /// When the oldest event in `outgoing` was taken off the sockets.
+    oldest_at: Option<SystemTime>,
     outgoing: Vec<NetEvent>,
     /// Event batches sent in this (epoch, incarnation).
     sent: u64,
@@ -586,6 +594,9 @@ impl Worker<'_> {
         {
             self.ended.pop_front();
         }
+        if self.oldest_at.is_none() && !self.outgoing.is_empty() {
+            self.oldest_at = Some(SystemTime::now());
+        }
         if self.outgoing.len() >= EVENTS_PER_BATCH {
             self.flush();
         }
@@ -641,6 +652,7 @@ impl Worker<'_> {
                     self.transport.abort_all();
                     self.discarding = true;
                     self.outgoing.clear();
+                    self.oldest_at = None;
                 }
                 self.held = Some(batch);
                 continue;
@@ -752,6 +764,7 @@ impl Worker<'_> {
         self.ended_unreported = false;
         self.ended_due = false;
         self.outgoing.clear();
+        self.oldest_at = None;
         self.discarding = false;
         if self.held.as_ref().is_some_and(|b| b.epoch <= epoch) {
             self.held = None;
@@ -803,6 +816,7 @@ impl Worker<'_> {
             .or_else(|| self.fenced_from.clone())
         else {
             self.outgoing.clear();
+            self.oldest_at = None;
             return;
         };
         self.sent += 1;
@@ -818,6 +832,7 @@ impl Worker<'_> {
             } else {
                 Vec::new()
             },
+            read_at_us: self.oldest_at.take().map_or(0, micros_since_epoch),
         };
         let subject = self.config.cluster.events(&self.config.name);
         let body = Bytes::from(batch.encode());

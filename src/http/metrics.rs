@@ -321,6 +321,34 @@ fn process(e: &mut DescriptorEncoder) -> Result<(), fmt::Error> {
     Ok(())
 }
 
+/// What the leader counts crossing NATS.
+fn traffic(e: &mut DescriptorEncoder, t: &crate::cluster::traffic::Traffic) -> Result<(), fmt::Error> {
+    use std::sync::atomic::Ordering::Relaxed;
+    counter(e, "cluster_event_batches", "Event batches taken from workers", t.event_batches.load(Relaxed))?;
+    counter(e, "cluster_event_bytes", "Bytes of event batches taken from workers", t.event_bytes.load(Relaxed))?;
+    counter(e, "cluster_command_batches", "Command batches published to workers", t.command_batches.load(Relaxed))?;
+    counter(e, "cluster_command_bytes", "Bytes of command batches published to workers", t.command_bytes.load(Relaxed))?;
+    let hops = t.hops();
+    let buckets: Vec<(f64, u64)> = crate::cluster::traffic::HOP_BOUNDS_US
+        .iter()
+        .map(|&us| us as f64 / 1e6)
+        .chain([f64::INFINITY])
+        .zip(hops.buckets.iter().copied())
+        .collect();
+    let mut metric = e.encode_descriptor(
+        "cluster_hop",
+        "From a worker taking an event off its sockets to the leader's inbox (the core counts it at its next step)",
+        Some(&Unit::Seconds),
+        MetricType::Histogram,
+    )?;
+    metric.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+        hops.sum_us as f64 / 1e6,
+        hops.count(),
+        &buckets,
+        None,
+    )
+}
+
 /// A process's role in its cluster, as one labelled series of 1.
 fn role(e: &mut DescriptorEncoder, role: &str) -> Result<(), fmt::Error> {
     family(
@@ -362,6 +390,7 @@ fn cluster(e: &mut DescriptorEncoder, watch: &crate::cluster::LeaderWatch) -> Re
         None,
         i64::try_from(moves.queued.load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(i64::MAX),
     )?;
+    traffic(e, &watch.traffic)?;
     let workers = watch.workers();
     family(
         e,
