@@ -201,11 +201,13 @@ fn one_core(dir: &Path, nats: &str, global: &str) -> Proc {
 }
 
 /// `core1` leading and `core2` standing by, each waited for; their state
-/// files `one` and `two` (one path: as on one machine).
+/// files `one` and `two` (one path: as on one machine). The standby
+/// records its run (`core2.rec`), to be replayed if it leads.
 async fn two_cores(dir: &Path, nats: &str, global: &str, one: &Path, two: &Path) -> (Proc, Proc) {
     let leader = core(dir, nats, "core1", global, one);
     leader.logged("\"leading\"").await;
-    let standby = core(dir, nats, "core2", global, two);
+    let record = dir.join("core2.rec").display().to_string();
+    let standby = core_with(dir, nats, "core2", global, two, &["--record", &record]);
     standby
         .logged("standby: waiting for the leader lease")
         .await;
@@ -564,7 +566,32 @@ async fn leader_change(signal: &str) -> Duration {
     );
     assert!(verdict.verified, "{}", verdict_problems(&verdict));
     assert_eq!(short_by_at_most(&verdict, &counts(&report), 0), 0);
+    // The new leader's flight recording, adoption included, replays to
+    // its exact final state.
+    let recording = dir.path().join("core2.rec");
+    let text = std::fs::read_to_string(&recording).expect("the recording");
+    assert!(
+        text.lines()
+            .next()
+            .is_some_and(|h| h.contains("\"adopted\":[")),
+        "no adoption recorded"
+    );
+    replays_exactly(&recording);
     takeover
+}
+
+/// `switchboard replay FILE` reaches the live run's final state.
+fn replays_exactly(recording: &Path) {
+    let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["replay", &recording.display().to_string()])
+        .output()
+        .expect("replay runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("the final snapshot is the live run's"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -753,7 +780,10 @@ async fn a_paused_worker_fences_itself_and_its_teams_move() {
     let messages = 1000;
     let server = simulator(teams, messages, Chaos::none()).await;
     let workers = workers(dir.path(), &nats.url());
-    let leader = one_core(dir.path(), &nats.url(), &server.global_url());
+    let (state, recording) = (dir.path().join("s.redb"), dir.path().join("core.rec"));
+    let global = server.global_url();
+    let record = ["--record", recording.to_str().expect("utf-8")];
+    let leader = core_with(dir.path(), &nats.url(), "core", &global, &state, &record);
     written(&server, teams * messages / 5).await;
     let pause = LEASE * 3;
     workers[1].signal("-STOP");
@@ -782,6 +812,14 @@ async fn a_paused_worker_fences_itself_and_its_teams_move() {
         "paused {pause:?}: {} sockets at most for a team; {short} messages lost of {}",
         verdict.max_sockets_per_team, verdict.messages
     );
+    // What the resumed worker reported late is in the leader's recording,
+    // which replays to its exact final state.
+    let text = std::fs::read_to_string(&recording).expect("the recording");
+    assert!(
+        text.lines().any(|l| l.starts_with("{\"late\":[")),
+        "no late readings recorded"
+    );
+    replays_exactly(&recording);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

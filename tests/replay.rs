@@ -627,6 +627,11 @@ fn recorded(dir: &Path) -> (PathBuf, Vec<String>) {
     (path, text.lines().map(str::to_owned).collect())
 }
 
+/// A header's version key and value, as written.
+fn magic(version: u64) -> String {
+    format!("\"switchboard_recording\":{version}")
+}
+
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).expect("write");
@@ -694,11 +699,7 @@ fn corrupt_recordings_are_errors_naming_the_line() {
         (
             with(
                 0,
-                Some(&lines[0].replacen(
-                    "\"switchboard_recording\":2",
-                    "\"switchboard_recording\":9",
-                    1,
-                )),
+                Some(&lines[0].replacen(&magic(switchboard::record::line::VERSION), &magic(9), 1)),
             ),
             "version".into(),
             "format version 9",
@@ -869,7 +870,7 @@ fn a_version_1_recording_replays_to_the_live_state() {
                     return line.to_owned();
                 }
                 renamed += usize::from(line.contains("\"step\":"));
-                line.replace("\"switchboard_recording\":2", "\"switchboard_recording\":1")
+                line.replace(&magic(switchboard::record::line::VERSION), &magic(1))
                     .replace("\"step\":", "\"tick\":")
                     .replace("\"max_events_per_step\":", "\"max_events_per_tick\":")
             })
@@ -950,16 +951,16 @@ fn the_binary_replays_prints_and_refuses_in_one_line() {
 
     // A later version of the format: one line naming it.
     let mut newer = lines.clone();
-    newer[0] = newer[0].replacen(
-        "\"switchboard_recording\":2",
-        "\"switchboard_recording\":3",
-        1,
-    );
+    let version = switchboard::record::line::VERSION;
+    newer[0] = newer[0].replacen(&magic(version), &magic(version + 1), 1);
     let newer = write(dir.path(), "newer.rec", &(newer.join("\n") + "\n"));
     let err = refused_in_one_line(&["replay", newer.to_str().expect("utf-8")]);
     assert!(
         err.contains("newer.rec:1: ")
-            && err.contains("format version 3; this build reads versions 1 to 2"),
+            && err.contains(&format!(
+                "format version {}; this build reads versions 1 to {version}",
+                version + 1
+            )),
         "{err}"
     );
     // It is a recording, only a newer one.

@@ -224,9 +224,25 @@ impl Core {
             .map_err(|_| RestoreError::AlreadyRunning)?;
         let mut sockets = sockets.to_vec();
         sockets.sort_by_key(|s| (s.team, s.conn));
+        let mut recorded = self.world.resource_mut::<resources::Recorded>();
+        if recorded.on {
+            recorded.adopted.extend_from_slice(&sockets);
+        }
         self.world
             .run_system_once_with(systems::restore::adopt_sockets, sockets)
             .map_err(|_| RestoreError::AlreadyRunning)
+    }
+
+    /// The sockets adopted before the first step, in the order taken (for
+    /// the flight recorder; empty unless recording).
+    pub fn adopted(&self) -> &[AdoptedSocket] {
+        &self.world.resource::<resources::Recorded>().adopted
+    }
+
+    /// The late readings taken since the last call, in order (empty
+    /// unless recording).
+    pub fn drain_late_recorded(&mut self) -> Vec<AdoptedSocket> {
+        std::mem::take(&mut self.world.resource_mut::<resources::Recorded>().late)
     }
 
     /// Readings of ended sockets reported late (by a worker a leader
@@ -235,6 +251,10 @@ impl Core {
     /// `core/reconcile.rs`). Open ones are ignored: only [`Core::adopt`]
     /// takes sockets over. Any time, between steps.
     pub fn late_reports(&mut self, sockets: &[AdoptedSocket]) {
+        let mut recorded = self.world.resource_mut::<resources::Recorded>();
+        if recorded.on {
+            recorded.late.extend_from_slice(sockets);
+        }
         let _ = self
             .world
             .run_system_once_with(systems::restore::late_reports, sockets.to_vec());
@@ -252,6 +272,7 @@ impl Core {
         recorded.on = on;
         if !on {
             recorded.events = Vec::new();
+            recorded.late = Vec::new();
         }
     }
 

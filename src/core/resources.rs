@@ -48,6 +48,10 @@ pub struct Recorded {
     pub on: bool,
     /// Kept since the last drain.
     pub events: Vec<NetEvent>,
+    /// The sockets adopted before the first step (a cluster's new leader).
+    pub adopted: Vec<crate::core::saved::AdoptedSocket>,
+    /// Late readings taken since the last drain.
+    pub late: Vec<crate::core::saved::AdoptedSocket>,
 }
 
 /// The teams restored before the first step, kept for the recorder.

@@ -9,14 +9,15 @@ use serde_json::Value;
 use super::codec;
 use crate::bridge::NetEvent;
 use crate::core::Config;
-use crate::core::{SavedTeam, Snapshot};
+use crate::core::{AdoptedSocket, SavedTeam, Snapshot};
 
 /// The format version this build writes.
-pub const VERSION: u64 = 2;
+pub const VERSION: u64 = 3;
 
 /// The oldest version this build reads: version 1 named the step count
-/// `tick` in headers and end lines (see the [module doc](super)); its
-/// lines are otherwise version 2's.
+/// `tick` in headers and end lines, version 2 had no adopted sockets nor
+/// late readings (see the [module doc](super)); their lines are otherwise
+/// version 3's.
 pub const OLDEST_READ: u64 = 1;
 
 /// The key that makes a line a segment header (its value is the version).
@@ -60,6 +61,10 @@ pub struct Header {
     /// (segment 0 only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restored: Option<Vec<SavedTeam>>,
+    /// The sockets a cluster's new leader adopted before the first step
+    /// (segment 0 only, when there were any).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adopted: Option<Vec<AdoptedSocket>>,
     /// The core's step count when the segment began (later segments only).
     #[serde(default, skip_serializing_if = "Option::is_none", alias = "tick")]
     pub step: Option<u64>,
@@ -128,6 +133,15 @@ pub struct Idle {
     pub count: u64,
 }
 
+/// Readings of ended sockets a cluster's leader took between two steps
+/// (`Core::late_reports`), before the next step line.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Late {
+    /// The readings, in the order taken.
+    pub late: Vec<AdoptedSocket>,
+}
+
 /// One parsed line.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Line {
@@ -137,6 +151,8 @@ pub enum Line {
     Step(Step),
     /// Steps with none.
     Idle(Idle),
+    /// Late readings the core took between two steps (a cluster's leader).
+    Late(Late),
     /// The last line.
     End(End),
 }
@@ -173,6 +189,8 @@ struct Kind<'a> {
     magic: Option<&'a serde_json::value::RawValue>,
     #[serde(borrow, default)]
     end: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow, default)]
+    late: Option<&'a serde_json::value::RawValue>,
 }
 
 /// Whether `bytes` claims to be a segment header (an object with the
@@ -217,6 +235,10 @@ pub fn parse(bytes: &[u8]) -> Result<Line, String> {
                 serde_json::from_slice(bytes)
                     .map(Line::End)
                     .map_err(|e| format!("bad end line: {e}"))
+            } else if kind.late.is_some() {
+                serde_json::from_slice(bytes)
+                    .map(Line::Late)
+                    .map_err(|e| format!("bad late-readings line: {e}"))
             } else {
                 Err("neither a step, a header nor an end line".into())
             }
@@ -369,6 +391,13 @@ mod tests {
             run: "r".into(),
             config: Some(Config::default()),
             seed: Some(u64::MAX),
+            adopted: Some(vec![AdoptedSocket {
+                team: crate::protocol::TeamId(3),
+                conn: crate::bridge::ConnId(9),
+                messages: 12,
+                props: 2,
+                open: true,
+            }]),
             restored: Some(vec![SavedTeam {
                 id: crate::protocol::TeamId(3),
                 joined: true,
@@ -394,6 +423,18 @@ mod tests {
         let mut out = Vec::new();
         write_json(&mut out, &end);
         assert_eq!(parse(line(&out)), Ok(Line::End(end)));
+        let late = Late {
+            late: vec![AdoptedSocket {
+                team: crate::protocol::TeamId(4),
+                conn: crate::bridge::ConnId(7),
+                messages: 3,
+                props: 0,
+                open: false,
+            }],
+        };
+        let mut out = Vec::new();
+        write_json(&mut out, &late);
+        assert_eq!(parse(line(&out)), Ok(Line::Late(late)));
     }
 
     /// Version 1 named the step count `tick`; its headers and end lines
@@ -429,9 +470,10 @@ mod tests {
             ("[1,-10,2]", "time"),
             ("[1,10,\"stop\",[\"q\",1]]", "event 1"),
             (
-                "{\"switchboard_recording\":3,\"segment\":0,\"run\":\"r\"}",
-                "format version 3; this build reads versions 1 to 2",
+                "{\"switchboard_recording\":4,\"segment\":0,\"run\":\"r\"}",
+                "format version 4; this build reads versions 1 to 3",
             ),
+            ("{\"late\":[{\"team\":1}]}", "bad late-readings line"),
             ("{\"end\":\"maybe\",\"step\":1,\"now\":1}", "bad end line"),
             ("{\"x\":1}", "neither"),
             ("[1,10,65537]", "at most 65536 a line"),

@@ -14,18 +14,20 @@
 //! core's step count is part of its state), so every step is recorded, idle
 //! ones too; a run of idle steps that advance time equally is one line.
 //!
-//! # Format (version 2)
+//! # Format (version 3)
 //!
 //! JSON Lines, UTF-8, `\n`-terminated; one segment file or several. A
 //! *step* is one run of the core's schedule; `K` below is a step count
 //! (steps run so far), `T` the core's time in ms.
 //!
 //! - Line 1 of a segment: its header. Segment 0's holds the run:
-//!   `{"switchboard_recording":2,"segment":0,"run":ID,"config":{…},"seed":N,"restored":[…]}`
+//!   `{"switchboard_recording":3,"segment":0,"run":ID,"config":{…},"seed":N,"restored":[…],"adopted":[…]?}`
 //!   (`config` is [`crate::Config`] as serde writes it; `restored` the
-//!   [`crate::core::SavedTeam`]s restored before the first step).
+//!   [`crate::core::SavedTeam`]s restored before the first step; `adopted`,
+//!   for a cluster's leader that took over, the
+//!   [`crate::core::AdoptedSocket`]s it adopted after them).
 //!   A later segment's holds where the core stood when it began:
-//!   `{"switchboard_recording":2,"segment":S,"run":ID,"step":K,"now":T}`.
+//!   `{"switchboard_recording":3,"segment":S,"run":ID,"step":K,"now":T}`.
 //! - A step with input: `[K,T,"stop"?,EVENT…]`: the `K`th step (the
 //!   snapshot's step count, `clock.tick` in its JSON), which brought the
 //!   core to time `T`; `"stop"` when the driver asked for a local shutdown just
@@ -33,6 +35,9 @@
 //! - Idle steps: `[K,T,N]`: `N` steps with no input, each advancing time by
 //!   the same whole number of ms, the last being the `K`th, ending at `T`;
 //!   at most [`line::MAX_IDLE_RUN`] a line (a longer run takes several).
+//! - Late readings (a cluster's leader): `{"late":[…]}`, the
+//!   [`crate::core::AdoptedSocket`]s it took (`Core::late_reports`) after
+//!   the step before this line and before the one after it (or the end).
 //! - The last line: `{"end":"complete","step":K,"now":T,"stop":true?,"run_end":…,"snapshot_fnv1a":HEX}`
 //!   (`stop`: a local stop after the last step; the digest is
 //!   [`line::digest`] of the live final snapshot, which replay checks), or
@@ -40,8 +45,9 @@
 //!   stopped before the run did.
 //!
 //! Version 1 differed only in naming the step count `tick` in headers and
-//! end lines (`"tick":K`); this build reads it too ([`line::OLDEST_READ`]),
-//! and refuses a later version than its own in one line naming it.
+//! end lines (`"tick":K`), version 2 in having neither `adopted` nor late
+//! lines; this build reads both ([`line::OLDEST_READ`]), and refuses a
+//! later version than its own in one line naming it.
 //!
 //! A message run costs about 19 bytes whatever its length, so a recording's
 //! size follows the number of runs, not of messages. Measured per million

@@ -19,7 +19,7 @@ use super::line::{self, Completeness, End, Header, Idle};
 use super::{codec, segments};
 use crate::core::Config;
 use crate::core::Core;
-use crate::core::SavedTeam;
+use crate::core::{AdoptedSocket, SavedTeam};
 use crate::core::ShutdownCause;
 use crate::inbox::Wake;
 use crate::runtime::{RunEnd, Sidecar, Step};
@@ -108,8 +108,11 @@ struct Shared {
 
 /// What the sidecar hands the writer.
 enum Msg {
-    /// Segment 0's header: the teams restored before the first step.
-    Start(Vec<SavedTeam>),
+    /// Segment 0's header: the teams restored, and the sockets adopted,
+    /// before the first step.
+    Start(Vec<SavedTeam>, Vec<AdoptedSocket>),
+    /// Late readings taken before the next step.
+    Late(Vec<AdoptedSocket>),
     /// A step with input.
     Step(line::Step),
     /// Steps without.
@@ -291,7 +294,19 @@ impl Recorder {
         if !self.started {
             self.started = true;
             let restored = core.restored().to_vec();
-            self.send(core, Msg::Start(restored), 0);
+            let adopted = core.adopted().to_vec();
+            self.send(core, Msg::Start(restored, adopted), 0);
+        }
+    }
+
+    /// Late readings the core took before this step (or, at the end,
+    /// after the last), written ahead of it.
+    fn take_late(&mut self, core: &mut Core) {
+        let late = core.drain_late_recorded();
+        if !late.is_empty() {
+            self.flush_idle(core);
+            let n = late.len();
+            self.send(core, Msg::Late(late), n);
         }
     }
 
@@ -321,6 +336,7 @@ impl Sidecar for Recorder {
         }
         // Restored teams are known once every sidecar has started.
         self.start_once(core);
+        self.take_late(core);
         let events = core.drain_recorded();
         let now = u64::try_from(core.now().as_millis()).unwrap_or(u64::MAX);
         let dt = now.saturating_sub(self.now);
@@ -356,6 +372,7 @@ impl Sidecar for Recorder {
         if self.tx.is_some() {
             self.start_once(core);
             self.flush_idle(core);
+            self.take_late(core);
         }
         // Still recording after those: the end line, with what replay
         // must reach.
@@ -538,7 +555,7 @@ impl Writer {
     fn handle(&mut self, msg: Msg) {
         self.buf.clear();
         match msg {
-            Msg::Start(restored) => {
+            Msg::Start(restored, adopted) => {
                 let header = Header {
                     version: line::VERSION,
                     segment: 0,
@@ -546,6 +563,7 @@ impl Writer {
                     config: Some(self.config.clone()),
                     seed: Some(self.seed),
                     restored: Some(restored),
+                    adopted: (!adopted.is_empty()).then_some(adopted),
                     step: None,
                     now: None,
                 };
@@ -570,6 +588,14 @@ impl Writer {
             Msg::Idle(idle) => {
                 line::write_idle(&mut self.buf, idle);
                 self.write_step_line(idle.step, idle.now, idle.count, 0);
+            }
+            Msg::Late(late) => {
+                let n = late.len();
+                line::write_json(&mut self.buf, &line::Late { late });
+                // Written with the step it precedes in mind: never the
+                // first line of a new segment (no rotation here).
+                self.write_buf();
+                self.shared.queued.fetch_sub(n, Ordering::Relaxed);
             }
             Msg::End(end) => self.end(end),
         }
@@ -632,6 +658,7 @@ impl Writer {
             config: None,
             seed: None,
             restored: None,
+            adopted: None,
             step: Some(self.step),
             now: Some(self.now),
         };

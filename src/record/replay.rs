@@ -224,6 +224,10 @@ impl Run {
             .map_err(|e| lines.bad(format!("the recorded configuration is refused: {e}")))?;
         core.restore(&restored)
             .map_err(|e| lines.bad(format!("the restored teams are refused: {e}")))?;
+        if let Some(adopted) = &header.adopted {
+            core.adopt(adopted)
+                .map_err(|e| lines.bad(format!("the adopted sockets are refused: {e}")))?;
+        }
         Ok(Run {
             max_events: config.max_events_per_step,
             core,
@@ -312,6 +316,10 @@ impl Run {
             Line::Header(_) => Err(lines.bad("a segment header in the middle of a segment")),
             Line::Step(step) => self.step(step, lines, options),
             Line::Idle(idle) => self.idle(idle, lines, options),
+            Line::Late(late) => {
+                self.core.late_reports(&late.late);
+                Ok(false)
+            }
             Line::End(end) => {
                 self.end_line(&end, lines)?;
                 self.end = Some((end, lines.place()));
