@@ -190,17 +190,14 @@ impl ClientArgs {
         if let Err(error) = core.validate() {
             return Err(usage_error(error));
         }
-        let mut transport = TransportConfig {
-            max_message_size: self.max_message_size,
-            max_partial_bytes: self.max_partial_bytes,
-            ..TransportConfig::default()
-        };
-        if let Some(path) = &self.ca_file {
-            match crate::transport::tls_with_ca_file(path) {
-                Ok(tls) => transport.tls = Some(tls),
-                Err(error) => return Err(usage_error(error)),
-            }
-        }
+        let transport = with_ca_file(
+            TransportConfig {
+                max_message_size: self.max_message_size,
+                max_partial_bytes: self.max_partial_bytes,
+                ..TransportConfig::default()
+            },
+            self.ca_file.as_deref(),
+        )?;
         let status: Duration = self.status_interval.into();
         Ok(RunConfig {
             core,
@@ -561,6 +558,36 @@ fn with_cluster_copy(
     }))
 }
 
+/// `transport`, trusting the extra CA certificates of `--ca-file` too, if
+/// given (a file that does not read: exit 2).
+pub fn with_ca_file(
+    mut transport: TransportConfig,
+    ca_file: Option<&std::path::Path>,
+) -> Result<TransportConfig, ExitCode> {
+    if let Some(path) = ca_file {
+        transport.tls = Some(crate::transport::tls_with_ca_file(path).map_err(usage_error)?);
+    }
+    Ok(transport)
+}
+
+/// HTTP first: a standby serves /metrics, /healthz and /readyz (not
+/// ready) while it waits. Then a core of a cluster stands by until it
+/// leads: it opens the state file and the rest only then.
+fn serve_then_lead(
+    service: &ServiceArgs,
+    cluster: &super::cluster::ClusterArgs,
+    runtime: &tokio::runtime::Runtime,
+    stop: &StopHandle,
+) -> Result<(Option<HttpServer>, Option<super::cluster::Leading>), ExitCode> {
+    let http = service.http(runtime, false)?;
+    let standby = crate::cluster::StandbyWatch::default();
+    if let Some(http) = http.as_ref() {
+        http.watch_standby(standby.clone());
+    }
+    let leading = cluster.lead(runtime, stop, &standby)?;
+    Ok((http, leading))
+}
+
 /// `switchboard connect URL`.
 pub fn connect(
     global_url: String,
@@ -578,34 +605,18 @@ pub fn connect(
     };
     let stop = StopHandle::new();
     runtime.spawn(watch_signals(stop.clone()));
-    // HTTP first: a standby serves /metrics, /healthz and /readyz (not
-    // ready) while it waits.
-    let http = match service.http(&runtime, false) {
-        Ok(http) => http,
+    let (http, leading) = match serve_then_lead(service, cluster, &runtime, &stop) {
+        Ok(started) => started,
         Err(code) => return code,
     };
-    let standby = crate::cluster::StandbyWatch::default();
-    if let Some(http) = http.as_ref() {
-        http.watch_standby(standby.clone());
-    }
-    // A core of a cluster stands by here until it leads: it opens the
-    // state file and the rest only then.
-    let leading = match cluster.lead(&runtime, &stop, &standby) {
-        Ok(leading) => leading,
-        Err(code) => return code,
-    };
-    let persistence = match service.persistence(&global_url, config.core.max_teams, true) {
+    let persistence = match service
+        .persistence(&global_url, config.core.max_teams, true)
+        .and_then(|file| match leading.as_ref() {
+            Some(leading) => with_cluster_copy(leading, &runtime, &global_url, file, service),
+            None => Ok(file),
+        }) {
         Ok(persistence) => persistence,
         Err(code) => return code,
-    };
-    let persistence = match leading.as_ref() {
-        Some(leading) => {
-            match with_cluster_copy(leading, &runtime, &global_url, persistence, service) {
-                Ok(persistence) => persistence,
-                Err(code) => return code,
-            }
-        }
-        None => persistence,
     };
     let recorder = match service.recorder(&config) {
         Ok(recorder) => recorder,
@@ -634,13 +645,10 @@ pub fn connect(
         Ok(_) => ExitCode::SUCCESS,
         Err(code) => code,
     };
-    if let Some(leading) = leading {
-        if leading.deposed() {
-            eprintln!("error: lost the leader lease; a standby leads now");
-            code = ExitCode::FAILURE;
-        } else {
-            leading.release(&runtime);
-        }
+    if let Some(leading) = leading
+        && !leading.end(&runtime)
+    {
+        code = ExitCode::FAILURE;
     }
     if let Some(publishing) = publishing
         && let Err(failed) = publishing.finish(&runtime)

@@ -137,6 +137,17 @@ impl Leading {
         self.deposed.load(Ordering::SeqCst)
     }
 
+    /// After the run: false (said on stderr) if the lease was lost while
+    /// leading, else gives it up ([`Leading::release`]).
+    pub fn end(self, runtime: &tokio::runtime::Runtime) -> bool {
+        if self.deposed() {
+            eprintln!("error: lost the leader lease; a standby leads now");
+            return false;
+        }
+        self.release(runtime);
+        true
+    }
+
     /// After the run (its state saved): gives the lease up, so that a
     /// standby leads within a tenth of a lease rather than a whole one.
     /// Bounded by half a lease; a lease not given up expires.
@@ -387,48 +398,55 @@ pub struct WorkerArgs {
     publish: super::publish::PublishArgs,
 }
 
+impl WorkerArgs {
+    /// The worker's settings from its flags (a bad CA file: exit 2).
+    fn config(&self) -> Result<WorkerConfig, ExitCode> {
+        let limit = super::client::raise_fd_limit();
+        let capacity = self.capacity.unwrap_or_else(|| {
+            limit.map_or(1_000, |l| {
+                l.saturating_sub(DESCRIPTOR_MARGIN).max(1) as usize
+            })
+        });
+        let transport = super::client::with_ca_file(
+            TransportConfig {
+                bind: self.bind_ip,
+                ..TransportConfig::default()
+            },
+            self.ca_file.as_deref(),
+        )?;
+        Ok(WorkerConfig {
+            cluster: self.place.config(self.cluster.clone()),
+            name: self.name.clone().unwrap_or_else(|| {
+                let host: String = hostname()
+                    .chars()
+                    .map(|c| {
+                        if c.is_ascii_alphanumeric() || c == '-' {
+                            c
+                        } else {
+                            '_'
+                        }
+                    })
+                    .take(64)
+                    .collect();
+                host
+            }),
+            capacity,
+            transport,
+            core: Config {
+                tick: *self.tick,
+                pong_timeout: *self.pong_timeout,
+                close_timeout: *self.close_timeout,
+                ..Config::default()
+            },
+        })
+    }
+}
+
 /// `switchboard worker`.
 pub fn run_worker(args: &WorkerArgs) -> ExitCode {
-    let limit = super::client::raise_fd_limit();
-    let capacity = args.capacity.unwrap_or_else(|| {
-        limit.map_or(1_000, |l| {
-            l.saturating_sub(DESCRIPTOR_MARGIN).max(1) as usize
-        })
-    });
-    let mut transport = TransportConfig {
-        bind: args.bind_ip,
-        ..TransportConfig::default()
-    };
-    if let Some(path) = &args.ca_file {
-        match crate::transport::tls_with_ca_file(path) {
-            Ok(tls) => transport.tls = Some(tls),
-            Err(e) => return usage_error(e),
-        }
-    }
-    let config = WorkerConfig {
-        cluster: args.place.config(args.cluster.clone()),
-        name: args.name.clone().unwrap_or_else(|| {
-            let host: String = hostname()
-                .chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() || c == '-' {
-                        c
-                    } else {
-                        '_'
-                    }
-                })
-                .take(64)
-                .collect();
-            host
-        }),
-        capacity,
-        transport,
-        core: Config {
-            tick: *args.tick,
-            pong_timeout: *args.pong_timeout,
-            close_timeout: *args.close_timeout,
-            ..Config::default()
-        },
+    let config = match args.config() {
+        Ok(config) => config,
+        Err(code) => return code,
     };
     let runtime = match super::tokio_runtime() {
         Ok(runtime) => runtime,

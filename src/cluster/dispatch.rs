@@ -569,6 +569,39 @@ async fn publish(
     }
 }
 
+/// A revoked incarnation's batch: what came between is lost, but each
+/// socket it says ended has (break before make holds), so the core gives
+/// it up at once (`worker lost`) rather than at the worker's loss; its
+/// reading comes when the worker registers again. `Err`: the driver is
+/// gone.
+fn ends_of_revoked(batch: Vec<NetEvent>, events: &mut EventSender) -> Result<(), ()> {
+    for event in batch {
+        let ended = match event {
+            NetEvent::Closed { conn, .. } => NetEvent::Closed {
+                conn,
+                reason: CloseReason::WorkerLost,
+            },
+            failed @ NetEvent::OpenFailed { .. } => failed,
+            _ => continue,
+        };
+        events.send_final(ended).map_err(|_| ())?;
+    }
+    Ok(())
+}
+
+/// Whether the worker sending these is fencing: it gives sockets up.
+fn fencing(batch: &[NetEvent]) -> bool {
+    batch.iter().any(|e| {
+        matches!(
+            e,
+            NetEvent::Closed {
+                reason: CloseReason::WorkerLost,
+                ..
+            }
+        )
+    })
+}
+
 /// Takes the workers' event batches into the inbox: only this epoch's,
 /// only from live workers, in sequence. A batch out of sequence means NATS
 /// dropped one (a slow consumer, a reconnect): that worker's incarnation
@@ -602,22 +635,8 @@ async fn ingress(
         let key = (batch.worker, batch.incarnation);
         let expected = next.entry(key.clone()).or_insert(1);
         if *expected == 0 {
-            // Revoked: what came between is lost, but each socket it says
-            // ended has (break before make holds), and the core gives it
-            // up at once rather than at the worker's loss; its reading
-            // comes when the worker registers again.
-            for event in batch.events {
-                let ended = match event {
-                    NetEvent::Closed { conn, .. } => NetEvent::Closed {
-                        conn,
-                        reason: CloseReason::WorkerLost,
-                    },
-                    failed @ NetEvent::OpenFailed { .. } => failed,
-                    _ => continue,
-                };
-                if events.send_final(ended).is_err() {
-                    return;
-                }
+            if ends_of_revoked(batch.events, &mut events).is_err() {
+                return; // the driver is gone
             }
             continue;
         }
@@ -635,17 +654,9 @@ async fn ingress(
         if !batch.ended.is_empty() {
             let _ = reports.send(batch.ended);
         }
-        if batch.events.iter().any(|e| {
-            matches!(
-                e,
-                NetEvent::Closed {
-                    reason: CloseReason::WorkerLost,
-                    ..
-                }
-            )
-        }) {
-            // It is fencing: nothing new goes to it (its lease's lapse or
-            // its next incarnation makes it lost).
+        if fencing(&batch.events) {
+            // Nothing new goes to it (its lease's lapse or its next
+            // incarnation makes it lost).
             link.roster.revoke(&key.0, &key.1);
         }
         for event in batch.events {

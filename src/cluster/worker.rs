@@ -259,14 +259,7 @@ pub fn run(
         *slot = Some(wake.clone());
     }
     // Commands: subscribed before the lease exists, so none is missed.
-    let (batches_in, batches) = mpsc::channel(QUEUED_BATCHES);
-    let subscription = runtime
-        .block_on(client.subscribe(config.cluster.commands(&config.name)))
-        .map_err(|e| ClusterError::Connect {
-            url: config.cluster.url.clone(),
-            error: e.to_string(),
-        })?;
-    runtime.spawn(take_commands(subscription, batches_in, wake.clone()));
+    let batches = subscribe_commands(config, runtime, &client, &wake)?;
     let first = Desired {
         incarnation: Some(new_incarnation()),
         leaving: false,
@@ -324,6 +317,25 @@ pub fn run(
     };
     info!(worker = %config.name, capacity = config.capacity, lease_ms = lease.as_millis() as u64, "worker started");
     Ok(worker.drive(&doorbell, leave, watch))
+}
+
+/// Takes this worker's command subject into a bounded queue, waking the
+/// loop for each batch.
+fn subscribe_commands(
+    config: &WorkerConfig,
+    runtime: &Handle,
+    client: &async_nats::Client,
+    wake: &Wake,
+) -> Result<mpsc::Receiver<(ToWorker, Option<String>)>, ClusterError> {
+    let (batches_in, batches) = mpsc::channel(QUEUED_BATCHES);
+    let subscription = runtime
+        .block_on(client.subscribe(config.cluster.commands(&config.name)))
+        .map_err(|e| ClusterError::Connect {
+            url: config.cluster.url.clone(),
+            error: e.to_string(),
+        })?;
+    runtime.spawn(take_commands(subscription, batches_in, wake.clone()));
+    Ok(batches)
 }
 
 fn micros_since_epoch(at: SystemTime) -> u64 {
