@@ -466,7 +466,7 @@ async fn a_killed_worker_s_teams_come_back_on_the_others_and_never_twice() {
     let dir = tempfile::tempdir().expect("tempdir");
     let nats = Nats::start(&dir.path().join("js"), 0);
     let teams = 150;
-    let messages = 800;
+    let messages = 500;
     let server = simulator(teams, messages, Chaos::none()).await;
     let workers = workers(dir.path(), &nats.url());
     let leader = one_core(dir.path(), &nats.url(), &server.global_url());
@@ -522,7 +522,7 @@ async fn leader_change(signal: &str) -> Duration {
     let dir = tempfile::tempdir().expect("tempdir");
     let nats = Nats::start(&dir.path().join("js"), 0);
     let teams = 150;
-    let messages = 800;
+    let messages = 500;
     let server = simulator(teams, messages, Chaos::none()).await;
     let _workers = workers(dir.path(), &nats.url());
     // Each core its own state file, as on two machines: the standby
@@ -600,7 +600,7 @@ async fn sigterm_hands_each_worker_s_teams_over_and_loses_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let nats = Nats::start(&dir.path().join("js"), 0);
     let teams = 150;
-    let messages = 800;
+    let messages = 600;
     let server = simulator(teams, messages, Chaos::none()).await;
     // Publishing: the workers publish the texts, the leader the lifecycle.
     let publish = ["--publish", &nats.url()];
@@ -691,7 +691,7 @@ async fn a_worker_that_joins_takes_its_share_of_the_placed_teams() {
     let dir = tempfile::tempdir().expect("tempdir");
     let nats = Nats::start(&dir.path().join("js"), 0);
     let teams = 150;
-    let messages = 800;
+    let messages = 600;
     let server = simulator(teams, messages, Chaos::none()).await;
     let _first = [
         worker(dir.path(), &nats.url(), "a"),
