@@ -25,6 +25,10 @@ use crate::inbox::Wake;
 /// call).
 const MOST_JOINED: usize = 4096;
 
+/// Worker names whose last revision is remembered, at most (past it, only
+/// the live ones' are kept).
+const MOST_NAMES: usize = 65_536;
+
 /// One live worker.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Member {
@@ -53,6 +57,10 @@ struct State {
     lost: Vec<Lost>,
     /// Incarnations that joined since the last [`Roster::take_joined`].
     joined: Vec<(String, WorkerValue)>,
+    /// The newest entry revision applied per worker name, lost ones too:
+    /// a remade watch replays each key's latest entry, which must neither
+    /// bring a lost worker back nor pass for a renewal.
+    revisions: std::collections::HashMap<String, u64>,
     wake: Option<Wake>,
 }
 
@@ -127,6 +135,16 @@ impl Roster {
     /// [`Roster::seen`], with the entry's revision.
     pub fn seen_at(&self, worker: &str, value: WorkerValue, revision: u64, now: Instant) {
         let mut state = self.state();
+        if revision > 0 {
+            if state.revisions.get(worker).is_some_and(|&r| r >= revision) {
+                return; // replayed: applied already
+            }
+            if state.revisions.len() >= MOST_NAMES {
+                let live: Vec<String> = state.live.keys().cloned().collect();
+                state.revisions.retain(|name, _| live.contains(name));
+            }
+            state.revisions.insert(worker.to_owned(), revision);
+        }
         let replaced = match state.live.get_mut(worker) {
             Some(m) if m.value.incarnation == value.incarnation => {
                 m.value = value;
@@ -236,8 +254,8 @@ fn lose(state: &mut State, worker: &str, old: Member, why: &'static str) {
 }
 
 /// Keeps `roster` in step with the workers' bucket, for as long as the
-/// process runs: a watch (remade after an error), and an expiry check ten
-/// times a lease. A worker the watch has not seen renewed for a lease is
+/// process runs: a watch (remade after an error, or after a lease with
+/// nothing from it), and an expiry check ten times a lease. A worker the watch has not seen renewed for a lease is
 /// read from the bucket first: a watch that stalled (its server lost, a
 /// reconnect) must not declare lost a worker that renewed meanwhile, which
 /// would then hold its sockets while the teams are opened elsewhere.
@@ -254,17 +272,34 @@ pub async fn watch(store: kv::Store, roster: Roster, lease: Duration) {
                 continue;
             }
         };
+        let mut heard = Instant::now();
         loop {
             tokio::select! {
                 entry = entries.next() => match entry {
-                    Some(Ok(entry)) => apply(&roster, entry),
+                    Some(Ok(entry)) => {
+                        heard = Instant::now();
+                        apply(&roster, entry);
+                    }
                     Some(Err(error)) => {
                         warn!(%error, "the workers' lease watch failed; remaking it");
                         break;
                     }
                     None => break,
                 },
-                _ = check.tick() => recheck(&store, &roster, lease).await,
+                _ = check.tick() => {
+                    recheck(&store, &roster, lease).await;
+                    // Live workers renew every quarter lease: a watch
+                    // silent for a whole one may have stalled without an
+                    // error (its server lost), and would never show a
+                    // worker that registers. Remade, it replays the
+                    // latest entry of every key.
+                    if heard.elapsed() > lease {
+                        if !roster.live().is_empty() {
+                            warn!("the workers' lease watch went quiet for a lease; remaking it");
+                        }
+                        break;
+                    }
+                }
             }
         }
     }
@@ -380,5 +415,29 @@ mod tests {
         roster.expire_one("a", "1");
         assert_eq!(roster.take_lost().len(), 1);
         assert!(!roster.is_live("a", "1"));
+        // A remade watch replays the lost worker's last entry: it stays
+        // lost. Its next incarnation's entry is a join.
+        roster.seen_at("a", value("1"), 9, later);
+        assert!(
+            !roster.is_live("a", "1"),
+            "a replay brought a lost worker back"
+        );
+        roster.seen_at("a", value("2"), 12, later);
+        assert!(roster.is_live("a", "2"));
+    }
+
+    #[test]
+    fn a_replayed_entry_is_no_renewal() {
+        let roster = Roster::default();
+        let t0 = Instant::now();
+        let lease = Duration::from_secs(5);
+        roster.seen_at("a", value("1"), 7, t0);
+        let later = t0 + lease + Duration::from_millis(1);
+        roster.seen_at("a", value("1"), 7, later);
+        assert_eq!(
+            roster.overdue(later, lease).len(),
+            1,
+            "the replay refreshed it"
+        );
     }
 }
