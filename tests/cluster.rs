@@ -447,10 +447,14 @@ async fn two_cores_and_three_workers_keep_every_count_under_chaos() {
     assert!(verdict.verified, "{}", verdict_problems(&verdict));
     assert_eq!(verdict.max_sockets_per_team, 1);
     assert!(verdict.injected() > 0, "chaos injected nothing");
-    assert!(
-        !standby.log().contains("\"leading\""),
-        "the standby led while the leader lived"
-    );
+    // The run ended with goodbye: the standby ends too, without leading
+    // (it would have reconnected to a Global that said goodbye).
+    let log = standby.log.clone();
+    let (status, _) = standby.exit().await;
+    let log = std::fs::read_to_string(log).unwrap_or_default();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("this standby ends too"), "{log}");
+    assert!(!log.contains("\"leading\""), "the standby led: {log}");
     for w in &workers {
         assert!(
             w.log().contains("a new leader adopts this worker"),

@@ -634,19 +634,27 @@ pub fn connect(
         recorder,
         telemetry: http.as_ref().map(HttpServer::telemetry),
     };
-    let mut code = match run_client_on(
+    let ran = run_client_on(
         config,
         service.report,
         &runtime,
         &mut sidecars.after(Vec::new()),
         &stop,
         leading.as_ref().map(|l| l.link.clone()),
-    ) {
+    );
+    let goodbye = ran.as_ref().is_ok_and(|outcome| {
+        matches!(
+            outcome.end,
+            RunEnd::Finished(crate::core::ShutdownCause::Goodbye)
+                | RunEnd::ShutdownTimedOut(crate::core::ShutdownCause::Goodbye)
+        )
+    });
+    let mut code = match ran {
         Ok(_) => ExitCode::SUCCESS,
         Err(code) => code,
     };
     if let Some(leading) = leading
-        && !leading.end(&runtime)
+        && !leading.end(&runtime, goodbye)
     {
         code = ExitCode::FAILURE;
     }

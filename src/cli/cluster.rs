@@ -101,8 +101,10 @@ pub struct Leading {
     /// For `/metrics` and `/workers`.
     pub watch: cluster::LeaderWatch,
     deposed: Arc<AtomicBool>,
-    /// Tells the renewing task to give the lease up.
+    /// Tells the renewing task to give the lease up (or, with `goodbye`
+    /// set, to mark the run ended).
     release: Arc<tokio::sync::Notify>,
+    goodbye: Arc<AtomicBool>,
     renewing: tokio::task::JoinHandle<()>,
 }
 
@@ -138,12 +140,15 @@ impl Leading {
     }
 
     /// After the run: false (said on stderr) if the lease was lost while
-    /// leading, else gives it up ([`Leading::release`]).
-    pub fn end(self, runtime: &tokio::runtime::Runtime) -> bool {
+    /// leading. Else, after `goodbye`, marks the run ended in the lease
+    /// (the standbys end too; the lease expires); after any other end,
+    /// gives it up ([`Leading::release`]).
+    pub fn end(self, runtime: &tokio::runtime::Runtime, goodbye: bool) -> bool {
         if self.deposed() {
             eprintln!("error: lost the leader lease; a standby leads now");
             return false;
         }
+        self.goodbye.store(goodbye, Ordering::SeqCst);
         self.release(runtime);
         true
     }
@@ -226,18 +231,20 @@ impl ClusterArgs {
             roster: link.roster.clone(),
         };
         let release = Arc::new(tokio::sync::Notify::new());
+        let goodbye = Arc::new(AtomicBool::new(false));
         let renewing = runtime.spawn(keep_leading(
             lease,
             watch.clone(),
             stop.clone(),
             deposed.clone(),
-            release.clone(),
+            (release.clone(), goodbye.clone()),
         ));
         Ok(Some(Leading {
             link,
             watch,
             deposed,
             release,
+            goodbye,
             renewing,
         }))
     }
@@ -272,11 +279,15 @@ fn stand_by(
                     let _ =
                         runtime.block_on(buckets.leader.put(&standby, holder.to_owned().into()));
                     announced = Some(Instant::now());
-                    let leader = runtime
+                    let current = runtime
                         .block_on(lease::current_leader(&buckets.leader))
                         .ok()
-                        .flatten()
-                        .map(|l| (l.holder, l.epoch));
+                        .flatten();
+                    if current.as_ref().is_some_and(|l| l.ended) {
+                        info!("the leader's run ended with goodbye: this standby ends too");
+                        return Err(ExitCode::SUCCESS);
+                    }
+                    let leader = current.map(|l| (l.holder, l.epoch));
                     if !said {
                         info!(leader = ?leader.as_ref().map(|l| &l.0), "standby: waiting for the leader lease");
                         said = true;
@@ -297,7 +308,8 @@ fn stand_by(
 }
 
 /// Renews the leader lease every third of a lease, until `release` (the
-/// run is over and its state saved: the lease is given up). Lost (taken,
+/// run is over and its state saved: the lease is given up, or after
+/// `goodbye` marked ended). Lost (taken,
 /// revoked) or unrenewed for half a lease, the run is forced to end: a
 /// leader that cannot prove its lease stops commanding before a standby
 /// may lead.
@@ -306,7 +318,7 @@ async fn keep_leading(
     watch: cluster::LeaderWatch,
     stop: StopHandle,
     deposed: Arc<AtomicBool>,
-    release: Arc<tokio::sync::Notify>,
+    (release, goodbye): (Arc<tokio::sync::Notify>, Arc<AtomicBool>),
 ) {
     let length = watch.lease;
     let mut every = tokio::time::interval(length / 3);
@@ -316,8 +328,13 @@ async fn keep_leading(
         tokio::select! {
             _ = every.tick() => {}
             _ = release.notified() => {
-                lease.release().await;
-                info!("gave the leader lease up");
+                if goodbye.load(Ordering::SeqCst) {
+                    lease.end().await;
+                    info!("marked the run ended in the leader lease (goodbye): the standbys end too");
+                } else {
+                    lease.release().await;
+                    info!("gave the leader lease up");
+                }
                 return;
             }
         }

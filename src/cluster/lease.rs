@@ -188,6 +188,11 @@ pub struct LeaderValue {
     /// Team sockets per worker, as of the last renewal.
     #[serde(default)]
     pub loads: BTreeMap<String, usize>,
+    /// The leader's run ended with Global's `goodbye`: the standbys end
+    /// too, and the entry is left to expire (a core started after that
+    /// leads anew).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ended: bool,
 }
 
 /// The leader lease, held.
@@ -209,6 +214,7 @@ pub async fn try_lead(
         holder: holder.to_owned(),
         epoch: 0,
         loads: BTreeMap::new(),
+        ended: false,
     };
     match store.create(LEADER_KEY, to_bytes(&value)).await {
         Ok(revision) => Ok(Some(LeaderLease {
@@ -247,6 +253,7 @@ impl LeaderLease {
             holder: self.holder.clone(),
             epoch: self.epoch,
             loads,
+            ended: false,
         };
         self.revision = self
             .store
@@ -254,6 +261,22 @@ impl LeaderLease {
             .await
             .map_err(renew_error)?;
         Ok(())
+    }
+
+    /// Marks the run ended (Global said `goodbye`), revision-checked, and
+    /// keeps the lease until it expires: a standby that reads the mark
+    /// ends too, rather than lead a run that is over.
+    pub async fn end(self) {
+        let value = LeaderValue {
+            holder: self.holder.clone(),
+            epoch: self.epoch,
+            loads: BTreeMap::new(),
+            ended: true,
+        };
+        let _ = self
+            .store
+            .update(LEADER_KEY, to_bytes(&value), self.revision)
+            .await;
     }
 
     /// Gives the lease up (at a clean exit), so a standby need not wait
