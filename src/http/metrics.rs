@@ -138,24 +138,38 @@ fn family<'k>(
     Ok(())
 }
 
-fn rtt(encoder: &mut DescriptorEncoder, rtt: &RttHistogram) -> Result<(), fmt::Error> {
-    let buckets: Vec<(f64, u64)> = RttHistogram::BOUNDS_MS
-        .iter()
-        .map(|&ms| ms as f64 / 1000.0)
+/// A histogram in seconds: each bucket's upper bound (the last, +Inf,
+/// added here) and its own count, not cumulative; and the sum.
+fn seconds_histogram(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    bounds: impl Iterator<Item = f64>,
+    counts: &[u64],
+    sum: f64,
+) -> Result<(), fmt::Error> {
+    let buckets: Vec<(f64, u64)> = bounds
         .chain([f64::INFINITY])
-        .zip(rtt.buckets.iter().copied())
+        .zip(counts.iter().copied())
         .collect();
-    let mut metric = encoder.encode_descriptor(
-        "pong_rtt",
-        "Round trip of answered pings, in core time (tick resolution)",
-        Some(&Unit::Seconds),
-        MetricType::Histogram,
-    )?;
+    let mut metric =
+        encoder.encode_descriptor(name, help, Some(&Unit::Seconds), MetricType::Histogram)?;
     metric.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
-        rtt.sum_ms as f64 / 1000.0,
-        rtt.count(),
+        sum,
+        counts.iter().sum(),
         &buckets,
         None,
+    )
+}
+
+fn rtt(encoder: &mut DescriptorEncoder, rtt: &RttHistogram) -> Result<(), fmt::Error> {
+    seconds_histogram(
+        encoder,
+        "pong_rtt",
+        "Round trip of answered pings, in core time (tick resolution)",
+        RttHistogram::BOUNDS_MS.iter().map(|&ms| ms as f64 / 1000.0),
+        &rtt.buckets,
+        rtt.sum_ms as f64 / 1000.0,
     )
 }
 
@@ -329,23 +343,13 @@ fn traffic(e: &mut DescriptorEncoder, t: &crate::cluster::traffic::Traffic) -> R
     counter(e, "cluster_command_batches", "Command batches published to workers", t.command_batches.load(Relaxed))?;
     counter(e, "cluster_command_bytes", "Bytes of command batches published to workers", t.command_bytes.load(Relaxed))?;
     let hops = t.hops();
-    let buckets: Vec<(f64, u64)> = crate::cluster::traffic::HOP_BOUNDS_US
-        .iter()
-        .map(|&us| us as f64 / 1e6)
-        .chain([f64::INFINITY])
-        .zip(hops.buckets.iter().copied())
-        .collect();
-    let mut metric = e.encode_descriptor(
+    seconds_histogram(
+        e,
         "cluster_hop",
         "From a worker taking an event off its sockets to the leader's inbox (the core counts it at its next step)",
-        Some(&Unit::Seconds),
-        MetricType::Histogram,
-    )?;
-    metric.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+        crate::cluster::traffic::HOP_BOUNDS_US.iter().map(|&us| us as f64 / 1e6),
+        &hops.buckets,
         hops.sum_us as f64 / 1e6,
-        hops.count(),
-        &buckets,
-        None,
     )
 }
 
