@@ -101,10 +101,9 @@ pub struct Leading {
     /// For `/metrics` and `/workers`.
     pub watch: cluster::LeaderWatch,
     deposed: Arc<AtomicBool>,
-    /// Tells the renewing task to give the lease up (or, with `goodbye`
-    /// set, to mark the run ended).
-    release: Arc<tokio::sync::Notify>,
-    goodbye: Arc<AtomicBool>,
+    /// Tells the renewing task how the run ended: the lease is given up,
+    /// or (`true`: Global's goodbye) marked ended.
+    ended: tokio::sync::oneshot::Sender<bool>,
     renewing: tokio::task::JoinHandle<()>,
 }
 
@@ -142,22 +141,15 @@ impl Leading {
     /// After the run: false (said on stderr) if the lease was lost while
     /// leading. Else, after `goodbye`, marks the run ended in the lease
     /// (the standbys end too; the lease expires); after any other end,
-    /// gives it up ([`Leading::release`]).
+    /// gives it up. Either way the renewing task is told, and waited for.
     pub fn end(self, runtime: &tokio::runtime::Runtime, goodbye: bool) -> bool {
         if self.deposed() {
             eprintln!("error: lost the leader lease; a standby leads now");
             return false;
         }
-        self.goodbye.store(goodbye, Ordering::SeqCst);
-        self.release(runtime);
-        true
-    }
-
-    /// After the run (its state saved): gives the lease up, so that a
-    /// standby leads within a tenth of a lease rather than a whole one.
-    /// Bounded by half a lease; a lease not given up expires.
-    pub fn release(self, runtime: &tokio::runtime::Runtime) {
-        self.release.notify_one();
+        // Given up, a standby leads within a tenth of a lease rather than
+        // a whole one. Bounded by half a lease; a lease not given up expires.
+        let _ = self.ended.send(goodbye);
         let within = self.watch.lease / 2;
         let renewing = self.renewing;
         if runtime
@@ -166,6 +158,7 @@ impl Leading {
         {
             warn!("the leader lease was not given up in time: it expires instead");
         }
+        true
     }
 }
 
@@ -230,21 +223,19 @@ impl ClusterArgs {
             traffic: link.traffic.clone(),
             roster: link.roster.clone(),
         };
-        let release = Arc::new(tokio::sync::Notify::new());
-        let goodbye = Arc::new(AtomicBool::new(false));
+        let (ended, run_ended) = tokio::sync::oneshot::channel();
         let renewing = runtime.spawn(keep_leading(
             lease,
             watch.clone(),
             stop.clone(),
             deposed.clone(),
-            (release.clone(), goodbye.clone()),
+            run_ended,
         ));
         Ok(Some(Leading {
             link,
             watch,
             deposed,
-            release,
-            goodbye,
+            ended,
             renewing,
         }))
     }
@@ -307,9 +298,9 @@ fn stand_by(
     Ok(lease)
 }
 
-/// Renews the leader lease every third of a lease, until `release` (the
-/// run is over and its state saved: the lease is given up, or after
-/// `goodbye` marked ended). Lost (taken,
+/// Renews the leader lease every third of a lease, until `run_ended`
+/// says the run is over and its state saved: the lease is given up, or
+/// after Global's goodbye (`true`) marked ended. Lost (taken,
 /// revoked) or unrenewed for half a lease, the run is forced to end: a
 /// leader that cannot prove its lease stops commanding before a standby
 /// may lead.
@@ -318,7 +309,7 @@ async fn keep_leading(
     watch: cluster::LeaderWatch,
     stop: StopHandle,
     deposed: Arc<AtomicBool>,
-    (release, goodbye): (Arc<tokio::sync::Notify>, Arc<AtomicBool>),
+    mut run_ended: tokio::sync::oneshot::Receiver<bool>,
 ) {
     let length = watch.lease;
     let mut every = tokio::time::interval(length / 3);
@@ -327,13 +318,19 @@ async fn keep_leading(
     loop {
         tokio::select! {
             _ = every.tick() => {}
-            _ = release.notified() => {
-                if goodbye.load(Ordering::SeqCst) {
-                    lease.end().await;
-                    info!("marked the run ended in the leader lease (goodbye): the standbys end too");
-                } else {
-                    lease.release().await;
-                    info!("gave the leader lease up");
+            goodbye = &mut run_ended => {
+                match goodbye {
+                    Ok(true) => {
+                        lease.end().await;
+                        info!("marked the run ended in the leader lease (goodbye): the standbys end too");
+                    }
+                    Ok(false) => {
+                        lease.release().await;
+                        info!("gave the leader lease up");
+                    }
+                    // Dropped without an end (the process is exiting on
+                    // an error): the lease expires.
+                    Err(_) => {}
                 }
                 return;
             }
