@@ -663,8 +663,7 @@ impl Worker<'_> {
                     warn!(worker = %self.config.name, old = self.epoch, new = batch.epoch, sockets = self.live.len(), "a new leader: ending the old one's sockets first");
                     self.transport.abort_all();
                     self.discarding = true;
-                    self.outgoing.clear();
-                    self.oldest_at = None;
+                    self.drop_outgoing();
                 }
                 self.held = Some(batch);
                 continue;
@@ -775,8 +774,7 @@ impl Worker<'_> {
         self.sent = 0;
         self.ended_unreported = false;
         self.ended_due = false;
-        self.outgoing.clear();
-        self.oldest_at = None;
+        self.drop_outgoing();
         self.discarding = false;
         if self.held.as_ref().is_some_and(|b| b.epoch <= epoch) {
             self.held = None;
@@ -809,6 +807,13 @@ impl Worker<'_> {
         }
     }
 
+    /// Drops the events in hand unsent (and with them their oldest's read
+    /// time).
+    fn drop_outgoing(&mut self) {
+        self.outgoing.clear();
+        self.oldest_at = None;
+    }
+
     /// Sends the events in hand as one batch.
     fn flush(&mut self) {
         self.flush_bye(false);
@@ -827,8 +832,7 @@ impl Worker<'_> {
             .clone()
             .or_else(|| self.fenced_from.clone())
         else {
-            self.outgoing.clear();
-            self.oldest_at = None;
+            self.drop_outgoing();
             return;
         };
         self.sent += 1;
