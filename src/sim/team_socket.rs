@@ -53,11 +53,14 @@ struct TeamSocket {
     slow_until: Option<Instant>,
     /// When this side sent its close frame.
     closing: Option<Instant>,
+    /// A newer socket's drain order that found this one ending: answered
+    /// (dropped) only once this socket is booked closed.
+    parting: Option<oneshot::Sender<()>>,
 }
 
 /// Serves one team socket until it ends.
 pub(crate) async fn serve_team(ws: WebSocketStream<SimStream>, team: TeamId, shared: Arc<Shared>) {
-    let (ctl, ctl_rx) = mpsc::unbounded_channel();
+    let (ctl, mut ctl_rx) = mpsc::unbounded_channel();
     drain_older(&shared, team).await;
     let (id, delayed) = {
         let mut ledger = shared.lock();
@@ -80,10 +83,15 @@ pub(crate) async fn serve_team(ws: WebSocketStream<SimStream>, team: TeamId, sha
         zombie: false,
         slow_until: None,
         closing: None,
+        parting: None,
     };
     socket.greet(delayed).await;
-    socket.serve(ctl_rx, stream).await;
+    let parting = socket.serve(&mut ctl_rx, stream).await;
     shared.lock().team_socket_closed(team, id);
+    // A newer socket of the team waits for this one's drain: it goes on only
+    // once this one is booked closed, or the two would seem to overlap.
+    // Orders still queued are let go here for the same reason.
+    drop((parting, ctl_rx));
 }
 
 /// The client closes a socket before it opens the next, but this server
@@ -111,8 +119,12 @@ impl TeamSocket {
     }
 
     /// Serves orders, client frames and the write tick until the socket
-    /// ends.
-    async fn serve(mut self, mut ctl_rx: mpsc::UnboundedReceiver<SocketCtl>, mut stream: Source) {
+    /// ends; returns the drain order left to answer once it is booked closed.
+    async fn serve(
+        mut self,
+        ctl_rx: &mut mpsc::UnboundedReceiver<SocketCtl>,
+        mut stream: Source,
+    ) -> Option<oneshot::Sender<()>> {
         let mut ticker = tokio::time::interval(WRITE_TICK);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -134,8 +146,11 @@ impl TeamSocket {
             };
             match next {
                 Next::Serve => {}
-                Next::End => return,
-                Next::Reset => return reset(self.sink, stream),
+                Next::End => return self.parting,
+                Next::Reset => {
+                    reset(self.sink, stream);
+                    return self.parting;
+                }
             }
         }
     }
@@ -172,6 +187,7 @@ impl TeamSocket {
             }
             SocketCtl::Drain(ack) => {
                 if !self.drain(stream) {
+                    self.parting = Some(ack);
                     return Next::End;
                 }
                 let _ = ack.send(());
