@@ -23,13 +23,17 @@ pub fn merge(a: Vec<SavedTeam>, b: Vec<SavedTeam>) -> Vec<SavedTeam> {
     let mut all: std::collections::BTreeMap<crate::protocol::TeamId, SavedTeam> =
         std::collections::BTreeMap::new();
     for team in a.into_iter().chain(b) {
-        all.entry(team.id)
-            .and_modify(|kept| {
+        match all.entry(team.id) {
+            std::collections::btree_map::Entry::Occupied(mut kept) => {
+                let kept = kept.get_mut();
                 if (team.message_count, team.props_count) > (kept.message_count, kept.props_count) {
                     *kept = team;
                 }
-            })
-            .or_insert(team);
+            }
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                slot.insert(team);
+            }
+        }
     }
     all.into_values().collect()
 }

@@ -49,6 +49,10 @@ const TEAMS: TableDefinition<u64, (bool, u64, u64)> = TableDefinition::new("team
 /// kept beside the counts so that a leader resuming from this file adds
 /// exactly what the workers read since (files without it read as no marks).
 const MARKS: TableDefinition<u64, (u64, u64, u64)> = TableDefinition::new("socket_marks");
+/// Team id → its [`SavedTeam::unreported`] sockets, each (socket id,
+/// messages, props), oldest first (files without it read as none).
+const UNREPORTED: TableDefinition<u64, Vec<(u64, u64, u64)>> =
+    TableDefinition::new("unreported_sockets");
 
 /// redb's page cache grows up to this; the file for 10,000 teams is far smaller.
 const CACHE_BYTES: usize = 16 * 1024 * 1024;
@@ -240,6 +244,11 @@ impl Store {
             Err(TableError::TableDoesNotExist(_)) => None,
             Err(e) => return Err(db_error(&self.path, "open marks table", e.into())),
         };
+        let unreported = match txn.open_table(UNREPORTED) {
+            Ok(table) => Some(table),
+            Err(TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(db_error(&self.path, "open unreported table", e.into())),
+        };
         let mut teams = Vec::new();
         for row in rows {
             let (id, value) = row.map_err(|e| db_error(&self.path, "read teams", e.into()))?;
@@ -248,15 +257,16 @@ impl Store {
                 Some(marks) => marks
                     .get(id.value())
                     .map_err(|e| db_error(&self.path, "read marks", e.into()))?
-                    .map(|m| {
-                        let (conn, messages, props) = m.value();
-                        crate::core::SocketMark {
-                            conn: crate::bridge::ConnId(conn),
-                            messages,
-                            props,
-                        }
-                    }),
+                    .map(|m| mark(m.value())),
                 None => None,
+            };
+            let unreported = match &unreported {
+                Some(table) => table
+                    .get(id.value())
+                    .map_err(|e| db_error(&self.path, "read unreported", e.into()))?
+                    .map(|marks| marks.value().into_iter().map(mark).collect())
+                    .unwrap_or_default(),
+                None => Vec::new(),
             };
             teams.push(SavedTeam {
                 id: TeamId(id.value()),
@@ -264,6 +274,7 @@ impl Store {
                 message_count,
                 props_count,
                 socket,
+                unreported,
             });
         }
         Ok(teams)
@@ -290,6 +301,9 @@ impl Store {
             let mut marks = txn
                 .open_table(MARKS)
                 .map_err(|e| db_error(path, "open marks table", e.into()))?;
+            let mut unreported = txn
+                .open_table(UNREPORTED)
+                .map_err(|e| db_error(path, "open unreported table", e.into()))?;
             for team in teams {
                 let old = table
                     .insert(
@@ -310,12 +324,21 @@ impl Store {
                     table
                         .insert(team.id.0, kept)
                         .map_err(|e| db_error(path, "write team", e.into()))?;
-                } else if let Some(mark) = team.socket {
-                    // With the counts it describes only (a regression
-                    // keeps the old counts and their mark).
-                    marks
-                        .insert(team.id.0, (mark.conn.0, mark.messages, mark.props))
-                        .map_err(|e| db_error(path, "write mark", e.into()))?;
+                } else {
+                    // With the counts they describe only (a regression
+                    // keeps the old counts and their marks).
+                    if let Some(mark) = team.socket {
+                        marks
+                            .insert(team.id.0, row(&mark))
+                            .map_err(|e| db_error(path, "write mark", e.into()))?;
+                    }
+                    let waiting = if team.unreported.is_empty() {
+                        unreported.remove(team.id.0).map(|_| ())
+                    } else {
+                        let rows: Vec<_> = team.unreported.iter().map(row).collect();
+                        unreported.insert(team.id.0, rows).map(|_| ())
+                    };
+                    waiting.map_err(|e| db_error(path, "write unreported", e.into()))?;
                 }
                 report.teams += 1;
             }
@@ -329,6 +352,20 @@ impl Store {
         self.db
             .begin_read()
             .map_err(|e| db_error(&self.path, "begin read", e.into()))
+    }
+}
+
+/// A socket mark as the file keeps it: (socket id, messages, props).
+fn row(mark: &crate::core::SocketMark) -> (u64, u64, u64) {
+    (mark.conn.0, mark.messages, mark.props)
+}
+
+/// A socket mark from its [`row`].
+fn mark((conn, messages, props): (u64, u64, u64)) -> crate::core::SocketMark {
+    crate::core::SocketMark {
+        conn: crate::bridge::ConnId(conn),
+        messages,
+        props,
     }
 }
 
@@ -732,7 +769,7 @@ impl StoreWriter {
         let mut state = self.shared.lock();
         let was_empty = state.pending.is_empty();
         for team in teams {
-            state.pending.insert(team.id, *team);
+            state.pending.insert(team.id, team.clone());
         }
         state.stats.updates += 1;
         state.stats.pending = state.pending.len();
@@ -961,7 +998,7 @@ impl Writer<'_> {
         self.failed_last = true;
         let mut state = self.shared.lock();
         for team in &self.teams {
-            state.pending.entry(team.id).or_insert(*team);
+            state.pending.entry(team.id).or_insert_with(|| team.clone());
         }
         state.stats.pending = state.pending.len();
         state.stats.errors += 1;
@@ -1017,6 +1054,7 @@ mod tests {
             message_count,
             props_count,
             socket: None,
+            unreported: Vec::new(),
         }
     }
 

@@ -1016,6 +1016,7 @@ fn restored_teams_resume_their_counts_and_reconnect_unless_global_disowns_them()
             message_count: 40,
             props_count: 4,
             socket: None,
+            unreported: Vec::new(),
         },
         SavedTeam {
             id: T2,
@@ -1023,6 +1024,7 @@ fn restored_teams_resume_their_counts_and_reconnect_unless_global_disowns_them()
             message_count: 7,
             props_count: 0,
             socket: None,
+            unreported: Vec::new(),
         },
         SavedTeam {
             id: T3,
@@ -1030,6 +1032,7 @@ fn restored_teams_resume_their_counts_and_reconnect_unless_global_disowns_them()
             message_count: 9,
             props_count: 9,
             socket: None,
+            unreported: Vec::new(),
         },
     ];
     peer.core
@@ -1096,6 +1099,7 @@ fn adopted_sockets_stay_open_and_add_exactly_what_the_copy_missed() {
                 message_count: 100,
                 props_count: 10,
                 socket: mark(7, 30, 3),
+                unreported: Vec::new(),
             },
             SavedTeam {
                 id: T2,
@@ -1103,6 +1107,7 @@ fn adopted_sockets_stay_open_and_add_exactly_what_the_copy_missed() {
                 message_count: 50,
                 props_count: 5,
                 socket: mark(5, 20, 2),
+                unreported: Vec::new(),
             },
         ])
         .expect("restored");
@@ -1168,6 +1173,60 @@ fn adopted_sockets_stay_open_and_add_exactly_what_the_copy_missed() {
         peer.adopt(&[]),
         Err(switchboard::core::RestoreError::AlreadyRunning)
     );
+}
+
+/// The old leader gave a lost worker's socket up and counted the team's
+/// next socket, but died before the worker's late report of the first came:
+/// its copy of the counts names the first as unreported, so the next leader
+/// adds exactly what that report brings, though a later socket is marked.
+#[test]
+fn a_late_report_the_old_leader_never_got_adds_exactly_what_it_lacks() {
+    use switchboard::core::{AdoptedSocket, SocketMark};
+    let mut old = Peer::with_teams(34, &[T1]);
+    old.messages(T1, 10, 2);
+    old.step();
+    let first = old.team_conn(T1);
+    old.closed(first, CloseReason::WorkerLost);
+    old.step_until_requested(T1);
+    old.connect_team(T1);
+    old.messages(T1, 4, 1);
+    old.step();
+    let second = old.team_conn(T1);
+    let saved = old.core.changed_teams();
+    let mark = |conn, messages, props| SocketMark {
+        conn,
+        messages,
+        props,
+    };
+    assert_eq!(saved[0].message_count, 14);
+    assert_eq!(saved[0].socket, Some(mark(second, 4, 1)));
+    assert_eq!(saved[0].unreported, vec![mark(first, 10, 2)]);
+    let socket = |conn, messages, props, open| AdoptedSocket {
+        team: T1,
+        conn,
+        messages,
+        props,
+        open,
+    };
+    let mut new = Peer::new(35);
+    new.core.restore(&saved).expect("restored");
+    new.adopt(&[socket(first, 11, 2, false), socket(second, 6, 1, true)])
+        .expect("adopted");
+    let counts = |peer: &Peer| {
+        let t = team(peer, T1);
+        (t.counters.message_count, t.counters.props_count)
+    };
+    assert_eq!(counts(&new), (14 + 1 + 2, 3));
+    // The same report again adds nothing, and the next copy no longer
+    // waits for it.
+    new.core.late_reports(&[socket(first, 11, 2, false)]);
+    assert_eq!(counts(&new), (17, 3));
+    let saved = new.core.changed_teams();
+    assert!(saved[0].unreported.is_empty(), "{saved:?}");
+    // Had the old leader got the report, its copy would not wait either.
+    old.core.late_reports(&[socket(first, 11, 2, false)]);
+    let saved = old.core.changed_teams();
+    assert_eq!((saved[0].message_count, saved[0].unreported.len()), (15, 0));
 }
 
 #[test]

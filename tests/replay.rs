@@ -301,6 +301,7 @@ fn scripted(options: RecordOptions) -> (Vec<String>, Snapshot) {
             message_count: 40,
             props_count: 4,
             socket: None,
+            unreported: Vec::new(),
         },
         SavedTeam {
             id: TeamId(8),
@@ -308,6 +309,7 @@ fn scripted(options: RecordOptions) -> (Vec<String>, Snapshot) {
             message_count: 7,
             props_count: 0,
             socket: None,
+            unreported: Vec::new(),
         },
     ];
     let mut s = Scripted::new(options, &restored);

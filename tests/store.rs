@@ -21,6 +21,7 @@ fn team(id: u64, message_count: u64, props_count: u64) -> SavedTeam {
         message_count,
         props_count,
         socket: None,
+        unreported: Vec::new(),
     }
 }
 
@@ -84,13 +85,15 @@ fn socket_marks_are_kept_with_the_counts_they_describe() {
             props: 1,
         })
     };
+    let unreported: Vec<SocketMark> = [mark(7, 30), mark(8, 2)].into_iter().flatten().collect();
     let marked = SavedTeam {
         socket: mark(9, 40),
+        unreported: unreported.clone(),
         ..team(1, 100, 10)
     };
-    store.save(&[marked, team(2, 5, 0)]).unwrap();
-    assert_eq!(store.load().unwrap(), vec![marked, team(2, 5, 0)]);
-    // A lower count is not written back, and neither is its mark.
+    store.save(&[marked.clone(), team(2, 5, 0)]).unwrap();
+    assert_eq!(store.load().unwrap(), vec![marked.clone(), team(2, 5, 0)]);
+    // A lower count is not written back, and neither are its marks.
     let report = store
         .save(&[SavedTeam {
             socket: mark(12, 1),
@@ -99,6 +102,13 @@ fn socket_marks_are_kept_with_the_counts_they_describe() {
         .unwrap();
     assert_eq!(report.regressions, 1);
     assert_eq!(store.load().unwrap()[0], marked);
+    // Reports came: the sockets waiting for them go with the next save.
+    let reported = SavedTeam {
+        socket: mark(9, 41),
+        ..team(1, 101, 10)
+    };
+    store.save(std::slice::from_ref(&reported)).unwrap();
+    assert_eq!(store.load().unwrap()[0], reported);
 }
 
 #[test]

@@ -81,7 +81,7 @@ impl KvState {
             self.chunks
                 .entry(chunk)
                 .or_default()
-                .insert(team.id.0, *team);
+                .insert(team.id.0, team.clone());
             self.dirty.insert(chunk);
         }
     }
@@ -223,6 +223,7 @@ mod tests {
             message_count: m,
             props_count: m / 5,
             socket: None,
+            unreported: Vec::new(),
         }
     }
 

@@ -238,6 +238,14 @@ impl Links<'_> {
         self.reconcile.restored(team, mark);
     }
 
+    /// A restored team's counts include `mark` of a socket an earlier
+    /// leader gave up, whose late report had not come.
+    pub(crate) fn restored_unreported(&mut self, team: TeamId, mark: SocketMark) {
+        self.conns.skip_past(mark.conn);
+        self.reconcile
+            .gave_up(mark.conn, team, (mark.messages, mark.props));
+    }
+
     /// The core gave `conn` up with its lost worker: what it counted of
     /// it is kept for the worker's late report.
     pub(crate) fn gave_up(&mut self, team: TeamId, counters: &Counters, conn: ConnId) {

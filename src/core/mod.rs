@@ -208,6 +208,7 @@ impl Core {
                 message_count: 0,
                 props_count: 0,
                 socket: None,
+                unreported: Vec::new(),
             })
             .collect();
         unknown.sort_by_key(|t| t.id);

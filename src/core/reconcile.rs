@@ -2,15 +2,16 @@
 //! last events never came (the worker was lost, or served an earlier
 //! leader), reported when a leader calls it. Each report is added at most
 //! once, exactly: for a socket an earlier leader gave out, against the mark
-//! the restored counts carry; for one of this core's, against what it had
-//! counted when it gave the socket up.
+//! the restored counts carry; for one given up with a lost worker (by this
+//! core, or by an earlier one whose saved counts list it as unreported),
+//! against what was counted when it was given up.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use bevy_ecs::prelude::*;
 
 use crate::bridge::ConnId;
-use crate::core::saved::SocketMark;
+use crate::core::saved::{MOST_UNREPORTED, SocketMark};
 use crate::protocol::TeamId;
 
 /// Sockets of this core given up without their last events, kept for a
@@ -24,9 +25,14 @@ pub struct Reconcile {
     first_own: ConnId,
     /// Per team, how much of an earlier leader's sockets its counts hold.
     restored: HashMap<TeamId, SocketMark>,
-    /// This core's sockets given up for a lost worker: what it counted.
+    /// Sockets given up for a lost worker (this core's, or restored: an
+    /// earlier leader's): what the counts hold of each.
     lost: HashMap<ConnId, (TeamId, u64, u64)>,
     order: VecDeque<ConnId>,
+    /// Per team, those of `lost` whose report has not come, oldest first
+    /// (saved with the team's counts: a leader that resumes from them adds
+    /// exactly what the report brings).
+    unreported: HashMap<TeamId, Vec<ConnId>>,
     /// Earlier leaders' sockets this core adopted: counted from their
     /// events since, so only [`Reconcile::gave_up`] makes a late report of
     /// one count.
@@ -59,12 +65,48 @@ impl Reconcile {
         if let std::collections::hash_map::Entry::Vacant(slot) = self.lost.entry(conn) {
             slot.insert((team, counted.0, counted.1));
             self.order.push_back(conn);
-        }
-        while self.order.len() > MOST_LOST {
-            if let Some(old) = self.order.pop_front() {
-                self.lost.remove(&old);
+            let waiting = self.unreported.entry(team).or_default();
+            waiting.push(conn);
+            if waiting.len() > MOST_UNREPORTED {
+                waiting.remove(0);
             }
         }
+        while self.order.len() > MOST_LOST {
+            if let Some(old) = self.order.pop_front()
+                && let Some((team, ..)) = self.lost.remove(&old)
+            {
+                self.reported(team, old);
+            }
+        }
+    }
+
+    /// `conn`'s report came (or will not).
+    fn reported(&mut self, team: TeamId, conn: ConnId) {
+        if let Some(waiting) = self.unreported.get_mut(&team) {
+            waiting.retain(|c| *c != conn);
+            if waiting.is_empty() {
+                self.unreported.remove(&team);
+            }
+        }
+    }
+
+    /// `team`'s given-up sockets still waiting for a report, each with what
+    /// the counts hold of it (for the saved state).
+    pub fn unreported(&self, team: TeamId) -> Vec<SocketMark> {
+        let Some(waiting) = self.unreported.get(&team) else {
+            return Vec::new();
+        };
+        waiting
+            .iter()
+            .filter_map(|conn| {
+                let &(_, messages, props) = self.lost.get(conn)?;
+                Some(SocketMark {
+                    conn: *conn,
+                    messages,
+                    props,
+                })
+            })
+            .collect()
     }
 
     /// What `report` (a socket's whole reading) adds to its team's counts
@@ -80,6 +122,7 @@ impl Reconcile {
             );
             *messages = (*messages).max(report.messages);
             *props = (*props).max(report.props);
+            self.reported(team, report.conn);
             return add;
         }
         if report.conn < self.first_own && !self.adopted.contains(&report.conn) {

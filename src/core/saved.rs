@@ -9,7 +9,7 @@ use crate::protocol::TeamId;
 /// What of a team survives a restart: its counts, and whether it was joined
 /// (a restart reconnects it). Written by the state store, given back to
 /// [`crate::Core::restore`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SavedTeam {
     /// The team.
     pub id: TeamId,
@@ -24,7 +24,19 @@ pub struct SavedTeam {
     /// (see [`crate::Core::adopt`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub socket: Option<SocketMark>,
+    /// Earlier sockets given up with a lost worker whose late report has
+    /// not come, each with what the counts include of it: a later socket
+    /// is marked, but these were not read to their end (see
+    /// [`crate::Core::late_reports`]). At most [`MOST_UNREPORTED`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreported: Vec<SocketMark>,
 }
+
+/// Given-up sockets a team keeps waiting for a late report: past this the
+/// oldest is taken as read to its end (a report of it then adds nothing).
+/// A worker reports an ended socket for two leases plus ten seconds, so
+/// more than a few mean the reports will not come.
+pub const MOST_UNREPORTED: usize = 4;
 
 /// The messages counted from one socket, from its first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -404,6 +404,7 @@ mod tests {
                 message_count: 10,
                 props_count: 2,
                 socket: None,
+                unreported: Vec::new(),
             }]),
             step: None,
             now: None,

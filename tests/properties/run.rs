@@ -126,7 +126,7 @@ impl Run {
         if clean {
             self.commit();
         }
-        let saved: Vec<_> = self.model.store.values().copied().collect();
+        let saved: Vec<_> = self.model.store.values().cloned().collect();
         self.core = Core::new(&self.config, self.seed).expect("valid config");
         // The old process's inbox died with it.
         self.inbox.clear();

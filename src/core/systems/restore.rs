@@ -7,6 +7,7 @@ use crate::bridge::ConnId;
 use crate::core::components::{Counters, Health, Link, LinkState, Team};
 use crate::core::lifecycle::History;
 use crate::core::links::Links;
+use crate::core::reconcile::Reconcile;
 use crate::core::resources::TeamIndex;
 use crate::core::saved::{AdoptedSocket, SavedTeam};
 
@@ -32,6 +33,9 @@ pub fn restore_teams(
             links.skip_past(mark.conn);
             links.restored_mark(team.id, mark);
         }
+        for mark in &team.unreported {
+            links.restored_unreported(team.id, *mark);
+        }
         let mut link = Link::default();
         links.restore(entity, &mut link, team.joined, &counters);
         commands.entity(entity).insert((
@@ -55,7 +59,10 @@ type SavedChanged = Or<(Changed<Counters>, Changed<Link>)>;
 /// The teams whose counters or link changed since the last call (bevy's
 /// change detection: the system remembers when it last ran). O(teams) per
 /// call, so the store calls it once per commit interval, not per tick.
-pub fn changed_teams(teams: Query<(&Team, &Counters, &Link), SavedChanged>) -> Vec<SavedTeam> {
+pub fn changed_teams(
+    teams: Query<(&Team, &Counters, &Link), SavedChanged>,
+    reconcile: Res<Reconcile>,
+) -> Vec<SavedTeam> {
     teams
         .iter()
         .map(|(team, counters, link)| SavedTeam {
@@ -64,6 +71,7 @@ pub fn changed_teams(teams: Query<(&Team, &Counters, &Link), SavedChanged>) -> V
             message_count: counters.message_count,
             props_count: counters.props_count,
             socket: counters.socket,
+            unreported: reconcile.unreported(team.id),
         })
         .collect()
 }
