@@ -1023,3 +1023,56 @@ async fn a_nats_server_lost_from_a_cluster_of_three_loses_nothing() {
     assert!(verdict.verified, "{}\n{logs}", verdict_problems(&verdict));
 }
 
+/// A copy of the saved teams that fails (here: the bucket is gone) is sent
+/// again once it can be, though no team changes meanwhile: a chunk whose
+/// teams went quiet must not stay stale in the bucket for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_of_the_saved_teams_that_failed_is_sent_again() {
+    use switchboard::cluster::ClusterConfig;
+    use switchboard::cluster::lease::buckets;
+    use switchboard::cluster::state::{self, KvState};
+    use switchboard::persistence::Mirror;
+    use switchboard::store::SavedTeam;
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = Nats::start(&dir.path().join("js"), 0);
+    let config = ClusterConfig {
+        url: nats.url(),
+        name: "switchboard".into(),
+        lease: LEASE,
+    };
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.expect("NATS"));
+    let (made, _) = buckets(&js, &config).await.expect("buckets");
+    let global = "ws://global.example/";
+    let mut copy = KvState::start(made.state, &tokio::runtime::Handle::current(), global, &[]);
+    js.delete_key_value(config.state_bucket())
+        .await
+        .expect("bucket deleted");
+    let team = SavedTeam {
+        id: switchboard::protocol::TeamId(7),
+        joined: true,
+        message_count: 42,
+        props_count: 3,
+        socket: None,
+        unreported: Vec::new(),
+    };
+    // Returns once the writer has tried (and failed) to copy it.
+    tokio::task::block_in_place(|| {
+        copy.update(std::slice::from_ref(&team));
+        copy.flush(Instant::now() + DEADLINE);
+    });
+    let (made, _) = buckets(&js, &config).await.expect("buckets again");
+    let store = made.state;
+    let started = Instant::now();
+    loop {
+        let saved = state::load(&store, global).await.expect("read back");
+        if saved == [team.clone()] {
+            break;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "never copied again: {saved:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -142,18 +142,42 @@ impl Mirror for KvState {
 }
 
 async fn write(store: kv::Store, mut jobs: mpsc::Receiver<Job>) {
-    while let Some(job) = jobs.recv().await {
+    // Chunks whose copy failed, each with its newest value: a chunk whose
+    // teams stop changing would otherwise stay stale in the bucket for good.
+    let mut unsent: BTreeMap<String, Bytes> = BTreeMap::new();
+    loop {
+        let job = if unsent.is_empty() {
+            jobs.recv().await
+        } else {
+            match tokio::time::timeout(MIRROR_EVERY, jobs.recv()).await {
+                Ok(job) => job,
+                Err(_) => Some(Job::Put(Vec::new())),
+            }
+        };
+        let Some(job) = job else { return };
         match job {
             Job::Put(puts) => {
-                for (key, value) in puts {
-                    if let Err(error) = store.put(&key, value).await {
-                        warn!(%error, key, "copying the saved teams to the cluster");
-                    }
-                }
+                unsent.extend(puts);
+                put_all(&store, &mut unsent).await;
             }
             Job::Drained(done) => {
+                put_all(&store, &mut unsent).await;
                 let _ = done.send(());
             }
+        }
+    }
+}
+
+/// Copies the `unsent` chunks, stopping at the first failure (NATS is then
+/// down or electing: the rest would fail too, each after its timeout);
+/// what is left stays for the next round.
+async fn put_all(store: &kv::Store, unsent: &mut BTreeMap<String, Bytes>) {
+    let total = unsent.len();
+    while let Some((key, value)) = unsent.pop_first() {
+        if let Err(error) = store.put(&key, value.clone()).await {
+            unsent.insert(key, value);
+            warn!(%error, left = unsent.len(), of = total, "copying the saved teams to the cluster; trying again");
+            return;
         }
     }
 }
