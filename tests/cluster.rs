@@ -706,14 +706,15 @@ fn published_once_each(stored: &[nats::Stored], counted: &BTreeMap<u64, (u64, u6
     }
 }
 
-/// Every team had a socket at the end: no "no socket" problem.
-fn every_team_reconnected(verdict: &Verdict) {
+/// Every team had a socket at the end: no "no socket" problem (`logs`
+/// are shown if there was).
+fn every_team_reconnected(verdict: &Verdict, logs: &str) {
     let stranded: Vec<&String> = verdict
         .mismatches
         .iter()
         .filter(|m| m.contains("no socket"))
         .collect();
-    assert!(stranded.is_empty(), "{stranded:?}");
+    assert!(stranded.is_empty(), "{stranded:?}\n{logs}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -827,8 +828,9 @@ async fn a_paused_worker_fences_itself_and_its_teams_move() {
     workers[1].logged("registered").await;
     leader.logged("closing a lost worker's sockets").await;
     let verdict = verdict(server).await;
+    let logs = format!("core:\n{}\nworker b:\n{}", leader.log(), workers[1].log());
     let (_, report) = leader.exit().await;
-    every_team_reconnected(&verdict);
+    every_team_reconnected(&verdict, &logs);
     // A stopped process cannot close its sockets: the kernel keeps them
     // open until it runs again, while the leader (after a lease) has
     // reopened its teams elsewhere. So the simulator may see two sockets
@@ -887,10 +889,11 @@ async fn after_a_nats_restart_a_standby_leads_and_every_team_comes_back() {
     let nats = Nats::start(&store, port);
     standby.logged("\"leading\"").await;
     let verdict = verdict(server).await;
+    let logs = standby.log();
     let (status, report) = standby.exit().await;
     assert!(status.success());
     drop(nats);
-    every_team_reconnected(&verdict);
+    every_team_reconnected(&verdict, &logs);
     assert_eq!(verdict.max_sockets_per_team, 1, "two sockets for a team");
     let counted = counts(&report);
     let short: u64 = verdict
@@ -1031,13 +1034,14 @@ async fn a_nats_server_lost_from_a_cluster_of_three_loses_nothing() {
     }
     let verdict = judged.await.expect("the verdict");
     let logs: Vec<String> = cores.iter().map(|(core, _)| core.log()).collect();
-    let logs = format!("{}\nworker a:\n{}", logs.join("\n"), _workers[0].log());
+    let workers: Vec<String> = _workers.iter().map(Proc::log).collect();
+    let logs = format!("{}\nworkers:\n{}", logs.join("\n"), workers.join("\n"));
     // After the goodbye the leader ends (0), and every standby with it.
     for (core, _) in cores {
         let (status, _) = core.exit().await;
         assert!(status.success(), "a core did not end the run\n{logs}");
     }
-    every_team_reconnected(&verdict);
+    every_team_reconnected(&verdict, &logs);
     assert_eq!(verdict.max_sockets_per_team, 1, "two sockets for a team");
     // The simulator checks the final healthcheck against what it wrote.
     assert!(verdict.verified, "{}\n{logs}", verdict_problems(&verdict));
