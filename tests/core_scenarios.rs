@@ -1229,6 +1229,60 @@ fn a_late_report_the_old_leader_never_got_adds_exactly_what_it_lacks() {
     assert_eq!((saved[0].message_count, saved[0].unreported.len()), (15, 0));
 }
 
+/// Socket ids from outside the core (a saved mark, a worker's report) past
+/// 2^53 are not taken: the next ids would run past the top of `u64` and
+/// repeat ids in use.
+#[test]
+fn socket_ids_past_the_limit_from_outside_are_not_taken() {
+    use switchboard::core::{AdoptedSocket, SocketMark};
+    use switchboard::store::SavedTeam;
+    let huge = ConnId(u64::MAX);
+    let mut peer = Peer::new(36);
+    peer.core
+        .restore(&[SavedTeam {
+            id: T1,
+            joined: true,
+            message_count: 10,
+            props_count: 1,
+            socket: Some(SocketMark {
+                conn: huge,
+                messages: 10,
+                props: 1,
+            }),
+            unreported: vec![SocketMark {
+                conn: ConnId(u64::MAX - 1),
+                messages: 3,
+                props: 0,
+            }],
+        }])
+        .expect("restored");
+    let report = |team, conn, open| AdoptedSocket {
+        team,
+        conn,
+        messages: 5,
+        props: 0,
+        open,
+    };
+    let refused = peer
+        .adopt(&[report(T2, huge, true), report(T1, ConnId(3), false)])
+        .expect("adopted");
+    assert_eq!(refused, vec![huge], "the caller ends it");
+    peer.core
+        .late_reports(&[report(T1, ConnId(u64::MAX - 1), false)]);
+    // The restored counts stay; socket 3 is a later one than no mark.
+    assert_eq!(team(&peer, T1).counters.message_count, 15);
+    assert!(
+        peer.core.healthcheck().iter().all(|s| s.id != T2),
+        "no team made for the refused socket"
+    );
+    peer.open_global();
+    assert_eq!(
+        peer.global_conn(),
+        ConnId(4),
+        "ids go on from the sane ones"
+    );
+}
+
 #[test]
 fn joins_beyond_max_teams_are_refused_and_counted() {
     let config = switchboard::Config {

@@ -177,9 +177,10 @@ impl Core {
                 max,
             });
         }
-        self.world.resource_mut::<resources::Restored>().0 = saved.to_vec();
+        let saved: Vec<SavedTeam> = saved.iter().map(without_insane_marks).collect();
+        self.world.resource_mut::<resources::Restored>().0 = saved.clone();
         self.world
-            .run_system_once_with(systems::restore::restore_teams, saved.to_vec())
+            .run_system_once_with(systems::restore::restore_teams, saved)
             .map_err(|_| RestoreError::AlreadyRunning)
     }
 
@@ -198,6 +199,9 @@ impl Core {
         if self.world.resource::<Clock>().step > 0 {
             return Err(RestoreError::AlreadyRunning);
         }
+        let (sockets, insane): (Vec<AdoptedSocket>, Vec<AdoptedSocket>) =
+            sockets.iter().partition(|s| resources::sane_conn(s.conn));
+        let insane: Vec<ConnId> = insane.iter().filter(|s| s.open).map(|s| s.conn).collect();
         let index = &self.world.resource::<resources::TeamIndex>().0;
         let mut unknown: Vec<SavedTeam> = sockets
             .iter()
@@ -223,15 +227,18 @@ impl Core {
         self.world
             .run_system_once_with(systems::restore::restore_teams, unknown)
             .map_err(|_| RestoreError::AlreadyRunning)?;
-        let mut sockets = sockets.to_vec();
+        let mut sockets = sockets;
         sockets.sort_by_key(|s| (s.team, s.conn));
         let mut recorded = self.world.resource_mut::<resources::Recorded>();
         if recorded.on {
             recorded.adopted.extend_from_slice(&sockets);
         }
-        self.world
+        let mut refused = self
+            .world
             .run_system_once_with(systems::restore::adopt_sockets, sockets)
-            .map_err(|_| RestoreError::AlreadyRunning)
+            .map_err(|_| RestoreError::AlreadyRunning)?;
+        refused.extend(insane);
+        Ok(refused)
     }
 
     /// The sockets adopted before the first step, in the order taken (for
@@ -252,13 +259,18 @@ impl Core {
     /// `core/reconcile.rs`). Open ones are ignored: only [`Core::adopt`]
     /// takes sockets over. Any time, between steps.
     pub fn late_reports(&mut self, sockets: &[AdoptedSocket]) {
+        let sockets: Vec<AdoptedSocket> = sockets
+            .iter()
+            .filter(|s| resources::sane_conn(s.conn))
+            .copied()
+            .collect();
         let mut recorded = self.world.resource_mut::<resources::Recorded>();
         if recorded.on {
-            recorded.late.extend_from_slice(sockets);
+            recorded.late.extend_from_slice(&sockets);
         }
         let _ = self
             .world
-            .run_system_once_with(systems::restore::late_reports, sockets.to_vec());
+            .run_system_once_with(systems::restore::late_reports, sockets);
     }
 
     /// The teams restored before the first step (for the flight recorder).
@@ -660,6 +672,15 @@ fn build_schedule() -> Schedule {
             .in_set(CoreSystems::Emit),
     ));
     schedule
+}
+
+/// `team` without the socket marks whose ids the core does not take
+/// ([`resources::MAX_CONN_ID`]); its counts stay.
+fn without_insane_marks(team: &SavedTeam) -> SavedTeam {
+    let mut team = team.clone();
+    team.socket = team.socket.filter(|m| resources::sane_conn(m.conn));
+    team.unreported.retain(|m| resources::sane_conn(m.conn));
+    team
 }
 
 #[cfg(test)]

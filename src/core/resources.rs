@@ -71,6 +71,17 @@ pub enum Owner {
     Team(Entity),
 }
 
+/// Socket ids stay below this (2^53: exact as a JSON number wherever they
+/// are written). An id from outside the core (a saved mark, a worker's
+/// report) at or above it is not taken: the next ids would run past the
+/// top of `u64` and repeat ids in use.
+pub const MAX_CONN_ID: u64 = 1 << 53;
+
+/// Whether `conn`, an id from outside the core, may be taken.
+pub fn sane_conn(conn: ConnId) -> bool {
+    conn.0 < MAX_CONN_ID
+}
+
 /// Connection ids the core opened, with their owners, until the transport
 /// reports their end. A connection the core gave up on (and asked to be
 /// aborted) is *retired*: it no longer drives any state, but messages it
