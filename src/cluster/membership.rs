@@ -140,8 +140,10 @@ impl Roster {
                 return; // replayed: applied already
             }
             if state.revisions.len() >= MOST_NAMES {
-                let live: Vec<String> = state.live.keys().cloned().collect();
-                state.revisions.retain(|name, _| live.contains(name));
+                let State {
+                    revisions, live, ..
+                } = &mut *state;
+                revisions.retain(|name, _| live.contains_key(name));
             }
             state.revisions.insert(worker.to_owned(), revision);
         }
@@ -255,10 +257,11 @@ fn lose(state: &mut State, worker: &str, old: Member, why: &'static str) {
 
 /// Keeps `roster` in step with the workers' bucket, for as long as the
 /// process runs: a watch (remade after an error, or after a lease with
-/// nothing from it), and an expiry check ten times a lease. A worker the watch has not seen renewed for a lease is
-/// read from the bucket first: a watch that stalled (its server lost, a
-/// reconnect) must not declare lost a worker that renewed meanwhile, which
-/// would then hold its sockets while the teams are opened elsewhere.
+/// nothing from it), and an expiry check ten times a lease. A worker the
+/// watch has not seen renewed for a lease is read from the bucket first: a
+/// watch that stalled (its server lost, a reconnect) must not declare lost
+/// a worker that renewed meanwhile, which would then hold its sockets while
+/// the teams are opened elsewhere.
 pub async fn watch(store: kv::Store, roster: Roster, lease: Duration) {
     let mut check = tokio::time::interval(lease / 10);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
