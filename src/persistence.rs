@@ -23,16 +23,9 @@ pub fn merge(a: Vec<SavedTeam>, b: Vec<SavedTeam>) -> Vec<SavedTeam> {
     let mut all: std::collections::BTreeMap<crate::protocol::TeamId, SavedTeam> =
         std::collections::BTreeMap::new();
     for team in a.into_iter().chain(b) {
-        match all.entry(team.id) {
-            std::collections::btree_map::Entry::Occupied(mut kept) => {
-                let kept = kept.get_mut();
-                if (team.message_count, team.props_count) > (kept.message_count, kept.props_count) {
-                    *kept = team;
-                }
-            }
-            std::collections::btree_map::Entry::Vacant(slot) => {
-                slot.insert(team);
-            }
+        let counted = |t: &SavedTeam| (t.message_count, t.props_count);
+        if all.get(&team.id).is_none_or(|kept| counted(&team) > counted(kept)) {
+            all.insert(team.id, team);
         }
     }
     all.into_values().collect()
