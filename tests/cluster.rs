@@ -84,26 +84,23 @@ async fn simulator(teams: u64, messages: u64, chaos: Chaos) -> SimServer {
     .expect("simulator binds")
 }
 
-/// What every test here starts from: the others finished, a directory, a
-/// JetStream NATS in it, and the simulator.
-struct Bench {
-    one: tokio::sync::MutexGuard<'static, ()>,
-    dir: tempfile::TempDir,
-    nats: Nats,
-    server: SimServer,
-}
-
-async fn bench(teams: u64, messages: u64, chaos: Chaos) -> Bench {
+/// What every test here starts from: the others finished (hold the guard),
+/// a directory, a JetStream NATS in it, and the simulator.
+async fn bench(
+    teams: u64,
+    messages: u64,
+    chaos: Chaos,
+) -> (
+    tokio::sync::MutexGuard<'static, ()>,
+    tempfile::TempDir,
+    Nats,
+    SimServer,
+) {
     let one = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let nats = Nats::start(&dir.path().join("js"), 0);
     let server = simulator(teams, messages, chaos).await;
-    Bench {
-        one,
-        dir,
-        nats,
-        server,
-    }
+    (one, dir, nats, server)
 }
 
 /// A process of the cluster, its stderr in a file to search.
@@ -347,12 +344,7 @@ fn verdict_problems(verdict: &Verdict) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_cores_and_three_workers_keep_every_count_under_chaos() {
-    let Bench {
-        one: _one,
-        dir,
-        nats,
-        server,
-    } = bench(300, 300, Chaos::level(1.0)).await;
+    let (_one, dir, nats, server) = bench(300, 300, Chaos::level(1.0)).await;
     let workers = workers(dir.path(), &nats.url());
     let state = dir.path().join("state.redb");
     let (leader, standby) = two_cores(
@@ -491,12 +483,7 @@ async fn two_cores_and_three_workers_keep_every_count_under_chaos() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_worker_s_teams_come_back_on_the_others_and_never_twice() {
     let (teams, messages) = (150, 500);
-    let Bench {
-        one: _one,
-        dir,
-        nats,
-        server,
-    } = bench(teams, messages, Chaos::none()).await;
+    let (_one, dir, nats, server) = bench(teams, messages, Chaos::none()).await;
     let workers = workers(dir.path(), &nats.url());
     let leader = one_core(dir.path(), &nats.url(), &server.global_url());
     written(&server, teams * messages / 4).await;
@@ -548,12 +535,7 @@ async fn sigterm_to_the_leader_hands_the_lead_over_without_closing_a_socket() {
 /// to lead.
 async fn leader_change(signal: &str) -> Duration {
     let (teams, messages) = (150, 500);
-    let Bench {
-        one: _one,
-        dir,
-        nats,
-        server,
-    } = bench(teams, messages, Chaos::none()).await;
+    let (_one, dir, nats, server) = bench(teams, messages, Chaos::none()).await;
     let _workers = workers(dir.path(), &nats.url());
     // Each core its own state file, as on two machines: the standby
     // resumes from the leader's copy in JetStream.
@@ -627,12 +609,7 @@ fn replays_exactly(recording: &Path) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_hands_each_worker_s_teams_over_and_loses_nothing() {
     let (teams, messages) = (150, 600);
-    let Bench {
-        one: _one,
-        dir,
-        nats,
-        server,
-    } = bench(teams, messages, Chaos::none()).await;
+    let (_one, dir, nats, server) = bench(teams, messages, Chaos::none()).await;
     // Publishing: the workers publish the texts, the leader the lifecycle.
     let publish = ["--publish", &nats.url()];
     let mut workers: Vec<Proc> = ["a", "b", "c"]
@@ -720,12 +697,7 @@ fn every_team_reconnected(verdict: &Verdict, logs: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_that_joins_takes_its_share_of_the_placed_teams() {
     let (teams, messages) = (150, 600);
-    let Bench {
-        one: _one,
-        dir,
-        nats,
-        server,
-    } = bench(teams, messages, Chaos::none()).await;
+    let (_one, dir, nats, server) = bench(teams, messages, Chaos::none()).await;
     let _first = [
         worker(dir.path(), &nats.url(), "a"),
         worker(dir.path(), &nats.url(), "b"),
@@ -807,12 +779,7 @@ fn counts_of(report: &[u8], field: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_worker_fences_itself_and_its_teams_move() {
     let (teams, messages) = (150, 1000);
-    let Bench {
-        one: _one,
-        dir,
-        nats,
-        server,
-    } = bench(teams, messages, Chaos::none()).await;
+    let (_one, dir, nats, server) = bench(teams, messages, Chaos::none()).await;
     let workers = workers(dir.path(), &nats.url());
     let (state, recording) = (dir.path().join("s.redb"), dir.path().join("core.rec"));
     let global = server.global_url();
@@ -860,12 +827,7 @@ async fn a_paused_worker_fences_itself_and_its_teams_move() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_nats_restart_a_standby_leads_and_every_team_comes_back() {
     let (teams, messages) = (150, 1000);
-    let Bench {
-        one: _one,
-        dir,
-        nats,
-        server,
-    } = bench(teams, messages, Chaos::none()).await;
+    let (_one, dir, nats, server) = bench(teams, messages, Chaos::none()).await;
     let store = dir.path().join("js");
     let _workers = workers(dir.path(), &nats.url());
     let state = dir.path().join("state.redb");
