@@ -270,6 +270,18 @@ pub enum NetEvent {
         /// Whether reading is paused.
         paused: bool,
     },
+    /// In a cluster, the worker holding the socket went quiet (its lease
+    /// unrenewed for as long as makes a worker fence itself: it is closing
+    /// its sockets, or not running), or was heard again. Sent by the
+    /// leader, never by a socket. A quiet socket is still the team's (no
+    /// other may open until its worker is lost), but is not reported
+    /// `connected`.
+    Quiet {
+        /// Which connection.
+        conn: ConnId,
+        /// Whether its worker is quiet.
+        quiet: bool,
+    },
     /// The connection ended.
     Closed {
         /// Which connection.
@@ -289,6 +301,7 @@ impl NetEvent {
             | NetEvent::Messages { conn, .. }
             | NetEvent::Alive { conn }
             | NetEvent::Flow { conn, .. }
+            | NetEvent::Quiet { conn, .. }
             | NetEvent::Closed { conn, .. } => *conn,
         }
     }

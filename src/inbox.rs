@@ -13,7 +13,9 @@
 //! do flow notices (at most one pause and one resume at a time). Each
 //! connection thus adds at most six credit-free events at once (opened,
 //! pause, resume, last run, the event read with it, terminal), so the
-//! channel holds at most `EVENT_CREDITS` plus six per live connection.
+//! channel holds at most `EVENT_CREDITS` plus six per live connection. (A
+//! cluster's leader adds its quiet notices, from the driver's own thread
+//! between steps: at most two per worker socket each time.)
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering, fence};

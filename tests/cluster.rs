@@ -788,8 +788,27 @@ async fn a_paused_worker_fences_itself_and_its_teams_move() {
     written(&server, teams * messages / 5).await;
     let pause = LEASE * 3;
     workers[1].signal("-STOP");
+    let paused_at = tokio::time::Instant::now();
+    // Unrenewed for half a lease, b is quiet to the leader: its teams are
+    // reported not connected while still placed on it (none may be opened
+    // elsewhere before b is lost). Without that, they stayed connected
+    // until then, and /teams never showed one both on b and unconnected.
+    loop {
+        let teams = http_get(&leader, "/teams");
+        let teams: Vec<Value> = serde_json::from_str(&teams).unwrap_or_default();
+        let on_b: Vec<&Value> = teams.iter().filter(|t| t["worker"] == "b").collect();
+        if !on_b.is_empty() && on_b.iter().all(|t| t["connected"] == false) {
+            break;
+        }
+        assert!(
+            paused_at.elapsed() < pause,
+            "b's teams were reported connected until it was lost"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    leader.logged("worker quiet for half a lease").await;
     // The fault is the pause itself: three leases long.
-    tokio::time::sleep(pause).await;
+    tokio::time::sleep_until(paused_at + pause).await;
     workers[1].signal("-CONT");
     workers[1].logged("fencing: ending every socket").await;
     workers[1].logged("registered").await;

@@ -1233,6 +1233,63 @@ fn a_late_report_the_old_leader_never_got_adds_exactly_what_it_lacks() {
 /// 2^53 are not taken: the next ids would run past the top of `u64` and
 /// repeat ids in use.
 #[test]
+fn a_socket_whose_worker_went_quiet_is_not_reported_connected_until_heard_again() {
+    let mut peer = Peer::with_teams(41, &[T1, T2]);
+    let first = peer.team_conn(T1);
+    let connected = |peer: &mut Peer| {
+        peer.global_says(GlobalServerEvent::Healthcheck);
+        peer.step();
+        let replies = healthcheck_replies(&peer.commands);
+        let last = replies.last().expect("a reply");
+        let of = |id| last.iter().find(|s| s.id == id).expect("listed").connected;
+        (of(T1), of(T2), team(peer, T1).connected)
+    };
+    assert_eq!(connected(&mut peer), (true, true, true));
+    // The leader says T1's worker went quiet: not connected anywhere it
+    // is reported, but the socket is still the team's: no close, no new
+    // request, and what it still reads counts.
+    peer.push(NetEvent::Quiet {
+        conn: first,
+        quiet: true,
+    });
+    peer.message(T1, "props");
+    assert_eq!(connected(&mut peer), (false, true, false));
+    assert!(matches!(team(&peer, T1).link, LinkState::Open { conn, .. } if conn == first));
+    assert!(closes(&peer.commands).is_empty() && aborts(&peer.commands).is_empty());
+    assert_eq!(peer.requests().iter().filter(|&&t| t == T1).count(), 1);
+    assert_eq!(team(&peer, T1).counters.message_count, 1);
+    // Heard again: connected again.
+    peer.push(NetEvent::Quiet {
+        conn: first,
+        quiet: false,
+    });
+    assert_eq!(connected(&mut peer), (true, true, true));
+    // Quiet, then lost: the team reconnects, and its new socket is
+    // connected whatever its old worker was.
+    peer.push(NetEvent::Quiet {
+        conn: first,
+        quiet: true,
+    });
+    peer.closed(first, CloseReason::WorkerLost);
+    peer.step_until_requested(T1);
+    peer.connect_team(T1);
+    assert_ne!(peer.team_conn(T1), first);
+    assert_eq!(connected(&mut peer), (true, true, true));
+    // A notice about a socket that is no longer the team's is stale.
+    let stale = peer.core.stats().stale_events;
+    peer.push(NetEvent::Quiet {
+        conn: first,
+        quiet: true,
+    });
+    assert_eq!(connected(&mut peer), (true, true, true));
+    assert_eq!(peer.core.stats().stale_events, stale + 1);
+    snapshot(
+        "a_socket_whose_worker_went_quiet_is_not_reported_connected_until_heard_again",
+        &peer,
+    );
+}
+
+#[test]
 fn socket_ids_past_the_limit_from_outside_are_not_taken() {
     use switchboard::core::{AdoptedSocket, SocketMark};
     use switchboard::store::SavedTeam;

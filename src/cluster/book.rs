@@ -134,6 +134,23 @@ impl Book {
         }
     }
 
+    /// The sockets this incarnation of `worker` holds, in order (none if
+    /// it was never sent any, or is lost). O(sockets): for rare changes.
+    pub fn held_by(&self, worker: &str, incarnation: &str) -> Vec<ConnId> {
+        let Some(&holder) = self
+            .by_name
+            .get(&(worker.to_owned(), incarnation.to_owned()))
+        else {
+            return Vec::new();
+        };
+        let mut conns: Vec<ConnId> = (self.owner.iter())
+            .filter(|&(_, &h)| h == holder)
+            .map(|(&conn, _)| conn)
+            .collect();
+        conns.sort();
+        conns
+    }
+
     /// This incarnation of `worker` is lost: its index and every socket it
     /// held, in order (each to be closed in the core's eyes once), or
     /// `None` if it was never sent any.

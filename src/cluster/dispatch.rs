@@ -303,8 +303,9 @@ impl Dispatch {
         }
     }
 
-    /// Closes, in the core's eyes, every socket of each worker lost since
-    /// the last call (O(sockets) per loss, which is rare), calls each
+    /// Tells the core which sockets' workers went quiet or were heard again,
+    /// closes, in the core's eyes, every socket of each worker lost since
+    /// the last call (O(sockets) per change, which is rare), calls each
     /// worker that joined for what its ended sockets read, and recounts
     /// the shared loads once a second. Returns the readings reported, for
     /// [`Core::late_reports`]: a lost socket's only once the core has taken
@@ -316,6 +317,16 @@ impl Dispatch {
             if let Ok(mut shared) = self.link.loads.lock() {
                 *shared = loads;
             }
+        }
+        for change in self.link.roster.take_quiet() {
+            let conns = self.book.held_by(&change.worker, &change.incarnation);
+            for &conn in &conns {
+                let _ = self.events.send_final(NetEvent::Quiet {
+                    conn,
+                    quiet: change.quiet,
+                });
+            }
+            debug!(worker = %change.worker, sockets = conns.len(), quiet = change.quiet, "told the core");
         }
         for lost in self.link.roster.take_lost() {
             let Some((holder, conns)) = self.book.lose(&lost.worker, &lost.incarnation) else {
@@ -660,6 +671,9 @@ async fn ingress(
             link.roster.revoke(&key.0, &key.1);
         }
         for event in batch.events {
+            if matches!(event, NetEvent::Quiet { .. }) {
+                continue; // the leader's word about a worker, not a worker's
+            }
             let terminal = matches!(event, NetEvent::Closed { .. } | NetEvent::OpenFailed { .. });
             let sent = if terminal {
                 events.send_final(event)

@@ -8,6 +8,11 @@
 //! time the leader declares it lost its sockets are closed: break before
 //! make. A worker the leader revoked (its events had a gap) is lost only
 //! the same ways, never on the revocation itself.
+//!
+//! A worker unrenewed for half a lease (when it would fence itself) is
+//! **quiet** until it is heard again or lost: its sockets are closing, or
+//! nobody reads them, so its teams are not reported connected, and it
+//! takes no new socket; but none of its teams is opened elsewhere yet.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -17,7 +22,7 @@ use async_nats::jetstream::kv;
 use futures_util::StreamExt;
 use tracing::{info, warn};
 
-use super::lease::{WorkerValue, lost_after, worker_value};
+use super::lease::{WorkerValue, lost_after, must_fence, worker_value};
 use crate::inbox::Wake;
 
 /// Joins kept for [`Roster::take_joined`], at most (the leader takes them
@@ -38,6 +43,18 @@ pub struct Member {
     /// The entry's revision when last seen (0: not known).
     revision: u64,
     revoked: bool,
+    quiet: bool,
+}
+
+/// A worker incarnation that went quiet, or was heard again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Quiet {
+    /// The worker.
+    pub worker: String,
+    /// Which run of it.
+    pub incarnation: String,
+    /// Quiet (else heard again).
+    pub quiet: bool,
 }
 
 /// A worker incarnation that is gone: every socket it held is closed.
@@ -55,6 +72,10 @@ pub struct Lost {
 struct State {
     live: BTreeMap<String, Member>,
     lost: Vec<Lost>,
+    /// Live workers that went quiet or were heard again since the last
+    /// [`Roster::take_quiet`] (at most two a worker between takes, since
+    /// each change reverses the last: quiet, heard).
+    quiet: Vec<Quiet>,
     /// Incarnations that joined since the last [`Roster::take_joined`].
     joined: Vec<(String, WorkerValue)>,
     /// The newest entry revision applied per worker name, lost ones too:
@@ -75,7 +96,8 @@ impl Roster {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Wakes the driver whenever a worker is lost.
+    /// Wakes the driver whenever a worker is lost, goes quiet or is heard
+    /// again.
     pub fn attach(&self, wake: Wake) {
         self.state().wake = Some(wake);
     }
@@ -92,7 +114,8 @@ impl Roster {
     /// Calls `each` with every live worker that may take sockets (not
     /// revoked; no copies: for placement).
     pub fn each_live(&self, mut each: impl FnMut(&str, &WorkerValue)) {
-        for (name, member) in self.state().live.iter().filter(|(_, m)| !m.revoked) {
+        let state = self.state();
+        for (name, member) in state.live.iter().filter(|(_, m)| !m.revoked && !m.quiet) {
             each(name, &member.value);
         }
     }
@@ -115,6 +138,12 @@ impl Roster {
     /// Workers lost since the last call.
     pub fn take_lost(&self) -> Vec<Lost> {
         std::mem::take(&mut self.state().lost)
+    }
+
+    /// Live workers that went quiet or were heard again since the last
+    /// call, in order.
+    pub fn take_quiet(&self) -> Vec<Quiet> {
+        std::mem::take(&mut self.state().quiet)
     }
 
     /// Marks this incarnation revoked: its entry's deletion (which the
@@ -152,6 +181,12 @@ impl Roster {
                 m.value = value;
                 m.last_seen = now;
                 m.revision = m.revision.max(revision);
+                if m.quiet {
+                    m.quiet = false;
+                    let incarnation = m.value.incarnation.clone();
+                    info!(worker, %incarnation, "quiet worker heard again");
+                    change(&mut state, worker, incarnation, false);
+                }
                 return;
             }
             Some(_) => state.live.remove(worker),
@@ -171,6 +206,7 @@ impl Roster {
                 last_seen: now,
                 revision,
                 revoked: false,
+                quiet: false,
             },
         );
     }
@@ -209,16 +245,45 @@ impl Roster {
         }
     }
 
-    /// Workers not seen for `lease` before `now`: name, incarnation and
-    /// the revision last seen, to be checked against the bucket before
-    /// they are declared lost ([`watch`]).
-    pub fn overdue(&self, now: Instant, lease: Duration) -> Vec<(String, String, u64)> {
+    /// Workers not seen for half a lease before `now`: name, incarnation,
+    /// the revision last seen, and whether a whole lease passed, to be
+    /// checked against the bucket before they are declared quiet or lost
+    /// ([`watch`]).
+    pub fn overdue(&self, now: Instant, lease: Duration) -> Vec<(String, String, u64, bool)> {
         self.state()
             .live
             .iter()
-            .filter(|(_, m)| lost_after(now.saturating_duration_since(m.last_seen), lease))
-            .map(|(name, m)| (name.clone(), m.value.incarnation.clone(), m.revision))
+            .filter_map(|(name, m)| {
+                let since = now.saturating_duration_since(m.last_seen);
+                must_fence(since, lease).then(|| {
+                    let lapsed = lost_after(since, lease);
+                    (
+                        name.clone(),
+                        m.value.incarnation.clone(),
+                        m.revision,
+                        lapsed,
+                    )
+                })
+            })
             .collect()
+    }
+
+    /// Declares this incarnation of `worker` quiet: unrenewed for as long
+    /// as makes a worker fence itself. Once only, until heard again.
+    pub fn hush(&self, worker: &str, incarnation: &str) {
+        let mut state = self.state();
+        let Some(m) = state.live.get_mut(worker) else {
+            return;
+        };
+        if m.value.incarnation != incarnation || m.quiet {
+            return;
+        }
+        m.quiet = true;
+        warn!(
+            worker,
+            incarnation, "worker quiet for half a lease: its teams are not reported connected"
+        );
+        change(&mut state, worker, incarnation.to_owned(), true);
     }
 
     /// Declares this incarnation of `worker` lost: its lease lapsed.
@@ -240,6 +305,17 @@ impl Roster {
                 lose(&mut state, &name, old, "lease expired");
             }
         }
+    }
+}
+
+fn change(state: &mut State, worker: &str, incarnation: String, quiet: bool) {
+    state.quiet.push(Quiet {
+        worker: worker.to_owned(),
+        incarnation,
+        quiet,
+    });
+    if let Some(wake) = &state.wake {
+        wake.wake();
     }
 }
 
@@ -309,11 +385,11 @@ pub async fn watch(store: kv::Store, roster: Roster, lease: Duration) {
 }
 
 /// Reads each overdue worker's entry: renewed since (a newer revision)
-/// keeps it; unrenewed, expired or deleted loses it; no answer decides
-/// nothing yet (a leader that cannot read the bucket cannot renew its own
-/// lease either, and stops).
+/// keeps it; unrenewed, expired or deleted makes it quiet, or loses it
+/// once a whole lease passed; no answer decides nothing yet (a leader that
+/// cannot read the bucket cannot renew its own lease either, and stops).
 async fn recheck(store: &kv::Store, roster: &Roster, lease: Duration) {
-    for (name, incarnation, revision) in roster.overdue(Instant::now(), lease) {
+    for (name, incarnation, revision, lapsed) in roster.overdue(Instant::now(), lease) {
         match tokio::time::timeout(lease / 10, store.entry(name.as_str())).await {
             Ok(Ok(Some(entry)))
                 if entry.operation == kv::Operation::Put && entry.revision > revision =>
@@ -323,7 +399,8 @@ async fn recheck(store: &kv::Store, roster: &Roster, lease: Duration) {
                     None => roster.expire_one(&name, &incarnation),
                 }
             }
-            Ok(Ok(_)) => roster.expire_one(&name, &incarnation),
+            Ok(Ok(_)) if lapsed => roster.expire_one(&name, &incarnation),
+            Ok(Ok(_)) => roster.hush(&name, &incarnation),
             Ok(Err(error)) => warn!(%error, worker = %name, "reading an overdue worker's lease"),
             Err(_) => warn!(worker = %name, "reading an overdue worker's lease: no answer"),
         }
@@ -406,7 +483,10 @@ mod tests {
         let lease = Duration::from_secs(5);
         roster.seen_at("a", value("1"), 7, t0);
         let later = t0 + lease + Duration::from_millis(1);
-        assert_eq!(roster.overdue(later, lease), [("a".into(), "1".into(), 7)]);
+        assert_eq!(
+            roster.overdue(later, lease),
+            [("a".into(), "1".into(), 7, true)]
+        );
         assert!(roster.is_live("a", "1"), "overdue is not lost yet");
         // The bucket shows a renewal the watch missed: alive again.
         roster.seen_at("a", value("1"), 9, later);
@@ -427,6 +507,53 @@ mod tests {
         );
         roster.seen_at("a", value("2"), 12, later);
         assert!(roster.is_live("a", "2"));
+    }
+
+    #[test]
+    fn a_worker_unrenewed_for_half_a_lease_is_quiet_until_heard_or_lost() {
+        let roster = Roster::default();
+        let t0 = Instant::now();
+        let lease = Duration::from_secs(4);
+        roster.seen_at("a", value("1"), 7, t0);
+        roster.seen_at("b", value("1"), 8, t0);
+        let _ = roster.take_joined();
+        let placeable = |roster: &Roster| {
+            let mut names = Vec::new();
+            roster.each_live(|name, _| names.push(name.to_owned()));
+            names
+        };
+        // Half a lease is not yet overdue; a moment past it is, not lapsed.
+        assert!(roster.overdue(t0 + lease / 2, lease).is_empty());
+        let half = t0 + lease / 2 + Duration::from_millis(1);
+        roster.seen_at("b", value("1"), 9, half);
+        assert_eq!(
+            roster.overdue(half, lease),
+            [("a".into(), "1".into(), 7, false)]
+        );
+        // Quiet once, only its live incarnation; still live, takes nothing.
+        roster.hush("a", "0");
+        roster.hush("a", "1");
+        roster.hush("a", "1");
+        let quiet = |quiet| Quiet {
+            worker: "a".into(),
+            incarnation: "1".into(),
+            quiet,
+        };
+        assert_eq!(roster.take_quiet(), [quiet(true)]);
+        assert!(roster.is_live("a", "1"));
+        assert_eq!(placeable(&roster), ["b"]);
+        // A replayed entry does not wake it; a renewal does, once.
+        roster.seen_at("a", value("1"), 7, half);
+        assert!(roster.take_quiet().is_empty());
+        roster.seen_at("a", value("1"), 10, half);
+        roster.seen_at("a", value("1"), 11, half);
+        assert_eq!(roster.take_quiet(), [quiet(false)]);
+        assert_eq!(placeable(&roster), ["a", "b"]);
+        // Quiet again, then lost: the loss says the rest.
+        roster.hush("a", "1");
+        roster.expire_one("a", "1");
+        assert_eq!(roster.take_quiet(), [quiet(true)]);
+        assert_eq!(roster.take_lost().len(), 1);
     }
 
     #[test]

@@ -336,6 +336,11 @@ pub struct Health {
     /// The socket stopped reading for backpressure (the message tap's
     /// consumer is behind): silence then is ours, not the peer's.
     pub paused: bool,
+    /// In a cluster, the worker holding the socket went quiet
+    /// ([`NetEvent::Quiet`](crate::bridge::NetEvent::Quiet)): the link is
+    /// still open in the core's eyes, but not reported connected.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub quiet: bool,
     /// When the last matching `pong` arrived.
     pub last_pong: Option<u64>,
     /// Round-trip time of the last answered ping, in milliseconds.
@@ -347,6 +352,13 @@ pub struct Health {
     /// Whether the link was open when the run began to shut down: the final
     /// report's `connected`, since every socket is closed by the end.
     pub connected_at_shutdown: bool,
+}
+
+/// Whether a team is reported `connected` (healthcheck, `/teams`, the
+/// final report): its socket is open and, in a cluster, the worker holding
+/// it is not quiet.
+pub fn connected(state: LinkState, health: &Health) -> bool {
+    matches!(state, LinkState::Open { .. }) && !health.quiet
 }
 
 impl Health {

@@ -374,6 +374,7 @@ impl Links<'_> {
         health.connects += 1;
         health.heard(now, self.clock.step);
         health.paused = false;
+        health.quiet = false;
         health.pings_in_flight.clear();
         self.set(entity, link, LinkState::Open { conn, since: now });
         self.beats.set(

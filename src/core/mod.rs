@@ -414,12 +414,13 @@ impl Core {
     fn team_snapshot(&self, e: Entity) -> Option<TeamSnapshot> {
         let team = self.world.get::<Team>(e)?;
         let link = self.world.get::<Link>(e)?;
+        let health = self.world.get::<Health>(e)?;
         Some(TeamSnapshot {
             id: team.id,
-            connected: matches!(link.state, LinkState::Open { .. }),
+            connected: components::connected(link.state, health),
             link: link.state,
             counters: *self.world.get::<Counters>(e)?,
-            health: self.world.get::<Health>(e)?.clone(),
+            health: health.clone(),
             history: self.world.get::<lifecycle::History>(e)?.clone(),
         })
     }
@@ -555,8 +556,9 @@ impl Core {
     pub fn healthcheck(&self) -> Vec<TeamStats> {
         systems::healthcheck::team_stats(self.world.resource::<TeamIndex>(), |e| {
             let link = self.world.get::<Link>(e)?;
+            let health = self.world.get::<Health>(e)?;
             let counters = self.world.get::<Counters>(e)?;
-            Some((link.state, *counters))
+            Some((components::connected(link.state, health), *counters))
         })
     }
 

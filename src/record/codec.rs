@@ -9,6 +9,7 @@
 //! | `Messages` | `["m",c,first,count,props]` |
 //! | `Alive` | `["a",c]` |
 //! | `Flow` | `["p",c,paused]` |
+//! | `Quiet` | `["q",c,quiet]` |
 //! | `Closed` | `["x",c,CLASS]`, or `["x",c,CLASS,detail]` for `remote_close` (the code), `stalled` and `error` (the text); CLASS is [`CloseReason::class`] |
 //! | Global frame | `["g",c,{the frame as the server sends it}]` |
 //! | Global bad input | `["G",c,CLASS,…]`: [`DecodeError::class`], then `binary` the length, `not_json`/`not_object`/`unknown_type` the text, `missing_field`/`bad_field` the event and field names |
@@ -103,6 +104,7 @@ fn write_event(out: &mut Vec<u8>, event: &NetEvent) -> std::io::Result<()> {
         } => write!(out, "[\"m\",{},{first},{count},{props}]", conn.0),
         NetEvent::Alive { conn } => write!(out, "[\"a\",{}]", conn.0),
         NetEvent::Flow { conn, paused } => write!(out, "[\"p\",{},{paused}]", conn.0),
+        NetEvent::Quiet { conn, quiet } => write!(out, "[\"q\",{},{quiet}]", conn.0),
         NetEvent::Closed { conn, reason } => {
             write!(out, "[\"x\",{},\"{}\"", conn.0, reason.class())?;
             match reason {
@@ -269,6 +271,13 @@ pub fn decode(value: &Value) -> Result<NetEvent, BadEvent> {
                 paused: f.bool(2, "paused")?,
             }
         }
+        "q" => {
+            f.arity(3)?;
+            NetEvent::Quiet {
+                conn,
+                quiet: f.bool(2, "quiet")?,
+            }
+        }
         "x" => NetEvent::Closed {
             conn,
             reason: close_reason(&f)?,
@@ -426,6 +435,14 @@ mod tests {
             NetEvent::Flow {
                 conn: c,
                 paused: false,
+            },
+            NetEvent::Quiet {
+                conn: c,
+                quiet: true,
+            },
+            NetEvent::Quiet {
+                conn: c,
+                quiet: false,
             },
         ];
         let reasons = [

@@ -100,6 +100,13 @@ pub fn handle_global_events(mut inbox: ResMut<GlobalInbox>, mut lc: GlobalLifecy
         match event {
             NetEvent::Opened { conn } => lc.global.opened(conn, now, step),
             NetEvent::Alive { .. } | NetEvent::Flow { .. } => lc.global.heard(now, step),
+            // Only the leader sends these, and only of worker sockets.
+            NetEvent::Quiet { .. } => {
+                *lc.stats
+                    .ignored
+                    .entry("quiet notice on global")
+                    .or_default() += 1;
+            }
             NetEvent::Messages { .. } => {
                 *lc.stats.ignored.entry("team frame on global").or_default() += 1;
             }

@@ -4,7 +4,7 @@
 use bevy_ecs::prelude::*;
 
 use crate::bridge::{NetCommand, Text};
-use crate::core::components::{Counters, Link, LinkState};
+use crate::core::components::{Counters, Health, Link, connected};
 use crate::core::global_link::GlobalLink;
 use crate::core::resources::{Outbox, PendingHealthchecks, Stats, TeamIndex, Visits};
 use crate::protocol::{GlobalClientEvent, TeamStats, encode};
@@ -23,19 +23,20 @@ pub fn max_reply_bytes(max_teams: usize) -> usize {
         .saturating_add(ENVELOPE)
 }
 
-/// Every team ever joined, sorted by id. O(teams): runs per request only.
+/// Every team ever joined, sorted by id, from `get`'s `connected` and
+/// counters of each. O(teams): runs per request only.
 pub fn team_stats(
     index: &TeamIndex,
-    mut get: impl FnMut(Entity) -> Option<(LinkState, Counters)>,
+    mut get: impl FnMut(Entity) -> Option<(bool, Counters)>,
 ) -> Vec<TeamStats> {
     index
         .0
         .iter()
         .filter_map(|(&id, &entity)| {
-            let (state, counters) = get(entity)?;
+            let (connected, counters) = get(entity)?;
             Some(TeamStats {
                 id,
-                connected: matches!(state, LinkState::Open { .. }),
+                connected,
                 message_count: counters.message_count,
                 props_count: counters.props_count,
             })
@@ -51,7 +52,7 @@ pub fn answer_healthchecks(
     mut pending: ResMut<PendingHealthchecks>,
     global: Res<GlobalLink>,
     index: Res<TeamIndex>,
-    teams: Query<(&Link, &Counters)>,
+    teams: Query<(&Link, &Health, &Counters)>,
     mut outbox: ResMut<Outbox>,
     mut stats: ResMut<Stats>,
     mut visits: ResMut<Visits>,
@@ -71,7 +72,8 @@ pub fn answer_healthchecks(
             .get_or_insert_with(|| {
                 let stats = team_stats(&index, |e| {
                     visits.0 += 1;
-                    teams.get(e).ok().map(|(l, c)| (l.state, *c))
+                    let (link, health, counters) = teams.get(e).ok()?;
+                    Some((connected(link.state, health), *counters))
                 });
                 Text::from(encode(&GlobalClientEvent::Healthcheck {
                     stats: stats.into(),

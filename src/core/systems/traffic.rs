@@ -128,6 +128,8 @@ impl Around<'_, '_> {
                 row.health.paused = paused;
                 row.health.heard(now, step);
             }
+            // Not a sign of life: the leader's word about the worker.
+            NetEvent::Quiet { quiet, .. } => row.health.quiet = quiet,
             NetEvent::Messages {
                 conn, count, props, ..
             } => {
