@@ -112,7 +112,7 @@ impl Roster {
     }
 
     /// Calls `each` with every live worker that may take sockets (not
-    /// revoked; no copies: for placement).
+    /// revoked, not quiet; no copies: for placement).
     pub fn each_live(&self, mut each: impl FnMut(&str, &WorkerValue)) {
         let state = self.state();
         for (name, member) in state.live.iter().filter(|(_, m)| !m.revoked && !m.quiet) {
