@@ -7,6 +7,8 @@
 #[allow(dead_code)]
 #[path = "publish/nats.rs"]
 mod nats;
+#[path = "common/process.rs"]
+mod process;
 #[path = "common/promtool.rs"]
 mod promtool;
 
@@ -40,18 +42,6 @@ fn timings() -> Config {
         backoff_max: Duration::from_millis(500),
         ..Config::default()
     }
-}
-
-fn timing_flags() -> Vec<String> {
-    let t = timings();
-    let flag = |name: &str, d: Duration| [name.into(), humantime::format_duration(d).to_string()];
-    [
-        flag("--ping-interval", t.ping_interval),
-        flag("--pong-timeout", t.pong_timeout),
-        flag("--backoff-min", t.backoff_min),
-        flag("--backoff-max", t.backoff_max),
-    ]
-    .concat()
 }
 
 /// A worker's teams are back within twice the lease (its fence at half a
@@ -115,11 +105,7 @@ impl Proc {
     }
 
     fn signal(&self, sig: &str) {
-        let status = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success(), "kill {sig}");
+        process::signal(self.child.id(), sig);
     }
 
     /// Waits (deadline-bounded) until its log has `needle`.
@@ -258,7 +244,7 @@ fn core_with(
         "--http".into(),
         "127.0.0.1:0".into(),
     ]);
-    args.extend(timing_flags());
+    args.extend(process::timing_flags(&timings()));
     args.extend(extra.iter().map(|a| a.to_string()));
     spawn(dir, name, &args)
 }
@@ -270,11 +256,7 @@ async fn verdict(server: SimServer) -> Verdict {
 }
 
 async fn written(server: &SimServer, n: u64) {
-    let started = Instant::now();
-    while server.progress().messages < n {
-        assert!(started.elapsed() < DEADLINE, "simulator stalled");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    process::written(server, n, DEADLINE).await;
 }
 
 /// Each team's (messages, props) in a core's JSON report.

@@ -4,6 +4,9 @@
 //! counts resume short by at most what arrived in the last state interval
 //! plus one commit, as the state writer measured its commits.
 
+#[path = "common/process.rs"]
+mod process;
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -55,24 +58,11 @@ fn timings() -> Config {
     }
 }
 
-/// `timings` as flags.
-fn timing_flags() -> Vec<String> {
-    let t = timings();
-    let flag = |name: &str, d: Duration| [name.into(), humantime::format_duration(d).to_string()];
-    [
-        flag("--ping-interval", t.ping_interval),
-        flag("--pong-timeout", t.pong_timeout),
-        flag("--backoff-min", t.backoff_min),
-        flag("--backoff-max", t.backoff_max),
-    ]
-    .concat()
-}
-
 fn client(url: &str, state: &Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_switchboard"))
         .args(["connect", url, "--state"])
         .arg(state)
-        .args(timing_flags())
+        .args(process::timing_flags(&timings()))
         .args(["--status-interval", "0s", "--report", "json"])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
@@ -83,11 +73,7 @@ fn client(url: &str, state: &Path) -> Child {
 
 /// Waits (deadline-bounded) until the simulator has written `n` messages.
 async fn written(server: &SimServer, n: u64) {
-    let started = Instant::now();
-    while server.progress().messages < n {
-        assert!(started.elapsed() < DEADLINE, "simulator stalled");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    process::written(server, n, DEADLINE).await;
 }
 
 /// Waits (deadline-bounded) for the process to exit; its JSON report.
@@ -108,11 +94,7 @@ async fn verdict(server: SimServer) -> Verdict {
 }
 
 fn signal(child: &Child, sig: &str) {
-    let status = Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
+    process::signal(child.id(), sig);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -177,7 +159,7 @@ fn logging_client(url: &str, state: &Path) -> (Child, UnboundedReceiver<Line>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
         .args(["connect", url, "--state"])
         .arg(state)
-        .args(timing_flags())
+        .args(process::timing_flags(&timings()))
         .args(["--status-interval", "0s", "--report", "json"])
         .args(["--http", "127.0.0.1:0"])
         .env(
