@@ -434,11 +434,10 @@ async fn two_cores_and_three_workers_keep_every_count_under_chaos() {
         let health: Value = serde_json::from_str(&http_get(w, "/healthz")).expect("JSON");
         assert_eq!(health["ok"], true, "{health}");
     }
-    assert_eq!(
-        metrics.matches("switchboard_cluster_worker_teams{").count(),
-        3,
-        "{metrics}"
-    );
+    for family in ["teams", "quiet"] {
+        let line = format!("switchboard_cluster_worker_{family}{{");
+        assert_eq!(metrics.matches(&line).count(), 3, "{metrics}");
+    }
     let verdict = verdict(server).await;
     let (status, _) = leader.exit().await;
     assert!(status.success(), "the leader ends as the run does");
@@ -773,13 +772,19 @@ async fn a_paused_worker_fences_itself_and_its_teams_move() {
     let paused_at = tokio::time::Instant::now();
     // Unrenewed for half a lease, b is quiet to the leader: its teams are
     // reported not connected while still placed on it (none may be opened
-    // elsewhere before b is lost). Without that, they stayed connected
-    // until then, and /teams never showed one both on b and unconnected.
+    // elsewhere before b is lost), and /workers says so. Without that, they
+    // stayed connected until then, and /teams never showed one both on b
+    // and unconnected.
     loop {
         let teams = http_get(&leader, "/teams");
         let teams: Vec<Value> = serde_json::from_str(&teams).unwrap_or_default();
         let on_b: Vec<&Value> = teams.iter().filter(|t| t["worker"] == "b").collect();
-        if !on_b.is_empty() && on_b.iter().all(|t| t["connected"] == false) {
+        let workers: Value =
+            serde_json::from_str(&http_get(&leader, "/workers")).unwrap_or_default();
+        let b_quiet = workers["workers"]
+            .as_array()
+            .is_some_and(|ws| ws.iter().any(|w| w["name"] == "b" && w["quiet"] == true));
+        if b_quiet && !on_b.is_empty() && on_b.iter().all(|t| t["connected"] == false) {
             break;
         }
         assert!(

@@ -111,6 +111,13 @@ impl Roster {
             .collect()
     }
 
+    /// The live workers that are quiet, by name.
+    pub fn quiet_workers(&self) -> std::collections::BTreeSet<String> {
+        let state = self.state();
+        let quiet = state.live.iter().filter(|(_, m)| m.quiet);
+        quiet.map(|(name, _)| name.clone()).collect()
+    }
+
     /// Calls `each` with every live worker that may take sockets (not
     /// revoked, not quiet; no copies: for placement).
     pub fn each_live(&self, mut each: impl FnMut(&str, &WorkerValue)) {

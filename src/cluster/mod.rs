@@ -243,6 +243,9 @@ pub struct WorkerLine {
     pub leaving: bool,
     /// Team sockets it holds.
     pub teams: usize,
+    /// Unrenewed for half a lease: its teams are not reported connected
+    /// ([`membership`]).
+    pub quiet: bool,
 }
 
 impl LeaderWatch {
@@ -272,11 +275,13 @@ impl LeaderWatch {
     /// The live workers with their teams, by name.
     pub fn workers(&self) -> Vec<WorkerLine> {
         let loads = self.loads.lock().map(|l| l.clone()).unwrap_or_default();
+        let quiet = self.roster.quiet_workers();
         self.roster
             .live()
             .into_iter()
             .map(|(name, value)| WorkerLine {
                 teams: loads.get(&name).copied().unwrap_or(0),
+                quiet: quiet.contains(&name),
                 name,
                 incarnation: value.incarnation,
                 capacity: value.capacity,

@@ -403,6 +403,14 @@ fn cluster(e: &mut DescriptorEncoder, watch: &crate::cluster::LeaderWatch) -> Re
         MetricType::Gauge,
         "worker",
         workers.iter().map(|w| (w.name.as_str(), w.teams as u64)),
+    )?;
+    family(
+        e,
+        "cluster_worker_quiet",
+        "1 while a live worker is unrenewed for half a lease (its teams reported not connected)",
+        MetricType::Gauge,
+        "worker",
+        workers.iter().map(|w| (w.name.as_str(), u64::from(w.quiet))),
     )
 }
 
