@@ -192,12 +192,19 @@ fn worker_with(dir: &Path, nats: &str, name: &str, extra: &[&str]) -> Proc {
     spawn(dir, name, &args)
 }
 
-/// Workers a, b and c.
-fn workers(dir: &Path, nats: &str) -> Vec<Proc> {
-    ["a", "b", "c"]
+/// Workers a, b and c, each registered: a leader that starts later calls
+/// all three. (Started together, one may be slow to make the buckets; a
+/// leader that led before it registered never adopts it, and places
+/// nothing on it once every team is placed.)
+async fn workers(dir: &Path, nats: &str) -> Vec<Proc> {
+    let workers: Vec<Proc> = ["a", "b", "c"]
         .iter()
         .map(|n| worker(dir, nats, n))
-        .collect()
+        .collect();
+    for w in &workers {
+        w.logged("\"registered\"").await;
+    }
+    workers
 }
 
 /// One core, `core`, with its state file `s.redb`.
@@ -327,7 +334,7 @@ fn verdict_problems(verdict: &Verdict) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_cores_and_three_workers_keep_every_count_under_chaos() {
     let (_one, dir, nats, server) = bench(300, 300, Chaos::level(1.0)).await;
-    let workers = workers(dir.path(), &nats.url());
+    let workers = workers(dir.path(), &nats.url()).await;
     let state = dir.path().join("state.redb");
     let (leader, standby) = two_cores(
         dir.path(),
@@ -465,7 +472,7 @@ async fn two_cores_and_three_workers_keep_every_count_under_chaos() {
 async fn a_killed_worker_s_teams_come_back_on_the_others_and_never_twice() {
     let (teams, messages) = (150, 500);
     let (_one, dir, nats, server) = bench(teams, messages, Chaos::none()).await;
-    let workers = workers(dir.path(), &nats.url());
+    let workers = workers(dir.path(), &nats.url()).await;
     let leader = one_core(dir.path(), &nats.url(), &server.global_url());
     written(&server, teams * messages / 4).await;
     workers[1].signal("-KILL");
@@ -517,7 +524,7 @@ async fn sigterm_to_the_leader_hands_the_lead_over_without_closing_a_socket() {
 async fn leader_change(signal: &str) -> Duration {
     let (teams, messages) = (150, 500);
     let (_one, dir, nats, server) = bench(teams, messages, Chaos::none()).await;
-    let _workers = workers(dir.path(), &nats.url());
+    let _workers = workers(dir.path(), &nats.url()).await;
     // Each core its own state file, as on two machines: the standby
     // resumes from the leader's copy in JetStream.
     let one = dir.path().join("1.redb");
@@ -761,7 +768,7 @@ fn counts_of(report: &[u8], field: &str) -> u64 {
 async fn a_paused_worker_fences_itself_and_its_teams_move() {
     let (teams, messages) = (150, 1000);
     let (_one, dir, nats, server) = bench(teams, messages, Chaos::none()).await;
-    let workers = workers(dir.path(), &nats.url());
+    let workers = workers(dir.path(), &nats.url()).await;
     let (state, recording) = (dir.path().join("s.redb"), dir.path().join("core.rec"));
     let global = server.global_url();
     let record = ["--record", recording.to_str().expect("utf-8")];
@@ -835,7 +842,7 @@ async fn after_a_nats_restart_a_standby_leads_and_every_team_comes_back() {
     let (teams, messages) = (150, 1000);
     let (_one, dir, nats, server) = bench(teams, messages, Chaos::none()).await;
     let store = dir.path().join("js");
-    let _workers = workers(dir.path(), &nats.url());
+    let _workers = workers(dir.path(), &nats.url()).await;
     let state = dir.path().join("state.redb");
     let (leader, standby) = two_cores(
         dir.path(),
@@ -963,7 +970,7 @@ async fn a_nats_server_lost_from_a_cluster_of_three_loses_nothing() {
     let teams = 150;
     let messages = 600;
     let server = simulator(teams, messages, Chaos::none()).await;
-    let _workers = workers(dir.path(), &urls);
+    let _workers = workers(dir.path(), &urls).await;
     let one = dir.path().join("1.redb");
     let two = dir.path().join("2.redb");
     let (leader, standby) = two_cores(dir.path(), &urls, &server.global_url(), &one, &two).await;
