@@ -1242,6 +1242,8 @@ fn a_socket_whose_worker_went_quiet_is_not_reported_connected_until_heard_again(
         let replies = healthcheck_replies(&peer.commands);
         let last = replies.last().expect("a reply");
         let of = |id| last.iter().find(|s| s.id == id).expect("listed").connected;
+        let fleet = peer.core.summary().connected;
+        assert_eq!(fleet, u64::from(of(T1)) + u64::from(of(T2)), "fleet total");
         (of(T1), of(T2), team(peer, T1).connected)
     };
     assert_eq!(connected(&mut peer), (true, true, true));

@@ -64,12 +64,17 @@ pub enum LinkState {
         /// When the attempt is aborted and retried.
         deadline: u64,
     },
-    /// Socket open: the team is `connected`.
+    /// Socket open: the team is `connected`, unless `quiet`.
     Open {
         /// The socket.
         conn: ConnId,
         /// When it opened.
         since: u64,
+        /// In a cluster, the worker holding the socket went quiet
+        /// ([`NetEvent::Quiet`](crate::bridge::NetEvent::Quiet)): still the
+        /// team's socket, but not reported connected.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        quiet: bool,
     },
     /// Waiting to ask for a new URL after a failure.
     Backoff {
@@ -156,6 +161,13 @@ impl LinkKind {
 }
 
 impl LinkState {
+    /// Whether the team is reported `connected` (healthcheck, `/teams`, the
+    /// final report): its socket is open and, in a cluster, the worker
+    /// holding it is not quiet.
+    pub fn connected(&self) -> bool {
+        matches!(self, LinkState::Open { quiet: false, .. })
+    }
+
     /// Which state this is, without its data.
     pub fn kind(&self) -> LinkKind {
         match self {
@@ -336,11 +348,6 @@ pub struct Health {
     /// The socket stopped reading for backpressure (the message tap's
     /// consumer is behind): silence then is ours, not the peer's.
     pub paused: bool,
-    /// In a cluster, the worker holding the socket went quiet
-    /// ([`NetEvent::Quiet`](crate::bridge::NetEvent::Quiet)): the link is
-    /// still open in the core's eyes, but not reported connected.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub quiet: bool,
     /// When the last matching `pong` arrived.
     pub last_pong: Option<u64>,
     /// Round-trip time of the last answered ping, in milliseconds.
@@ -352,13 +359,6 @@ pub struct Health {
     /// Whether the link was open when the run began to shut down: the final
     /// report's `connected`, since every socket is closed by the end.
     pub connected_at_shutdown: bool,
-}
-
-/// Whether a team is reported `connected` (healthcheck, `/teams`, the
-/// final report): its socket is open and, in a cluster, the worker holding
-/// it is not quiet.
-pub fn connected(state: LinkState, health: &Health) -> bool {
-    matches!(state, LinkState::Open { .. }) && !health.quiet
 }
 
 impl Health {

@@ -139,6 +139,9 @@ pub struct Fleet {
     pub teams: u64,
     /// Teams in each link state, in [`LinkKind::ALL`] order.
     pub by_state: [u64; LinkKind::ALL.len()],
+    /// Of the open ones, those whose worker is quiet (not reported
+    /// connected).
+    pub quiet: u64,
     /// Messages counted over all teams.
     pub messages: u64,
     /// Of those, with props.
@@ -158,9 +161,20 @@ impl Fleet {
 
     /// A link moved.
     pub(crate) fn moved(&mut self, from: LinkState, to: LinkState) {
+        let quiet = |state| matches!(state, LinkState::Open { quiet: true, .. });
+        self.quiet = self.quiet.saturating_sub(u64::from(quiet(from))) + u64::from(quiet(to));
         let (from, to) = (from.kind().index(), to.kind().index());
         self.by_state[from] = self.by_state[from].saturating_sub(1);
         self.by_state[to] += 1;
+    }
+
+    /// An open link's worker went quiet, or was heard again.
+    pub(crate) fn hushed(&mut self, quiet: bool) {
+        if quiet {
+            self.quiet += 1;
+        } else {
+            self.quiet = self.quiet.saturating_sub(1);
+        }
     }
 
     /// Messages were counted.
@@ -216,7 +230,11 @@ mod tests {
     #[test]
     fn transitions_map_to_the_four_public_events() {
         let conn = ConnId(1);
-        let open = LinkState::Open { conn, since: 0 };
+        let open = LinkState::Open {
+            conn,
+            since: 0,
+            quiet: false,
+        };
         let closing = |after| LinkState::Closing {
             conn,
             deadline: 0,

@@ -119,6 +119,17 @@ impl Links<'_> {
         });
     }
 
+    /// The leader says the worker holding the team's open socket went
+    /// quiet, or was heard again ([`NetEvent::Quiet`](crate::bridge::NetEvent::Quiet)).
+    pub fn hush(&mut self, link: &mut Link, quiet: bool) {
+        if let LinkState::Open { quiet: was, .. } = &mut link.state
+            && *was != quiet
+        {
+            *was = quiet;
+            self.fleet.hushed(quiet);
+        }
+    }
+
     /// Counts messages received for a team: the one counting path, for the
     /// team's counters and the fleet's totals alike.
     pub fn count(&mut self, counters: &mut Counters, conn: ConnId, messages: u64, props: u64) {
@@ -286,7 +297,11 @@ impl Links<'_> {
         self.set_because(
             entity,
             link,
-            LinkState::Open { conn, since: now },
+            LinkState::Open {
+                conn,
+                since: now,
+                quiet: false,
+            },
             Some("adopted: kept open by its worker"),
         );
         self.beats.set(
@@ -374,9 +389,13 @@ impl Links<'_> {
         health.connects += 1;
         health.heard(now, self.clock.step);
         health.paused = false;
-        health.quiet = false;
         health.pings_in_flight.clear();
-        self.set(entity, link, LinkState::Open { conn, since: now });
+        let open = LinkState::Open {
+            conn,
+            since: now,
+            quiet: false,
+        };
+        self.set(entity, link, open);
         self.beats.set(
             now + self.settings.ping_interval,
             entity,

@@ -72,7 +72,7 @@ pub(crate) enum CoreSystems {
 pub struct Summary {
     /// Teams ever joined.
     pub teams: u64,
-    /// Teams whose socket is open.
+    /// Teams reported connected: socket open, worker not quiet.
     pub connected: u64,
     /// Joined teams without an open socket: asking, connecting or backing off.
     pub reconnecting: u64,
@@ -414,13 +414,12 @@ impl Core {
     fn team_snapshot(&self, e: Entity) -> Option<TeamSnapshot> {
         let team = self.world.get::<Team>(e)?;
         let link = self.world.get::<Link>(e)?;
-        let health = self.world.get::<Health>(e)?;
         Some(TeamSnapshot {
             id: team.id,
-            connected: components::connected(link.state, health),
+            connected: link.state.connected(),
             link: link.state,
             counters: *self.world.get::<Counters>(e)?,
-            health: health.clone(),
+            health: self.world.get::<Health>(e)?.clone(),
             history: self.world.get::<lifecycle::History>(e)?.clone(),
         })
     }
@@ -556,9 +555,8 @@ impl Core {
     pub fn healthcheck(&self) -> Vec<TeamStats> {
         systems::healthcheck::team_stats(self.world.resource::<TeamIndex>(), |e| {
             let link = self.world.get::<Link>(e)?;
-            let health = self.world.get::<Health>(e)?;
             let counters = self.world.get::<Counters>(e)?;
-            Some((components::connected(link.state, health), *counters))
+            Some((link.state.connected(), *counters))
         })
     }
 
@@ -571,7 +569,7 @@ impl Core {
             .sum();
         Summary {
             teams: fleet.teams,
-            connected: fleet.in_state(LinkKind::Open),
+            connected: fleet.in_state(LinkKind::Open).saturating_sub(fleet.quiet),
             reconnecting: joined_down,
             left: fleet.in_state(LinkKind::Left),
             messages: fleet.messages,

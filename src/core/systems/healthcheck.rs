@@ -4,7 +4,7 @@
 use bevy_ecs::prelude::*;
 
 use crate::bridge::{NetCommand, Text};
-use crate::core::components::{Counters, Health, Link, connected};
+use crate::core::components::{Counters, Link};
 use crate::core::global_link::GlobalLink;
 use crate::core::resources::{Outbox, PendingHealthchecks, Stats, TeamIndex, Visits};
 use crate::protocol::{GlobalClientEvent, TeamStats, encode};
@@ -52,7 +52,7 @@ pub fn answer_healthchecks(
     mut pending: ResMut<PendingHealthchecks>,
     global: Res<GlobalLink>,
     index: Res<TeamIndex>,
-    teams: Query<(&Link, &Health, &Counters)>,
+    teams: Query<(&Link, &Counters)>,
     mut outbox: ResMut<Outbox>,
     mut stats: ResMut<Stats>,
     mut visits: ResMut<Visits>,
@@ -72,8 +72,8 @@ pub fn answer_healthchecks(
             .get_or_insert_with(|| {
                 let stats = team_stats(&index, |e| {
                     visits.0 += 1;
-                    let (link, health, counters) = teams.get(e).ok()?;
-                    Some((connected(link.state, health), *counters))
+                    let (link, counters) = teams.get(e).ok()?;
+                    Some((link.state.connected(), *counters))
                 });
                 Text::from(encode(&GlobalClientEvent::Healthcheck {
                     stats: stats.into(),

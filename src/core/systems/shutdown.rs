@@ -3,7 +3,7 @@
 
 use bevy_ecs::prelude::*;
 
-use crate::core::components::{AfterClose, Health, Link, LinkState, connected};
+use crate::core::components::{AfterClose, Health, Link, LinkState};
 use crate::core::global_link::GlobalLink;
 use crate::core::links::Links;
 use crate::core::resources::{Shutdown, Visits};
@@ -22,7 +22,7 @@ pub fn begin_shutdown(
     shutdown.begun = true;
     for (entity, mut link, mut health) in &mut teams {
         visits.0 += 1;
-        health.connected_at_shutdown = connected(link.state, &health);
+        health.connected_at_shutdown = link.state.connected();
         // A team that left stays `left`: the report must tell the two apart.
         if link.state != LinkState::Left {
             links.close(entity, &mut link, AfterClose::Stop);

@@ -129,7 +129,7 @@ impl Around<'_, '_> {
                 row.health.heard(now, step);
             }
             // Not a sign of life: the leader's word about the worker.
-            NetEvent::Quiet { quiet, .. } => row.health.quiet = quiet,
+            NetEvent::Quiet { quiet, .. } => self.links.hush(&mut row.link, quiet),
             NetEvent::Messages {
                 conn, count, props, ..
             } => {
