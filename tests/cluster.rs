@@ -814,8 +814,9 @@ async fn a_paused_worker_fences_itself_and_its_teams_move() {
     // A stopped process cannot close its sockets: the kernel keeps them
     // open until it runs again, while the leader (after a lease) has
     // reopened its teams elsewhere. So the simulator may see two sockets
-    // for a team during the pause, never more; and what it wrote into the
-    // stopped worker's buffers is lost with them (docs/CLUSTER.md).
+    // for a team during the pause, never more; and part of what it wrote
+    // to the stopped worker is lost (docs/CLUSTER.md), though the worker
+    // reads what its kernel buffered as it closes them on waking.
     assert!(
         verdict.max_sockets_per_team <= 2,
         "{}",

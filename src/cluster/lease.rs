@@ -41,6 +41,18 @@ pub fn fence_deadline(lease: Duration) -> Duration {
     lease * 5 / 8
 }
 
+/// How long a worker that finds its fence's deadline already past (a
+/// process woken from `SIGSTOP`) still gives its sockets to close with a
+/// handshake: a sixteenth of a lease, so that what its kernel buffered
+/// while it was stopped is read and reported, not dropped. Woken just past
+/// the deadline, it is done by eleven sixteenths, still before the leader
+/// may declare it lost; woken later, the leader may have reopened its
+/// teams already (the kernel kept both sockets open meanwhile), and this
+/// adds at most a sixteenth to that.
+pub fn woken_close(lease: Duration) -> Duration {
+    lease / 16
+}
+
 /// The leader declares a worker lost once it has seen no renewal of its
 /// lease for `since`: a whole lease.
 pub fn lost_after(since: Duration, lease: Duration) -> bool {

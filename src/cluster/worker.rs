@@ -14,12 +14,13 @@
 //! - Its lease is renewed every quarter lease. Unrenewed for half a lease,
 //!   or lost (taken over, revoked), it closes every socket (a close
 //!   handshake, so nothing written to it is left unread; dropped if not
-//!   done by five eighths of a lease, or at once if that is past), and
-//!   only then registers again as a new incarnation: the leader declares
-//!   the old one lost, and reopens its teams elsewhere, only after that
-//!   (or after a whole lease), so a worker cut off from NATS, or paused
-//!   and resumed, has closed its sockets by then or closes them before it
-//!   reads anything more.
+//!   done by five eighths of a lease, or, if that is past, a sixteenth of
+//!   a lease from then), and only then registers again as a new
+//!   incarnation: the leader declares the old one lost, and reopens its
+//!   teams elsewhere, only after that (or after a whole lease), so a
+//!   worker cut off from NATS has closed its sockets by then, and one
+//!   paused and resumed closes them at once, reading what its kernel
+//!   buffered while it was stopped but obeying nothing more.
 //! - A command batch out of sequence (NATS lost one) is the same: fence,
 //!   then come back as a new incarnation.
 //! - While it fences, each socket's end still goes to the leader, in the
@@ -515,22 +516,24 @@ impl Worker<'_> {
     }
 
     /// Ends every socket and gives up this incarnation: a close handshake
-    /// each while there is time before the fence's deadline (counted from
-    /// `last_ok`, the last renewal), else dropped now.
+    /// each, dropped if not done by the fence's deadline (counted from
+    /// `last_ok`, the last renewal) or, if that is past, by
+    /// [`lease::woken_close`] from now.
     fn fence(&mut self, last_ok: Instant) {
-        let by = last_ok + lease::fence_deadline(self.lease);
-        if Instant::now() < by {
-            for (&conn, held) in self.live.iter_mut() {
-                held.closing = true;
-                self.transport.execute(NetCommand::Close {
-                    conn,
-                    code: CLOSE_NORMAL,
-                });
-            }
-            self.fence_by = Some(by);
+        let (now, deadline) = (Instant::now(), last_ok + lease::fence_deadline(self.lease));
+        let by = if now < deadline {
+            deadline
         } else {
-            self.transport.abort_all();
+            now + lease::woken_close(self.lease)
+        };
+        for (&conn, held) in self.live.iter_mut() {
+            held.closing = true;
+            self.transport.execute(NetCommand::Close {
+                conn,
+                code: CLOSE_NORMAL,
+            });
         }
+        self.fence_by = Some(by);
         self.discarding = true;
         self.held = None;
         self.fenced_from = self.want.incarnation.take();
